@@ -1,0 +1,31 @@
+# Two entry points: `make demo` and `make test`. Both create .venv when it is missing and install
+# the pinned dependencies; the stamp file makes a re-run skip installation when nothing changed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.edgeopt-installed
+OUT    ?= build/demo
+
+.PHONY: demo test setup bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements/base.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: a looser requirement would download the CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements/base.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/edgeopt demo --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/runtime_latency.py --model zoo:resnet18
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,75 @@
+"""Compile an ONNX model with TVM Relax into a deployable artifact folder.
+
+ONNX -> ``relax.frontend.onnx.from_onnx`` (weights bound as constants) -> ``tvm.compile`` ->
+``export_library`` -> artifact folder with ``model.so`` and a manifest holding the target.
+This is the untuned build; without tuning TVM's CPU code is slow (TOOLCHAIN.md: ~180x slower
+than onnxruntime on ResNet-18), which the benchmarks report as it is.
+
+Example:
+    >>> import edgeopt.compile.tvm_build as tb  # doctest: +SKIP
+    >>> art = tb.build("build/demo/fp32.onnx", target="cpu", out="build/demo/fp32-tvm")  # doctest: +SKIP
+    >>> art.manifest["target"]["kind"]  # doctest: +SKIP
+    'llvm'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgeopt.runtimes.artifact import Artifact, write_artifact
+from edgeopt.runtimes.errors import InputError
+from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
+
+from .targets import resolve_target
+
+
+def unsupported_ops(onnx_model) -> list[tuple[str, str]]:
+    """(op_type, node name) of every node the Relax ONNX frontend has no converter for."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = _get_convert_map()
+    return [(n.op_type, n.name or f"#{i}") for i, n in enumerate(onnx_model.graph.node)
+            if n.op_type not in known]
+
+
+def build(model: str | os.PathLike, target: str | dict = "cpu", out: str | os.PathLike = "build/tvm",
+          history: Sequence[dict] = ()) -> Artifact:
+    """Compile the ONNX file ``model`` for ``target`` into the artifact folder ``out``.
+
+    Raises:
+        FileNotFoundError: ``model`` does not exist.
+        InputError: not a valid ONNX file, an op TVM cannot import (each op and node named),
+            or an unknown / malformed target.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    onnx_model = load_onnx(model)
+    missing = unsupported_ops(onnx_model)
+    if missing:
+        listed = ", ".join(f"{op} (node {name!r})" for op, name in missing)
+        raise InputError(f"TVM's ONNX frontend cannot import {str(model)!r}: unsupported op(s) {listed}")
+    spec = resolve_target(target)
+    inputs, outputs = onnx_io(onnx_model)
+    try:
+        mod = from_onnx(onnx_model, keep_params_in_input=False)
+    except Exception as e:
+        raise InputError(f"TVM's ONNX frontend failed on {str(model)!r}: {_last_line(e)}") from None
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    tvm_target = tvm.target.Target(spec)
+    executable = tvm.compile(mod, target=tvm_target)
+
+    def fill(tmp: Path) -> None:
+        executable.export_library(str(tmp / "model.so"))
+
+    record = {"name": "compile", "config": {"target": spec, "tuned": False}, "metrics": {}}
+    return write_artifact(out, fill, format="tvm", files=["model.so"], inputs=inputs,
+                          outputs=outputs, target=spec, history=[*history, record])
+
+
+def _last_line(e: Any) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__

@@ -1,0 +1,68 @@
+"""Parameter and FLOP counting for torch modules and ONNX graphs.
+
+FLOPs count multiply-adds as two operations, for Conv (grouped and depthwise included),
+Gemm and MatMul (attention matmuls included); other ops are cheap next to them and are not
+counted. ONNX shapes come from ONNX shape inference, so the count needs static shapes.
+
+Example:
+    >>> import torch
+    >>> from edgeopt.compress.counting import count_params
+    >>> count_params(torch.nn.Linear(4, 2))
+    10
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from edgeopt.runtimes.errors import InputError
+
+
+def count_params(model) -> int:
+    """Number of parameter elements of a torch module (buffers such as BN statistics excluded)."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def onnx_flops(model: Any) -> int:
+    """FLOPs of one inference of an ONNX model (a ``ModelProto`` or a path), batch as given."""
+    import onnx
+
+    if isinstance(model, (str, os.PathLike)):
+        from edgeopt.runtimes.onnx_file import load_onnx
+
+        model = load_onnx(model, check=False)
+    model = onnx.shape_inference.infer_shapes(model)
+    g = model.graph
+    shapes: dict[str, list] = {}
+    for v in list(g.input) + list(g.value_info) + list(g.output):
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    for init in g.initializer:
+        shapes[init.name] = list(init.dims)
+
+    def shape(name: str) -> list:
+        s = shapes.get(name)
+        if s is None or any(d is None for d in s):
+            raise InputError(f"ONNX value {name!r} has no static shape; FLOPs need static shapes "
+                             "(export with a fixed batch)")
+        return s
+
+    total = 0
+    for node in g.node:
+        if node.op_type == "Conv":
+            w = shape(node.input[1])  # (Cout, Cin/groups, kh, kw)
+            y = shape(node.output[0])  # (N, Cout, Ho, Wo)
+            total += 2 * int(np.prod(y)) * int(np.prod(w[1:]))
+        elif node.op_type in ("Gemm", "MatMul"):
+            a, b = shape(node.input[0]), shape(node.input[1])
+            y = shape(node.output[0])
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            k = a[-2] if trans_a else a[-1]
+            if len(a) == 1:
+                k = a[0]
+            total += 2 * int(np.prod(y)) * int(k)
+            del b
+    return int(total)

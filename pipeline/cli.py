@@ -1,0 +1,212 @@
+"""The ``edgeopt`` command line (DESIGN.md "CLI contract").
+
+Exit codes: 0 success; 1 a check failed (parity above tolerance); 2 bad input or usage, with a
+message on stderr naming the file, field or op and what was expected.
+
+Example:
+    $ edgeopt demo --out build/demo
+    $ edgeopt export zoo:resnet18 --out build/resnet18.onnx
+    $ edgeopt bench build/resnet18.onnx --runtime onnxruntime --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from edgeopt.runtimes.errors import CheckFailed, InputError
+
+EPILOG = "exit codes: 0 success, 1 a check failed, 2 bad input or usage"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgeopt", epilog=EPILOG,
+        description="Take a PyTorch model to a compressed, compiled and measured artifact.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", epilog=EPILOG, help="train the digits model and compare runtimes",
+                       description="Train digits_cnn on scikit-learn's digits, export it to ONNX "
+                       "(parity-checked), compile it with TVM, time torch / onnxruntime / TVM and "
+                       "write report.json and report.md.")
+    d.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
+    d.add_argument("--epochs", type=_positive_int, default=12, help="training epochs (default: 12)")
+    d.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads for every runtime (default: one per core)")
+    d.add_argument("--warmup", type=_nonneg_int, default=10, help="untimed runs first (default: 10)")
+    d.add_argument("--repeat", type=_positive_int, default=100, help="timed runs (default: 100)")
+    d.add_argument("--runtimes", default="torch,onnxruntime,tvm",
+                   help="comma-separated runtimes to compare (default: torch,onnxruntime,tvm)")
+
+    e = sub.add_parser("export", epilog=EPILOG, help="export a torch model to ONNX with a parity check",
+                       description="Export MODEL to ONNX, run the ONNX checker and shape inference, "
+                       "and compare onnxruntime with torch on the example input. The file is "
+                       "written only if the relative error is within --rtol (else exit 1).")
+    e.add_argument("model", metavar="MODEL",
+                   help="zoo:NAME (digits_cnn, resnet18, mobilenetv2, tiny_vit), "
+                   "module.path:factory, or a torch.export .pt2 file")
+    e.add_argument("--out", required=True, help="output .onnx file, or a folder for an artifact")
+    e.add_argument("--input-shape", default=None,
+                   help="example input shape, e.g. 1,3,32,32 (default: the zoo model's)")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default: 18)")
+    e.add_argument("--dynamic-batch", action="store_true", help="make the batch axis symbolic")
+    e.add_argument("--rtol", type=float, default=1e-4,
+                   help="parity tolerance: max|torch-onnx| / max|torch| (default: 1e-4)")
+    e.add_argument("--seed", type=int, default=0, help="seed for zoo weights and example input")
+
+    b = sub.add_parser("bench", epilog=EPILOG, help="time an artifact on a runtime",
+                       description="Time ARTIFACT on a runtime and print latency statistics with "
+                       "the machine fingerprint. A torch MODEL (zoo:NAME, ...) given with "
+                       "--runtime onnxruntime or tvm is exported (and compiled) first.")
+    b.add_argument("artifact", metavar="ARTIFACT",
+                   help="artifact folder, .onnx or .pt2 file, or a torch MODEL spec")
+    b.add_argument("--runtime", default=None,
+                   help="torch, onnxruntime or tvm (default: the one for the artifact's format)")
+    b.add_argument("--threads", type=_positive_int, default=None, help="worker threads")
+    b.add_argument("--warmup", type=_nonneg_int, default=10, help="untimed runs first (default: 10)")
+    b.add_argument("--repeat", type=_positive_int, default=100, help="timed runs (default: 100)")
+    b.add_argument("--input-shape", default=None, help="input shape for a torch MODEL spec")
+    b.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
+    return p
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    run_demo(out=args.out, epochs=args.epochs, threads=args.threads, warmup=args.warmup,
+             repeat=args.repeat, runtimes=runtimes)
+    return 0
+
+
+def _example_input(shape: tuple, seed: int):
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def cmd_export(args) -> int:
+    from edgeopt.compile import ExportConfig, export
+
+    from .models import load_model, parse_shape
+
+    config = ExportConfig(opset=args.opset, dynamic_batch=args.dynamic_batch, rtol=args.rtol)
+    loaded = load_model(args.model, seed=args.seed)
+    shape = parse_shape(args.input_shape) if args.input_shape else loaded.input_shape
+    if shape is None:
+        raise InputError(f"model {args.model!r} does not say its input shape; pass --input-shape")
+    result = export(loaded.module, _example_input(shape, args.seed), args.out, config)
+    p = result.parity
+    print(f"wrote {result.path} ({result.path.stat().st_size:,} bytes, opset {config.opset})")
+    print(f"parity vs torch: max abs {p.max_abs:.3e}, max rel {p.max_rel:.3e} "
+          f"(tolerance {p.rtol:g}) -> {'pass' if p.passed else 'FAIL'}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from edgeopt.runtimes import check_runtime, load
+
+    from .models import FILE_SUFFIXES
+
+    if args.runtime is not None:
+        check_runtime(args.runtime)
+    spec = args.artifact
+    torch_spec = spec.startswith("zoo:") or (
+        ":" in spec and not os.path.exists(spec) and not spec.endswith(FILE_SUFFIXES))
+    with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
+        if torch_spec:
+            runner = _runner_for_torch_spec(args, Path(tmp))
+        else:
+            path = Path(spec)
+            if args.runtime == "tvm" and path.suffix == ".onnx":
+                from edgeopt.compile.tvm_build import build
+
+                print(f"compiling {spec} with TVM for the host CPU (untuned) ...", file=sys.stderr)
+                art = build(path, target="cpu", out=Path(tmp) / "tvm")
+                runner = load(art, runtime="tvm", threads=args.threads)
+            else:
+                runner = load(path, runtime=args.runtime, threads=args.threads)
+        result = runner.benchmark(runner.example_inputs(), warmup=args.warmup, repeat=args.repeat)
+    lat = result.latency
+    m = result.machine
+    print(f"runtime {result.runtime}: median {lat.median_ms:.3f} ms, p90 {lat.p90_ms:.3f} ms, "
+          f"min {lat.min_ms:.3f} ms, stdev {lat.stdev_ms:.3f} ms, n {lat.n}")
+    print(f"machine: {m['cpu']}, {m['threads']} threads; "
+          + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    if args.json_out:
+        from edgeopt.runtimes.artifact import write_json_atomic
+
+        write_json_atomic(args.json_out, {"artifact": spec, **result.to_dict()})
+    return 0
+
+
+def _runner_for_torch_spec(args, tmp: Path):
+    """A runner for a torch MODEL spec: eager torch, or exported/compiled on the fly."""
+    import torch
+
+    from edgeopt.compile import export
+    from edgeopt.runtimes import load
+    from edgeopt.runtimes.torch_runner import TorchRunner
+
+    from .models import load_model, parse_shape
+
+    loaded = load_model(args.artifact)
+    shape = parse_shape(args.input_shape) if args.input_shape else loaded.input_shape
+    if shape is None:
+        raise InputError(f"model {args.artifact!r} does not say its input shape; pass --input-shape")
+    x = _example_input(shape, 0)
+    runtime = args.runtime or "torch"
+    if runtime == "torch":
+        return TorchRunner(loaded.module, example=[torch.from_numpy(x)], threads=args.threads)
+    exported = export(loaded.module, x, tmp / "onnx")
+    if runtime == "onnxruntime":
+        return load(exported.artifact, threads=args.threads)
+    from edgeopt.compile.tvm_build import build
+
+    return load(build(exported.path, target="cpu", out=tmp / "tvm"), threads=args.threads)
+
+
+COMMANDS = {"demo": cmd_demo, "export": cmd_export, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (InputError, FileNotFoundError) as e:
+        print(f"edgeopt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except CheckFailed as e:
+        print(f"edgeopt {args.command}: check failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"edgeopt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

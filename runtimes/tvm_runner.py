@@ -1,0 +1,74 @@
+"""TVM backend of the runner interface: a Relax VM over an exported artifact library.
+
+Only the TVM runtime is used here (``tvm.runtime``); the compiler lives in
+``edgeopt.compile.tvm_build``. TVM is imported when the runner is created, never at
+``import edgeopt.runtimes``.
+
+Example:
+    >>> from edgeopt.runtimes import load  # doctest: +SKIP
+    >>> r = load("build/demo/fp32-tvm-cpu")        # an artifact written by edgeopt.compile  # doctest: +SKIP
+    >>> r.run(r.example_inputs())[0].shape  # doctest: +SKIP
+    (1, 10)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from .artifact import TensorSpec
+from .base import Runner, example_inputs
+from .errors import InputError
+
+
+class TvmRunner(Runner):
+    """Relax ``VirtualMachine`` on a library written by ``export_library``.
+
+    Args:
+        library: path of the shared library (``model.so``).
+        inputs, outputs: io spec from the artifact manifest.
+        device: ``"cpu"`` or ``"cuda"``.
+        threads: TVM thread-pool size (``None``: TVM's default, one per core).
+    """
+
+    runtime = "tvm"
+
+    def __init__(self, library: str | os.PathLike, inputs: Sequence[TensorSpec],
+                 outputs: Sequence[TensorSpec], device: str = "cpu", threads: int | None = None):
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        super().__init__(inputs, outputs, threads)
+        if device not in ("cpu", "cuda"):
+            raise InputError(f"TVM device must be 'cpu' or 'cuda', got {device!r}")
+        if threads is not None:
+            # Affinity mode 1 ("big cores"): all cores on a homogeneous CPU.
+            tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+        try:
+            lib = tvm.runtime.load_module(str(library))
+        except Exception as e:
+            raise InputError(f"TVM cannot load {str(library)!r}: {str(e).splitlines()[-1]}") from None
+        self.device = tvm.cpu(0) if device == "cpu" else tvm.cuda(0)
+        self.vm = VirtualMachine(lib, self.device)
+        self._main = self.vm["main"]
+        self._sync = device != "cpu"
+        self._tvm = tvm
+
+    def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
+        return example_inputs(self.inputs, seed)
+
+    def _bind(self, arrays: list[np.ndarray]) -> Any:
+        return [self._tvm.runtime.tensor(a, device=self.device) for a in arrays]
+
+    def _call(self, bound: Any) -> Sequence[Any]:
+        out = self._main(*bound)
+        if self._sync:
+            self.device.sync()  # GPU launches are asynchronous: time the work, not the launch
+        if isinstance(out, self._tvm.runtime.Tensor):
+            return [out]
+        return list(out)
+
+    def _to_numpy(self, value: Any) -> np.ndarray:
+        return value.numpy()

@@ -1,0 +1,97 @@
+"""Tiny models and inputs shared by the tests (kept small so the unit tier runs in minutes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def example_inputs(shape=(1, 1, 8, 8), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+class TinyConvNet(torch.nn.Module):
+    """Conv-BN-ReLU, pool, linear: the smallest model that exercises the usual ops."""
+
+    input_shape = (1, 1, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+        return self.fc(x.flatten(1))
+
+
+def tiny_conv_net():
+    return TinyConvNet().eval()
+
+
+class Unexportable(torch.nn.Module):
+    """Calls an op (eigenvalues) that has no ONNX conversion."""
+
+    input_shape = (1, 1, 4, 4)
+
+    def __init__(self):
+        super().__init__()
+        self.inner = EigInner()
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class EigInner(torch.nn.Module):
+    def forward(self, x):
+        return torch.linalg.eigvals(x[0, 0]).real
+
+
+def unexportable():
+    return Unexportable().eval()
+
+
+_CALLS = [0]
+
+
+class DriftingModel(torch.nn.Module):
+    """Scales its output by a process-wide call counter: the traced ONNX freezes one value, so
+    torch and ONNX disagree on every later call (a deliberate parity failure). The counter is a
+    global, not a module attribute, so the exporter cannot restore it after tracing."""
+
+    input_shape = (1, 4)
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        _CALLS[0] += 1
+        return self.fc(x) * float(_CALLS[0])
+
+
+def drifting_model():
+    return DriftingModel().eval()
+
+
+def edgeopt_cli(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run the installed ``edgeopt`` console script; tests/ is on PYTHONPATH for factories."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    exe = Path(sys.executable).with_name("edgeopt")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout)
+
+
+def listing(path: Path) -> list[str]:
+    """Every file and folder under ``path`` (hidden ones included), for 'nothing left' checks."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))

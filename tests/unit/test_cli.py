@@ -1,0 +1,106 @@
+"""The edgeopt CLI: exit codes 0/1/2, messages, and no output left behind on bad input."""
+
+import json
+
+import pytest
+
+from helpers import edgeopt_cli, listing
+
+
+def test_export_zoo_model_writes_file_and_reports_parity(tmp_path):
+    r = edgeopt_cli("export", "zoo:digits_cnn", "--out", tmp_path / "d.onnx")
+    assert r.returncode == 0, r.stderr
+    assert "parity vs torch" in r.stdout and "pass" in r.stdout
+    assert listing(tmp_path) == ["d.onnx"]
+
+
+def test_export_factory_with_input_shape(tmp_path):
+    r = edgeopt_cli("export", "helpers:tiny_conv_net", "--input-shape", "1,1,8,8",
+                    "--out", tmp_path / "t.onnx")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("model, message", [
+    ("missing/model.pt2", "model file 'missing/model.pt2' does not exist"),
+    ("no_such_module:factory", "cannot import module 'no_such_module'"),
+    ("helpers:no_such_factory", "module 'helpers' has no attribute 'no_such_factory'"),
+    ("helpers:REPO", "'REPO' is not callable"),
+])
+def test_export_bad_model_spec_exits_2(tmp_path, model, message):
+    r = edgeopt_cli("export", model, "--out", tmp_path / "out" / "m.onnx", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists() or listing(tmp_path / "out") == []
+
+
+def test_export_pickle_is_refused(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04pickle")
+    r = edgeopt_cli("export", tmp_path / "model.pt", "--out", tmp_path / "m.onnx")
+    assert r.returncode == 2
+    assert "never unpickles" in r.stderr and "torch.export.save" in r.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_wrong_input_shape_exits_2_without_output(tmp_path):
+    r = edgeopt_cli("export", "zoo:digits_cnn", "--input-shape", "1,3,32,32", "--out", tmp_path / "x.onnx")
+    assert r.returncode == 2
+    assert "rejects input(s) of shape (1, 3, 32, 32)" in r.stderr
+    assert listing(tmp_path) == []
+
+
+def test_export_malformed_shape_exits_2(tmp_path):
+    r = edgeopt_cli("export", "zoo:digits_cnn", "--input-shape", "1,a,32", "--out", tmp_path / "x.onnx")
+    assert r.returncode == 2 and "input shape '1,a,32' is malformed" in r.stderr
+
+
+def test_export_unexportable_op_names_op_and_module(tmp_path):
+    r = edgeopt_cli("export", "helpers:unexportable", "--input-shape", "1,1,4,4", "--out", tmp_path / "u.onnx")
+    assert r.returncode == 2
+    assert "linalg_eig" in r.stderr and "'inner'" in r.stderr
+    assert listing(tmp_path) == []
+
+
+def test_export_parity_failure_exits_1(tmp_path):
+    r = edgeopt_cli("export", "helpers:drifting_model", "--out", tmp_path / "p.onnx")
+    assert r.returncode == 1, r.stderr
+    assert "max relative error" in r.stderr
+    assert listing(tmp_path) == []
+
+
+def test_bench_onnx_on_onnxruntime_and_json(tmp_path):
+    assert edgeopt_cli("export", "zoo:digits_cnn", "--out", tmp_path / "d.onnx").returncode == 0
+    r = edgeopt_cli("bench", tmp_path / "d.onnx", "--runtime", "onnxruntime", "--threads", "1",
+                    "--warmup", "1", "--repeat", "5", "--json", tmp_path / "bench.json")
+    assert r.returncode == 0, r.stderr
+    assert "median" in r.stdout and "machine:" in r.stdout
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["latency_ms"]["n"] == 5 and data["machine"]["threads"] == 1
+
+
+def test_bench_zoo_model_on_torch(tmp_path):
+    r = edgeopt_cli("bench", "zoo:digits_cnn", "--warmup", "1", "--repeat", "3")
+    assert r.returncode == 0, r.stderr
+    assert "runtime torch" in r.stdout
+
+
+def test_bench_truncated_onnx_exits_2(tmp_path):
+    assert edgeopt_cli("export", "zoo:digits_cnn", "--out", tmp_path / "d.onnx").returncode == 0
+    data = (tmp_path / "d.onnx").read_bytes()
+    (tmp_path / "bad.onnx").write_bytes(data[: len(data) // 3])
+    r = edgeopt_cli("bench", tmp_path / "bad.onnx")
+    assert r.returncode == 2
+    assert "not a valid ONNX model" in r.stderr and "bad.onnx" in r.stderr
+
+
+def test_bench_unknown_runtime_and_missing_file_exit_2(tmp_path):
+    r = edgeopt_cli("bench", "zoo:digits_cnn", "--runtime", "tflite")
+    assert r.returncode == 2
+    assert "unknown runtime 'tflite'; expected one of torch, onnxruntime, tvm" in r.stderr
+    r = edgeopt_cli("bench", tmp_path / "missing.onnx")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_usage_error_exits_2():
+    r = edgeopt_cli("export")
+    assert r.returncode == 2 and "usage:" in r.stderr

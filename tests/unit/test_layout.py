@@ -1,0 +1,44 @@
+"""The package layout promised by DESIGN.md."""
+
+import subprocess
+import sys
+import tomllib
+
+from helpers import REPO
+
+
+def test_package_list_matches_init_files():
+    conf = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(conf["packages"])
+    mapping = conf["package-dir"]
+    found = set()
+    for pkg, folder in mapping.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder)
+            found.add(".".join([pkg, *rel.parts]))
+    assert declared == found
+    assert set(mapping) <= declared
+
+
+def test_no_root_edgeopt_folder_shadows_the_namespace():
+    assert not (REPO / "edgeopt").exists()
+
+
+def test_runtimes_import_does_not_pull_torch_or_tvm():
+    code = ("import sys, edgeopt.runtimes, edgeopt.runtimes.artifact, edgeopt.runtimes.base; "
+            "heavy = [m for m in ('torch', 'tvm', 'onnxruntime') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_console_script_help_lists_commands():
+    from helpers import edgeopt_cli
+
+    r = edgeopt_cli("--help")
+    assert r.returncode == 0
+    for cmd in ("demo", "export", "bench"):
+        assert cmd in r.stdout
+    for cmd in ("demo", "export", "bench"):
+        sub = edgeopt_cli(cmd, "--help")
+        assert sub.returncode == 0 and "exit codes" in sub.stdout

@@ -1,0 +1,50 @@
+"""Reports and the end-to-end demo."""
+
+import json
+
+import pytest
+
+from edgeopt.pipeline.report import make_report, markdown, pareto_flags, text_table
+from edgeopt.runtimes.errors import InputError
+from helpers import edgeopt_cli
+
+
+def _variant(runtime, median, acc):
+    return {"name": "fp32", "steps": [], "runtime": runtime, "target": "cpu", "size_bytes": 1000,
+            "params": 10, "flops": 2_000_000, "accuracy": acc, "agreement": 1.0,
+            "latency_ms": {"median": median, "p90": median, "min": median, "n": 3}}
+
+
+def test_pareto_front():
+    assert pareto_flags([(1.0, 0.9), (2.0, 0.95), (3.0, 0.9), (1.0, 0.8)]) == [True, True, False, False]
+
+
+def test_make_report_ratios_against_reference():
+    r = make_report([_variant("torch", 4.0, 0.98), _variant("onnxruntime", 2.0, 0.98)],
+                    {"cpu": "x", "threads": 2, "versions": {}}, {"name": "digits", "metric": "top1"},
+                    "fp32/onnxruntime")
+    ratios = {v["runtime"]: v["latency_ratio"] for v in r["variants"]}
+    assert ratios == {"torch": 2.0, "onnxruntime": 1.0}
+    assert [v["pareto"] for v in r["variants"]] == [False, True]
+    assert r["schema"] == 1
+    assert "| fp32 | onnxruntime |" in markdown(r)
+    assert text_table(r).splitlines()[2].split()[:2] == ["fp32", "onnxruntime"]
+    with pytest.raises(InputError, match="reference variant 'fp32/tvm'"):
+        make_report([_variant("torch", 1.0, 0.9)], {}, None, "fp32/tvm")
+
+
+def test_demo_writes_report_with_three_runtimes(tmp_path):
+    r = edgeopt_cli("demo", "--out", tmp_path / "demo", "--warmup", "2", "--repeat", "10")
+    assert r.returncode == 0, r.stderr
+    assert "top-1 predictions identical across runtimes: yes" in r.stdout
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["schema"] == 1 and report["reference"] == "fp32/onnxruntime"
+    assert report["machine"]["cpu"] and report["machine"]["versions"]["torch"].startswith("2.13")
+    by_rt = {v["runtime"]: v for v in report["variants"]}
+    assert set(by_rt) == {"torch", "onnxruntime", "tvm"}
+    for v in by_rt.values():
+        assert v["name"] == "fp32" and v["accuracy"] >= 0.97 and v["agreement"] == 1.0
+        assert v["size_bytes"] > 0 and v["flops"] > 0 and v["latency_ms"]["n"] == 10
+    assert len({v["predictions_sha256"] for v in by_rt.values()}) == 1
+    assert by_rt["onnxruntime"]["latency_ratio"] == 1.0
+    assert (tmp_path / "demo" / "report.md").read_text().count("| fp32 |") == 3
