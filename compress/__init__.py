@@ -8,5 +8,8 @@ Example:
 """
 
 from .counting import count_params, onnx_flops
+from .fidelity import Fidelity, fidelity
+from .quantize import QuantizeConfig, QuantizeResult, quantize
 
-__all__ = ["count_params", "onnx_flops"]
+__all__ = ["Fidelity", "QuantizeConfig", "QuantizeResult", "count_params", "fidelity",
+           "onnx_flops", "quantize"]

@@ -90,7 +90,80 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=_positive_int, default=100, help="timed runs (default: 100)")
     b.add_argument("--input-shape", default=None, help="input shape for a torch MODEL spec")
     b.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
+    c = sub.add_parser("compress", epilog=EPILOG, help="apply one compression step",
+                       description="Apply one compression step to a model and write the result.")
+    steps = c.add_subparsers(dest="step", required=True, metavar="STEP")
+    q = steps.add_parser("quantize", epilog=EPILOG, help="int8 post-training quantization of an ONNX model",
+                         description="Quantize an ONNX model (file or artifact folder) to int8 with "
+                         "onnxruntime.quantization: calibrated static QDQ (default) or dynamic. With "
+                         "--max-accuracy-drop or --min-agreement, the most sensitive compute nodes are "
+                         "kept in float until the budget holds on --eval-data.")
+    q.add_argument("model", metavar="MODEL.onnx", help="fp32 ONNX file or artifact folder")
+    q.add_argument("--out", required=True, help="output .onnx file, or a folder for an artifact")
+    q.add_argument("--calibration-data", default=None, metavar="task:digits|FILE.npy",
+                   help="calibration inputs: a built-in task's calibration split, or a .npy array "
+                   "of samples (N, ...) matching the model input (required for --mode static)")
+    q.add_argument("--mode", default="static", choices=["static", "dynamic"])
+    q.add_argument("--method", default="entropy", choices=["minmax", "entropy", "percentile"],
+                   help="activation calibration (default: entropy)")
+    q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per channel")
+    q.add_argument("--activation-type", default="uint8", choices=["uint8", "int8"],
+                   help="uint8 (default) is the fast pairing with int8 weights on x86")
+    q.add_argument("--format", default="qdq", choices=["qdq", "qoperator"])
+    q.add_argument("--max-accuracy-drop", type=float, default=None,
+                   help="largest top-1 drop allowed on --eval-data, as a fraction (0.005 = 0.5 points)")
+    q.add_argument("--min-agreement", type=float, default=None,
+                   help="smallest top-1 agreement with fp32 allowed on --eval-data, e.g. 0.99")
+    q.add_argument("--eval-data", default=None, metavar="task:digits|FILE.npy",
+                   help="data the budget is measured on: a task's validation split (with labels), "
+                   "or a .npy of inputs (agreement only)")
     return p
+
+
+def _load_samples(spec: str | None, split: str):
+    """``task:NAME`` -> that task's split; ``FILE.npy`` -> the array (never unpickled)."""
+    import numpy as np
+
+    if spec is None:
+        return None
+    if spec.startswith("task:"):
+        from .tasks import load_task
+
+        return getattr(load_task(spec[5:]), split)
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"data file {spec!r} does not exist")
+    if path.suffix != ".npy":
+        raise InputError(f"data {spec!r}: expected task:NAME or a .npy file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise InputError(f"data file {spec!r} is not a plain numpy array: {e}") from None
+
+
+def cmd_compress(args) -> int:
+    from edgeopt.compress import QuantizeConfig, quantize
+
+    config = QuantizeConfig(
+        mode=args.mode, calibration=args.method, per_channel=not args.per_tensor,
+        activation_type=args.activation_type, format=args.format,
+        max_accuracy_drop=args.max_accuracy_drop, min_agreement=args.min_agreement)
+    calibration = _load_samples(args.calibration_data, "calib")
+    eval_data = _load_samples(args.eval_data, "val")
+    history = []
+    if Path(args.model).is_dir():
+        from edgeopt.runtimes import load_artifact
+
+        history = load_artifact(args.model).history
+    result = quantize(args.model, calibration, config, args.out, eval_data=eval_data,
+                      history=history, progress=lambda line: print(line, file=sys.stderr))
+    m = result.record["metrics"]
+    print(f"wrote {result.path}: {m['size_bytes_before']:,} -> {m['size_bytes_after']:,} bytes "
+          f"({m['size_ratio']:.2f}x), {m['compute_nodes_quantized']}/{m['compute_nodes_total']} "
+          f"compute nodes int8")
+    if m["nodes_in_float"]:
+        print("kept in float: " + ", ".join(m["nodes_in_float"]))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -189,7 +262,7 @@ def _runner_for_torch_spec(args, tmp: Path):
     return load(build(exported.path, target="cpu", out=tmp / "tvm"), threads=args.threads)
 
 
-COMMANDS = {"demo": cmd_demo, "export": cmd_export, "bench": cmd_bench}
+COMMANDS = {"demo": cmd_demo, "export": cmd_export, "bench": cmd_bench, "compress": cmd_compress}
 
 
 def main(argv: list[str] | None = None) -> int:

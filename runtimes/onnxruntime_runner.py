@@ -70,3 +70,57 @@ class OnnxRuntimeRunner(Runner):
 
     def _call(self, bound: Any) -> Sequence[Any]:
         return self.session.run(None, bound)
+
+
+
+def profile_ops(path: str | os.PathLike, inputs: Any, runs: int = 50, threads: int | None = None) -> dict:
+    """Time per kernel kind (ms per run, summed over nodes) from onnxruntime's profiler.
+
+    Kernels are named as they run after graph optimization (``QLinearConv`` where a QDQ group
+    was fused); convolutions are split into ``/depthwise`` and ``/dense``, since the two behave
+    differently in int8. This is what shows where an int8 model's time goes.
+    """
+    import json
+    import re
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    runner = OnnxRuntimeRunner(path, threads=threads)
+    feeds = runner._bind(runner.prepare(inputs))
+    graph = onnx.load(str(path), load_external_data=False).graph
+    grouped = {n.name for n in graph.node if n.op_type == "Conv"
+               and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+    warm = 5
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        if threads is not None:
+            so.intra_op_num_threads = int(threads)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "profile")
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        for _ in range(warm + runs):
+            session.run(None, feeds)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    totals: dict = {}
+    counts: dict = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        args = e.get("args", {})
+        kind = args.get("op_name", "?")
+        if "Conv" in kind:
+            node = re.sub(r"(_token_\d+|_nchwc)$", "", name[: -len("_kernel_time")])
+            shapes = [list(d.values())[0] for d in args.get("input_type_shape", []) if d]
+            weight = shapes[1] if len(shapes) > 1 and len(shapes[1]) == 4 else None
+            depthwise = node in grouped or (weight is not None and weight[1] == 1)
+            kind += "/depthwise" if depthwise else "/dense"
+        totals[kind] = totals.get(kind, 0.0) + e["dur"] / 1000.0
+        counts[kind] = counts.get(kind, 0) + 1
+    n = warm + runs
+    return {k: {"ms_per_run": t / n, "nodes": counts[k] // n}
+            for k, t in sorted(totals.items(), key=lambda kv: -kv[1])}

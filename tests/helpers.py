@@ -95,3 +95,32 @@ def edgeopt_cli(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
 def listing(path: Path) -> list[str]:
     """Every file and folder under ``path`` (hidden ones included), for 'nothing left' checks."""
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+class OutlierMLP(torch.nn.Module):
+    """An MLP whose last input feature carries rare huge values. Per-tensor uint8 quantization
+    of the input then spends its whole range on the outlier and crushes the other features, so
+    plain int8 disagrees with fp32 on many samples; keeping the first layer in float fixes it.
+    """
+
+    input_shape = (1, 8)
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.fc1 = torch.nn.Linear(8, 16)
+        self.fc2 = torch.nn.Linear(16, 4)
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.randn(16, 8, generator=g))
+            self.fc1.weight[:, 7] = 1e-4  # the outlier feature barely matters for the output
+            self.fc2.weight.copy_(torch.randn(4, 16, generator=g))
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def outlier_samples(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 1, 8)).astype(np.float32)
+    x[::4, 0, 7] = 1000.0
+    return x

@@ -104,3 +104,33 @@ def test_bench_unknown_runtime_and_missing_file_exit_2(tmp_path):
 def test_usage_error_exits_2():
     r = edgeopt_cli("export")
     assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_compress_quantize_with_task_calibration(tmp_path):
+    assert edgeopt_cli("export", "zoo:digits_cnn", "--out", tmp_path / "fp32").returncode == 0
+    r = edgeopt_cli("compress", "quantize", tmp_path / "fp32", "--calibration-data", "task:digits",
+                    "--method", "minmax", "--out", tmp_path / "int8")
+    assert r.returncode == 0, r.stderr
+    assert "compute nodes int8" in r.stdout
+    manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert [h["name"] for h in manifest["history"]] == ["export", "quantize"]
+
+
+def test_compress_quantize_bad_inputs_exit_2(tmp_path):
+    import numpy as np
+
+    assert edgeopt_cli("export", "zoo:digits_cnn", "--out", tmp_path / "m.onnx").returncode == 0
+    np.save(tmp_path / "empty.npy", np.zeros((0, 1, 32, 32), np.float32))
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 1, 16, 16), np.float32))
+    cases = [
+        (["--calibration-data", str(tmp_path / "empty.npy")], "calibration data is empty"),
+        (["--calibration-data", str(tmp_path / "wrong.npy")], "calibration sample 0: input 'input' has shape (1, 1, 16, 16)"),
+        ([], "static quantization needs calibration data"),
+        (["--calibration-data", "task:digits", "--method", "kl"], "invalid choice: 'kl'"),
+    ]
+    for extra, message in cases:
+        r = edgeopt_cli("compress", "quantize", tmp_path / "m.onnx", "--out", tmp_path / "q.onnx", *extra)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert message in r.stderr, (extra, r.stderr)
+        assert not (tmp_path / "q.onnx").exists()
+    assert listing(tmp_path) == ["empty.npy", "m.onnx", "wrong.npy"]

@@ -1,0 +1,482 @@
+"""int8 post-training quantization of ONNX models, on top of ``onnxruntime.quantization``.
+
+Static mode: ORT pre-processing (symbolic shape inference, graph optimization that folds
+BatchNorm into Conv), activation calibration (MinMax / Entropy / Percentile) on the given data,
+QDQ format, per-channel int8 weights and uint8 activations by default: on this AVX-512 VNNI CPU
+U8S8 is the combination onnxruntime runs fast (TOOLCHAIN.md: S8S8 gave no speedup at all).
+Dynamic mode quantizes weights ahead and activations at run time (no calibration), for
+MatMul-heavy models such as transformer encoders.
+
+Accuracy-aware fallback: with ``max_accuracy_drop`` (needs labelled ``eval_data``) or
+``min_agreement`` (inputs only), the fully quantized model is scored; if it misses the budget,
+each quantized compute node is put back in float on its own to measure its sensitivity, and the
+most sensitive nodes are kept in float, one at a time, until the budget holds. Calibration runs
+once: its ranges are cached and reused by every re-quantization.
+
+Example:
+    >>> import numpy as np  # doctest: +SKIP
+    >>> import edgeopt.compress as ec  # doctest: +SKIP
+    >>> calib = [np.random.rand(1, 1, 32, 32).astype("float32") for _ in range(32)]  # doctest: +SKIP
+    >>> r = ec.quantize("build/demo/fp32-onnx/model.onnx", calib, ec.QuantizeConfig(),
+    ...                 out="build/int8.onnx")  # doctest: +SKIP
+    >>> r.record["metrics"]["size_ratio"] < 0.3  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from edgeopt.runtimes.artifact import Artifact, TensorSpec, write_artifact
+from edgeopt.runtimes.base import check_array
+from edgeopt.runtimes.errors import InputError
+
+MODES = ("static", "dynamic")
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+TYPES = ("uint8", "int8")
+FORMATS = ("qdq", "qoperator")
+#: Ops whose quantization saves arithmetic; the fallback ranks these, and a model needs one.
+COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How to quantize (see the module docstring).
+
+    Args:
+        mode: "static" (calibrated) or "dynamic".
+        calibration: "minmax", "entropy" or "percentile" (static mode).
+        per_channel: per-output-channel weight scales.
+        max_accuracy_drop: largest allowed top-1 drop (fraction, 0.005 = 0.5 points) against
+            the fp32 model on ``eval_data``; enables the fallback.
+        min_agreement: smallest allowed top-1 agreement with the fp32 model on ``eval_data``
+            inputs (for data without labels); enables the fallback.
+        activation_type, weight_type: "uint8" or "int8".
+        format: "qdq" (QuantizeLinear/DequantizeLinear pairs) or "qoperator" (QLinearConv ...).
+        percentile: the percentile for "percentile" calibration.
+        max_calibration_samples: use at most this many calibration samples.
+        nodes_to_exclude: node names to keep in float from the start.
+    """
+
+    mode: str = "static"
+    calibration: str = "entropy"
+    per_channel: bool = True
+    max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    format: str = "qdq"
+    percentile: float = 99.999
+    max_calibration_samples: int | None = 256
+    nodes_to_exclude: tuple = ()
+
+    def __post_init__(self):
+        def one_of(name, allowed):
+            v = getattr(self, name)
+            if v not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(allowed)}; got {v!r}")
+
+        one_of("mode", MODES)
+        one_of("calibration", CALIBRATIONS)
+        one_of("activation_type", TYPES)
+        one_of("weight_type", TYPES)
+        one_of("format", FORMATS)
+        if self.max_accuracy_drop is not None and not (0 <= self.max_accuracy_drop < 1):
+            raise InputError(f"max_accuracy_drop must be in [0, 1) (a fraction: 0.005 = 0.5 points); "
+                             f"got {self.max_accuracy_drop!r}")
+        if self.min_agreement is not None and not (0 < self.min_agreement <= 1):
+            raise InputError(f"min_agreement must be in (0, 1]; got {self.min_agreement!r}")
+        if not (50 < self.percentile <= 100):
+            raise InputError(f"percentile must be in (50, 100]; got {self.percentile!r}")
+        if self.max_calibration_samples is not None and self.max_calibration_samples < 1:
+            raise InputError(f"max_calibration_samples must be >= 1; got {self.max_calibration_samples!r}")
+        if self.activation_type == "int8" and self.weight_type == "uint8":
+            raise InputError("activation_type int8 with weight_type uint8 is not supported by "
+                             "onnxruntime; use uint8 activations with int8 weights (the fast pair)")
+
+    @property
+    def has_budget(self) -> bool:
+        return self.max_accuracy_drop is not None or self.min_agreement is not None
+
+
+@dataclass
+class QuantizeResult:
+    """The quantized model's path, its artifact (folder outputs) and the step record."""
+
+    path: Path
+    record: dict
+    artifact: Artifact | None = None
+    float_nodes: list = field(default_factory=list)
+
+
+def quantize(model: str | os.PathLike, calibration: Any = None, config: QuantizeConfig = QuantizeConfig(),
+             out: str | os.PathLike = "build/int8.onnx", eval_data: Any = None,
+             history: Sequence[dict] = (), progress: Callable[[str], None] | None = None) -> QuantizeResult:
+    """Quantize the ONNX model at ``model`` and write it to ``out`` (``.onnx`` file or folder).
+
+    Args:
+        model: fp32 ONNX file (or artifact folder).
+        calibration: static mode: calibration samples: an array of samples (N, ...), an iterable
+            of arrays or of {input name: array} dicts, or a task split (has ``.x``).
+        config: ``QuantizeConfig``.
+        out: output ``.onnx`` file, or a folder for an artifact.
+        eval_data: for the fallback: ``(x, y)`` (inputs and labels) or a split with ``.x``/``.y``
+            for ``max_accuracy_drop``; inputs alone for ``min_agreement``.
+        history: earlier step records to carry into the artifact manifest.
+        progress: called with a line of text per fallback step.
+
+    Raises:
+        InputError: corrupt model, no quantizable op, empty or mismatched calibration data,
+            a budget without evaluation data, or a budget that even all-float cannot meet.
+    """
+    from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
+
+    say = progress or (lambda s: None)
+    model = _model_file(model)
+    fp32 = load_onnx(model)
+    inputs, outputs = onnx_io(fp32)
+    compute = [n for n in fp32.graph.node if n.op_type in COMPUTE_OPS]
+    if not compute:
+        ops = sorted({n.op_type for n in fp32.graph.node})
+        raise InputError(f"{str(model)!r} has no quantizable op: expected at least one of "
+                         f"{', '.join(COMPUTE_OPS)}, found {', '.join(ops) or 'no nodes'}")
+    feeds: list[dict] = []
+    if config.mode == "static":
+        feeds = calibration_feeds(calibration, inputs, config.max_calibration_samples)
+    if config.has_budget and eval_data is None:
+        raise InputError("max_accuracy_drop / min_agreement need eval_data to measure against")
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.quantize-", dir=out.parent) as tmp:
+        tmp = Path(tmp)
+        pre = tmp / "pre.onnx"
+        with _quiet():
+            from onnxruntime.quantization import quant_pre_process
+
+            quant_pre_process(str(model), str(pre), skip_symbolic_shape=False)
+        quantizer = _Quantizer(pre, feeds, config, tmp)
+        excluded = list(config.nodes_to_exclude)
+        candidate = quantizer(excluded)
+        steps = []
+        if config.has_budget:
+            score = _Scorer(model, eval_data, config)
+            candidate, excluded, steps = _fallback(quantizer, score, candidate, excluded, config, say)
+        before, after = Path(model).stat().st_size, candidate.stat().st_size
+        quantized_nodes = _quantized_compute_nodes(candidate)
+        record = {
+            "name": "quantize",
+            "config": asdict(config),
+            "metrics": {
+                "size_bytes_before": before, "size_bytes_after": after,
+                "size_ratio": after / before,
+                "calibration_samples": len(feeds),
+                "compute_nodes_quantized": len(quantized_nodes),
+                "compute_nodes_total": len(compute),
+                "nodes_in_float": excluded,
+                "fallback": steps,
+            },
+        }
+        artifact = None
+        if out.suffix == ".onnx":
+            os.replace(candidate, out)
+            path = out
+        else:
+            artifact = write_artifact(out, lambda d: os.replace(candidate, d / "model.onnx"),
+                                      format="onnx", files=["model.onnx"], inputs=inputs,
+                                      outputs=outputs, history=[*history, record])
+            path = artifact.model_file
+    return QuantizeResult(path, record, artifact, excluded)
+
+
+# -- calibration data -----------------------------------------------------------------------
+
+def calibration_feeds(data: Any, inputs: Sequence[TensorSpec], limit: int | None = None) -> list[dict]:
+    """Turn calibration data into a list of {input name: array} feeds that fit the model.
+
+    Raises ``InputError`` for empty data and for samples of the wrong shape or dtype (naming the
+    sample and what the model expects).
+    """
+    if data is None:
+        raise InputError("static quantization needs calibration data; got none "
+                         "(pass samples, or use mode='dynamic')")
+    if hasattr(data, "x") and not isinstance(data, np.ndarray):
+        data = data.x
+    names = [s.name for s in inputs]
+    if isinstance(data, np.ndarray):
+        samples = _split_batch(data, inputs[0])
+    else:
+        samples = list(data)
+    if len(samples) == 0:
+        raise InputError("calibration data is empty: expected at least one sample of shape "
+                         f"{tuple(inputs[0].shape)}")
+    feeds = []
+    for i, s in enumerate(samples[:limit] if limit else samples):
+        if isinstance(s, dict):
+            feed = s
+        elif len(inputs) == 1:
+            feed = {names[0]: s}
+        else:
+            feed = dict(zip(names, s))
+        if set(feed) != set(names):
+            raise InputError(f"calibration sample {i} has inputs {sorted(feed)}; the model takes {names}")
+        for spec in inputs:
+            a = np.asarray(feed[spec.name])
+            try:
+                check_array(spec, a)
+            except InputError as e:
+                raise InputError(f"calibration sample {i}: {e}") from None
+        feeds.append({k: np.ascontiguousarray(v) for k, v in feed.items()})
+    return feeds
+
+
+def _split_batch(x: np.ndarray, spec: TensorSpec) -> list[np.ndarray]:
+    """A stacked array (N, ...) becomes N samples of the model's fixed batch size."""
+    b = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
+    if b is None or x.ndim != len(spec.shape):
+        return [x] if x.size else []
+    if len(x) % b:
+        raise InputError(f"calibration array of {len(x)} samples does not split into batches of {b}")
+    return [x[i:i + b] for i in range(0, len(x), b)]
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds = feeds
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self.feeds)
+
+    def __len__(self):
+        return len(self.feeds)
+
+
+# -- quantization and fallback ----------------------------------------------------------------
+
+class _Quantizer:
+    """Quantizes the pre-processed model with a given set of float nodes; calibrates once."""
+
+    def __init__(self, pre: Path, feeds: list[dict], config: QuantizeConfig, tmp: Path):
+        self.pre, self.feeds, self.config, self.tmp = pre, feeds, config, tmp
+        self.cache = tmp / "calibration.json"
+        self.count = 0
+
+    def calibrate(self) -> None:
+        """Compute activation ranges once and store them where quantize_static reads them.
+
+        Calibration is run here rather than inside ``quantize_static`` because quantize_static
+        cannot pass the histogram size: its Entropy calibration then uses 128 bins for 128
+        quantized levels, which can never clip, so it returned exactly the MinMax ranges
+        (measured: identical scales on digits_cnn). Entropy uses 2048 bins here (TensorRT's
+        setting), and asymmetric ranges for uint8 activations (they follow ReLU).
+        """
+        from onnxruntime.quantization import save_tensors_data
+        from onnxruntime.quantization.calibrate import CalibrationMethod
+
+        c = self.config
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[c.calibration]
+        options = {"symmetric": c.activation_type == "int8"}
+        if c.calibration == "entropy":
+            options.update(num_bins=2048, num_quantized_bins=128)
+        elif c.calibration == "percentile":
+            options.update(num_bins=2048, percentile=c.percentile)
+        with _quiet():
+            ranges = self._collect(method, options)
+            if c.calibration != "minmax":
+                # Histogram methods clip rare large values, which is right inside the network
+                # but wrong for the graph outputs: clipped logits lose the margins that top-1 and
+                # SQNR are judged on (measured on a tiny CNN: 9.8 dB with entropy-clipped logits).
+                # Graph outputs keep their full MinMax range.
+                import onnx
+
+                outputs = [o.name for o in onnx.load(str(self.pre), load_external_data=False).graph.output]
+                full = self._collect(CalibrationMethod.MinMax, {"symmetric": options["symmetric"]})
+                for name in outputs:
+                    if name in full.data and name in ranges.data:
+                        ranges.data[name] = full.data[name]
+            save_tensors_data(ranges, self.cache)
+
+    def _collect(self, method, options: dict):
+        from onnxruntime.quantization.calibrate import create_calibrator
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+        calibrator = create_calibrator(
+            self.pre, sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+            augmented_model_path=str(self.tmp / f"augmented-{method.name}.onnx"),
+            calibrate_method=method, extra_options=options)
+        calibrator.collect_data(_Reader(self.feeds))
+        return calibrator.compute_data()
+
+    def __call__(self, exclude: Sequence[str]) -> Path:
+        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_dynamic, quantize_static)
+
+        c = self.config
+        if c.mode == "static" and not self.cache.exists():
+            self.calibrate()
+        self.count += 1
+        path = self.tmp / f"q{self.count}.onnx"
+        qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+        with _quiet():
+            if c.mode == "dynamic":
+                quantize_dynamic(str(self.pre), str(path), per_channel=c.per_channel,
+                                 weight_type=qtype[c.weight_type], nodes_to_exclude=list(exclude),
+                                 op_types_to_quantize=["MatMul", "Gemm", "Conv"])
+            else:
+                quantize_static(
+                    str(self.pre), str(path), _Reader(self.feeds),
+                    quant_format=QuantFormat.QDQ if c.format == "qdq" else QuantFormat.QOperator,
+                    per_channel=c.per_channel, activation_type=qtype[c.activation_type],
+                    weight_type=qtype[c.weight_type], nodes_to_exclude=list(exclude),
+                    calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                      "entropy": CalibrationMethod.Entropy,
+                                      "percentile": CalibrationMethod.Percentile}[c.calibration],
+                    extra_options={"CalibPercentile": c.percentile},
+                    calibration_cache_path=str(self.cache))
+        return path
+
+
+class _Scorer:
+    """Scores a candidate ONNX model against the fp32 model: accuracy or agreement."""
+
+    def __init__(self, fp32: Path, eval_data: Any, config: QuantizeConfig):
+        from edgeopt.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+
+        from .fidelity import runner_outputs
+
+        if hasattr(eval_data, "x"):
+            x, y = eval_data.x, getattr(eval_data, "y", None)
+        elif isinstance(eval_data, tuple) and len(eval_data) == 2:
+            x, y = eval_data
+        else:
+            x, y = np.asarray(eval_data), None
+        if len(x) == 0:
+            raise InputError("eval_data is empty: expected at least one sample")
+        if config.max_accuracy_drop is not None and y is None:
+            raise InputError("max_accuracy_drop needs labelled eval_data: (inputs, labels)")
+        self.x, self.y, self.config = x, y, config
+        self._outputs = runner_outputs
+        self.ref = _top1(runner_outputs(OnnxRuntimeRunner(fp32), x))
+        self.fp32_accuracy = float(np.mean(self.ref == y)) if y is not None else None
+
+    def __call__(self, path: Path) -> dict:
+        from edgeopt.runtimes.onnxruntime_runner import OnnxRuntimeRunner
+
+        pred = _top1(self._outputs(OnnxRuntimeRunner(path), self.x))
+        out = {"agreement": float(np.mean(pred == self.ref))}
+        if self.y is not None:
+            out["accuracy"] = float(np.mean(pred == self.y))
+            out["accuracy_drop"] = self.fp32_accuracy - out["accuracy"]
+        return out
+
+    def meets(self, s: dict) -> bool:
+        c = self.config
+        if c.max_accuracy_drop is not None and s["accuracy_drop"] > c.max_accuracy_drop + 1e-12:
+            return False
+        if c.min_agreement is not None and s["agreement"] < c.min_agreement - 1e-12:
+            return False
+        return True
+
+    def objective(self, s: dict) -> float:
+        return s["accuracy"] if self.config.max_accuracy_drop is not None else s["agreement"]
+
+
+def _top1(logits: np.ndarray) -> np.ndarray:
+    return logits.reshape(len(logits), -1).argmax(axis=1)
+
+
+def _fallback(quantize_with: _Quantizer, score: _Scorer, candidate: Path, excluded: list,
+              config: QuantizeConfig, say: Callable[[str], None]):
+    first = score(candidate)
+    steps = [{"nodes_in_float": list(excluded), **first}]
+    say(f"int8: {_describe(first)}")
+    if score.meets(first):
+        return candidate, excluded, steps
+    nodes = [n for n in _quantized_compute_nodes(candidate) if n not in excluded]
+    say(f"budget missed; measuring the sensitivity of {len(nodes)} quantized compute nodes")
+    base = score.objective(first)
+    gains = []
+    for name in nodes:
+        s = score(quantize_with([*excluded, name]))
+        gains.append((score.objective(s) - base, name))
+    gains.sort(key=lambda g: -g[0])
+    for gain, name in gains:
+        excluded = [*excluded, name]
+        candidate = quantize_with(excluded)
+        s = score(candidate)
+        steps.append({"nodes_in_float": list(excluded), "sensitivity": gain, **s})
+        say(f"kept {name} in float (sensitivity {gain:+.4f}): {_describe(s)}")
+        if score.meets(s):
+            return candidate, excluded, steps
+    raise InputError(
+        f"no assignment meets the budget (max_accuracy_drop={config.max_accuracy_drop}, "
+        f"min_agreement={config.min_agreement}): with all {len(excluded)} compute nodes in float "
+        f"the model scores {_describe(steps[-1])}")
+
+
+def _describe(s: dict) -> str:
+    parts = [f"agreement {s['agreement'] * 100:.2f}%"]
+    if "accuracy" in s:
+        parts.insert(0, f"accuracy {s['accuracy'] * 100:.2f}% (drop {s['accuracy_drop'] * 100:.2f} points)")
+    return ", ".join(parts)
+
+
+def _quantized_compute_nodes(path: Path) -> list[str]:
+    """Names of compute nodes that run on quantized inputs (QDQ: a DequantizeLinear feeds them;
+    QOperator: QLinear*/ConvInteger/MatMulInteger nodes)."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    produced_by = {o: n for n in g.node for o in n.output}
+    names = []
+    for n in g.node:
+        if n.op_type in COMPUTE_OPS:
+            src = produced_by.get(n.input[0])
+            if src is not None and src.op_type == "DequantizeLinear":
+                names.append(n.name)
+        elif n.op_type in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"):
+            names.append(n.name)
+    return names
+
+
+def _model_file(model: str | os.PathLike) -> Path:
+    p = Path(model)
+    if p.is_dir():
+        from edgeopt.runtimes.artifact import load_artifact
+
+        art = load_artifact(p)
+        if art.format != "onnx":
+            raise InputError(f"quantize needs an ONNX model; {str(p)!r} is a {art.format} artifact")
+        return art.model_file
+    if not p.exists():
+        raise FileNotFoundError(f"ONNX model {str(p)!r} does not exist")
+    return p
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime.quantization logs warnings and prints for routine steps; keep them out."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)

@@ -1,0 +1,119 @@
+"""int8 quantization: static PTQ, fidelity, accuracy-aware fallback, bad input."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgeopt.compile import export
+from edgeopt.compress import QuantizeConfig, fidelity, quantize
+from edgeopt.compress.fidelity import runner_outputs
+from edgeopt.runtimes import load
+from edgeopt.runtimes.errors import InputError
+from helpers import OutlierMLP, example_inputs, listing, outlier_samples, tiny_conv_net
+
+
+@pytest.fixture(scope="module")
+def conv_onnx(tmp_path_factory):
+    d = tmp_path_factory.mktemp("q")
+    return export(tiny_conv_net(), example_inputs(), d / "fp32.onnx").path
+
+
+def _calib(n=16):
+    return [example_inputs(seed=s) for s in range(n)]
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_static_int8_is_smaller_close_and_really_quantized(conv_onnx, tmp_path, method):
+    r = quantize(conv_onnx, _calib(), QuantizeConfig(calibration=method), tmp_path / "q.onnx")
+    g = onnx.load(str(r.path)).graph
+    ops = {n.op_type for n in g.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8_weights = [i for i in g.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert int8_weights, "weights are stored as int8"
+    m = r.record["metrics"]
+    assert m["compute_nodes_quantized"] == m["compute_nodes_total"] == 2
+    assert m["calibration_samples"] == 16 and m["nodes_in_float"] == []
+    x = np.concatenate([example_inputs(seed=s) for s in range(100, 132)])
+    f = fidelity(runner_outputs(load(conv_onnx), x), runner_outputs(load(r.path), x))
+    assert f.sqnr_db > 20 and f.agreement >= 0.9
+    assert listing(tmp_path) == ["q.onnx"]
+
+
+def test_artifact_output_carries_history(conv_onnx, tmp_path):
+    r = quantize(conv_onnx, np.concatenate(_calib(8)), QuantizeConfig(), tmp_path / "art",
+                 history=[{"name": "export", "config": {}, "metrics": {}}])
+    assert [h["name"] for h in r.artifact.history] == ["export", "quantize"]
+    assert r.record["metrics"]["calibration_samples"] == 8  # a stacked (8, ...) array splits
+
+
+def test_fallback_keeps_sensitive_node_in_float_until_budget_holds(tmp_path):
+    model = OutlierMLP().eval()
+    fp32 = export(model, outlier_samples(1), tmp_path / "mlp.onnx").path
+    calib, held_out = outlier_samples(64, seed=1), outlier_samples(200, seed=2)
+    plain = quantize(fp32, calib, QuantizeConfig(calibration="minmax", per_channel=False),
+                     tmp_path / "plain.onnx")
+    ref = runner_outputs(load(fp32), held_out)
+    plain_agreement = fidelity(ref, runner_outputs(load(plain.path), held_out)).agreement
+    assert plain_agreement < 0.95  # the budget below is out of reach for plain int8
+
+    r = quantize(fp32, calib, QuantizeConfig(calibration="minmax", per_channel=False, min_agreement=0.99),
+                 tmp_path / "fallback.onnx", eval_data=held_out)
+    assert r.float_nodes, "the fallback names the nodes it kept in float"
+    steps = r.record["metrics"]["fallback"]
+    assert steps[0]["agreement"] == pytest.approx(plain_agreement)
+    assert steps[-1]["agreement"] >= 0.99
+    assert r.record["metrics"]["nodes_in_float"] == r.float_nodes
+    final = fidelity(ref, runner_outputs(load(r.path), held_out)).agreement
+    assert final >= 0.99
+
+
+def test_dynamic_mode_quantizes_matmuls_without_calibration(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).eval()
+    fp32 = export(model, np.zeros((1, 64), np.float32), tmp_path / "lin.onnx").path
+    r = quantize(fp32, None, QuantizeConfig(mode="dynamic"), tmp_path / "dyn.onnx")
+    assert r.record["metrics"]["size_ratio"] < 0.35
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    assert fidelity(load(fp32).run(x)[0], load(r.path).run(x)[0]).sqnr_db > 20
+
+
+@pytest.mark.parametrize("calibration, message", [
+    ([], "calibration data is empty"),
+    (None, "static quantization needs calibration data"),
+    ([np.zeros((1, 3, 8, 8), np.float32)], r"calibration sample 0: input 'input' has shape \(1, 3, 8, 8\)"),
+    ([np.zeros((1, 1, 8, 8), np.float64)], "calibration sample 0: input 'input' has dtype float64"),
+    ([{"bogus": np.zeros((1, 1, 8, 8), np.float32)}], "calibration sample 0 has inputs \\['bogus'\\]"),
+])
+def test_bad_calibration_data_is_named_and_nothing_written(conv_onnx, tmp_path, calibration, message):
+    with pytest.raises(InputError, match=message):
+        quantize(conv_onnx, calibration, QuantizeConfig(), tmp_path / "q.onnx")
+    assert listing(tmp_path) == []
+
+
+def test_model_without_quantizable_op(tmp_path):
+    class Act(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x) + 1.0
+
+    fp32 = export(Act().eval(), np.zeros((1, 4), np.float32), tmp_path / "act.onnx").path
+    with pytest.raises(InputError, match="has no quantizable op: expected at least one of Conv, MatMul"):
+        quantize(fp32, [np.zeros((1, 4), np.float32)], QuantizeConfig(), tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_config_validation_and_budget_without_data(conv_onnx, tmp_path):
+    with pytest.raises(ValueError, match="calibration must be one of minmax, entropy, percentile; got 'kl'"):
+        QuantizeConfig(calibration="kl")
+    with pytest.raises(ValueError, match="max_accuracy_drop must be in \\[0, 1\\)"):
+        QuantizeConfig(max_accuracy_drop=5)
+    with pytest.raises(InputError, match="need eval_data"):
+        quantize(conv_onnx, _calib(2), QuantizeConfig(min_agreement=0.99), tmp_path / "q.onnx")
+
+
+def test_fidelity_metrics():
+    ref = np.array([[1.0, 0.0], [0.0, 1.0]])
+    f = fidelity(ref, np.array([[0.0, 1.0], [0.0, 1.0]]))
+    assert f.agreement == 0.5 and f.max_abs == 1.0 and f.sqnr_db == pytest.approx(0.0)
+    assert fidelity(ref, ref).sqnr_db == float("inf")
+    with pytest.raises(InputError, match="different shapes"):
+        fidelity(ref, ref[:1])
