@@ -9,7 +9,6 @@ four more seeded random inputs. ``--record`` appends the table to benchmarks/RES
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ import numpy as np
 from edgeopt.compile import export
 from edgeopt.pipeline.zoo import ZOO, create
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from results import record
 
 
 def main(argv=None) -> int:
@@ -43,11 +42,8 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        with open(RESULTS, "a") as f:
-            f.write(f"\n## Export parity, all zoo models ({dt.date.today().isoformat()})\n\n"
-                    "Command: `.venv/bin/python benchmarks/export_parity.py --record`\n\n"
-                    "Relative error is max|torch - onnxruntime| / max|torch| per output; the "
-                    "tolerance is 1e-4.\n\n" + table + "\n")
+        record("Export parity, all zoo models", table,
+               "Relative error is max|torch - onnxruntime| / max|torch| per output; the tolerance is 1e-4.")
     return 0
 
 

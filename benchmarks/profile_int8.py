@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import tempfile
 from pathlib import Path
@@ -18,7 +17,7 @@ from edgeopt.compress import QuantizeConfig, quantize
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes.onnxruntime_runner import profile_ops
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from results import record
 
 
 def main(argv=None) -> int:
@@ -45,12 +44,8 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        with open(RESULTS, "a") as fh:
-            fh.write(f"\n## onnxruntime kernel profile, {args.model}, fp32 vs int8 "
-                     f"({dt.date.today().isoformat()})\n\nCommand: `.venv/bin/python "
-                     f"benchmarks/profile_int8.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
-                     "\n\n(Profiler timings carry overhead; compare kinds, not totals with the "
-                     "benchmark.)\n\n" + table + "\n")
+        record(f"onnxruntime kernel profile, {args.model}, fp32 vs int8", table,
+               "(Profiler timings carry overhead; compare kernel kinds, not totals with the benchmark.)")
     return 0
 
 

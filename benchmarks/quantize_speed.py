@@ -11,7 +11,6 @@ drift hits both; the ratio uses the medians over both blocks.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from edgeopt.compress import QuantizeConfig, fidelity, quantize
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from results import record
 
 
 def measure(model: str, threads: int, repeat: int, fmt: str, per_channel: bool, tmp: Path) -> list[str]:
@@ -66,10 +65,7 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        cmd = "benchmarks/quantize_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        with open(RESULTS, "a") as fh:
-            fh.write(f"\n## onnxruntime int8 vs fp32, batch 1, {args.threads} threads "
-                     f"({dt.date.today().isoformat()})\n\nCommand: `.venv/bin/python {cmd}`\n\n" + table + "\n")
+        record(f"onnxruntime int8 vs fp32, batch 1, {args.threads} threads", table)
     return 0
 
 

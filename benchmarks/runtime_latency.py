@@ -11,11 +11,8 @@ onnxruntime's median from the same run (machines are noisy: compare ratios, not 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import shlex
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -23,7 +20,7 @@ from edgeopt.pipeline.models import load_model
 from edgeopt.pipeline.report import markdown, text_table
 from edgeopt.pipeline.study import BenchConfig, compare_runtimes
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from results import record
 
 
 def main(argv=None) -> int:
@@ -44,14 +41,8 @@ def main(argv=None) -> int:
                                   log=lambda s: print(s, file=sys.stderr))
     print(text_table(report))
     if args.record:
-        cmd = ".venv/bin/python benchmarks/runtime_latency.py " + " ".join(
-            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-        section = (f"\n## {args.model}, batch 1, {args.threads} threads: torch / onnxruntime / "
-                   f"untuned TVM ({dt.date.today().isoformat()})\n\nCommand: `{cmd}`\n\n"
-                   + markdown(report).split("\n", 2)[2])
-        with open(RESULTS, "a") as f:
-            f.write(section)
-        print(f"appended to {RESULTS}")
+        record(f"{args.model}, batch 1, {args.threads} threads: torch / onnxruntime / untuned TVM",
+               markdown(report).split("\n", 2)[2])
     return 0
 
 

@@ -57,12 +57,11 @@ def onnx_flops(model: Any) -> int:
             y = shape(node.output[0])  # (N, Cout, Ho, Wo)
             total += 2 * int(np.prod(y)) * int(np.prod(w[1:]))
         elif node.op_type in ("Gemm", "MatMul"):
-            a, b = shape(node.input[0]), shape(node.input[1])
+            a = shape(node.input[0])
             y = shape(node.output[0])
             trans_a = any(at.name == "transA" and at.i for at in node.attribute)
             k = a[-2] if trans_a else a[-1]
             if len(a) == 1:
                 k = a[0]
             total += 2 * int(np.prod(y)) * int(k)
-            del b
     return int(total)

@@ -90,7 +90,7 @@ def text_table(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    head = [f"# edgeopt report", "",
+    head = ["# edgeopt report", "",
             f"- machine: {m.get('cpu')}, {m.get('threads')} threads; "
             + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
             f"- reference for latency ratios: `{report['reference']}` (median of the same run)"]

@@ -141,7 +141,6 @@ def compare_runtimes(model, example: np.ndarray, out_dir: str | os.PathLike,
             entry["agreement"] = float(np.mean(preds == reference_preds))
             entry["predictions_sha256"] = _digest(preds)
         variants.append(entry)
-        del runner
 
     task_info = {"name": task.name, "metric": task.metric} if task is not None else None
     return make_report(variants, machine_fingerprint(threads), task_info, f"{name}/onnxruntime")
