@@ -107,7 +107,8 @@ def export(model, example_inputs, out: str | os.PathLike, config: ExportConfig =
         check_inputs: more inputs (each a tensor or tuple of tensors, numpy accepted) for the
             parity check, e.g. real task samples. With a static batch they must have the
             example's shapes.
-        history: earlier step records to carry into the artifact manifest.
+        history: earlier step records to carry into the artifact manifest (default: the records
+            a compressed model carries, ``edgeopt.compress.history``).
 
     Raises:
         InputError: the model rejects the example input, or has an op the exporter cannot export.
@@ -118,6 +119,7 @@ def export(model, example_inputs, out: str | os.PathLike, config: ExportConfig =
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"export needs a torch.nn.Module, got {type(model).__name__}")
     example = _as_tensors(example_inputs, "example_inputs")
+    history = list(history) or list(getattr(model, "edgeopt_history", []))
     model = model.eval()
     torch_outputs = _torch_forward(model, example)
     in_names = _names(config.input_names, "input", len(example))

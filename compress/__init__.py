@@ -7,9 +7,14 @@ Example:
     40
 """
 
-from .counting import count_params, onnx_flops
+from .counting import count_flops, count_params, model_stats, onnx_flops
+from .distill import DistillConfig, distill
 from .fidelity import Fidelity, fidelity
+from .history import history, last_record
+from .lowrank import LowRankConfig, lowrank
+from .prune import PruneConfig, prune
 from .quantize import QuantizeConfig, QuantizeResult, quantize
 
-__all__ = ["Fidelity", "QuantizeConfig", "QuantizeResult", "count_params", "fidelity",
-           "onnx_flops", "quantize"]
+__all__ = ["DistillConfig", "Fidelity", "LowRankConfig", "PruneConfig", "QuantizeConfig",
+           "QuantizeResult", "count_flops", "count_params", "distill", "fidelity", "history",
+           "last_record", "lowrank", "model_stats", "onnx_flops", "prune", "quantize"]

@@ -9,6 +9,9 @@ Example:
     >>> from edgeopt.compress.counting import count_params
     >>> count_params(torch.nn.Linear(4, 2))
     10
+    >>> from edgeopt.compress.counting import count_flops
+    >>> count_flops(torch.nn.Linear(4, 2), torch.zeros(1, 4))
+    16
 """
 
 from __future__ import annotations
@@ -24,6 +27,27 @@ from edgeopt.runtimes.errors import InputError
 def count_params(model) -> int:
     """Number of parameter elements of a torch module (buffers such as BN statistics excluded)."""
     return int(sum(p.numel() for p in model.parameters()))
+
+
+def count_flops(model, example_inputs) -> int:
+    """FLOPs of one forward pass of a torch module on ``example_inputs`` (a tensor or tuple).
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmul, conv, attention matmuls,
+    2 FLOPs per multiply-add), so functional matmuls are seen too, not only modules.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    args = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(*args)
+    return int(counter.get_total_flops())
+
+
+def model_stats(model, example_inputs) -> dict:
+    """``{"params": ..., "flops": ...}`` for step records."""
+    return {"params": count_params(model), "flops": count_flops(model, example_inputs)}
 
 
 def onnx_flops(model: Any) -> int:

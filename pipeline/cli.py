@@ -116,7 +116,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--eval-data", default=None, metavar="task:digits|FILE.npy",
                    help="data the budget is measured on: a task's validation split (with labels), "
                    "or a .npy of inputs (agreement only)")
+    lr = steps.add_parser("lowrank", epilog=EPILOG, help="low-rank factorization of a torch model",
+                          description="Factorize Linear layers (SVD) and convolutions (Tucker-2 or CP) of "
+                          "MODEL, export the result (parity-checked) and write it as an ONNX artifact "
+                          "folder whose manifest records ranks, skipped layers and FLOPs/params.")
+    _torch_step_args(lr)
+    sel = lr.add_mutually_exclusive_group(required=True)
+    sel.add_argument("--energy", type=float, help="keep this fraction of the spectrum's energy, (0, 1]")
+    sel.add_argument("--rank-ratio", type=float, help="keep this fraction of each layer's rank, (0, 1]")
+    sel.add_argument("--flops-budget", type=float, help="target FLOPs as a fraction of the original, (0, 1)")
+    sel.add_argument("--params-budget", type=float, help="target params as a fraction of the original, (0, 1)")
+    lr.add_argument("--method", default="tucker", choices=["tucker", "cp"], help="for kxk convolutions")
+    lr.add_argument("--energy-on", default="weights", choices=["weights", "responses"],
+                    help="rank from the weights' spectrum or from the layers' responses on "
+                    "--calibration-data (default: weights)")
+    lr.add_argument("--calibration-data", default=None, metavar="task:digits|FILE.npy",
+                    help="inputs for --energy-on responses and for the budget search")
+    pr = steps.add_parser("prune", epilog=EPILOG, help="structured or unstructured pruning of a torch model",
+                          description="Prune MODEL (channels physically removed by default), export the "
+                          "result (parity-checked) and write it as an ONNX artifact folder.")
+    _torch_step_args(pr)
+    pr.add_argument("--amount", type=float, required=True, help="fraction to remove, [0, 1)")
+    pr.add_argument("--unstructured", action="store_true", help="zero single weights instead of channels")
+    pr.add_argument("--norm", default="l1", choices=["l1", "l2"])
+    pr.add_argument("--scope", default="global", choices=["global", "local"])
     return p
+
+
+def _torch_step_args(parser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="zoo:NAME, module.path:factory or a .pt2 file")
+    parser.add_argument("--out", required=True, help="output artifact folder (ONNX + manifest)")
+    parser.add_argument("--input-shape", default=None, help="example input shape, e.g. 1,3,224,224")
 
 
 def _load_samples(spec: str | None, split: str):
@@ -141,6 +171,8 @@ def _load_samples(spec: str | None, split: str):
 
 
 def cmd_compress(args) -> int:
+    if args.step in ("lowrank", "prune"):
+        return _torch_step(args)
     from edgeopt.compress import QuantizeConfig, quantize
 
     config = QuantizeConfig(
@@ -162,6 +194,40 @@ def cmd_compress(args) -> int:
           f"compute nodes int8")
     if m["nodes_in_float"]:
         print("kept in float: " + ", ".join(m["nodes_in_float"]))
+    return 0
+
+
+def _torch_step(args) -> int:
+    import edgeopt.compress as ec
+    from edgeopt.compile import export
+
+    from .models import load_model, parse_shape
+
+    loaded = load_model(args.model)
+    shape = parse_shape(args.input_shape) if args.input_shape else loaded.input_shape
+    if shape is None:
+        raise InputError(f"model {args.model!r} does not say its input shape; pass --input-shape")
+    x = _example_input(shape, 0)
+    if args.step == "lowrank":
+        config = ec.LowRankConfig(rank_ratio=args.rank_ratio, energy=args.energy,
+                                  flops_budget=args.flops_budget, params_budget=args.params_budget,
+                                  method=args.method, energy_on=args.energy_on)
+        calibration = _load_samples(args.calibration_data, "calib")
+        if calibration is not None and hasattr(calibration, "x"):
+            calibration = calibration.x
+        model = ec.lowrank(loaded.module, config, x, calibration=calibration)
+    else:
+        config = ec.PruneConfig(amount=args.amount, structured=not args.unstructured,
+                                norm=args.norm, scope=args.scope)
+        model = ec.prune(loaded.module, config, x)
+    m = ec.last_record(model)["metrics"]
+    result = export(model, x, args.out)
+    print(f"{args.step}: params {m['params_before']:,} -> {m['params_after']:,} "
+          f"({m['params_before'] / max(m['params_after'], 1):.2f}x fewer), FLOPs {m['flops_before']:,} -> "
+          f"{m['flops_after']:,} ({m['flops_before'] / max(m['flops_after'], 1):.2f}x fewer)")
+    for entry in m.get("skipped", []) + m.get("left_whole", []):
+        print(f"  left alone: {entry.get('layer') or ', '.join(entry.get('layers', []))}: {entry['reason']}")
+    print(f"wrote {result.path} (parity max rel {result.parity.max_rel:.1e})")
     return 0
 
 
