@@ -25,6 +25,7 @@ import numpy as np
 
 from edgeopt.runtimes.errors import InputError
 
+from .augment import random_shift
 from .counting import count_params
 from .history import with_record
 
@@ -134,7 +135,7 @@ def distill(student, teacher, data: Any, config: DistillConfig, val: Any = None,
         model.train()
         total, count = 0.0, 0
         for xb, yb in _epoch_batches(train_x, train_y, batches, config.batch_size, gen):
-            xb = _random_shift(xb, config.shift, gen)
+            xb = random_shift(xb, config.shift, gen)
             logits = model(xb)
             with torch.no_grad():
                 t_logits = teacher(xb)
@@ -233,18 +234,6 @@ def _epoch_batches(x, y, batches, batch_size: int, gen):
     for s in range(0, len(x), batch_size):
         i = order[s:s + batch_size]
         yield x[i], (y[i] if y is not None else None)
-
-
-def _random_shift(xb, shift: int, gen):
-    import torch
-
-    if shift == 0 or xb.ndim != 4:
-        return xb
-    n, _, h, w = xb.shape
-    padded = torch.nn.functional.pad(xb, (shift, shift, shift, shift), value=float(xb.min()))
-    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-    return torch.stack([padded[k, :, dy[k]:dy[k] + h, dx[k]:dx[k] + w] for k in range(n)])
 
 
 def _top1(model, x, y) -> float:

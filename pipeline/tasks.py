@@ -123,6 +123,8 @@ def train(model, task: Task, config: TrainConfig = TrainConfig(), progress: bool
     import torch
     from tqdm.auto import tqdm
 
+    from edgeopt.compress.augment import random_shift
+
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     student = copy.deepcopy(model).train()
@@ -137,7 +139,7 @@ def train(model, task: Task, config: TrainConfig = TrainConfig(), progress: bool
         order = torch.randperm(len(y), generator=gen)
         for start in range(0, len(y), config.batch_size):
             i = order[start:start + config.batch_size]
-            xb = _random_shift(x[i], config.shift, gen)
+            xb = random_shift(x[i], config.shift, gen)
             loss = torch.nn.functional.cross_entropy(student(xb), y[i])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -147,19 +149,6 @@ def train(model, task: Task, config: TrainConfig = TrainConfig(), progress: bool
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
     return student.eval()
-
-
-def _random_shift(xb, shift: int, gen):
-    """Translate each image by up to ``shift`` pixels (zero padding): cheap, label-preserving."""
-    import torch
-
-    if shift == 0:
-        return xb
-    n, _, h, w = xb.shape
-    padded = torch.nn.functional.pad(xb, (shift, shift, shift, shift), value=float(xb.min()))
-    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
-    return torch.stack([padded[k, :, dy[k]:dy[k] + h, dx[k]:dx[k] + w] for k in range(n)])
 
 
 def predict(run_one: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
