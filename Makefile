@@ -25,7 +25,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) benchmarks/runtime_latency.py --model zoo:resnet18
+	mkdir -p build/bench
+	$(PY) -m pytest -q benchmarks/test_micro.py --benchmark-json build/bench/micro.json
+	$(VENV)/bin/edgeopt run benchmarks/digits.yaml --out build/bench/digits
+	cd benchmarks && ../$(PY) refresh_results.py ../build/bench/micro.json ../build/bench/digits/report.json
 
 clean:
 	rm -rf build .pytest_cache

@@ -47,18 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take a PyTorch model to a compressed, compiled and measured artifact.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", epilog=EPILOG, help="train the digits model and compare runtimes",
-                       description="Train digits_cnn on scikit-learn's digits, export it to ONNX "
-                       "(parity-checked), compile it with TVM, time torch / onnxruntime / TVM and "
-                       "write report.json and report.md.")
+    d = sub.add_parser("demo", epilog=EPILOG, help="run the built-in digits trade-off study",
+                       description="Train digits_cnn on scikit-learn's digits and run the built-in study "
+                       "(benchmarks/digits.yaml): fp32, lowrank+kd, pruned+kd, int8 and pruned+kd+int8 on "
+                       "torch, onnxruntime and TVM; write report.json, report.md, pareto.png and "
+                       "index.html.")
     d.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
-    d.add_argument("--epochs", type=_positive_int, default=12, help="training epochs (default: 12)")
     d.add_argument("--threads", type=_positive_int, default=None,
                    help="threads for every runtime (default: one per core)")
-    d.add_argument("--warmup", type=_nonneg_int, default=10, help="untimed runs first (default: 10)")
-    d.add_argument("--repeat", type=_positive_int, default=100, help="timed runs (default: 100)")
-    d.add_argument("--runtimes", default="torch,onnxruntime,tvm",
-                   help="comma-separated runtimes to compare (default: torch,onnxruntime,tvm)")
+    d.add_argument("--warmup", type=_nonneg_int, default=None, help="untimed runs first (default: 10)")
+    d.add_argument("--repeat", type=_positive_int, default=None, help="timed runs (default: 100)")
 
     e = sub.add_parser("export", epilog=EPILOG, help="export a torch model to ONNX with a parity check",
                        description="Export MODEL to ONNX, run the ONNX checker and shape inference, "
@@ -89,6 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=_positive_int, default=100, help="timed runs (default: 100)")
     b.add_argument("--input-shape", default=None, help="input shape for a torch MODEL spec")
     b.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
+    r = sub.add_parser("run", epilog=EPILOG, help="run a whole trade-off study from a recipe",
+                       description="Run every variant of RECIPE on every target and write report.json, "
+                       "report.md, pareto.png and index.html into --out. Progress is kept in "
+                       "state.json: re-running after an interrupt resumes without redoing finished "
+                       "variants.")
+    r.add_argument("recipe", metavar="RECIPE.yaml")
+    r.add_argument("--out", default=None, help="output folder (default: build/<recipe name>)")
+
+    k = sub.add_parser("check", epilog=EPILOG, help="CI gate: compare a report with a baseline",
+                       description="Compare REPORT with BASELINE variant by variant: latency as the ratio "
+                       "to the run's reference variant, size in bytes, accuracy in points. Exit 1 on "
+                       "a regression beyond the limits, 0 otherwise, 2 on bad input.")
+    k.add_argument("report", metavar="REPORT.json")
+    k.add_argument("--baseline", required=True, metavar="BASE.json")
+    k.add_argument("--max-latency-regression", type=float, default=0.10,
+                   help="allowed growth of the latency ratio, as a fraction (default: 0.10)")
+    k.add_argument("--max-size-regression", type=float, default=0.01,
+                   help="allowed growth of the size, as a fraction (default: 0.01)")
+    k.add_argument("--max-accuracy-drop", type=float, default=0.005,
+                   help="allowed top-1 drop, as a fraction (default: 0.005 = 0.5 points)")
+
     c = sub.add_parser("compress", epilog=EPILOG, help="apply one compression step",
                        description="Apply one compression step to a model and write the result.")
     steps = c.add_subparsers(dest="step", required=True, metavar="STEP")
@@ -231,12 +250,35 @@ def _torch_step(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .recipe import load_recipe
+    from .run import run_recipe
+
+    recipe = load_recipe(args.recipe)
+    out = args.out or str(Path("build") / Path(args.recipe).stem)
+    run_recipe(recipe, out)
+    print(f"wrote {out}/report.json, report.md, pareto.png and index.html")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .gate import Thresholds, compare, format_rows, load_report
+
+    t = Thresholds(args.max_latency_regression, args.max_size_regression, args.max_accuracy_drop)
+    rows = compare(load_report(args.report), load_report(args.baseline, "baseline"), t)
+    print(format_rows(rows, t))
+    bad = [r for r in rows if r["regressions"]]
+    if bad:
+        raise CheckFailed(f"{len(bad)} of {len(rows)} variants regressed: "
+                          + ", ".join(r["variant"] for r in bad))
+    print(f"no regression in {len(rows)} variants")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
-    run_demo(out=args.out, epochs=args.epochs, threads=args.threads, warmup=args.warmup,
-             repeat=args.repeat, runtimes=runtimes)
+    run_demo(out=args.out, threads=args.threads, warmup=args.warmup, repeat=args.repeat)
     return 0
 
 
@@ -327,7 +369,8 @@ def _runner_for_torch_spec(args, tmp: Path):
     return load(build(exported.path, target="cpu", out=tmp / "tvm"), threads=args.threads)
 
 
-COMMANDS = {"demo": cmd_demo, "export": cmd_export, "bench": cmd_bench, "compress": cmd_compress}
+COMMANDS = {"demo": cmd_demo, "export": cmd_export, "bench": cmd_bench, "compress": cmd_compress,
+            "run": cmd_run, "check": cmd_check}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgeopt {args.command}: check failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"edgeopt {args.command}: interrupted", file=sys.stderr)
+        extra = "; finished work is kept in state.json and a re-run resumes" if args.command == "run" else ""
+        print(f"edgeopt {args.command}: interrupted{extra}", file=sys.stderr)
         return 130
 
 

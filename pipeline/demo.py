@@ -1,4 +1,7 @@
-"""The built-in demo: digits_cnn trained on scikit-learn's digits, on three runtimes.
+"""The built-in demo: the digits trade-off study of ``benchmarks/digits.yaml``.
+
+The recipe is kept here too (``DEMO_RECIPE``) so that an installed edgeopt runs the demo without
+the repository; a test checks that both copies are the same.
 
 Example:
     >>> from edgeopt.pipeline.demo import run_demo  # doctest: +SKIP
@@ -7,36 +10,56 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from pathlib import Path
-from typing import Sequence
 
-from .report import text_table, write_report
-from .study import BenchConfig, compare_runtimes
-from .tasks import TrainConfig, load_task, torch_logits, train
-from .zoo import create
+from .recipe import parse_recipe
+from .run import run_recipe
+
+DEMO_RECIPE = """\
+# The built-in default study: `edgeopt demo` (and `make demo`) runs exactly this recipe.
+model: zoo:digits_cnn
+task: digits
+variants:
+  fp32: []
+  lowrank+kd:
+    - lowrank: {energy: 0.97, energy_on: responses}
+    - distill: {epochs: 10, shift: 2, patience: null}
+  pruned+kd:
+    - prune: {amount: 0.5, scope: local}
+    - distill: {epochs: 10, shift: 2, patience: null}
+  int8:
+    - quantize: {calibration: entropy, per_channel: true}
+  pruned+kd+int8:
+    - prune: {amount: 0.5, scope: local}
+    - distill: {epochs: 10, shift: 2, patience: null}
+    - quantize: {calibration: entropy, per_channel: true}
+targets:
+  - runtime: torch
+  - runtime: onnxruntime
+  - runtime: tvm
+    target: cpu
+bench: {warmup: 10, repeat: 100}
+"""
 
 
-def run_demo(out: str | os.PathLike = "build/demo", epochs: int = 12, threads: int | None = None,
-             warmup: int = 10, repeat: int = 100,
-             runtimes: Sequence[str] = ("torch", "onnxruntime", "tvm")) -> dict:
-    """Train, export, compile, time and score; print the table; write report.json/report.md."""
+def run_demo(out: str | os.PathLike = "build/demo", threads: int | None = None,
+             warmup: int | None = None, repeat: int | None = None) -> dict:
+    """Run the demo study into ``out``; print the table; return the report."""
     t0 = time.perf_counter()
-    bench = BenchConfig(warmup=warmup, repeat=repeat, threads=threads)
-    task = load_task("digits")
-    print(f"digits task: {len(task.train)} train / {len(task.val)} val / {len(task.calib)} "
-          f"calibration / {len(task.test)} test images, 1x32x32")
-    model = train(create("digits_cnn"), task, TrainConfig(epochs=epochs))
-    acc = task.score(torch_logits(model, task.test.x))
-    print(f"trained digits_cnn: {acc * 100:.2f}% top-1 on the test split")
-    example = task.test.x[:1]
-    report = compare_runtimes(model, example, Path(out), runtimes=runtimes, task=task, bench=bench)
-    json_path, md_path = write_report(report, out)
+    recipe = parse_recipe(DEMO_RECIPE, "<built-in demo recipe>")
+    bench = dict(recipe.bench)
+    for key, value in (("threads", threads), ("warmup", warmup), ("repeat", repeat)):
+        if value is not None:
+            bench[key] = value
+    recipe = dataclasses.replace(recipe, bench=bench)
+    report = run_recipe(recipe, out)
+    fp32 = [v for v in report["variants"] if v["name"] == "fp32"]
+    same = len({v["predictions_sha256"] for v in fp32}) == 1
     print()
-    print(text_table(report))
-    digests = {v["predictions_sha256"] for v in report["variants"]}
-    print()
-    print("top-1 predictions identical across runtimes: " + ("yes" if len(digests) == 1 else "NO"))
-    print(f"wrote {json_path} and {md_path} in {time.perf_counter() - t0:.0f} s")
+    print(f"fp32 top-1 predictions identical across {', '.join(v['runtime'] for v in fp32)}: "
+          + ("yes" if same else "NO"))
+    print(f"wrote report.json, report.md, pareto.png and index.html in {out} "
+          f"in {time.perf_counter() - t0:.0f} s")
     return report

@@ -36,6 +36,11 @@ def pareto_flags(points: Sequence[tuple[float, float | None]]) -> list[bool]:
     return flags
 
 
+def quality(v: dict) -> float | None:
+    """The accuracy axis of the trade-off: top-1 accuracy, or agreement when there are no labels."""
+    return v.get("accuracy") if v.get("accuracy") is not None else v.get("agreement")
+
+
 def make_report(variants: list[dict], machine: dict, task: dict | None, reference: str) -> dict:
     """Fill ``latency_ratio`` and ``pareto`` and return the report.json object."""
     names = [f"{v['name']}/{v['runtime']}" for v in variants]
@@ -44,7 +49,7 @@ def make_report(variants: list[dict], machine: dict, task: dict | None, referenc
     ref = variants[names.index(reference)]["latency_ms"]["median"]
     for v in variants:
         v["latency_ratio"] = v["latency_ms"]["median"] / ref
-    for v, flag in zip(variants, pareto_flags([(v["latency_ms"]["median"], v.get("accuracy"))
+    for v, flag in zip(variants, pareto_flags([(v["latency_ms"]["median"], quality(v))
                                                for v in variants])):
         v["pareto"] = flag
     return {"schema": SCHEMA, "machine": machine, "task": task, "reference": reference,
@@ -102,13 +107,94 @@ def markdown(report: dict) -> str:
     return "\n".join(head + ["", *table, "", "`*` marks the latency/accuracy Pareto front.", ""])
 
 
-def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write report.json and report.md into ``out_dir`` (each atomically)."""
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(report: dict, out_dir: str | os.PathLike, plot: bool = False) -> tuple[Path, Path]:
+    """Write report.json and report.md into ``out_dir`` (each atomically); with ``plot``, also
+    pareto.png and index.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report)
     md = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(markdown(report))
-    os.replace(tmp, md)
+    _write_text_atomic(md, markdown(report))
+    if plot:
+        pareto_png(report, out / "pareto.png")
+        _write_text_atomic(out / "index.html", index_html(report, "pareto.png"))
     return out / "report.json", md
+
+
+def pareto_png(report: dict, path: str | os.PathLike) -> Path:
+    """Latency (log scale) against accuracy, marker area by model size, the front drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for v in report["variants"] if quality(v) is not None]
+    metric = "top-1 accuracy (%)" if any(v.get("accuracy") is not None for v in variants) \
+        else "top-1 agreement with fp32 (%)"
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    sizes = [v.get("size_bytes") or 1 for v in variants]
+    biggest = max(sizes) if sizes else 1
+    runtimes = sorted({v["runtime"] for v in variants})
+    colors = dict(zip(runtimes, plt.cm.tab10.colors))
+    by_latency = sorted(range(len(variants)), key=lambda i: variants[i]["latency_ms"]["median"])
+    for rank, i in enumerate(by_latency):
+        v, size = variants[i], sizes[i]
+        x, y = v["latency_ms"]["median"], quality(v) * 100
+        ax.scatter(x, y, s=40 + 600 * size / biggest, color=colors[v["runtime"]], alpha=0.65,
+                   edgecolors="black" if v.get("pareto") else "none", linewidths=1.5, zorder=3)
+        # Alternate labels above and below: neighbours in latency often share an accuracy.
+        ax.annotate(f"{v['name']}/{v['runtime']}", (x, y), textcoords="offset points",
+                    xytext=(7, 8 if rank % 2 == 0 else -14), fontsize=8, zorder=4)
+    ys = [quality(v) * 100 for v in variants]
+    if ys:
+        pad = max(0.5, (max(ys) - min(ys)) * 0.15)
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    front = sorted((v["latency_ms"]["median"], quality(v) * 100) for v in variants if v.get("pareto"))
+    if front:
+        xs, ys = zip(*front)
+        ax.step(xs, ys, where="post", color="black", linewidth=1, linestyle="--", label="Pareto front", zorder=2)
+    for rt in runtimes:
+        ax.scatter([], [], color=colors[rt], label=rt)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latency, median ms (batch 1, {report['machine'].get('threads')} threads, log scale)")
+    ax.set_ylabel(metric)
+    ax.set_title("edgeopt trade-off: marker area = model size, outlined = on the front", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def index_html(report: dict, plot: str) -> str:
+    """A self-contained page: the machine, the table sorted by latency, and the plot."""
+    import html
+
+    rows = [_row(v) for v in sorted_variants(report)]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    m = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+    task = report.get("task") or {}
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>edgeopt report</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#eee}}</style></head>
+<body><h1>edgeopt report</h1>
+<p>{html.escape(str(m.get('cpu')))}, {m.get('threads')} threads; {html.escape(versions)}<br>
+task: {html.escape(str(task.get('name', '-')))}; latency ratios against
+<code>{html.escape(report['reference'])}</code> measured in the same run; * marks the Pareto front.</p>
+<table><tr>{head}</tr>{body}</table>
+<p><img src="{html.escape(plot)}" alt="latency against accuracy" style="max-width:100%"></p>
+</body></html>
+"""

@@ -20,15 +20,15 @@ import numpy as np
 
 from edgeopt.runtimes.errors import InputError
 
-TASKS = ("digits",)
+TASKS = ("digits", "random")
 
 
 @dataclass(frozen=True)
 class Split:
-    """Inputs (N, C, H, W) float32 and integer labels (N,)."""
+    """Inputs (N, ...) float32 and integer labels (N,), or no labels (``y is None``)."""
 
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray | None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -48,9 +48,15 @@ class Task:
     test: Split
     model: str = field(default="digits_cnn")  # the zoo model the task is built for
 
+    @property
+    def labelled(self) -> bool:
+        return self.test.y is not None
+
     def score(self, logits_or_labels: np.ndarray, split: str = "test") -> float:
         """Top-1 accuracy of predictions (logits (N, classes) or labels (N,)) on a split."""
         y = getattr(self, split).y
+        if y is None:
+            raise InputError(f"task {self.name!r} has no labels; it scores agreement, not accuracy")
         pred = logits_or_labels
         if pred.ndim == 2:
             pred = pred.argmax(axis=1)
@@ -59,11 +65,29 @@ class Task:
         return float(np.mean(pred == y))
 
 
-def load_task(name: str, seed: int = 0) -> Task:
-    """A built-in task by name."""
+def load_task(name: str, seed: int = 0, input_shape: tuple | None = None) -> Task:
+    """A built-in task by name.
+
+    ``digits``: scikit-learn's handwritten digits at 1x32x32 with labels. ``random``: seeded
+    normal inputs of ``input_shape`` without labels, for speed and fidelity studies of models that
+    have no built-in dataset (variants are scored by top-1 agreement with the fp32 model).
+    """
     if name not in TASKS:
         raise InputError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+    if name == "random":
+        if input_shape is None:
+            raise InputError("the random task needs the model's input shape")
+        return _random(seed, tuple(input_shape))
     return _digits(seed)
+
+
+def _random(seed: int, shape: tuple) -> Task:
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        return Split(rng.standard_normal((n, *shape[1:])).astype(np.float32), None)
+
+    return Task("random", "agreement", shape, 0, split(128), split(32), split(16), split(32), model="")
 
 
 def _digits(seed: int) -> Task:

@@ -1,0 +1,264 @@
+"""Recipes: a whole trade-off study in one YAML file, validated up front.
+
+```yaml
+model: zoo:digits_cnn          # or module.path:factory, or a .pt2 file
+task: digits                   # built-in task
+input_shape: [1, 1, 32, 32]    # optional for zoo models
+variants:
+  fp32: []
+  lowrank+kd: [{lowrank: {energy: 0.97, energy_on: responses}}, {distill: {epochs: 5}}]
+  int8: [{quantize: {calibration: entropy, per_channel: true}}]
+targets: [{runtime: torch}, {runtime: onnxruntime}, {runtime: tvm, target: cpu}]
+bench: {warmup: 10, repeat: 100, threads: 2}
+```
+
+Steps run in order: torch-level steps (``lowrank``, ``prune``, ``distill``) first, then at most one
+``quantize`` (ONNX-level), last. Unknown keys, wrong types and unknown steps are errors that name
+the key and its line.
+
+Example:
+    >>> from edgeopt.pipeline.recipe import parse_recipe
+    >>> r = parse_recipe("model: zoo:digits_cnn\\ntask: digits\\nvariants: {fp32: []}\\n"
+    ...                  "targets: [{runtime: onnxruntime}]\\n")
+    >>> r.variants["fp32"], r.targets[0].runtime
+    ([], 'onnxruntime')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeopt.runtimes.errors import InputError
+
+TOP_KEYS = ("model", "task", "input_shape", "variants", "targets", "bench", "seed", "train")
+TORCH_STEPS = ("lowrank", "prune", "distill")
+STEPS = TORCH_STEPS + ("quantize",)
+TARGET_KEYS = {"torch": ("runtime",), "onnxruntime": ("runtime",), "tvm": ("runtime", "target")}
+BENCH_KEYS = ("warmup", "repeat", "threads")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    params: dict
+    line: int
+
+
+@dataclass(frozen=True)
+class Target:
+    runtime: str
+    target: str | dict | None = None
+
+    @property
+    def label(self) -> str:
+        return self.runtime if self.runtime != "tvm" else f"tvm-{self.target_name}"
+
+    @property
+    def target_name(self) -> str:
+        if self.target is None:
+            return "cpu"
+        return self.target if isinstance(self.target, str) else self.target.get("kind", "custom")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    task: str
+    variants: dict            # name -> list[Step]
+    targets: list
+    input_shape: tuple | None = None
+    bench: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    seed: int = 0
+    source: str = "<recipe>"
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and validate a recipe file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"recipe {str(p)!r} does not exist")
+    return parse_recipe(p.read_text(), str(p))
+
+
+def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
+    """Validate recipe YAML text; ``InputError`` names the key and line of the first problem."""
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise InputError(f"{source}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+
+    def err(node, msg: str) -> InputError:
+        return InputError(f"{source} line {node.start_mark.line + 1}: {msg}")
+
+    def mapping(node, what: str) -> list:
+        if not isinstance(node, yaml.MappingNode):
+            raise err(node, f"{what} must be a mapping, got {_kind(node)}")
+        keys = [k.value for k, _ in node.value]
+        dup = {k for k in keys if keys.count(k) > 1}
+        if dup:
+            raise err(node, f"{what} repeats key(s) {sorted(dup)}")
+        return node.value
+
+    def scalar(node, what: str, types: tuple):
+        names = " or ".join({int: "an integer", float: "a number", str: "a string"}[t] for t in types)
+        if not isinstance(node, yaml.ScalarNode):
+            raise err(node, f"{what} must be {names}, got {_kind(node)}")
+        value = yaml.safe_load(yaml.serialize(node))
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise err(node, f"{what} must be {names}, got {value!r}")
+        return value
+
+    if root is None:
+        raise InputError(f"{source}: the recipe is empty; expected keys {', '.join(TOP_KEYS)}")
+    top = {}
+    for k, v in mapping(root, "the recipe"):
+        if k.value not in TOP_KEYS:
+            raise err(k, f"unknown key {k.value!r}; expected one of {', '.join(TOP_KEYS)}")
+        top[k.value] = (k, v)
+    for required in ("model", "task", "variants", "targets"):
+        if required not in top:
+            raise err(root, f"missing key {required!r}")
+
+    model = scalar(top["model"][1], "'model'", (str,))
+    task = scalar(top["task"][1], "'task'", (str,))
+    from .tasks import TASKS
+
+    if task not in TASKS:
+        raise err(top["task"][1], f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    input_shape = None
+    if "input_shape" in top:
+        node = top["input_shape"][1]
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise err(node, "'input_shape' must be a list of positive integers, e.g. [1, 1, 32, 32]")
+        input_shape = tuple(scalar(n, "an input_shape entry", (int,)) for n in node.value)
+        if any(d < 1 for d in input_shape):
+            raise err(node, f"'input_shape' must be positive, got {list(input_shape)}")
+    seed = scalar(top["seed"][1], "'seed'", (int,)) if "seed" in top else 0
+
+    bench = {}
+    if "bench" in top:
+        for k, v in mapping(top["bench"][1], "'bench'"):
+            if k.value not in BENCH_KEYS:
+                raise err(k, f"unknown key {k.value!r} in 'bench'; expected one of {', '.join(BENCH_KEYS)}")
+            bench[k.value] = scalar(v, f"'bench.{k.value}'", (int,))
+    train = {}
+    if "train" in top:
+        from .tasks import TrainConfig
+
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        for k, v in mapping(top["train"][1], "'train'"):
+            if k.value not in fields:
+                raise err(k, f"unknown key {k.value!r} in 'train'; expected one of {', '.join(sorted(fields))}")
+            train[k.value] = scalar(v, f"'train.{k.value}'", (int, float))
+        _check_config(TrainConfig, train, top["train"][1], err)
+
+    variants = {}
+    vnode = top["variants"][1]
+    for k, v in mapping(vnode, "'variants'"):
+        name = k.value
+        if not isinstance(v, yaml.SequenceNode):
+            raise err(v, f"variant {name!r} must be a list of steps (use [] for the plain model)")
+        variants[name] = [_step(s, name, err, mapping, scalar) for s in v.value]
+        _check_order(variants[name], name, err, v)
+    if not variants:
+        raise err(vnode, "'variants' is empty; expected at least one, e.g. fp32: []")
+
+    tnode = top["targets"][1]
+    if not isinstance(tnode, yaml.SequenceNode) or not tnode.value:
+        raise err(tnode, "'targets' must be a non-empty list, e.g. [{runtime: onnxruntime}]")
+    targets = []
+    for t in tnode.value:
+        entries = {k.value: (k, v) for k, v in mapping(t, "a target")}
+        if "runtime" not in entries:
+            raise err(t, "a target needs 'runtime' (torch, onnxruntime or tvm)")
+        runtime = scalar(entries["runtime"][1], "'runtime'", (str,))
+        if runtime not in TARGET_KEYS:
+            raise err(entries["runtime"][1], f"unknown runtime {runtime!r}; expected one of "
+                      f"{', '.join(TARGET_KEYS)}")
+        for key, (knode, _) in entries.items():
+            if key not in TARGET_KEYS[runtime]:
+                raise err(knode, f"unknown key {key!r} for runtime {runtime!r}; expected "
+                          f"{', '.join(TARGET_KEYS[runtime])}")
+        target = None
+        if "target" in entries:
+            tv = entries["target"][1]
+            target = yaml.safe_load(yaml.serialize(tv))
+            if not isinstance(target, (str, dict)):
+                raise err(tv, f"'target' must be a preset name or a mapping, got {target!r}")
+        targets.append(Target(runtime, target))
+    return Recipe(model=model, task=task, variants=variants, targets=targets, input_shape=input_shape,
+                  bench=bench, train=train, seed=seed, source=source)
+
+
+def _kind(node) -> str:
+    import yaml
+
+    return {yaml.MappingNode: "a mapping", yaml.SequenceNode: "a list"}.get(type(node), repr(node.value))
+
+
+def _step(node, variant: str, err, mapping, scalar) -> Step:
+    import yaml
+
+    if isinstance(node, yaml.ScalarNode) and node.value in STEPS:
+        name, params_node = node.value, None
+    else:
+        items = mapping(node, f"a step of variant {variant!r}")
+        if len(items) != 1:
+            raise err(node, f"a step is a mapping with one key (the step name), got {[k.value for k, _ in items]}")
+        (knode, params_node), = items
+        name = knode.value
+        if name not in STEPS:
+            raise err(knode, f"unknown step {name!r} in variant {variant!r}; expected one of {', '.join(STEPS)}")
+    params = {}
+    if params_node is not None and not (isinstance(params_node, yaml.ScalarNode) and params_node.value in ("", "~", "null")):
+        for k, v in mapping(params_node, f"the parameters of step {name!r}"):
+            value = yaml.safe_load(yaml.serialize(v))
+            params[k.value] = tuple(value) if isinstance(value, list) else value
+    _check_config(_config_class(name), params, node, err, f"step {name!r} of variant {variant!r}")
+    return Step(name, params, node.start_mark.line + 1)
+
+
+def _config_class(step: str):
+    import edgeopt.compress as ec
+
+    return {"lowrank": ec.LowRankConfig, "prune": ec.PruneConfig, "distill": ec.DistillConfig,
+            "quantize": ec.QuantizeConfig}[step]
+
+
+def _check_config(cls, params: dict, node, err, what: str = "") -> None:
+    """Build the step's config once now, so bad values fail before any work starts."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise err(node, f"{what}: unknown parameter(s) {unknown}; expected some of {', '.join(sorted(fields))}")
+    trial = dict(params)
+    if cls.__name__ == "DistillConfig":
+        trial.setdefault("epochs", 1)
+    if cls.__name__ == "PruneConfig" and "amount" not in trial:
+        raise err(node, f"{what}: 'amount' is required")
+    if cls.__name__ == "LowRankConfig" and not {"rank_ratio", "energy", "flops_budget", "params_budget"} & set(trial):
+        raise err(node, f"{what}: set one of rank_ratio, energy, flops_budget, params_budget")
+    try:
+        cls(**trial)
+    except (ValueError, TypeError) as e:
+        raise err(node, f"{what}: {e}") from None
+
+
+def _check_order(steps: list[Step], variant: str, err, node) -> None:
+    seen_quantize = False
+    for s in steps:
+        if s.name == "quantize":
+            if seen_quantize:
+                raise err(node, f"variant {variant!r} quantizes twice")
+            seen_quantize = True
+        elif seen_quantize:
+            raise err(node, f"variant {variant!r}: step {s.name!r} (line {s.line}) comes after quantize; "
+                      "torch-level steps (lowrank, prune, distill) must come first")
