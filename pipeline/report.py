@@ -137,20 +137,26 @@ def pareto_png(report: dict, path: str | os.PathLike) -> Path:
     variants = [v for v in report["variants"] if quality(v) is not None]
     metric = "top-1 accuracy (%)" if any(v.get("accuracy") is not None for v in variants) \
         else "top-1 agreement with fp32 (%)"
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    # Points often share an accuracy, so names beside them collide: each point gets a number
+    # and the key beside the plot spells it out (sorted by latency, like the table).
+    fig, ax = plt.subplots(figsize=(12.5, 5.5), dpi=120)
+    fig.subplots_adjust(left=0.07, right=0.62, bottom=0.11, top=0.93)
     sizes = [v.get("size_bytes") or 1 for v in variants]
     biggest = max(sizes) if sizes else 1
     runtimes = sorted({v["runtime"] for v in variants})
     colors = dict(zip(runtimes, plt.cm.tab10.colors))
     by_latency = sorted(range(len(variants)), key=lambda i: variants[i]["latency_ms"]["median"])
-    for rank, i in enumerate(by_latency):
+    key_lines = []
+    for number, i in enumerate(by_latency, 1):
         v, size = variants[i], sizes[i]
         x, y = v["latency_ms"]["median"], quality(v) * 100
-        ax.scatter(x, y, s=40 + 600 * size / biggest, color=colors[v["runtime"]], alpha=0.65,
+        ax.scatter(x, y, s=40 + 600 * size / biggest, color=colors[v["runtime"]], alpha=0.6,
                    edgecolors="black" if v.get("pareto") else "none", linewidths=1.5, zorder=3)
-        # Alternate labels above and below: neighbours in latency often share an accuracy.
-        ax.annotate(f"{v['name']}/{v['runtime']}", (x, y), textcoords="offset points",
-                    xytext=(7, 8 if rank % 2 == 0 else -14), fontsize=8, zorder=4)
+        ax.annotate(str(number), (x, y), ha="center", va="center", fontsize=8, fontweight="bold", zorder=4)
+        key_lines.append(f"{number:>2} {'*' if v.get('pareto') else ' '} {v['name']}/{v['runtime']}"
+                         f"  {x:.3g} ms  {y:.2f}%")
+    fig.text(0.635, 0.93, "\n".join(["   (* = Pareto front)"] + key_lines), va="top", ha="left",
+             family="monospace", fontsize=7.5)
     ys = [quality(v) * 100 for v in variants]
     if ys:
         pad = max(0.5, (max(ys) - min(ys)) * 0.15)
@@ -164,10 +170,9 @@ def pareto_png(report: dict, path: str | os.PathLike) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel(f"latency, median ms (batch 1, {report['machine'].get('threads')} threads, log scale)")
     ax.set_ylabel(metric)
-    ax.set_title("edgeopt trade-off: marker area = model size, outlined = on the front", fontsize=10)
+    ax.set_title("edgeopt trade-off: marker area = model size, outlined = Pareto front", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp)
