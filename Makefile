@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgeopt-installed
 OUT    ?= build/demo
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup bench clean cross-tools
 
 setup: $(STAMP)
 
@@ -21,8 +21,16 @@ $(STAMP): requirements/base.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/edgeopt demo --out $(OUT)
 
-test: $(STAMP)
+test: $(STAMP) cross-tools
 	$(PY) -m pytest -q tests
+
+# The aarch64 cross compiler (ARM builds) and qemu-user (running them here). Installed when
+# missing and apt-get can run; otherwise tests/cross skips with the reason.
+cross-tools:
+	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user >/dev/null; } || \
+	  echo "warning: could not install g++-aarch64-linux-gnu and qemu-user; ARM tests will skip"
 
 bench: $(STAMP)
 	mkdir -p build/bench

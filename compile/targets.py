@@ -1,24 +1,60 @@
-"""TVM target presets.
+"""TVM target presets and the toolchain each one needs.
 
 TVM 0.27 takes targets as JSON dicts only, and LLVM 22 rejects ``mcpu=native``; the ``cpu``
 preset therefore asks LLVM for the host CPU's name and uses the machine's core count.
 
+Presets:
+- ``cpu``: the host (x86-64 here), built with the host compiler.
+- ``arm``: aarch64 Linux with NEON (any Armv8-A board); named boards: ``cortex-a72`` (Raspberry
+  Pi 4), ``cortex-a76`` (Raspberry Pi 5), ``neoverse-n1`` (Graviton 2, Ampere Altra), each as
+  ``arm:NAME``. Cross-compiled with ``aarch64-linux-gnu-g++``.
+- ``cuda``: NVIDIA GPUs, ``arch`` sm_90 (H100/H200) by default, ``cuda:sm_80`` and so on for
+  others; the host code is built for the host CPU.
+- any TVM target as JSON (a string, a ``.json`` file, or a dict).
+
 Example:
-    >>> from edgeopt.compile.targets import resolve_target
-    >>> resolve_target({"kind": "llvm", "mcpu": "x86-64"})["kind"]
-    'llvm'
+    >>> from edgeopt.compile.targets import resolve_target, preset_names
+    >>> resolve_target("arm:cortex-a72")["mcpu"]
+    'cortex-a72'
+    >>> "cuda" in preset_names()
+    True
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeopt.runtimes.errors import InputError
 
-PRESETS = ("cpu",)
+AARCH64_TRIPLE = "aarch64-linux-gnu"
+ARM_BOARDS = {
+    "cortex-a72": {"mcpu": "cortex-a72", "mattr": ["+neon"]},
+    "cortex-a76": {"mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod", "+fullfp16"]},
+    "neoverse-n1": {"mcpu": "neoverse-n1", "mattr": ["+neon", "+dotprod", "+fullfp16"]},
+}
+CUDA_ARCHS = ("sm_70", "sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
+
+
+def preset_names() -> list[str]:
+    return ["cpu", "arm", *(f"arm:{b}" for b in ARM_BOARDS), "cuda", *(f"cuda:{a}" for a in CUDA_ARCHS)]
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """How to link an exported library for a target, and what is missing to do so."""
+
+    compiler: str | None      # None: TVM's default (the host compiler)
+    package: str | None = None  # the Debian package that provides ``compiler``
+
+    def check(self) -> None:
+        if self.compiler and shutil.which(self.compiler) is None:
+            raise InputError(f"the cross compiler {self.compiler!r} is not installed; install the "
+                             f"Debian package {self.package} (apt-get install {self.package})")
 
 
 def host_cpu_target(cores: int | None = None) -> dict:
@@ -32,13 +68,33 @@ def host_cpu_target(cores: int | None = None) -> dict:
     return target
 
 
+def arm_target(board: str | None = None) -> dict:
+    target = {"kind": "llvm", "mtriple": AARCH64_TRIPLE, "mattr": ["+neon"]}
+    if board is not None:
+        if board not in ARM_BOARDS:
+            raise InputError(f"unknown arm board {board!r}; expected one of {', '.join(ARM_BOARDS)}")
+        target.update(ARM_BOARDS[board])
+    return target
+
+
+def cuda_target(arch: str = "sm_90") -> dict:
+    if arch not in CUDA_ARCHS:
+        raise InputError(f"unknown CUDA arch {arch!r}; expected one of {', '.join(CUDA_ARCHS)}")
+    return {"kind": "cuda", "arch": arch, "host": host_cpu_target()}
+
+
 def resolve_target(target: str | dict | Any) -> dict:
     """A preset name, a JSON string or file, or a dict -> a validated TVM target dict."""
     if isinstance(target, dict):
         spec = dict(target)
     elif isinstance(target, str):
-        if target == "cpu":
+        name, _, variant = target.partition(":")
+        if name == "cpu" and not variant:
             return host_cpu_target()
+        if name == "arm":
+            return arm_target(variant or None)
+        if name == "cuda":
+            return cuda_target(variant or "sm_90")
         text = target
         if target.endswith(".json"):
             p = Path(target)
@@ -46,7 +102,7 @@ def resolve_target(target: str | dict | Any) -> dict:
                 raise FileNotFoundError(f"target file {target!r} does not exist")
             text = p.read_text()
         if not text.lstrip().startswith("{"):
-            raise InputError(f"unknown target {target!r}; expected one of {', '.join(PRESETS)}, "
+            raise InputError(f"unknown target {target!r}; expected one of {', '.join(preset_names())}, "
                              "or a TVM target as JSON (e.g. '{\"kind\": \"llvm\"}')")
         try:
             spec = json.loads(text)
@@ -64,4 +120,35 @@ def resolve_target(target: str | dict | Any) -> dict:
         tvm.target.Target(spec)
     except Exception as e:
         raise InputError(f"TVM rejects target {spec!r}: {str(e).strip().splitlines()[-1]}") from None
+    if spec.get("kind") == "llvm" and spec.get("mcpu"):
+        # LLVM only warns about an unknown CPU and silently builds for a generic one.
+        import tvm.target.codegen as codegen
+
+        triple = spec.get("mtriple") or codegen.llvm_get_system_triple()
+        if not codegen.llvm_is_valid_cpu(spec["mcpu"], triple):
+            raise InputError(f"TVM rejects target {spec!r}: LLVM does not know mcpu {spec['mcpu']!r} "
+                             f"for {triple}")
     return spec
+
+
+def toolchain(spec: dict) -> Toolchain:
+    """The compiler that links libraries for ``spec``."""
+    triple = spec.get("mtriple") or (spec.get("host") or {}).get("mtriple") or ""
+    if triple.startswith("aarch64"):
+        return Toolchain("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")
+    return Toolchain(None)
+
+
+def device_of(spec: dict) -> str:
+    """The runtime device an artifact for ``spec`` runs on: "cpu" or "cuda"."""
+    return "cuda" if spec.get("kind") == "cuda" else "cpu"
+
+
+def is_host_runnable(spec: dict) -> bool:
+    """Whether this machine can run an artifact built for ``spec`` (same CPU architecture)."""
+    import platform
+
+    if spec.get("kind") != "llvm":
+        return False
+    triple = spec.get("mtriple", "")
+    return not triple or triple.split("-")[0] == platform.machine()

@@ -22,7 +22,7 @@ from edgeopt.runtimes.artifact import Artifact, write_artifact
 from edgeopt.runtimes.errors import InputError
 from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
 
-from .targets import resolve_target
+from .targets import resolve_target, toolchain
 
 
 def unsupported_ops(onnx_model) -> list[tuple[str, str]]:
@@ -56,6 +56,8 @@ def build(model: str | os.PathLike, target: str | dict = "cpu", out: str | os.Pa
         listed = ", ".join(f"{op} (node {name!r})" for op, name in missing)
         raise InputError(f"TVM's ONNX frontend cannot import {str(model)!r}: unsupported op(s) {listed}")
     spec = resolve_target(target)
+    tools = toolchain(spec)
+    tools.check()  # fail before the (long) compile when the cross compiler is missing
     inputs, outputs = onnx_io(onnx_model)
     try:
         mod = from_onnx(onnx_model, keep_params_in_input=False)
@@ -74,7 +76,8 @@ def build(model: str | os.PathLike, target: str | dict = "cpu", out: str | os.Pa
 
     def fill(tmp: Path) -> None:
         # Debug sections are a third of an untuned int8 library and of no use on a device.
-        executable.export_library(str(tmp / "model.so"), options=["-Wl,--strip-debug"])
+        kwargs = {"cc": tools.compiler} if tools.compiler else {}
+        executable.export_library(str(tmp / "model.so"), options=["-Wl,--strip-debug"], **kwargs)
 
     record = {"name": "compile", "config": {"target": spec, "tuned": False, "int8": bool(int8)},
               "metrics": {"int8_ops": rewritten}}

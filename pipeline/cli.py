@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -87,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=_positive_int, default=100, help="timed runs (default: 100)")
     b.add_argument("--input-shape", default=None, help="input shape for a torch MODEL spec")
     b.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
+    cp = sub.add_parser("compile", epilog=EPILOG, help="compile an ONNX model with TVM for a target",
+                        description="Compile MODEL.onnx with TVM Relax into an artifact folder (model.so + "
+                        "manifest.json). QDQ-quantized models are rewritten to int8 arithmetic with "
+                        "int8 weights. Cross targets need their compiler (arm: g++-aarch64-linux-gnu).")
+    cp.add_argument("model", metavar="MODEL.onnx", help="ONNX file or ONNX artifact folder")
+    cp.add_argument("--target", default="cpu",
+                    help="cpu, arm, arm:cortex-a72|cortex-a76|neoverse-n1, cuda, cuda:sm_80|..., "
+                    "or a TVM target as JSON (default: cpu)")
+    cp.add_argument("--out", required=True, help="output artifact folder")
+    cp.add_argument("--no-int8", action="store_true", help="keep QDQ models in float arithmetic")
+
     r = sub.add_parser("run", epilog=EPILOG, help="run a whole trade-off study from a recipe",
                        description="Run every variant of RECIPE on every target and write report.json, "
                        "report.md, pareto.png and index.html into --out. Progress is kept in "
@@ -250,6 +262,25 @@ def _torch_step(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    from edgeopt.compile.tvm_build import build
+
+    model, history = Path(args.model), []
+    if model.is_dir():
+        from edgeopt.runtimes import load_artifact
+
+        art = load_artifact(model)
+        if art.format != "onnx":
+            raise InputError(f"compile needs an ONNX model; {args.model!r} is a {art.format} artifact")
+        model, history = art.model_file, art.history
+    art = build(model, target=args.target, out=args.out, history=history,
+                int8=False if args.no_int8 else None)
+    last = art.history[-1]
+    print(f"wrote {art.path} ({art.size_bytes():,} bytes) for {json.dumps(last['config']['target'])}"
+          + (f"; {last['metrics']['int8_ops']} ops in int8" if last["metrics"].get("int8_ops") else ""))
+    return 0
+
+
 def cmd_run(args) -> int:
     from .recipe import load_recipe
     from .run import run_recipe
@@ -370,7 +401,7 @@ def _runner_for_torch_spec(args, tmp: Path):
 
 
 COMMANDS = {"demo": cmd_demo, "export": cmd_export, "bench": cmd_bench, "compress": cmd_compress,
-            "run": cmd_run, "check": cmd_check}
+            "run": cmd_run, "check": cmd_check, "compile": cmd_compile}
 
 
 def main(argv: list[str] | None = None) -> int:

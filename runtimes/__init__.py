@@ -75,8 +75,22 @@ def _open(fmt: str, runtime: str, path: Path, artifact: Artifact | None, threads
         return TorchRunner(path, threads=threads, **options)
     from .tvm_runner import TvmRunner
     assert artifact is not None  # a tvm library is only ever loaded from its artifact folder
+    _check_host_can_run(artifact)
     device = options.pop("device", "cuda" if (artifact.manifest.get("target") or {}).get("kind") == "cuda" else "cpu")
     return TvmRunner(path, artifact.inputs, artifact.outputs, device=device, threads=threads, **options)
+
+
+def _check_host_can_run(artifact: Artifact) -> None:
+    """A library cross-compiled for another CPU cannot be loaded here: say so plainly."""
+    import platform
+
+    target = artifact.manifest.get("target") or {}
+    triple = target.get("mtriple") or (target.get("host") or {}).get("mtriple") or ""
+    arch = triple.split("-")[0] if triple else ""
+    if arch and arch != platform.machine():
+        raise InputError(
+            f"artifact {str(artifact.path)!r} was built for {arch} ({triple}); this host is "
+            f"{platform.machine()}. Run it on the device, or under qemu-{arch} with the native runner")
 
 
 __all__ = [

@@ -134,3 +134,27 @@ def test_compress_quantize_bad_inputs_exit_2(tmp_path):
         assert message in r.stderr, (extra, r.stderr)
         assert not (tmp_path / "q.onnx").exists()
     assert listing(tmp_path) == ["empty.npy", "m.onnx", "wrong.npy"]
+
+
+def test_compile_cli_targets_and_bad_inputs(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    assert edgeopt_cli("export", "zoo:digits_cnn", "--out", tmp_path / "m.onnx").returncode == 0
+    r = edgeopt_cli("compile", tmp_path / "m.onnx", "--target", "cpu", "--out", tmp_path / "cpu")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cpu" / "model.so").exists()
+    r = edgeopt_cli("compile", tmp_path / "m.onnx", "--target", "riscv", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "unknown target 'riscv'" in r.stderr
+    r = edgeopt_cli("compile", tmp_path / "m.onnx", "--target", '{"kind": "llvm", "mcpu": "no-such-cpu"}',
+                    "--out", tmp_path / "x")
+    assert r.returncode == 2 and "TVM rejects target" in r.stderr
+    # An op the Relax ONNX frontend has no converter for: named with its node.
+    node = helper.make_node("QLinearConv", [f"i{k}" for k in range(8)], ["y"], name="the_qconv")
+    graph = helper.make_graph([node], "g",
+                              [helper.make_tensor_value_info(f"i{k}", TensorProto.FLOAT, [1]) for k in range(8)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "q.onnx")
+    r = edgeopt_cli("compile", tmp_path / "q.onnx", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "unsupported op(s) QLinearConv (node 'the_qconv')" in r.stderr
+    assert not (tmp_path / "x").exists()

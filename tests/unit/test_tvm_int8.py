@@ -77,3 +77,23 @@ def test_int8_off_keeps_float_qdq_semantics(qdq_model):
 
     unfused = OnnxRuntimeRunner(q, optimization="basic").run(x)[0]
     assert np.max(np.abs(unfused - load(art).run(x)[0])) <= output_step(q) * 1.0001
+
+
+def test_targets_presets_and_errors():
+    from edgeopt.compile.targets import Toolchain, resolve_target, toolchain
+    from edgeopt.runtimes.errors import InputError
+
+    assert resolve_target("arm:cortex-a76")["mattr"] == ["+neon", "+dotprod", "+fullfp16"]
+    assert resolve_target("cuda")["arch"] == "sm_90" and resolve_target("cuda:sm_80")["arch"] == "sm_80"
+    assert toolchain(resolve_target("arm")).compiler == "aarch64-linux-gnu-g++"
+    assert toolchain(resolve_target('{"kind": "llvm"}')).compiler is None
+    with pytest.raises(InputError, match="unknown target 'tpu'; expected one of cpu, arm"):
+        resolve_target("tpu")
+    with pytest.raises(InputError, match="unknown arm board 'pi9'"):
+        resolve_target("arm:pi9")
+    with pytest.raises(InputError, match="unknown CUDA arch 'sm_1'"):
+        resolve_target("cuda:sm_1")
+    with pytest.raises(InputError, match="target JSON .* is malformed"):
+        resolve_target('{"kind": ')
+    with pytest.raises(InputError, match="install the Debian package g\\+\\+-aarch64-linux-gnu"):
+        Toolchain("no-such-aarch64-g++", "g++-aarch64-linux-gnu").check()
