@@ -72,7 +72,12 @@ def build(model: str | os.PathLike, target: str | dict = "cpu", out: str | os.Pa
         mod, rewritten = rewrite_qdq_to_int8(mod)
     mod = relax.transform.DecomposeOpsForInference()(mod)
     tvm_target = tvm.target.Target(spec)
-    executable = tvm.compile(mod, target=tvm_target)
+    if spec.get("kind") == "cuda":
+        from .cuda_host import prepare_cuda_build
+
+        prepare_cuda_build()
+    with tvm_target:  # the CUDA compile callback reads the arch from the current target
+        executable = tvm.compile(mod, target=tvm_target)
 
     def fill(tmp: Path) -> None:
         # Debug sections are a third of an untuned int8 library and of no use on a device.

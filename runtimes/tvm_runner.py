@@ -51,6 +51,9 @@ class TvmRunner(Runner):
         except Exception as e:
             raise InputError(f"TVM cannot load {str(library)!r}: {str(e).splitlines()[-1]}") from None
         self.device = tvm.cpu(0) if device == "cpu" else tvm.cuda(0)
+        if device == "cuda" and not self.device.exist:
+            raise InputError(f"{str(library)!r} is a CUDA artifact and this machine has no usable CUDA "
+                             "device (GPU and driver); run it on a GPU machine")
         self.vm = VirtualMachine(lib, self.device)
         self._main = self.vm["main"]
         self._sync = device != "cpu"
