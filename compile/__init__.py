@@ -13,7 +13,8 @@ Example:
 
 from .export import ExportConfig, ExportResult, ParityReport, export, parity_check
 from .targets import resolve_target
+from .tune import TuneConfig
 from .tvm_build import build
 
-__all__ = ["ExportConfig", "ExportResult", "ParityReport", "build", "export", "parity_check",
-           "resolve_target"]
+__all__ = ["ExportConfig", "ExportResult", "ParityReport", "TuneConfig", "build", "export",
+           "parity_check", "resolve_target"]

@@ -35,11 +35,14 @@ def unsupported_ops(onnx_model) -> list[tuple[str, str]]:
 
 
 def build(model: str | os.PathLike, target: str | dict = "cpu", out: str | os.PathLike = "build/tvm",
-          history: Sequence[dict] = (), int8: bool | None = None) -> Artifact:
+          history: Sequence[dict] = (), int8: bool | None = None, tune=None,
+          log=lambda line: None) -> Artifact:
     """Compile the ONNX file ``model`` for ``target`` into the artifact folder ``out``.
 
     ``int8``: rewrite QDQ chains into int8 arithmetic with int8 weights
     (``edgeopt.compile.int8_rewrite``); ``None`` does it when the model holds QuantizeLinear.
+    ``tune``: a ``TuneConfig``: schedules from MetaSchedule, tuned into (or reused from) the
+    persisted database; ``None`` builds with TVM's default schedules.
 
     Raises:
         FileNotFoundError: ``model`` does not exist.
@@ -76,7 +79,15 @@ def build(model: str | os.PathLike, target: str | dict = "cpu", out: str | os.Pa
         from .cuda_host import prepare_cuda_build
 
         prepare_cuda_build()
+    tuning = None
     with tvm_target:  # the CUDA compile callback reads the arch from the current target
+        if tune is not None:
+            from .tune import tune as run_tuning
+
+            mod = tvm.transform.Sequential([relax.transform.CanonicalizeBindings(),
+                                            relax.get_pipeline("zero")])(mod)
+            db, tuning = run_tuning(mod, spec, tune, log)
+            mod = relax.transform.MetaScheduleApplyDatabase(str(db))(mod)
         executable = tvm.compile(mod, target=tvm_target)
 
     def fill(tmp: Path) -> None:
@@ -84,8 +95,9 @@ def build(model: str | os.PathLike, target: str | dict = "cpu", out: str | os.Pa
         kwargs = {"cc": tools.compiler} if tools.compiler else {}
         executable.export_library(str(tmp / "model.so"), options=["-Wl,--strip-debug"], **kwargs)
 
-    record = {"name": "compile", "config": {"target": spec, "tuned": False, "int8": bool(int8)},
-              "metrics": {"int8_ops": rewritten}}
+    record = {"name": "compile", "config": {"target": spec, "tuned": tune is not None, "int8": bool(int8),
+                                            "tune_trials": tune.trials if tune else 0},
+              "metrics": {"int8_ops": rewritten, **({"tuning": tuning} if tuning else {})}}
     return write_artifact(out, fill, format="tvm", files=["model.so"], inputs=inputs,
                           outputs=outputs, target=spec, history=[*history, record])
 

@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "or a TVM target as JSON (default: cpu)")
     cp.add_argument("--out", required=True, help="output artifact folder")
     cp.add_argument("--no-int8", action="store_true", help="keep QDQ models in float arithmetic")
+    cp.add_argument("--tune-trials", type=_nonneg_int, default=0,
+                    help="MetaSchedule trials to have in the tuning database (default: 0, no tuning)")
+    cp.add_argument("--tune-timeout", type=float, default=None,
+                    help="stop tuning after this many seconds; what was measured is kept")
+    cp.add_argument("--tuning-db", default=None,
+                    help="tuning database folder (default: ~/.cache/edgeopt/tuning/<model>-<target>)")
 
     r = sub.add_parser("run", epilog=EPILOG, help="run a whole trade-off study from a recipe",
                        description="Run every variant of RECIPE on every target and write report.json, "
@@ -273,8 +279,14 @@ def cmd_compile(args) -> int:
         if art.format != "onnx":
             raise InputError(f"compile needs an ONNX model; {args.model!r} is a {art.format} artifact")
         model, history = art.model_file, art.history
+    tune = None
+    if args.tune_trials or args.tuning_db:
+        from edgeopt.compile import TuneConfig
+
+        tune = TuneConfig(trials=args.tune_trials, timeout_s=args.tune_timeout, db=args.tuning_db)
     art = build(model, target=args.target, out=args.out, history=history,
-                int8=False if args.no_int8 else None)
+                int8=False if args.no_int8 else None, tune=tune,
+                log=lambda line: print(line, file=sys.stderr))
     last = art.history[-1]
     print(f"wrote {art.path} ({art.size_bytes():,} bytes) for {json.dumps(last['config']['target'])}"
           + (f"; {last['metrics']['int8_ops']} ops in int8" if last["metrics"].get("int8_ops") else ""))

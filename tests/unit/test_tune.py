@@ -1,0 +1,46 @@
+"""MetaSchedule tuning into a persisted database, and its reuse by a later build."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from edgeopt.compile import TuneConfig, build, export
+from edgeopt.runtimes import load
+from edgeopt.runtimes.errors import InputError
+from helpers import edgeopt_cli
+
+
+def test_tuned_build_then_warm_database_build(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    x = np.random.default_rng(0).standard_normal((1, 32)).astype(np.float32)
+    onnx_path = export(model, x, tmp_path / "mlp.onnx").path
+    cfg = TuneConfig(trials=4, db=str(tmp_path / "db"), cost_model="random")
+    first = build(onnx_path, "cpu", tmp_path / "a", tune=cfg)
+    t = first.history[-1]["metrics"]["tuning"]
+    assert t["trials_before"] == 0 and t["trials_after"] >= 4 and t["rounds"] >= 1
+    assert (tmp_path / "db" / "database_tuning_record.json").exists()
+    np.testing.assert_allclose(load(first).run(x)[0], load(onnx_path).run(x)[0], rtol=1e-5, atol=1e-6)
+
+    t0 = time.perf_counter()
+    r = edgeopt_cli("compile", onnx_path, "--tune-trials", "4", "--tuning-db", tmp_path / "db",
+                    "--out", tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    assert time.perf_counter() - t0 < 60
+    second = load(tmp_path / "b")
+    np.testing.assert_allclose(second.run(x)[0], load(onnx_path).run(x)[0], rtol=1e-5, atol=1e-6)
+    import json
+
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["history"][-1]["metrics"]["tuning"]["rounds"] == 0, "no new tuning with a warm database"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"trials": -1}, "trials must be an integer >= 0"),
+    ({"trials": 8, "timeout_s": 0}, "timeout_s must be > 0"),
+    ({"trials": 8, "cost_model": "gbdt"}, "cost_model must be one of xgb, random"),
+])
+def test_tune_config_validation(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        TuneConfig(**kwargs)
