@@ -63,8 +63,9 @@ class TuneConfig:
 def structure_key(mod, spec: dict) -> str:
     """A key for (kernel structure, target): the same architecture on the same target shares it."""
     import tvm
+    import tvm_ffi
 
-    kernels = sorted(str(tvm.ir.structural_hash(f)) for _, f in mod.functions_items()
+    kernels = sorted(str(tvm_ffi.structural_hash(f)) for _, f in mod.functions_items()
                      if isinstance(f, tvm.tirx.PrimFunc))
     digest = hashlib.sha256(json.dumps([kernels, spec], sort_keys=True).encode()).hexdigest()
     return digest[:20]

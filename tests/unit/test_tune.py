@@ -44,3 +44,30 @@ def test_tuned_build_then_warm_database_build(tmp_path):
 def test_tune_config_validation(kwargs, message):
     with pytest.raises(InputError, match=message):
         TuneConfig(**kwargs)
+
+
+def test_structure_key_ignores_weights_and_depends_on_target():
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgeopt.compile.targets import resolve_target
+    from edgeopt.compile.tune import structure_key
+
+    def kernels(seed, tmp):
+        torch.manual_seed(seed)
+        m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
+        path = export(m, np.zeros((1, 8), np.float32), tmp / f"m{seed}.onnx").path
+        mod = from_onnx(onnx.load(str(path)), keep_params_in_input=False)
+        with tvm.target.Target(resolve_target("cpu")):
+            return relax.get_pipeline("zero")(mod)
+
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp())
+    a, b = kernels(0, tmp), kernels(1, tmp)
+    cpu, arm = resolve_target("cpu"), resolve_target("arm")
+    assert structure_key(a, cpu) == structure_key(b, cpu), "same architecture, other weights: same key"
+    assert structure_key(a, cpu) != structure_key(a, arm)
