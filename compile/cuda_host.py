@@ -3,10 +3,11 @@
 TVM puts compiled kernels into an artifact only when its CUDA runtime library can be loaded;
 that library links ``libcuda.so.1`` (the driver), absent on a build host. Without it TVM keeps
 CUDA *source* in the library and compiles it when the artifact is loaded, which needs the whole
-TVM compiler on the device. Here the driver's soname is satisfied with an empty stub library
-(built once with the host C compiler into a cache folder; nothing in it is ever called during a
-build), TVM's CUDA runtime is loaded, and kernels are compiled by ``nvcc`` into a fatbin for the
-target's ``arch`` (TOOLCHAIN.md records the same recipe working on an H100).
+TVM compiler on the device. Here the driver is replaced by a stand-in library with the driver's
+soname that defines each driver function TVM's CUDA runtime imports, every one returning
+CUDA_ERROR_NO_DEVICE (built once with the host C compiler into a cache folder; a build never
+calls them). TVM's CUDA runtime then loads, and kernels are compiled by ``nvcc`` into a fatbin
+for the target's ``arch`` (TOOLCHAIN.md records the same approach working on an H100).
 
 Example:
     >>> from edgeopt.compile.cuda_host import prepare_cuda_build  # doctest: +SKIP
@@ -16,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import subprocess
@@ -52,7 +54,8 @@ def _driver_or_stub(runtime_cuda: Path) -> None:
     # The stub defines every driver function TVM's CUDA runtime imports (the library binds them
     # at load time); each returns CUDA_ERROR_NO_DEVICE (100). A build never calls them.
     symbols = _driver_symbols(runtime_cuda)
-    stub = _cache_dir() / f"{abs(hash(tuple(symbols))) % 10**8}" / "libcuda.so.1"
+    digest = hashlib.sha256("\n".join(symbols).encode()).hexdigest()[:12]
+    stub = _cache_dir() / digest / "libcuda.so.1"
     if not stub.exists():
         cc = shutil.which("cc") or shutil.which("gcc")
         if cc is None:

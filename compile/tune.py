@@ -38,7 +38,10 @@ class TuneConfig:
         timeout_s: stop starting new rounds after this many seconds (what was measured is kept).
         db: database folder; default ``~/.cache/edgeopt/tuning/<structure>-<target>``.
         max_trials_per_task: cap per kernel (default: an even share of ``trials``, at least 8).
-        trials_per_round: candidates per round (larger rounds amortize worker start-up).
+        trials_per_round: candidates per round at least (a round is also large enough to give
+            every task ``trials_per_iter`` candidates, so a wall-clock stop never leaves kernels
+            untuned); larger rounds amortize worker start-up.
+        trials_per_iter: candidates a task measures per search iteration.
         cost_model: "xgb" (learned, the default) or "random".
     """
 
@@ -47,6 +50,7 @@ class TuneConfig:
     db: str | None = None
     max_trials_per_task: int | None = None
     trials_per_round: int = 64
+    trials_per_iter: int = 8
     cost_model: str = "xgb"
 
     def __post_init__(self):
@@ -56,6 +60,8 @@ class TuneConfig:
             raise InputError(f"timeout_s must be > 0, got {self.timeout_s!r}")
         if not isinstance(self.trials_per_round, int) or self.trials_per_round < 1:
             raise InputError(f"trials_per_round must be an integer >= 1, got {self.trials_per_round!r}")
+        if not isinstance(self.trials_per_iter, int) or self.trials_per_iter < 1:
+            raise InputError(f"trials_per_iter must be an integer >= 1, got {self.trials_per_iter!r}")
         if self.cost_model not in COST_MODELS:
             raise InputError(f"cost_model must be one of {', '.join(COST_MODELS)}, got {self.cost_model!r}")
 
@@ -108,12 +114,13 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
         if config.timeout_s is not None and time.perf_counter() - t0 >= config.timeout_s:
             log(f"tuning: wall-clock budget of {config.timeout_s:.0f} s spent")
             break
-        step = min(config.trials_per_round, config.trials - done)
+        round_size = max(config.trials_per_round, config.trials_per_iter * len(tasks))
+        step = min(round_size, config.trials - done)
         log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
             f"({len(tasks)} tasks, {time.perf_counter() - t0:.0f} s)")
         ms.relax_integration.tune_relax(
             mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=step,
-            max_trials_per_task=per_task, num_trials_per_iter=min(step, 64),
+            max_trials_per_task=per_task, num_trials_per_iter=config.trials_per_iter,
             cost_model=config.cost_model)
         rounds += 1
         new = records_in(db)
