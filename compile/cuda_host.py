@@ -31,7 +31,7 @@ _READY = False
 
 def _cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "edgeopt" / "cuda-driver-stub"
+    return base / "edgeopt" / "cuda-driver-standin"
 
 
 def _driver_symbols(library: Path) -> list[str]:
@@ -45,30 +45,30 @@ def _driver_symbols(library: Path) -> list[str]:
                    if line.split() and line.split()[-1].startswith("cu")})
 
 
-def _driver_or_stub(runtime_cuda: Path) -> None:
+def _driver_or_standin(runtime_cuda: Path) -> None:
     try:
         ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)  # a real driver, when there is one
         return
     except OSError:
         pass
-    # The stub defines every driver function TVM's CUDA runtime imports (the library binds them
+    # The stand-in defines every driver function TVM's CUDA runtime imports (the library binds them
     # at load time); each returns CUDA_ERROR_NO_DEVICE (100). A build never calls them.
     symbols = _driver_symbols(runtime_cuda)
     digest = hashlib.sha256("\n".join(symbols).encode()).hexdigest()[:12]
-    stub = _cache_dir() / digest / "libcuda.so.1"
-    if not stub.exists():
+    standin = _cache_dir() / digest / "libcuda.so.1"
+    if not standin.exists():
         cc = shutil.which("cc") or shutil.which("gcc")
         if cc is None:
             raise InputError("building for cuda without a GPU driver needs a C compiler (apt-get install gcc)")
-        stub.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=stub.parent) as tmp:
-            src, out = Path(tmp) / "stub.c", Path(tmp) / "libcuda.so.1"
+        standin.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=standin.parent) as tmp:
+            src, out = Path(tmp) / "standin.c", Path(tmp) / "libcuda.so.1"
             src.write_text("/* stand-in for the CUDA driver on build hosts */\n"
                            + "".join(f"int {name}(void) {{ return 100; }}\n" for name in symbols))
             subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(out), str(src)],
                            check=True, capture_output=True)
-            os.replace(out, stub)
-    ctypes.CDLL(str(stub), mode=ctypes.RTLD_GLOBAL)
+            os.replace(out, standin)
+    ctypes.CDLL(str(standin), mode=ctypes.RTLD_GLOBAL)
 
 
 def prepare_cuda_build() -> None:
@@ -85,7 +85,7 @@ def prepare_cuda_build() -> None:
 
     if "tvm_runtime_cuda" not in _LOADED_LIBS:
         runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-        _driver_or_stub(runtime_dir / "libtvm_runtime_cuda.so")
+        _driver_or_standin(runtime_dir / "libtvm_runtime_cuda.so")
         try:
             _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
                 package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir],
