@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgeopt-installed
 OUT    ?= build/demo
 
-.PHONY: demo test setup bench clean cross-tools
+.PHONY: demo test setup bench clean cross-tools native
 
 setup: $(STAMP)
 
@@ -24,13 +24,21 @@ demo: $(STAMP)
 test: $(STAMP) cross-tools
 	$(PY) -m pytest -q tests
 
-# The aarch64 cross compiler (ARM builds) and qemu-user (running them here). Installed when
-# missing and apt-get can run; otherwise tests/cross skips with the reason.
-cross-tools:
-	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
+# The aarch64 cross compiler (ARM builds), qemu-user (running them here) and cmake (the native
+# runner). Installed when missing and apt-get can run; otherwise those tests skip with the reason.
+# Then the aarch64 TVM runtime libraries for the ARM native runner (pip download, once).
+cross-tools: $(STAMP)
+	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null && \
+	  command -v cmake >/dev/null || \
 	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user >/dev/null; } || \
-	  echo "warning: could not install g++-aarch64-linux-gnu and qemu-user; ARM tests will skip"
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user cmake >/dev/null; } || \
+	  echo "warning: could not install g++-aarch64-linux-gnu, qemu-user and cmake; ARM/native tests will skip"
+	@$(PY) -m edgeopt.runtimes.native fetch-aarch64 >/dev/null || \
+	  echo "warning: could not fetch the aarch64 TVM runtime; the aarch64 runner tests will skip"
+
+# The native runner, as the README shows it.
+native: $(STAMP)
+	cmake -S . -B build && cmake --build build
 
 bench: $(STAMP)
 	mkdir -p build/bench

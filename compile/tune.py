@@ -3,9 +3,10 @@
 The database lives in a folder per (model structure, target): the key hashes the structure of
 the model's kernels (not its weights, so a fine-tuned or compressed copy of the same
 architecture reuses it) and the target. Tuning runs in rounds until the trial budget or the
-wall-clock budget is spent; MetaSchedule appends every measured candidate to the database as it
-goes, so an interrupted tuning (Ctrl-C) keeps what it measured and the next build continues from
-there. A build whose database already holds the budget's trials does no tuning at all.
+wall-clock budget is spent. MetaSchedule writes a round's records to the JSON database when the
+round ends, so rounds are kept short enough to fit the remaining budget, and an interrupted
+tuning (Ctrl-C, a killed job) keeps every finished round: the next build continues from there.
+A build whose database already holds the budget's trials does no tuning at all.
 
 Example:
     >>> import edgeopt.compile as eoc  # doctest: +SKIP
@@ -43,6 +44,16 @@ class TuneConfig:
             untuned); larger rounds amortize worker start-up.
         trials_per_iter: candidates a task measures per search iteration.
         cost_model: "xgb" (learned, the default) or "random".
+        population: candidates the evolutionary search breeds per iteration (TVM's default,
+            512). A search iteration costs ~20 s for a convolution on 2 cores, whatever the
+            number of candidates it then hands out, so ``trials_per_iter`` of 16-32 amortizes it.
+        build_timeout_s: seconds one candidate may take to compile in a builder worker.
+        tracker, key: measure candidates on the devices registered under ``key`` at this TVM
+            RPC tracker (``HOST:PORT``) instead of on this machine; builds stay here. The database
+            is the same as for local tuning.
+        weight_prepack: on CPU, let schedules choose the weights' memory layout; the layout
+            change is folded into the stored weights at build time, so the artifact's interface
+            does not change.
     """
 
     trials: int
@@ -50,8 +61,13 @@ class TuneConfig:
     db: str | None = None
     max_trials_per_task: int | None = None
     trials_per_round: int = 64
-    trials_per_iter: int = 8
+    trials_per_iter: int = 16
     cost_model: str = "xgb"
+    build_timeout_s: float = 120.0
+    weight_prepack: bool = True
+    population: int = 512
+    tracker: str | None = None
+    key: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.trials, int) or self.trials < 0:
@@ -62,6 +78,12 @@ class TuneConfig:
             raise InputError(f"trials_per_round must be an integer >= 1, got {self.trials_per_round!r}")
         if not isinstance(self.trials_per_iter, int) or self.trials_per_iter < 1:
             raise InputError(f"trials_per_iter must be an integer >= 1, got {self.trials_per_iter!r}")
+        if not isinstance(self.population, int) or self.population < 16:
+            raise InputError(f"population must be an integer >= 16, got {self.population!r}")
+        if bool(self.tracker) != bool(self.key):
+            raise InputError("tracker and key go together: the tracker's address and the device key")
+        if not self.build_timeout_s > 0:
+            raise InputError(f"build_timeout_s must be > 0, got {self.build_timeout_s!r}")
         if self.cost_model not in COST_MODELS:
             raise InputError(f"cost_model must be one of {', '.join(COST_MODELS)}, got {self.cost_model!r}")
 
@@ -91,6 +113,69 @@ def records_in(db: Path) -> int:
         return sum(1 for line in fh if line.strip())
 
 
+def rpc_runner(tracker: str, key: str, log: Callable[[str], None] = lambda s: None):
+    """MetaSchedule's ``RPCRunner`` on every device registered under ``key`` at ``tracker``.
+
+    One measuring worker per registered device, so candidates are measured on all of them in
+    parallel. Raises ``InputError`` at once when nothing listens at the tracker or no device is
+    registered under the key (MetaSchedule itself would wait).
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgeopt.runtimes.rpc import parse_address, registered_devices
+
+    n = registered_devices(tracker, key)
+    host, port = parse_address(tracker, "tracker address")
+    log(f"tuning: measuring on {n} device(s) under {key!r} at the tracker {tracker}")
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                 session_priority=1, session_timeout_sec=120)
+    return ms.runner.RPCRunner(rpc_config=config, max_workers=n)
+
+
+#: The tensor intrinsics a target kind's schedules can use (modules of tvm.s_tir.tensor_intrin).
+INTRINSICS_FOR = {"llvm": ("x86", "arm_cpu", "riscv_cpu"), "cuda": ("cuda",), "rocm": ("rocm",)}
+
+
+def load_tensor_intrinsics(kind: str) -> None:
+    """Register only the tensor intrinsics ``kind`` can use, before MetaSchedule imports them all.
+
+    ``import tvm.s_tir.tensor_intrin`` (done by every MetaSchedule TuneContext) registers the
+    intrinsics of every backend by parsing TVMScript: 45-60 s on this 2-core machine, 27 s of
+    it CUDA's. Put the package in ``sys.modules`` without running its ``__init__`` and import
+    the modules the target needs (~1.5 s for CPU); TVM's own import then finds it loaded.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        import tvm.s_tir
+
+        spec = importlib.util.find_spec(name)
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        tvm.s_tir.tensor_intrin = package
+    for sub in INTRINSICS_FOR.get(kind, ()):
+        importlib.import_module(f"{name}.{sub}")
+
+
+def build_candidate(mod, target, _params=None):
+    """MetaSchedule builder function: compile one scheduled candidate in a worker process.
+
+    It is TVM's ``default_build`` minus ``import tvm.s_tir.tensor_intrin``: that import registers
+    the tensor intrinsics of every backend (CUDA, ROCm, Hexagon, ARM, x86) by parsing TVMScript
+    and takes 45-60 s on this 2-core machine, in every fresh builder worker, longer than the
+    builder's 30 s timeout, so every candidate of a large model failed as a "build error". A
+    tensorized candidate already carries its intrinsic's body, so compiling it needs no registry.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
 def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambda s: None) -> tuple[Path, dict]:
     """Tune ``mod`` (after the zero pipeline, inside the target scope) into its database.
 
@@ -99,6 +184,10 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    load_tensor_intrinsics(spec.get("kind", "llvm"))
+    runner = "local"
+    if config.tracker:
+        runner = rpc_runner(config.tracker, config.key, log)
     db = Path(config.db) if config.db else default_db_root() / f"{structure_key(mod, spec)}"
     db.mkdir(parents=True, exist_ok=True)
     target = tvm.target.Target(spec)
@@ -116,12 +205,24 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
             break
         round_size = max(config.trials_per_round, config.trials_per_iter * len(tasks))
         step = min(round_size, config.trials - done)
+        elapsed = time.perf_counter() - t0
+        if config.timeout_s is not None and done > before:
+            # MetaSchedule stores a round's records when the round ends, so a round must fit in
+            # what is left of the budget: size it by the seconds per trial measured so far.
+            per_trial = elapsed / (done - before)
+            step = min(step, int((config.timeout_s - elapsed) / per_trial))
+            if step < config.trials_per_iter:
+                log(f"tuning: {config.timeout_s - elapsed:.0f} s left is less than a search iteration")
+                break
         log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
             f"({len(tasks)} tasks, {time.perf_counter() - t0:.0f} s)")
         ms.relax_integration.tune_relax(
             mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=step,
             max_trials_per_task=per_task, num_trials_per_iter=config.trials_per_iter,
-            cost_model=config.cost_model)
+            cost_model=config.cost_model,
+            strategy=ms.search_strategy.EvolutionarySearch(population_size=config.population),
+            runner=runner,
+            builder=ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.build_timeout_s))
         rounds += 1
         new = records_in(db)
         if new == done:  # every task reached its cap: nothing more to measure

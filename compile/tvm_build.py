@@ -84,10 +84,18 @@ def build(model: str | os.PathLike, target: str | dict = "cpu", out: str | os.Pa
         if tune is not None:
             from .tune import tune as run_tuning
 
-            mod = tvm.transform.Sequential([relax.transform.CanonicalizeBindings(),
-                                            relax.get_pipeline("zero")])(mod)
+            prepack = tune.weight_prepack and spec.get("kind") == "llvm"
+            mod = tvm.transform.Sequential([
+                relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero"),
+                # Marks weight buffers as free to re-layout, so schedules may pick a blocked layout.
+                *([relax.transform.AttachAttrLayoutFreeBuffers()] if prepack else [])])(mod)
             db, tuning = run_tuning(mod, spec, tune, log)
             mod = relax.transform.MetaScheduleApplyDatabase(str(db))(mod)
+            if prepack:
+                # The weights are constants of the module, so the layout transforms split out of
+                # the kernels fold into the stored weights: the artifact keeps its interface.
+                mod = tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
+                                                relax.transform.FoldConstant()])(mod)
         executable = tvm.compile(mod, target=tvm_target)
 
     def fill(tmp: Path) -> None:

@@ -18,14 +18,16 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeopt.runtimes.errors import InputError
 
-from .augment import random_shift
 from .counting import count_params
 from .history import with_record
 
@@ -46,6 +48,8 @@ class DistillConfig:
         feature_weight: weight of the feature-matching term.
         shift: random translation augmentation in pixels for image inputs (0: off).
         seed: seeds initialisation of adapters, shuffling and augmentation.
+        precompute_teacher: compute the teacher's logits for the training set once (split over
+            the processes when distributed) instead of at every step; needs ``shift=0``.
     """
 
     epochs: int
@@ -59,6 +63,7 @@ class DistillConfig:
     feature_weight: float = 1.0
     shift: int = 0
     seed: int = 0
+    precompute_teacher: bool = False
 
     def __post_init__(self):
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -73,12 +78,15 @@ class DistillConfig:
             raise InputError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise InputError(f"patience must be an integer >= 1 or None, got {self.patience!r}")
+        if self.precompute_teacher and self.shift:
+            raise InputError("precompute_teacher needs shift=0: augmented inputs change the teacher's logits")
         for pair in self.features:
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
                 raise InputError(f"features must be (student module, teacher module) pairs, got {pair!r}")
 
 
-def distill(student, teacher, data: Any, config: DistillConfig, val: Any = None, progress: bool = True):
+def distill(student, teacher, data: Any, config: DistillConfig, val: Any = None, progress: bool = True,
+            nproc: int = 1, checkpoint_dir: str | os.PathLike | None = None):
     """Train a copy of ``student`` against ``teacher``; return it (best validation epoch).
 
     Args:
@@ -88,19 +96,54 @@ def distill(student, teacher, data: Any, config: DistillConfig, val: Any = None,
             iterable of ``(x, y)`` batches.
         config: ``DistillConfig``.
         val: validation data (split or ``(x, y)``) for early stopping; default the task's.
-        progress: show a progress bar.
+        progress: show a progress bar (rank 0 only when distributed).
+        nproc: data-parallel processes. ``nproc > 1`` launches ``torchrun`` with that many
+            workers (DistributedDataParallel, gloo on CPU) and returns rank 0's model; the global
+            batch stays ``config.batch_size``, split evenly, so the result matches ``nproc=1``
+            within floating-point tolerance. Inside a ``torchrun`` job that already initialized
+            ``torch.distributed``, ``distill`` joins it and ``nproc`` is ignored.
+        checkpoint_dir: save a checkpoint after every epoch here (model, optimizer, scheduler,
+            epoch, early-stopping state); a later call with the same folder and config resumes
+            from the last one and ends where an uninterrupted run would.
+    """
+    import torch.distributed as dist
+
+    if not isinstance(nproc, int) or nproc < 1:
+        raise InputError(f"nproc must be an integer >= 1, got {nproc!r}")
+    if nproc > 1 and not (dist.is_available() and dist.is_initialized()):
+        from .distributed import launch
+
+        return launch(student, teacher, data, config, val, nproc, checkpoint_dir, progress)
+    model, record = train_distill(student, teacher, data, config, val, progress, checkpoint_dir)
+    return with_record(model, record, previous=student)
+
+
+def train_distill(student, teacher, data, config: DistillConfig, val=None, progress: bool = True,
+                  checkpoint_dir=None):
+    """The training loop, in this process: single-process, or one rank of a torchrun job.
+
+    Batches come from ``DistributedSampler`` (one replica when not distributed), so the sample
+    order of epoch ``e`` is the same permutation whatever the process count; each rank takes
+    ``batch_size / world`` samples of every global batch. Random state is re-seeded from
+    ``(seed, epoch)`` at each epoch start, which makes a resumed run continue exactly.
+    Returns ``(model, record)``.
     """
     import torch
+    import torch.distributed as dist
     import torch.nn.functional as F
+    from torch.utils.data.distributed import DistributedSampler
     from tqdm.auto import tqdm
 
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     train_x, train_y, batches = _training_data(data)
     if val is None and hasattr(data, "val"):
         val = data.val
     val_xy = _xy(val) if val is not None else None
+    if world > 1:
+        check_split(config, len(train_x) if batches is None else None, world)
 
     torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
     model = copy.deepcopy(student).train()
     teacher = copy.deepcopy(teacher).eval()
     for p in teacher.parameters():
@@ -127,23 +170,49 @@ def distill(student, teacher, data: Any, config: DistillConfig, val: Any = None,
         else len(batches)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * steps_per_epoch))
     T, alpha = float(config.temperature), float(config.alpha)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    history, best_acc, best_state, best_epoch, stale = [], -1.0, None, 0, 0
-    bar = tqdm(total=config.epochs * steps_per_epoch, desc="distill", disable=not progress,
-               leave=False, mininterval=0.5)
-    for epoch in range(config.epochs):
+        net = DistributedDataParallel(model)  # averages gradients over the ranks' shards
+    teacher_logits = None
+    if config.precompute_teacher and batches is None:
+        teacher_logits = _teacher_logits(teacher, train_x, rank, world)
+
+    state = {"epoch": 0, "history": [], "best_acc": -1.0, "best_state": None, "best_epoch": 0, "stale": 0}
+    ckpt = Checkpoint(checkpoint_dir, config) if checkpoint_dir is not None else None
+    if ckpt is not None and ckpt.exists():
+        saved = ckpt.load()
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+    sampler = None
+    if batches is None:
+        sampler = DistributedSampler(range(len(train_x)), num_replicas=world, rank=rank, shuffle=True,
+                                     seed=config.seed, drop_last=False)
+    per_rank = config.batch_size // world
+
+    bar = tqdm(total=config.epochs * steps_per_epoch, initial=state["epoch"] * steps_per_epoch, desc="distill",
+               disable=not progress or rank != 0, leave=False, mininterval=0.5)
+    done = state["stale"] >= (config.patience or 10**9) and val_xy is not None
+    for epoch in range(state["epoch"], config.epochs):
+        if done:
+            break
+        torch.manual_seed(config.seed * 100003 + epoch)  # dropout etc.: the same after a resume
         model.train()
         total, count = 0.0, 0
-        for xb, yb in _epoch_batches(train_x, train_y, batches, config.batch_size, gen):
-            xb = random_shift(xb, config.shift, gen)
-            logits = model(xb)
-            with torch.no_grad():
-                t_logits = teacher(xb)
+        for xb, yb, tb in _epoch_batches(train_x, train_y, batches, sampler, epoch, per_rank, config,
+                                         teacher_logits):
+            logits = net(xb)
+            if tb is None:
+                with torch.no_grad():
+                    tb = teacher(xb)
             loss = logits.new_zeros(())
             if alpha > 0 or yb is None:
                 a = 1.0 if yb is None else alpha
                 loss = loss + a * T * T * F.kl_div(F.log_softmax(logits / T, dim=-1),
-                                                   F.softmax(t_logits / T, dim=-1), reduction="batchmean")
+                                                   F.softmax(tb / T, dim=-1), reduction="batchmean")
             if yb is not None and alpha < 1:
                 loss = loss + (1 - alpha) * F.cross_entropy(logits, yb)
             if feats is not None:
@@ -156,27 +225,104 @@ def distill(student, teacher, data: Any, config: DistillConfig, val: Any = None,
             bar.update(1)
         entry = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
         if val_xy is not None:
+            # Every rank holds the same weights, so every rank reaches the same decision.
             entry["val_top1"] = _top1(model, *val_xy)
             bar.set_postfix(val=f"{entry['val_top1'] * 100:.2f}%", refresh=False)
-            if entry["val_top1"] > best_acc:
-                best_acc, best_epoch, stale = entry["val_top1"], epoch + 1, 0
-                best_state = copy.deepcopy(model.state_dict())
+            if entry["val_top1"] > state["best_acc"]:
+                state.update(best_acc=entry["val_top1"], best_epoch=epoch + 1, stale=0,
+                             best_state=copy.deepcopy(model.state_dict()))
             else:
-                stale += 1
-        history.append(entry)
-        if config.patience is not None and val_xy is not None and stale >= config.patience:
+                state["stale"] += 1
+        state["history"].append(entry)
+        state["epoch"] = epoch + 1
+        if ckpt is not None and rank == 0:
+            ckpt.save(model, opt, sched, state)
+        if config.patience is not None and val_xy is not None and state["stale"] >= config.patience:
             break
     bar.close()
     if feats is not None:
         feats.remove()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
     model.eval()
+    history, best_acc = state["history"], state["best_acc"]
     record = {"name": "distill", "config": {**asdict(config), "features": [list(p) for p in config.features]},
-              "metrics": {"epochs_run": len(history), "best_epoch": best_epoch or len(history),
+              "metrics": {"epochs_run": len(history), "best_epoch": state["best_epoch"] or len(history),
                           "best_val_top1": best_acc if best_acc >= 0 else None,
-                          "params": count_params(model), "history": history}}
-    return with_record(model, record, previous=student)
+                          "params": count_params(model), "processes": world, "history": history}}
+    return model, record
+
+
+def check_split(config: DistillConfig, n_train: int | None, nproc: int) -> None:
+    """Raise ``InputError`` when ``nproc`` processes cannot share the data and the global batch."""
+    if n_train is None:
+        raise InputError("distillation over several processes needs array data (a task, a split or "
+                         "(x, y) arrays), not a loader of batches")
+    if nproc > n_train:
+        raise InputError(f"nproc {nproc} is larger than the {n_train} training samples: each process "
+                         f"needs at least one")
+    if config.batch_size % nproc:
+        raise InputError(f"batch_size {config.batch_size} does not split evenly over {nproc} processes; "
+                         f"use a batch size that is a multiple of nproc")
+    if config.features:
+        raise InputError("feature matching is single-process only; drop features or use nproc 1")
+
+
+def _teacher_logits(teacher, x, rank: int, world: int):
+    """Teacher logits for every training sample, computed once: each rank does 1/world of the
+    rows and an all-gather shares them, so the teacher's cost is split over the processes."""
+    import torch
+    import torch.distributed as dist
+
+    n = len(x)
+    per = (n + world - 1) // world
+    lo, hi = min(n, rank * per), min(n, (rank + 1) * per)
+    with torch.no_grad():
+        mine = torch.cat([teacher(x[s:min(s + 256, hi)]) for s in range(lo, hi, 256)]) if hi > lo else None
+        width = teacher(x[:1]).shape[1:]
+        chunk = torch.zeros((per, *width))
+        if mine is not None:
+            chunk[:len(mine)] = mine
+    if world == 1:
+        return chunk[:n]
+    parts = [torch.zeros_like(chunk) for _ in range(world)]
+    dist.all_gather(parts, chunk)
+    return torch.cat(parts)[:n]
+
+
+class Checkpoint:
+    """One file, ``distill.ckpt``, replaced atomically after every epoch. A checkpoint records the
+    config it was made with; resuming with another config is refused."""
+
+    def __init__(self, folder, config: DistillConfig):
+        self.folder = Path(folder)
+        self.path = self.folder / "distill.ckpt"
+        self.fingerprint = json.dumps(asdict(config), sort_keys=True, default=str)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> dict:
+        import torch
+
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise InputError(f"checkpoint {str(self.path)!r} cannot be read ({type(e).__name__}); "
+                             "delete it to start over") from None
+        if saved.get("config") != self.fingerprint:
+            raise InputError(f"checkpoint {str(self.path)!r} was made with another DistillConfig; "
+                             "use a new checkpoint folder or the same config")
+        return saved
+
+    def save(self, model, opt, sched, state: dict) -> None:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"config": self.fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "state": state}, tmp)
+        os.replace(tmp, self.path)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -224,16 +370,27 @@ def _first_batch(x, batches):
     return x[:2] if batches is None else batches[0][0][:2]
 
 
-def _epoch_batches(x, y, batches, batch_size: int, gen):
+def _epoch_batches(x, y, batches, sampler, epoch: int, per_rank: int, config: DistillConfig, teacher_logits):
+    """This rank's ``(x, y, teacher logits or None)`` batches of one epoch."""
     import torch
 
+    from .augment import shift_by
+
     if batches is not None:
-        yield from batches
+        for xb, yb in batches:
+            yield xb, yb, None
         return
-    order = torch.randperm(len(x), generator=gen)
-    for s in range(0, len(x), batch_size):
-        i = order[s:s + batch_size]
-        yield x[i], (y[i] if y is not None else None)
+    sampler.set_epoch(epoch)
+    order = torch.tensor(list(sampler))
+    offsets = None
+    if config.shift:
+        # Per-sample offsets drawn for the whole epoch: the same whatever the process count.
+        g = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+        offsets = torch.randint(0, 2 * config.shift + 1, (len(x), 2), generator=g)
+    for s in range(0, len(order), per_rank):
+        i = order[s:s + per_rank]
+        xb = x[i] if offsets is None else shift_by(x[i], config.shift, offsets[i, 0], offsets[i, 1])
+        yield xb, (y[i] if y is not None else None), (teacher_logits[i] if teacher_logits is not None else None)
 
 
 def _top1(model, x, y) -> float:

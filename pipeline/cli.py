@@ -82,7 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("artifact", metavar="ARTIFACT",
                    help="artifact folder, .onnx or .pt2 file, or a torch MODEL spec")
     b.add_argument("--runtime", default=None,
-                   help="torch, onnxruntime or tvm (default: the one for the artifact's format)")
+                   help="torch, onnxruntime, tvm (Python TVM VM) or native (the C++ runner edgeopt-run) "
+                   "(default: the one for the artifact's format)")
+    b.add_argument("--emulate", choices=["qemu"], default=None,
+                   help="native runtime: run an aarch64 artifact under qemu-aarch64 (correctness; the "
+                   "timing is labelled emulated, never ARM latency)")
+    remote = b.add_mutually_exclusive_group()
+    remote.add_argument("--rpc", metavar="HOST:PORT", default=None,
+                        help="benchmark a TVM artifact on the TVM RPC server at HOST:PORT")
+    remote.add_argument("--tracker", metavar="HOST:PORT", default=None,
+                        help="benchmark on a device from the TVM RPC tracker at HOST:PORT (with --key)")
+    b.add_argument("--key", default=None, help="device key at the tracker")
+    b.add_argument("--all", action="store_true",
+                   help="with --tracker: every free device under --key at once, per device and pooled")
+    b.add_argument("--reference", default=None,
+                   help="with --rpc/--tracker: an .onnx file or artifact to check the remote outputs "
+                   "against (default: this host's TVM VM when it can run the artifact)")
     b.add_argument("--threads", type=_positive_int, default=None, help="worker threads")
     b.add_argument("--warmup", type=_nonneg_int, default=10, help="untimed runs first (default: 10)")
     b.add_argument("--repeat", type=_positive_int, default=100, help="timed runs (default: 100)")
@@ -100,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--no-int8", action="store_true", help="keep QDQ models in float arithmetic")
     cp.add_argument("--tune-trials", type=_nonneg_int, default=0,
                     help="MetaSchedule trials to have in the tuning database (default: 0, no tuning)")
+    cp.add_argument("--bundle", metavar="DIR", default=None,
+                    help="also write a deployment bundle: the artifact, the native runner edgeopt-run "
+                    "for the target's CPU and the TVM runtime libraries (copy it to a board and run)")
+    cp.add_argument("--tracker", metavar="HOST:PORT", default=None,
+                    help="measure tuning candidates on the devices of this TVM RPC tracker (with --key)")
+    cp.add_argument("--key", default=None, help="device key at the tracker, for --tracker")
     cp.add_argument("--tune-timeout", type=float, default=None,
                     help="stop tuning after this many seconds; what was measured is kept")
     cp.add_argument("--tuning-db", default=None,
@@ -112,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "variants.")
     r.add_argument("recipe", metavar="RECIPE.yaml")
     r.add_argument("--out", default=None, help="output folder (default: build/<recipe name>)")
+    r.add_argument("--nproc", type=_positive_int, default=1,
+                   help="processes for the distill steps (torchrun, DistributedDataParallel; default 1)")
 
     k = sub.add_parser("check", epilog=EPILOG, help="CI gate: compare a report with a baseline",
                        description="Compare REPORT with BASELINE variant by variant: latency as the ratio "
@@ -279,17 +302,31 @@ def cmd_compile(args) -> int:
         if art.format != "onnx":
             raise InputError(f"compile needs an ONNX model; {args.model!r} is a {art.format} artifact")
         model, history = art.model_file, art.history
+    if args.bundle and Path(args.bundle).exists():
+        raise InputError(f"--bundle {args.bundle!r} already exists; choose a new folder")
+    if bool(args.tracker) != bool(args.key):
+        raise InputError("--tracker and --key go together (tuning measured on the tracker's devices)")
+    if args.tracker and not args.tune_trials:
+        raise InputError("--tracker is for tuning; give --tune-trials N as well")
     tune = None
     if args.tune_trials or args.tuning_db:
         from edgeopt.compile import TuneConfig
 
-        tune = TuneConfig(trials=args.tune_trials, timeout_s=args.tune_timeout, db=args.tuning_db)
+        tune = TuneConfig(trials=args.tune_trials, timeout_s=args.tune_timeout, db=args.tuning_db,
+                          tracker=args.tracker, key=args.key)
     art = build(model, target=args.target, out=args.out, history=history,
                 int8=False if args.no_int8 else None, tune=tune,
                 log=lambda line: print(line, file=sys.stderr))
     last = art.history[-1]
     print(f"wrote {art.path} ({art.size_bytes():,} bytes) for {json.dumps(last['config']['target'])}"
           + (f"; {last['metrics']['int8_ops']} ops in int8" if last["metrics"].get("int8_ops") else ""))
+    if args.bundle:
+        from edgeopt.compile.bundle import make_bundle
+
+        bundle = make_bundle(art, args.bundle, log=lambda line: print(line, file=sys.stderr))
+        run_line = next(ln.strip() for ln in (bundle / "README.txt").read_text().splitlines()
+                        if ln.strip().startswith("./edgeopt-run"))
+        print(f"wrote the deployment bundle {bundle}; on the device: cd {bundle.name} && {run_line}")
     return 0
 
 
@@ -299,7 +336,7 @@ def cmd_run(args) -> int:
 
     recipe = load_recipe(args.recipe)
     out = args.out or str(Path("build") / Path(args.recipe).stem)
-    run_recipe(recipe, out)
+    run_recipe(recipe, out, nproc=args.nproc)
     print(f"wrote {out}/report.json, report.md, pareto.png and index.html")
     return 0
 
@@ -359,6 +396,10 @@ def cmd_bench(args) -> int:
     spec = args.artifact
     torch_spec = spec.startswith("zoo:") or (
         ":" in spec and not os.path.exists(spec) and not spec.endswith(FILE_SUFFIXES))
+    if args.tracker or args.rpc:
+        return _bench_remote(args)
+    if args.key or args.all or args.reference:
+        raise InputError("--key, --all and --reference go with --tracker/--rpc")
     with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
         if torch_spec:
             runner = _runner_for_torch_spec(args, Path(tmp))
@@ -371,19 +412,105 @@ def cmd_bench(args) -> int:
                 art = build(path, target="cpu", out=Path(tmp) / "tvm")
                 runner = load(art, runtime="tvm", threads=args.threads)
             else:
-                runner = load(path, runtime=args.runtime, threads=args.threads)
+                options = {"emulate": args.emulate} if args.emulate else {}
+                if args.emulate and args.runtime != "native":
+                    raise InputError("--emulate qemu needs --runtime native")
+                runner = load(path, runtime=args.runtime, threads=args.threads, **options)
         result = runner.benchmark(runner.example_inputs(), warmup=args.warmup, repeat=args.repeat)
-    lat = result.latency
-    m = result.machine
-    print(f"runtime {result.runtime}: median {lat.median_ms:.3f} ms, p90 {lat.p90_ms:.3f} ms, "
-          f"min {lat.min_ms:.3f} ms, stdev {lat.stdev_ms:.3f} ms, n {lat.n}")
-    print(f"machine: {m['cpu']}, {m['threads']} threads; "
-          + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    _print_result(result)
     if args.json_out:
         from edgeopt.runtimes.artifact import write_json_atomic
 
         write_json_atomic(args.json_out, {"artifact": spec, **result.to_dict()})
     return 0
+
+
+def _print_result(result) -> None:
+    lat = result.latency
+    m = result.machine
+    print(f"runtime {result.runtime}: median {lat.median_ms:.3f} ms, p90 {lat.p90_ms:.3f} ms, "
+          f"min {lat.min_ms:.3f} ms, stdev {lat.stdev_ms:.3f} ms, n {lat.n}")
+    if "device" in m:
+        print(f"device: {m['device']} (via {m['via']}), {m['threads'] or 'default'} threads")
+    else:
+        print(f"machine: {m['cpu']}, {m['threads']} threads; "
+              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    if m.get("emulated"):
+        print(f"EMULATED: {m['emulated']}")
+
+
+def _bench_remote(args) -> int:
+    """--rpc / --tracker [--all]: run on remote devices, check outputs, report per device."""
+    import numpy as np
+
+    from edgeopt.runtimes import load_artifact
+    from edgeopt.runtimes.artifact import write_json_atomic
+    from edgeopt.runtimes.base import example_inputs
+    from edgeopt.runtimes.rpc import RpcRunner, benchmark_fleet, connect_server, request_device
+
+    if args.runtime not in (None, "tvm"):
+        raise InputError("--rpc/--tracker run TVM artifacts; drop --runtime or use --runtime tvm")
+    if args.emulate:
+        raise InputError("--emulate is for the native runtime on this host, not for --rpc/--tracker")
+    if args.tracker and not args.key:
+        raise InputError("--tracker needs --key (the device key the servers registered under)")
+    if args.all and not args.tracker:
+        raise InputError("--all needs --tracker and --key")
+    path = Path(args.artifact)
+    if not path.is_dir():
+        raise InputError(f"{args.artifact!r}: remote benchmarking takes a TVM artifact folder "
+                         "(edgeopt compile --target ...)")
+    art = load_artifact(path)
+    x = example_inputs(art.inputs, 0)
+    reference = _reference_outputs(args, art, x)
+    if args.all:
+        fleet = benchmark_fleet(art, args.tracker, args.key, x, warmup=args.warmup, repeat=args.repeat,
+                                threads=args.threads, log=lambda s: print(s, file=sys.stderr))
+        for name, result in fleet.devices.items():
+            _print_result(result)
+            _print_parity(name, fleet.outputs[name], reference, np)
+        for name, reason in fleet.lost.items():
+            print(f"LOST device {name}: {reason}")
+        if fleet.pooled:
+            p = fleet.pooled
+            print(f"pooled over {len(fleet.devices)} device(s): median {p.median_ms:.3f} ms, "
+                  f"p90 {p.p90_ms:.3f} ms, min {p.min_ms:.3f} ms, n {p.n}")
+        if args.json_out:
+            write_json_atomic(args.json_out, {"artifact": args.artifact, **fleet.to_dict()})
+        return 0 if fleet.devices else 1
+    device = request_device(args.tracker, args.key) if args.tracker else connect_server(args.rpc)
+    try:
+        runner = RpcRunner(art, device, threads=args.threads)
+        outputs = runner.run(x)
+        result = runner.benchmark(x, warmup=args.warmup, repeat=args.repeat)
+    finally:
+        device.close()
+    _print_result(result)
+    _print_parity(device.name, outputs, reference, np)
+    if args.json_out:
+        write_json_atomic(args.json_out, {"artifact": args.artifact, **result.to_dict()})
+    return 0
+
+
+def _reference_outputs(args, art, x):
+    """Outputs to check remote ones against: --reference, else this host's TVM VM if it can."""
+    from edgeopt.runtimes import load
+
+    if args.reference:
+        return load(args.reference).run(x)
+    try:
+        return load(art, runtime="tvm").run(x)
+    except InputError as e:  # e.g. an aarch64 artifact on an x86 client
+        print(f"parity: not checked ({e}); pass --reference MODEL.onnx", file=sys.stderr)
+        return None
+
+
+def _print_parity(name, outputs, reference, np) -> None:
+    if reference is None:
+        return
+    rel = max(float(np.max(np.abs(o - r))) / max(float(np.max(np.abs(r))), 1e-30)
+              for o, r in zip(outputs, reference))
+    print(f"parity {name}: max rel {rel:.2e} vs the reference")
 
 
 def _runner_for_torch_spec(args, tmp: Path):

@@ -45,8 +45,11 @@ def recipe_fingerprint(recipe: Recipe) -> str:
 
 
 def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
-               log: Callable[[str], None] = print) -> dict:
-    """Run ``recipe`` into ``out``; return the report (also written as report.json/.md/.png/.html)."""
+               log: Callable[[str], None] = print, nproc: int = 1) -> dict:
+    """Run ``recipe`` into ``out``; return the report (also written as report.json/.md/.png/.html).
+
+    ``nproc``: processes for the distill steps (torchrun, data-parallel; see ``ec.distill``).
+    """
     import torch
 
     from edgeopt.pipeline.models import load_model
@@ -54,6 +57,8 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
 
     from .tasks import load_task
 
+    if not isinstance(nproc, int) or nproc < 1:
+        raise InputError(f"nproc must be an integer >= 1, got {nproc!r}")
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(out)
@@ -76,6 +81,17 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
         raise InputError(f"{recipe.source}: model {recipe.model!r} does not say its input shape; "
                          "add input_shape to the recipe")
     task = load_task(recipe.task, seed=recipe.seed, input_shape=shape)
+    if nproc > 1:  # refuse a process count the data cannot split before any work is done
+        import edgeopt.compress as ec
+        from edgeopt.compress.distill import check_split
+
+        for variant, steps in recipe.variants.items():
+            for step in steps:
+                if step.name == "distill":
+                    try:
+                        check_split(ec.DistillConfig(**step.params), len(task.train.x), nproc)
+                    except InputError as e:
+                        raise InputError(f"--nproc {nproc}, variant {variant!r}: {e}") from None
     if task.test.x.shape[1:] != shape[1:]:
         raise InputError(f"{recipe.source}: task {recipe.task!r} gives inputs of shape "
                          f"{task.test.x.shape[1:]}, the model takes {shape[1:]}")
@@ -85,6 +101,7 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
 
     reference_preds = torch_logits(base, task.test.x).argmax(axis=1)
     study = _Study(recipe, task, base, example, reference_preds, bench, out, log)
+    study.nproc = nproc
 
     keys = [(name, t) for name in recipe.variants for t in recipe.targets]
     for i, (name, target) in enumerate(keys, 1):
@@ -156,6 +173,7 @@ class _Study:
         self.recipe, self.task, self.base, self.example = recipe, task, base, example
         self.reference_preds, self.bench, self.out, self.log = reference_preds, bench, out, log
         self.models: dict = {(): base}
+        self.nproc = 1
         self.onnx: dict = {}
 
     def torch_model(self, steps: list[Step]):
@@ -177,7 +195,7 @@ class _Study:
             elif step.name == "prune":
                 model = ec.prune(model, cfg, self.example)
             else:
-                model = ec.distill(model, self.base, self.task, cfg)
+                model = ec.distill(model, self.base, self.task, cfg, nproc=self.nproc)
             self.models[key] = model
         return model
 

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgeopt.runtimes import RUNTIMES, check_runtime, load, machine_fingerprint, write_artifact
+from edgeopt.runtimes import check_runtime, load, machine_fingerprint, write_artifact
 from edgeopt.runtimes.errors import InputError
 
 from .report import make_report
@@ -72,7 +72,7 @@ def save_torch_artifact(model, example: np.ndarray, out: str | os.PathLike, hist
 
 
 def compare_runtimes(model, example: np.ndarray, out_dir: str | os.PathLike,
-                     runtimes: Sequence[str] = tuple(RUNTIMES), task: Task | None = None,
+                     runtimes: Sequence[str] = ("torch", "onnxruntime", "tvm"), task: Task | None = None,
                      bench: BenchConfig = BenchConfig(), name: str = "fp32",
                      log: Callable[[str], None] = print) -> dict:
     """Export, compile and time ``model`` on each runtime; return the report.json object.

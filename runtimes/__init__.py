@@ -23,8 +23,8 @@ from .fingerprint import machine_fingerprint
 from .timing import TimingStats, measure
 
 #: Runtime names accepted by ``load`` and the CLI, and the artifact format each one runs.
-RUNTIMES = {"torch": "torch", "onnxruntime": "onnx", "tvm": "tvm"}
-DEFAULT_RUNTIME = {fmt: rt for rt, fmt in RUNTIMES.items()}
+RUNTIMES = {"torch": "torch", "onnxruntime": "onnx", "tvm": "tvm", "native": "tvm"}
+DEFAULT_RUNTIME = {"torch": "torch", "onnx": "onnxruntime", "tvm": "tvm"}
 
 
 def check_runtime(name: str) -> str:
@@ -40,10 +40,11 @@ def load(artifact: str | os.PathLike | Artifact, runtime: str | None = None,
 
     Args:
         artifact: an artifact folder written by edgeopt, a bare ``.onnx`` file, or a ``.pt2``.
-        runtime: ``"torch"``, ``"onnxruntime"`` or ``"tvm"``; default: the one that runs the
-            artifact's format.
+        runtime: ``"torch"``, ``"onnxruntime"``, ``"tvm"`` (Python TVM VM) or ``"native"`` (the
+            C++ runner ``edgeopt-run``); default: the one that runs the artifact's format.
         threads: worker threads for the backend.
-        options: backend options (``spin``/``optimization`` for onnxruntime, ``device`` for tvm).
+        options: backend options (``spin``/``optimization`` for onnxruntime, ``device`` for tvm,
+            ``emulate="qemu"`` / ``arch`` for native).
     """
     if runtime is not None:
         check_runtime(runtime)
@@ -73,8 +74,11 @@ def _open(fmt: str, runtime: str, path: Path, artifact: Artifact | None, threads
     if runtime == "torch":
         from .torch_runner import TorchRunner
         return TorchRunner(path, threads=threads, **options)
-    from .tvm_runner import TvmRunner
     assert artifact is not None  # a tvm library is only ever loaded from its artifact folder
+    if runtime == "native":
+        from .native import NativeRunner
+        return NativeRunner(artifact, threads=threads, **options)
+    from .tvm_runner import TvmRunner
     _check_host_can_run(artifact)
     device = options.pop("device", "cuda" if (artifact.manifest.get("target") or {}).get("kind") == "cuda" else "cpu")
     return TvmRunner(path, artifact.inputs, artifact.outputs, device=device, threads=threads, **options)
@@ -90,7 +94,7 @@ def _check_host_can_run(artifact: Artifact) -> None:
     if arch and arch != platform.machine():
         raise InputError(
             f"artifact {str(artifact.path)!r} was built for {arch} ({triple}); this host is "
-            f"{platform.machine()}. Run it on the device, or under qemu-{arch} with the native runner")
+            f"{platform.machine()}. Run it on the device, or under qemu-{arch} with the native runner (runtime 'native', emulate 'qemu')")
 
 
 __all__ = [

@@ -71,3 +71,42 @@ def test_structure_key_ignores_weights_and_depends_on_target():
     cpu, arm = resolve_target("cpu"), resolve_target("arm")
     assert structure_key(a, cpu) == structure_key(b, cpu), "same architecture, other weights: same key"
     assert structure_key(a, cpu) != structure_key(a, arm)
+
+
+INTERRUPTED_TUNING = """
+import sys, numpy as np, torch
+from edgeopt.compile import TuneConfig, build
+build(sys.argv[1], "cpu", sys.argv[2], tune=TuneConfig(trials=400, db=sys.argv[3], cost_model="random",
+      trials_per_round=4, trials_per_iter=4))
+"""
+
+
+def test_interrupted_tuning_keeps_its_rounds_and_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from edgeopt.compile.tune import records_in
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
+    onnx_path = export(model, x, tmp_path / "mlp.onnx").path
+    db = tmp_path / "db"
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_TUNING, str(onnx_path), str(tmp_path / "killed"),
+                             str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while records_in(db) < 4 and proc.poll() is None and time.monotonic() - t0 < 400:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the 400-trial tuning should still be running"
+    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
+    proc.wait(timeout=120)
+    assert proc.returncode != 0 and not (tmp_path / "killed").exists(), "no half-written artifact"
+    kept = records_in(db)
+    assert kept >= 4
+    art = build(onnx_path, "cpu", tmp_path / "resumed",
+                tune=TuneConfig(trials=kept + 4, db=str(db), cost_model="random", trials_per_round=4,
+                                trials_per_iter=4))
+    t = art.history[-1]["metrics"]["tuning"]
+    assert t["trials_before"] == kept and t["trials_after"] >= kept + 4
+    np.testing.assert_allclose(load(art).run(x)[0], load(onnx_path).run(x)[0], rtol=1e-5, atol=1e-6)

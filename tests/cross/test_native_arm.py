@@ -1,0 +1,59 @@
+"""The aarch64 native runner under qemu-aarch64: every zoo model's ARM build against the x86 build.
+
+Needs aarch64-linux-gnu-g++, qemu-aarch64 and the aarch64 TVM runtime (``make test`` installs the
+first two and runs ``python -m edgeopt.runtimes.native fetch-aarch64``). Timings under qemu are
+emulation and are never reported as ARM latency.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from edgeopt.compile import build, export
+from edgeopt.compile.bundle import make_bundle
+from edgeopt.pipeline.zoo import ZOO, create
+from edgeopt.runtimes import load
+from edgeopt.runtimes.errors import InputError
+from edgeopt.runtimes.native import aarch64_tvm_root
+from helpers import example_inputs, tiny_conv_net
+
+EM_AARCH64 = 183
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64") and shutil.which("cmake")
+         and (aarch64_tvm_root() / "tvm" / "lib" / "libtvm_runtime.so").exists()),
+    reason="needs aarch64-linux-gnu-g++, qemu-aarch64, cmake and the aarch64 TVM runtime "
+           "(make test sets them up)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_model_arm_build_matches_x86_under_qemu(tmp_path, name):
+    x = np.random.default_rng(0).standard_normal(ZOO[name].input_shape).astype(np.float32)
+    onnx_path = export(create(name), x, tmp_path / "m.onnx").path
+    x86 = build(onnx_path, "cpu", tmp_path / "cpu")
+    arm = build(onnx_path, "arm", tmp_path / "arm")
+    assert arm.model_file.read_bytes()[18] == EM_AARCH64
+    runner = load(arm, runtime="native", emulate="qemu")
+    got, ref = runner.run(x)[0], load(x86, runtime="tvm").run(x)[0]
+    assert got.shape == ref.shape
+    assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref))
+    assert "emulated" in runner.benchmark(x, warmup=0, repeat=1).machine
+
+
+def test_x86_library_given_to_the_aarch64_runner(tmp_path):
+    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
+    x86 = build(onnx_path, "cpu", tmp_path / "cpu")
+    runner = load(x86, runtime="native", arch="aarch64", emulate="qemu")
+    with pytest.raises(InputError, match="was built for x86_64; this runner is aarch64"):
+        runner.run(example_inputs())
+
+
+def test_arm_artifact_needs_emulation_here(tmp_path):
+    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
+    arm = build(onnx_path, "arm", tmp_path / "arm")
+    with pytest.raises(InputError, match="emulate='qemu'"):
+        load(arm, runtime="native")
+    bundle = make_bundle(arm, tmp_path / "bundle")
+    for f in ("edgeopt-run", "lib/libtvm_runtime.so", "lib/libtvm_ffi.so"):
+        assert (bundle / f).read_bytes()[18] == EM_AARCH64, f

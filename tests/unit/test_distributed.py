@@ -1,0 +1,129 @@
+"""Distillation across processes (torchrun, gloo) and checkpoint/resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import edgeopt.compress as ec
+from edgeopt.pipeline.tasks import TrainConfig, load_task, torch_logits, train
+from edgeopt.pipeline.zoo import create
+from edgeopt.runtimes.errors import InputError
+from helpers import edgeopt_cli
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    task = load_task("digits")
+    teacher = train(create("digits_cnn"), task, TrainConfig(epochs=4), progress=False)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.save(teacher.state_dict(), path)
+    return task, teacher, path
+
+
+def test_two_processes_match_one(digits):
+    task, teacher, _ = digits
+    student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32))
+    cfg = ec.DistillConfig(epochs=2, seed=1, shift=1, batch_size=64)
+    one = ec.distill(student, teacher, task, cfg, progress=False)
+    two = ec.distill(student, teacher, task, cfg, progress=False, nproc=2)
+    assert ec.last_record(two)["metrics"]["processes"] == 2 and ec.last_record(one)["metrics"]["processes"] == 1
+    acc_one = task.score(torch_logits(one, task.test.x))
+    acc_two = task.score(torch_logits(two, task.test.x))
+    assert abs(acc_one - acc_two) <= 0.005, (acc_one, acc_two)
+    assert acc_two > 0.9
+    assert [r["name"] for r in ec.history(two)] == ["prune", "distill"]
+
+
+def test_precomputed_teacher_logits_split_over_processes(digits):
+    task, teacher, _ = digits
+    student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32))
+    cfg = ec.DistillConfig(epochs=2, seed=2)
+    cached = ec.DistillConfig(epochs=2, seed=2, precompute_teacher=True)
+    live = ec.distill(student, teacher, task, cfg, progress=False)
+    one = ec.distill(student, teacher, task, cached, progress=False)
+    for p, q in zip(live.parameters(), one.parameters()):  # the same logits, computed once
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    two = ec.distill(student, teacher, task, cached, progress=False, nproc=2)
+    acc_one, acc_two = (task.score(torch_logits(m, task.test.x)) for m in (one, two))
+    assert abs(acc_one - acc_two) <= 0.005, (acc_one, acc_two)
+    with pytest.raises(InputError, match="precompute_teacher needs shift=0"):
+        ec.DistillConfig(epochs=1, precompute_teacher=True, shift=2)
+
+
+RUN = """
+import json, sys, torch
+import edgeopt.compress as ec
+from edgeopt.pipeline.tasks import load_task, torch_logits
+from edgeopt.pipeline.zoo import create
+torch.set_num_threads(1)
+task = load_task("digits")
+teacher = create("digits_cnn"); teacher.load_state_dict(torch.load(sys.argv[1]))
+cfg = ec.DistillConfig(epochs=4, seed=4, shift=1, patience=None)
+student = ec.distill(create("digits_cnn", seed=1), teacher, task, cfg, progress=False, checkpoint_dir=sys.argv[2])
+json.dump({"acc": task.score(torch_logits(student, task.test.x)),
+           "params": [float(p.double().sum()) for p in student.parameters()]}, open(sys.argv[3], "w"))
+"""
+
+
+def test_killed_distillation_resumes_to_the_same_result(digits, tmp_path):
+    _, _, teacher_path = digits
+    py = [sys.executable, "-c", RUN, str(teacher_path)]
+    full = subprocess.run([*py, str(tmp_path / "ck-full"), str(tmp_path / "full.json")], capture_output=True,
+                          text=True, timeout=600)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([*py, str(tmp_path / "ck"), str(tmp_path / "killed.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while not (tmp_path / "ck" / "distill.ckpt").exists() and time.monotonic() - t0 < 300:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed.json").exists(), "killed before it finished"
+    epoch = torch.load(tmp_path / "ck" / "distill.ckpt", weights_only=False)["state"]["epoch"]
+    assert 1 <= epoch < 4
+    resumed = subprocess.run([*py, str(tmp_path / "ck"), str(tmp_path / "resumed.json")], capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "full.json").read_text())
+    b = json.loads((tmp_path / "resumed.json").read_text())
+    assert a["acc"] == b["acc"]
+    np.testing.assert_allclose(a["params"], b["params"], rtol=1e-6)
+
+
+def test_checkpoint_from_another_config_is_refused(digits, tmp_path):
+    task, teacher, _ = digits
+    ec.distill(create("digits_cnn", seed=1), teacher, task, ec.DistillConfig(epochs=1), progress=False,
+               checkpoint_dir=tmp_path)
+    with pytest.raises(InputError, match="another DistillConfig"):
+        ec.distill(create("digits_cnn", seed=1), teacher, task, ec.DistillConfig(epochs=2), progress=False,
+                   checkpoint_dir=tmp_path)
+
+
+def test_process_counts_the_data_cannot_split(digits):
+    task, teacher, _ = digits
+    small = (task.train.x[:3], task.train.y[:3])
+    with pytest.raises(InputError, match="nproc 4 is larger than the 3 training samples"):
+        ec.distill(create("digits_cnn"), teacher, small, ec.DistillConfig(epochs=1, batch_size=4), nproc=4)
+    with pytest.raises(InputError, match="batch_size 64 does not split evenly over 3 processes"):
+        ec.distill(create("digits_cnn"), teacher, task, ec.DistillConfig(epochs=1), nproc=3)
+    with pytest.raises(InputError, match="nproc must be an integer >= 1"):
+        ec.distill(create("digits_cnn"), teacher, task, ec.DistillConfig(epochs=1), nproc=0)
+    batches = [(task.train.x[:8], task.train.y[:8])]
+    with pytest.raises(InputError, match="needs array data"):
+        ec.distill(create("digits_cnn"), teacher, batches, ec.DistillConfig(epochs=1, batch_size=8), nproc=2)
+
+
+def test_run_refuses_nproc_before_any_work(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: zoo:digits_cnn\ntask: digits\nvariants:\n  kd: [{distill: {epochs: 1}}]\n"
+                      "targets: [{runtime: onnxruntime}]\n")
+    r = edgeopt_cli("run", recipe, "--out", tmp_path / "out", "--nproc", "3")
+    assert r.returncode == 2 and "batch_size 64 does not split evenly over 3 processes" in r.stderr, r.stderr
+    assert not (tmp_path / "out" / "report.json").exists()
