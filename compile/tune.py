@@ -28,6 +28,9 @@ from typing import Callable
 from edgeopt.runtimes.errors import InputError
 
 COST_MODELS = ("xgb", "random")
+#: Seconds per measured candidate before any round has been timed: ~1.5 s for ResNet-18's
+#: convolutions on this 2-core machine (search, build and measurement together).
+FIRST_ROUND_S_PER_TRIAL = 1.5
 
 
 @dataclass(frozen=True)
@@ -203,22 +206,30 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
         if config.timeout_s is not None and time.perf_counter() - t0 >= config.timeout_s:
             log(f"tuning: wall-clock budget of {config.timeout_s:.0f} s spent")
             break
-        round_size = max(config.trials_per_round, config.trials_per_iter * len(tasks))
-        step = min(round_size, config.trials - done)
+        per_iter = config.trials_per_iter
+        step = config.trials - done
         elapsed = time.perf_counter() - t0
-        if config.timeout_s is not None and done > before:
+        if config.timeout_s is not None:
             # MetaSchedule stores a round's records when the round ends, so a round must fit in
-            # what is left of the budget: size it by the seconds per trial measured so far.
-            per_trial = elapsed / (done - before)
-            step = min(step, int((config.timeout_s - elapsed) / per_trial))
-            if step < config.trials_per_iter:
+            # what is left of the budget: size it by the seconds per trial measured so far (before
+            # the first round, by this machine's typical rate). A first round must also reach
+            # every task, or untuned kernels stay naive: give each task fewer candidates per
+            # search iteration when the budget cannot afford the configured number.
+            per_trial = elapsed / (done - before) if done > before else FIRST_ROUND_S_PER_TRIAL
+            affordable = int((config.timeout_s - elapsed) / per_trial)
+            if rounds == 0:
+                per_iter = max(2, min(per_iter, affordable // max(1, len(tasks))))
+                affordable = max(affordable, per_iter * len(tasks))
+            if affordable < per_iter:
                 log(f"tuning: {config.timeout_s - elapsed:.0f} s left is less than a search iteration")
                 break
+            step = min(step, affordable)
+        step = min(step, max(config.trials_per_round, per_iter * len(tasks)))
         log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
             f"({len(tasks)} tasks, {time.perf_counter() - t0:.0f} s)")
         ms.relax_integration.tune_relax(
             mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=step,
-            max_trials_per_task=per_task, num_trials_per_iter=config.trials_per_iter,
+            max_trials_per_task=per_task, num_trials_per_iter=per_iter,
             cost_model=config.cost_model,
             strategy=ms.search_strategy.EvolutionarySearch(population_size=config.population),
             runner=runner,
