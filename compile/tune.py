@@ -116,6 +116,14 @@ def records_in(db: Path) -> int:
         return sum(1 for line in fh if line.strip())
 
 
+def _drop_unnamed_handlers(logger) -> None:
+    """MetaSchedule re-configures its logger with ``logging.config.dictConfig`` on every tuning
+    call, listing the logger's current handlers by name; an unnamed one (pytest's
+    LogCaptureHandler ends up there after a first tuning) makes that call fail. Keep named ones."""
+    for handler in [h for h in logger.handlers if h.get_name() is None]:
+        logger.removeHandler(handler)
+
+
 def rpc_runner(tracker: str, key: str, log: Callable[[str], None] = lambda s: None):
     """MetaSchedule's ``RPCRunner`` on every device registered under ``key`` at ``tracker``.
 
@@ -201,7 +209,8 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     rounds = 0
     done = before
     # MetaSchedule's own logging is very chatty at INFO; progress is reported per round instead.
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    ms_logger.setLevel(logging.WARNING)
     while done < config.trials:
         if config.timeout_s is not None and time.perf_counter() - t0 >= config.timeout_s:
             log(f"tuning: wall-clock budget of {config.timeout_s:.0f} s spent")
@@ -227,6 +236,7 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
         step = min(step, max(config.trials_per_round, per_iter * len(tasks)))
         log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
             f"({len(tasks)} tasks, {time.perf_counter() - t0:.0f} s)")
+        _drop_unnamed_handlers(ms_logger)
         ms.relax_integration.tune_relax(
             mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=step,
             max_trials_per_task=per_task, num_trials_per_iter=per_iter,
