@@ -88,8 +88,7 @@ def _check_host_can_run(artifact: Artifact) -> None:
     """A library cross-compiled for another CPU cannot be loaded here: say so plainly."""
     import platform
 
-    target = artifact.manifest.get("target") or {}
-    triple = target.get("mtriple") or (target.get("host") or {}).get("mtriple") or ""
+    triple = artifact.target_triple
     arch = triple.split("-")[0] if triple else ""
     if arch and arch != platform.machine():
         raise InputError(

@@ -77,6 +77,12 @@ class Artifact:
         return self.files[0]
 
     @property
+    def target_triple(self) -> str:
+        """The LLVM triple the library was built for ("" when built for the host)."""
+        target = self.manifest.get("target") or {}
+        return target.get("mtriple") or (target.get("host") or {}).get("mtriple") or ""
+
+    @property
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec.from_dict(d) for d in self.manifest["io"]["inputs"]]
 

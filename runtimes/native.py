@@ -159,8 +159,7 @@ def runner_binary(arch: str = "host", log=lambda s: None) -> Path:
 
 def artifact_arch(artifact: Artifact) -> str:
     """ "aarch64", "x86_64", ... : the CPU an artifact's library was built for."""
-    target = artifact.manifest.get("target") or {}
-    triple = target.get("mtriple") or (target.get("host") or {}).get("mtriple") or ""
+    triple = artifact.target_triple
     return triple.split("-")[0] if triple else platform.machine()
 
 
