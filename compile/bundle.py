@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from edgeopt.runtimes.artifact import Artifact, load_artifact
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 
 def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, log=lambda s: None) -> Path:

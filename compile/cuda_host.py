@@ -24,14 +24,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 _READY = False
 
 
 def _cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "edgeopt" / "cuda-driver-standin"
+    from edgeopt.core.files import cache_root
+
+    return cache_root("cuda-driver-standin")
 
 
 def _driver_symbols(library: Path) -> list[str]:

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from edgeopt.runtimes.artifact import Artifact, write_artifact
-from edgeopt.runtimes.errors import InputError, ParityError
+from edgeopt.core.errors import InputError, ParityError
 
 MIN_OPSET = 17
 

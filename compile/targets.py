@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 AARCH64_TRIPLE = "aarch64-linux-gnu"
 ARM_BOARDS = {

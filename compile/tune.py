@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 COST_MODELS = ("xgb", "random")
 #: Seconds per measured candidate before any round has been timed: ~1.5 s for ResNet-18's
@@ -103,8 +103,9 @@ def structure_key(mod, spec: dict) -> str:
 
 
 def default_db_root() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "edgeopt" / "tuning"
+    from edgeopt.core.files import cache_root
+
+    return cache_root("tuning")
 
 
 def records_in(db: Path) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgeopt.runtimes.artifact import Artifact, write_artifact
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
 
 from .targets import resolve_target, toolchain

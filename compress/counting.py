@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 
 def count_params(model) -> int:

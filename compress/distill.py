@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 from .counting import count_params
 from .history import with_record
@@ -319,10 +319,11 @@ class Checkpoint:
         import torch
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({"config": self.fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "state": state}, tmp)
-        os.replace(tmp, self.path)
+        from edgeopt.core.files import atomic_file
+
+        with atomic_file(self.path) as tmp:
+            torch.save({"config": self.fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "state": state}, tmp)
 
 
 # -- data -------------------------------------------------------------------------------------

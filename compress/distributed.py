@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 from .history import with_record
 

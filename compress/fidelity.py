@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 from .counting import model_stats
 from .history import with_record

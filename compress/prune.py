@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 from .counting import model_stats
 from .history import with_record

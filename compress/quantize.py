@@ -36,9 +36,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgeopt.runtimes.artifact import Artifact, TensorSpec, write_artifact
+from edgeopt.core.tensors import TensorSpec
+from edgeopt.runtimes.artifact import Artifact, write_artifact
 from edgeopt.runtimes.base import check_array
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 MODES = ("static", "dynamic")
 CALIBRATIONS = ("minmax", "entropy", "percentile")

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgeopt.runtimes.errors import CheckFailed, InputError
+from edgeopt.core.errors import CheckFailed, InputError
 
 EPILOG = "exit codes: 0 success, 1 a check failed, 2 bad input or usage"
 
@@ -419,7 +419,7 @@ def cmd_bench(args) -> int:
         result = runner.benchmark(runner.example_inputs(), warmup=args.warmup, repeat=args.repeat)
     _print_result(result)
     if args.json_out:
-        from edgeopt.runtimes.artifact import write_json_atomic
+        from edgeopt.core.files import write_json_atomic
 
         write_json_atomic(args.json_out, {"artifact": spec, **result.to_dict()})
     return 0
@@ -444,7 +444,7 @@ def _bench_remote(args) -> int:
     import numpy as np
 
     from edgeopt.runtimes import load_artifact
-    from edgeopt.runtimes.artifact import write_json_atomic
+    from edgeopt.core.files import write_json_atomic
     from edgeopt.runtimes.base import example_inputs
     from edgeopt.runtimes.rpc import RpcRunner, benchmark_fleet, connect_server, request_device
 

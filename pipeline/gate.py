@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 from .report import SCHEMA
 

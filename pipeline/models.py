@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 FILE_SUFFIXES = (".pt2", ".onnx") + PICKLE_SUFFIXES

@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 TOP_KEYS = ("model", "task", "input_shape", "variants", "targets", "bench", "seed", "train")
 TORCH_STEPS = ("lowrank", "prune", "distill")

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from edgeopt.runtimes.artifact import write_json_atomic
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.files import write_json_atomic
+from edgeopt.core.errors import InputError
 
 SCHEMA = 1
 

@@ -26,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from edgeopt.runtimes.artifact import write_json_atomic
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.files import write_json_atomic
+from edgeopt.core.errors import InputError
 
 from .recipe import Recipe, Step, Target, load_recipe
 from .report import make_report, text_table, write_report
@@ -155,10 +155,10 @@ def _base_model(module, task, recipe: Recipe, out: Path, log):
     trained = train(module, task, TrainConfig(**recipe.train))
     acc = task.score(torch_logits(trained, task.test.x))
     log(f"base model: {acc * 100:.2f}% top-1 on the test split")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(".state_dict.pt.tmp")
-    torch.save(trained.state_dict(), tmp)
-    os.replace(tmp, cache)
+    from edgeopt.core.files import atomic_file
+
+    with atomic_file(cache) as tmp:
+        torch.save(trained.state_dict(), tmp)
     return trained
 
 

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgeopt.runtimes import check_runtime, load, machine_fingerprint, write_artifact
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 from .report import make_report
 from .tasks import Task, predict
@@ -56,7 +56,7 @@ def save_torch_artifact(model, example: np.ndarray, out: str | os.PathLike, hist
     """Save ``model`` as a ``torch.export`` program (``model.pt2``) in an artifact folder."""
     import torch
 
-    from edgeopt.runtimes.artifact import TensorSpec
+    from edgeopt.core.tensors import TensorSpec
 
     x = torch.from_numpy(example)
     program = torch.export.export(model.eval(), (x,))

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 TASKS = ("digits", "random")
 

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 
 # -- digits_cnn ---------------------------------------------------------------------------

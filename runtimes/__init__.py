@@ -16,9 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .artifact import Artifact, TensorSpec, load_artifact, write_artifact
+from edgeopt.core.tensors import TensorSpec
+
+from .artifact import Artifact, load_artifact, write_artifact
 from .base import BenchmarkResult, Runner, example_inputs
-from .errors import CheckFailed, InputError, ParityError
+from edgeopt.core.errors import CheckFailed, InputError, ParityError
 from .fingerprint import machine_fingerprint
 from .timing import TimingStats, measure
 

@@ -6,7 +6,8 @@ half-written artifact that loads. Loading validates the manifest and every file'
 
 Example:
     >>> import tempfile, pathlib
-    >>> from edgeopt.runtimes.artifact import write_artifact, load_manifest, TensorSpec
+    >>> from edgeopt.runtimes.artifact import write_artifact, load_manifest
+    >>> from edgeopt.core.tensors import TensorSpec
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> def fill(tmp):
     ...     (tmp / "model.bin").write_bytes(b"weights")
@@ -24,36 +25,18 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import InputError
+from edgeopt.core.errors import InputError
+from edgeopt.core.files import make_temp_dir, write_json_atomic
+from edgeopt.core.tensors import TensorSpec
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 FORMATS = ("torch", "onnx", "tvm")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, shape and dtype of one model input or output.
-
-    A dimension is an int, or a string naming a symbolic (dynamic) axis such as ``"batch"``.
-    """
-
-    name: str
-    shape: list
-    dtype: str
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TensorSpec":
-        return cls(str(d["name"]), list(d["shape"]), str(d["dtype"]))
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
 @dataclass
@@ -134,8 +117,7 @@ def write_artifact(
     if format not in FORMATS:
         raise InputError(f"artifact format must be one of {FORMATS}, got {format!r}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out)
     try:
         fill(tmp)
         files = list(files)
@@ -180,21 +162,6 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(src, dst)
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_manifest(path: str | os.PathLike) -> dict:

@@ -8,7 +8,7 @@ timing live here once.
 Example:
     >>> import numpy as np
     >>> from edgeopt.runtimes.base import example_inputs
-    >>> from edgeopt.runtimes.artifact import TensorSpec
+    >>> from edgeopt.core.tensors import TensorSpec
     >>> [a.shape for a in example_inputs([TensorSpec("x", ["batch", 3], "float32")])]
     [(1, 3)]
 """
@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .artifact import TensorSpec
-from .errors import InputError
+from edgeopt.core.tensors import TensorSpec
+from edgeopt.core.errors import InputError
 from .fingerprint import machine_fingerprint
 from .timing import TimingStats, check_counts, measure
 

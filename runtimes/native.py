@@ -33,9 +33,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgeopt.core.errors import InputError
+from edgeopt.core.files import cache_root
+
 from .artifact import Artifact
 from .base import BenchmarkResult, Runner, example_inputs
-from .errors import InputError
 from .fingerprint import machine_fingerprint
 from .timing import TimingStats, check_counts
 
@@ -45,9 +47,6 @@ ARCHES = ("host", "aarch64")
 DEFAULT_TIMEOUT_S = 600.0
 
 
-def cache_root() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "edgeopt"
 
 
 def host_tvm_root() -> Path:

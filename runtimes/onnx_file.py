@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .artifact import TensorSpec
-from .errors import InputError
+from edgeopt.core.tensors import TensorSpec
+from edgeopt.core.errors import InputError
 
 # onnx.TensorProto element types -> numpy dtype names (the subset models use).
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64",

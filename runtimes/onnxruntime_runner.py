@@ -37,7 +37,7 @@ class OnnxRuntimeRunner(Runner):
                  optimization: str = "all"):
         import onnxruntime as ort
 
-        from .errors import InputError
+        from edgeopt.core.errors import InputError
 
         if optimization not in self.LEVELS:
             raise InputError(f"optimization must be one of {self.LEVELS}, got {optimization!r}")

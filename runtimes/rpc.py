@@ -34,7 +34,7 @@ import numpy as np
 
 from .artifact import Artifact
 from .base import BenchmarkResult, Runner, example_inputs
-from .errors import InputError
+from edgeopt.core.errors import InputError
 from .fingerprint import machine_fingerprint
 from .timing import TimingStats, check_counts
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from .errors import InputError
+from edgeopt.core.errors import InputError
 
 
 @dataclass(frozen=True)

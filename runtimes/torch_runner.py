@@ -19,9 +19,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .artifact import TensorSpec
+from edgeopt.core.tensors import TensorSpec
 from .base import Runner, example_inputs
-from .errors import InputError
+from edgeopt.core.errors import InputError
 
 
 class TorchRunner(Runner):

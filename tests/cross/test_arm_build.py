@@ -9,7 +9,7 @@ import pytest
 from edgeopt.compile import build, export
 from edgeopt.compress import QuantizeConfig, quantize
 from edgeopt.runtimes import load
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 from helpers import example_inputs, tiny_conv_net
 
 pytestmark = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,

@@ -14,7 +14,7 @@ from edgeopt.compile import build, export
 from edgeopt.compile.bundle import make_bundle
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes import load
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 from edgeopt.runtimes.native import aarch64_tvm_root
 from helpers import example_inputs, tiny_conv_net
 

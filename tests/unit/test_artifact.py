@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from edgeopt.runtimes.artifact import TensorSpec, load_artifact, write_artifact
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.tensors import TensorSpec
+from edgeopt.runtimes.artifact import load_artifact, write_artifact
+from edgeopt.core.errors import InputError
 from helpers import listing
 
 IO = dict(inputs=[TensorSpec("x", [1, 4], "float32")], outputs=[TensorSpec("y", [1, 2], "float32")])

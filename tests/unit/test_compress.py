@@ -7,7 +7,7 @@ import torch
 import edgeopt.compress as ec
 from edgeopt.compile import export
 from edgeopt.pipeline.zoo import create
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 from helpers import listing
 
 

@@ -14,7 +14,7 @@ import torch
 import edgeopt.compress as ec
 from edgeopt.pipeline.tasks import TrainConfig, load_task, torch_logits, train
 from edgeopt.pipeline.zoo import create
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 from helpers import edgeopt_cli
 
 

@@ -7,7 +7,7 @@ import torch
 
 from edgeopt.compile import ExportConfig, export
 from edgeopt.pipeline.zoo import ZOO, create
-from edgeopt.runtimes.errors import InputError, ParityError
+from edgeopt.core.errors import InputError, ParityError
 from helpers import drifting_model, example_inputs, listing, tiny_conv_net, unexportable
 
 

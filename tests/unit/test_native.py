@@ -12,7 +12,7 @@ import pytest
 from edgeopt.compile import build, export
 from edgeopt.compile.bundle import make_bundle
 from edgeopt.runtimes import load
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 from edgeopt.runtimes.native import runner_binary
 from helpers import edgeopt_cli, example_inputs, listing, tiny_conv_net
 

@@ -9,7 +9,7 @@ from edgeopt.compile import export
 from edgeopt.compress import QuantizeConfig, fidelity, quantize
 from edgeopt.compress.fidelity import runner_outputs
 from edgeopt.runtimes import load
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 from helpers import OutlierMLP, example_inputs, listing, outlier_samples, tiny_conv_net
 
 

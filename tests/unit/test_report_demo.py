@@ -5,7 +5,7 @@ import json
 import pytest
 
 from edgeopt.pipeline.report import make_report, markdown, pareto_flags, text_table
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 from helpers import edgeopt_cli
 
 

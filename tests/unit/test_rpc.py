@@ -13,7 +13,7 @@ import torch
 
 from edgeopt.compile import TuneConfig, build, export
 from edgeopt.runtimes import load
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 from edgeopt.runtimes.rpc import benchmark_fleet, free_port, request_device, start_local_farm
 from helpers import edgeopt_cli, example_inputs, tiny_conv_net
 

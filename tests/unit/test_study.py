@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgeopt.pipeline.recipe import parse_recipe
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 from helpers import REPO, edgeopt_cli
 
 SMALL = """\

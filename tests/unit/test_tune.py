@@ -8,7 +8,7 @@ import torch
 
 from edgeopt.compile import TuneConfig, build, export
 from edgeopt.runtimes import load
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 from helpers import edgeopt_cli
 
 

@@ -81,7 +81,7 @@ def test_int8_off_keeps_float_qdq_semantics(qdq_model):
 
 def test_targets_presets_and_errors():
     from edgeopt.compile.targets import Toolchain, resolve_target, toolchain
-    from edgeopt.runtimes.errors import InputError
+    from edgeopt.core.errors import InputError
 
     assert resolve_target("arm:cortex-a76")["mattr"] == ["+neon", "+dotprod", "+fullfp16"]
     assert resolve_target("cuda")["arch"] == "sm_90" and resolve_target("cuda:sm_80")["arch"] == "sm_80"

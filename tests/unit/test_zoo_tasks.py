@@ -7,7 +7,7 @@ import torch
 from edgeopt.compress import count_params, onnx_flops
 from edgeopt.pipeline.tasks import TrainConfig, load_task, torch_logits, train
 from edgeopt.pipeline.zoo import ZOO, create
-from edgeopt.runtimes.errors import InputError
+from edgeopt.core.errors import InputError
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))

@@ -4,7 +4,7 @@ The CLI maps them to exit codes (DESIGN.md): ``InputError`` -> 2 (bad input or u
 ``CheckFailed`` -> 1 (a check ran and failed: parity above tolerance, a regression).
 
 Example:
-    >>> from edgeopt.runtimes.errors import InputError
+    >>> from edgeopt.core.errors import InputError
     >>> isinstance(InputError("bad"), ValueError)
     True
 """
