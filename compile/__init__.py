@@ -7,14 +7,14 @@ Example:
     >>> import torch, tempfile, os
     >>> import edgeopt.compile as eoc
     >>> out = os.path.join(tempfile.mkdtemp(), "lin.onnx")
-    >>> eoc.export(torch.nn.Linear(4, 2), torch.randn(1, 4), out=out).parity.passed
+    >>> eoc.export(torch.nn.Linear(4, 2), eoc.ExportConfig(), torch.randn(1, 4), out=out).metrics["parity"]["passed"]
     True
 """
 
 from .export import ExportConfig, ExportResult, ParityReport, export, parity_check
 from .targets import resolve_target
 from .tune import TuneConfig
-from .tvm_build import build
+from .tvm_build import BuildConfig, build
 
-__all__ = ["ExportConfig", "ExportResult", "ParityReport", "TuneConfig", "build", "export",
+__all__ = ["BuildConfig", "ExportConfig", "ExportResult", "ParityReport", "TuneConfig", "build", "export",
            "parity_check", "resolve_target"]

@@ -14,9 +14,9 @@ Example:
     >>> import edgeopt.compile.export as ex
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval()
     >>> out = os.path.join(tempfile.mkdtemp(), "tiny.onnx")
-    >>> result = ex.export(model, torch.randn(1, 8), out=out)
-    >>> result.parity.passed, result.parity.max_rel <= 1e-4
-    (True, True)
+    >>> result = ex.export(model, ex.ExportConfig(), torch.randn(1, 8), out=out)
+    >>> result.metrics["parity"]["passed"], result.path.name
+    (True, 'tiny.onnx')
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from edgeopt.runtimes.artifact import Artifact, write_artifact
+from edgeopt.core.config import check_field_types
+from edgeopt.core.files import file_mode
+from edgeopt.core.result import Progress, StepResult, reporter, unwrap
+from edgeopt.runtimes.artifact import write_artifact
 from edgeopt.core.errors import InputError, ParityError
 
 MIN_OPSET = 17
@@ -59,6 +62,7 @@ class ExportConfig:
     output_names: tuple = ()
 
     def __post_init__(self):
+        check_field_types(self)
         if not isinstance(self.opset, int) or self.opset < MIN_OPSET:
             raise InputError(f"opset must be an integer >= {MIN_OPSET}, got {self.opset!r}")
         if not (isinstance(self.rtol, (int, float)) and self.rtol > 0):
@@ -82,33 +86,34 @@ class ParityReport:
         return {**asdict(self), "passed": self.passed}
 
 
-@dataclass
-class ExportResult:
-    """What ``export`` wrote: the ``.onnx`` path, the artifact (folder outputs), parity, record."""
-
-    path: Path
-    parity: ParityReport
-    record: dict
-    artifact: Artifact | None = None
-    inputs: list = field(default_factory=list)
-    outputs: list = field(default_factory=list)
+#: ``export`` returns the one step result type; the earlier name stays importable.
+ExportResult = StepResult
 
 
-def export(model, example_inputs, out: str | os.PathLike, config: ExportConfig = ExportConfig(),
-           check_inputs: Iterable[Any] = (), history: Sequence[dict] = ()) -> ExportResult:
+def export(model, config: ExportConfig | None = None, example_inputs: Any = None, *legacy,
+           out: str | os.PathLike | None = None, check_inputs: Iterable[Any] = (),
+           progress: Progress = None, history: Sequence[dict] | None = None) -> StepResult:
     """Export ``model`` to ONNX at ``out`` after a successful parity check.
 
+    The step contract (``edgeopt.core.result``): input, config, data; returns a ``StepResult``
+    whose ``output`` is the artifact (folder ``out``) or the file (``.onnx`` ``out``), and whose
+    ``metrics["parity"]`` holds the check (``max_abs``, ``max_rel``, ``rtol``, ``n_inputs``).
+
     Args:
-        model: a ``torch.nn.Module`` (put in eval mode; not modified).
+        model: a ``torch.nn.Module``, or the ``StepResult`` of a torch-level step (its history
+            goes into the manifest). Evaluated in eval mode; the caller's module keeps its mode.
+        config: ``ExportConfig`` (default: opset 18, static shapes, rtol 1e-4).
         example_inputs: a tensor or a tuple of tensors: the shapes the model is exported with.
         out: a path ending in ``.onnx`` (one file), or a folder (an artifact: ``model.onnx`` and
             ``manifest.json``).
-        config: ``ExportConfig``.
         check_inputs: more inputs (each a tensor or tuple of tensors, numpy accepted) for the
             parity check, e.g. real task samples. With a static batch they must have the
             example's shapes.
-        history: earlier step records to carry into the artifact manifest (default: the records
-            a compressed model carries, ``edgeopt.compress.history``).
+        progress: ``True`` or a callable: one line with the parity result.
+        history: records to carry instead of the model's own (rarely needed).
+
+    The earlier order ``export(model, example_inputs, out, config)`` still works (with a
+    ``DeprecationWarning``).
 
     Raises:
         InputError: the model rejects the example input, or has an op the exporter cannot export.
@@ -116,16 +121,47 @@ def export(model, example_inputs, out: str | os.PathLike, config: ExportConfig =
     """
     import torch
 
+    if config is not None and not isinstance(config, ExportConfig):
+        import warnings
+
+        warnings.warn("export(model, example_inputs, out, config) is deprecated; call "
+                      "export(model, config, example_inputs, out=out)", DeprecationWarning, stacklevel=2)
+        config, example_inputs, out = (legacy[0] if legacy else None), config, (
+            example_inputs if out is None else out)
+    elif legacy:
+        raise InputError("export takes (model, config, example_inputs) and keyword options; got extra arguments")
+    config = ExportConfig() if config is None else config
+    if out is None:
+        raise InputError("export needs out=: an .onnx file or a folder for the artifact")
+    if example_inputs is None:
+        raise InputError("export needs example_inputs: a tensor (or tuple) of the shape the model takes")
+    model, carried = unwrap(model)
+    carried = list(history) if history is not None else carried
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"export needs a torch.nn.Module, got {type(model).__name__}")
     example = _as_tensors(example_inputs, "example_inputs")
-    history = list(history) or list(getattr(model, "edgeopt_history", []))
-    model = model.eval()
+    with _eval_mode(model):
+        return _export(model, config, example, Path(out), check_inputs, carried, reporter(progress))
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Eval mode for the export; every submodule's own mode is restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _export(model, config: ExportConfig, example: tuple, out: Path, check_inputs, history: list,
+            say) -> StepResult:
     torch_outputs = _torch_forward(model, example)
     in_names = _names(config.input_names, "input", len(example))
     out_names = _names(config.output_names, "output", len(torch_outputs))
 
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.export-", dir=out.parent) as tmp:
         tmp_file = Path(tmp) / "model.onnx"
@@ -141,6 +177,8 @@ def export(model, example_inputs, out: str | os.PathLike, config: ExportConfig =
                 f"ONNX export of {type(model).__name__} disagrees with torch: max relative error "
                 f"{parity.max_rel:.3g} > tolerance {config.rtol:g} (max abs {parity.max_abs:.3g}, "
                 f"{parity.n_inputs} inputs)")
+        say(f"export: parity vs torch max abs {parity.max_abs:.2e}, max rel {parity.max_rel:.2e} "
+            f"over {parity.n_inputs} inputs (tolerance {parity.rtol:g})")
         record = {
             "name": "export",
             "config": asdict(config),
@@ -148,17 +186,16 @@ def export(model, example_inputs, out: str | os.PathLike, config: ExportConfig =
                         "size_bytes": tmp_file.stat().st_size,
                         "params": sum(p.numel() for p in model.parameters())},
         }
-        artifact = None
         if out.suffix == ".onnx":
+            os.chmod(tmp_file, file_mode())
             os.replace(tmp_file, out)
-            path = out
+            output: Any = out
         else:
-            artifact = write_artifact(
+            output = write_artifact(
                 out, lambda d: os.replace(tmp_file, d / "model.onnx"), format="onnx",
                 files=["model.onnx"], inputs=inputs, outputs=outputs,
                 history=[*history, record])
-            path = artifact.model_file
-    return ExportResult(path, parity, record, artifact, inputs, outputs)
+    return StepResult(output, record, history)
 
 
 def parity_check(model, onnx_path: str | os.PathLike, checks: Sequence[Sequence[Any]],
@@ -205,7 +242,11 @@ def _as_tensors(x: Any, what: str) -> tuple:
 
 
 def _flatten(out: Any) -> list:
-    return list(out) if isinstance(out, (tuple, list)) else [out]
+    """The output tensors in the order the ONNX exporter writes them: nested tuples, lists and
+    dicts (in insertion order) flattened, as ``torch.utils._pytree`` does."""
+    from torch.utils._pytree import tree_leaves
+
+    return list(tree_leaves(out))
 
 
 def _names(given: Sequence[str], stem: str, n: int) -> list[str]:

@@ -73,6 +73,9 @@ class TuneConfig:
     key: str | None = None
 
     def __post_init__(self):
+        from edgeopt.core.config import check_field_types
+
+        check_field_types(self)
         if not isinstance(self.trials, int) or self.trials < 0:
             raise InputError(f"trials must be an integer >= 0, got {self.trials!r}")
         if self.timeout_s is not None and not self.timeout_s > 0:

@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt.core.config import check_field_types
 from edgeopt.core.errors import InputError
+from edgeopt.core.result import Progress, StepResult, reporter, shows_bars, unwrap
 
 from .counting import count_params
 from .history import with_record
@@ -66,6 +68,7 @@ class DistillConfig:
     precompute_teacher: bool = False
 
     def __post_init__(self):
+        check_field_types(self)
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise InputError(f"epochs must be an integer >= 1, got {self.epochs!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
@@ -85,18 +88,23 @@ class DistillConfig:
                 raise InputError(f"features must be (student module, teacher module) pairs, got {pair!r}")
 
 
-def distill(student, teacher, data: Any, config: DistillConfig, val: Any = None, progress: bool = True,
-            nproc: int = 1, checkpoint_dir: str | os.PathLike | None = None):
+def distill(student, config: DistillConfig | None = None, data: Any = None, *legacy, teacher=None, val: Any = None,
+            progress: Progress = None, nproc: int = 1,
+            checkpoint_dir: str | os.PathLike | None = None) -> StepResult:
     """Train a copy of ``student`` against ``teacher``; return it (best validation epoch).
 
+    The step contract (``edgeopt.core.result``): input, config, data; a ``StepResult`` whose
+    ``output`` is the trained module and whose history continues the student's.
+
     Args:
-        student: the model to train (not modified; a trained copy is returned).
-        teacher: the reference model (kept frozen, eval mode).
+        student: the model to train, or the ``StepResult`` of the step before (not modified; a
+            trained copy is returned).
+        config: ``DistillConfig``.
         data: a task (with ``.train`` and ``.val`` splits), a split or ``(x, y)`` arrays, or an
             iterable of ``(x, y)`` batches.
-        config: ``DistillConfig``.
+        teacher: the reference model (kept frozen, eval mode); required.
         val: validation data (split or ``(x, y)``) for early stopping; default the task's.
-        progress: show a progress bar (rank 0 only when distributed).
+        progress: ``True`` shows a progress bar (rank 0 only when distributed).
         nproc: data-parallel processes. ``nproc > 1`` launches ``torchrun`` with that many
             workers (DistributedDataParallel, gloo on CPU) and returns rank 0's model; the global
             batch stays ``config.batch_size``, split evenly, so the result matches ``nproc=1``
@@ -105,17 +113,48 @@ def distill(student, teacher, data: Any, config: DistillConfig, val: Any = None,
         checkpoint_dir: save a checkpoint after every epoch here (model, optimizer, scheduler,
             epoch, early-stopping state); a later call with the same folder and config resumes
             from the last one and ends where an uninterrupted run would.
+
+    The earlier order ``distill(student, teacher, data, config, ...)`` still works (with a
+    ``DeprecationWarning``) and returns the same ``StepResult``.
     """
     import torch.distributed as dist
 
+    if config is not None and _is_module(config):
+        # distill(student, teacher, data, config): the order before the step contract.
+        import warnings
+
+        warnings.warn("distill(student, teacher, data, config) is deprecated; call "
+                      "distill(student, config, data, teacher=teacher)", DeprecationWarning, stacklevel=2)
+        teacher, config = config, (legacy[0] if legacy else None)
+    elif legacy:
+        raise InputError("distill takes (student, config, data) and keyword options; got extra arguments")
+    if not isinstance(config, DistillConfig):
+        raise InputError(f"distill needs a DistillConfig as its second argument, got {type(config).__name__}")
+    if teacher is None:
+        raise InputError("distill needs teacher=: the model whose outputs the student learns")
+    if data is None:
+        raise InputError("distill needs training data (a task, a split, (x, y) arrays or batches)")
+    module, history = unwrap(student)
+    teacher, _ = unwrap(teacher)
     if not isinstance(nproc, int) or nproc < 1:
         raise InputError(f"nproc must be an integer >= 1, got {nproc!r}")
+    bars = shows_bars(progress)
     if nproc > 1 and not (dist.is_available() and dist.is_initialized()):
         from .distributed import launch
 
-        return launch(student, teacher, data, config, val, nproc, checkpoint_dir, progress)
-    model, record = train_distill(student, teacher, data, config, val, progress, checkpoint_dir)
-    return with_record(model, record, previous=student)
+        model, record = launch(module, teacher, data, config, val, nproc, checkpoint_dir, bars)
+    else:
+        model, record = train_distill(module, teacher, data, config, val, bars, checkpoint_dir)
+    m = record["metrics"]
+    reporter(progress)(f"distill: {m['epochs_run']} epochs run, best epoch {m['best_epoch']}")
+    with_record(model, record, previous=module)
+    return StepResult(model, record, history)
+
+
+def _is_module(value) -> bool:
+    import torch
+
+    return isinstance(value, torch.nn.Module) or isinstance(value, StepResult)
 
 
 def train_distill(student, teacher, data, config: DistillConfig, val=None, progress: bool = True,

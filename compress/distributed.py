@@ -26,14 +26,13 @@ from pathlib import Path
 
 from edgeopt.core.errors import InputError
 
-from .history import with_record
 
 #: A distributed run that takes longer than this is stopped (seconds).
 TIMEOUT_S = 6 * 3600
 
 
 def launch(student, teacher, data, config, val, nproc: int, checkpoint_dir, progress: bool):
-    """Run ``train_distill`` on ``nproc`` processes under torchrun; return the trained student."""
+    """Run ``train_distill`` on ``nproc`` processes under torchrun; return ``(model, record)``."""
     import torch
 
     from .distill import _training_data, _xy, check_split
@@ -65,7 +64,7 @@ def launch(student, teacher, data, config, val, nproc: int, checkpoint_dir, prog
     model = copy.deepcopy(student)
     model.load_state_dict(result["state"])
     model.eval()
-    return with_record(model, result["record"], previous=student)
+    return model, result["record"]
 
 
 def worker(job_path: str) -> None:

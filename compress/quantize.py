@@ -36,6 +36,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from edgeopt.core.config import check_field_types
+from edgeopt.core.files import file_mode
+from edgeopt.core.result import Progress, StepResult, reporter
 from edgeopt.core.tensors import TensorSpec
 from edgeopt.runtimes.artifact import Artifact, write_artifact
 from edgeopt.runtimes.base import check_array
@@ -55,7 +58,7 @@ class QuantizeConfig:
 
     Args:
         mode: "static" (calibrated) or "dynamic".
-        calibration: "minmax", "entropy" or "percentile" (static mode).
+        method: activation calibration method: "minmax", "entropy" or "percentile" (static mode).
         per_channel: per-output-channel weight scales.
         max_accuracy_drop: largest allowed top-1 drop (fraction, 0.005 = 0.5 points) against
             the fp32 model on ``eval_data``; enables the fallback.
@@ -66,10 +69,12 @@ class QuantizeConfig:
         percentile: the percentile for "percentile" calibration.
         max_calibration_samples: use at most this many calibration samples.
         nodes_to_exclude: node names to keep in float from the start.
+        calibration: the earlier name of ``method`` (still accepted; ``quantize``'s third
+            argument, the calibration data, now owns the word).
     """
 
     mode: str = "static"
-    calibration: str = "entropy"
+    method: str = "entropy"
     per_channel: bool = True
     max_accuracy_drop: float | None = None
     min_agreement: float | None = None
@@ -79,15 +84,23 @@ class QuantizeConfig:
     percentile: float = 99.999
     max_calibration_samples: int | None = 256
     nodes_to_exclude: tuple = ()
+    calibration: str | None = None
 
     def __post_init__(self):
+        check_field_types(self)
+        if self.calibration is not None:  # the earlier name of ``method``
+            if self.method != "entropy" and self.method != self.calibration:
+                raise InputError(f"method {self.method!r} and calibration {self.calibration!r} disagree; "
+                                 "set method only (calibration is its earlier name)")
+            object.__setattr__(self, "method", self.calibration)
+            object.__setattr__(self, "calibration", None)
         def one_of(name, allowed):
             v = getattr(self, name)
             if v not in allowed:
                 raise InputError(f"{name} must be one of {', '.join(allowed)}; got {v!r}")
 
         one_of("mode", MODES)
-        one_of("calibration", CALIBRATIONS)
+        one_of("method", CALIBRATIONS)
         one_of("activation_type", TYPES)
         one_of("weight_type", TYPES)
         one_of("format", FORMATS)
@@ -109,52 +122,78 @@ class QuantizeConfig:
         return self.max_accuracy_drop is not None or self.min_agreement is not None
 
 
-@dataclass
-class QuantizeResult:
-    """The quantized model's path, its artifact (folder outputs) and the step record."""
-
-    path: Path
-    record: dict
-    artifact: Artifact | None = None
-    float_nodes: list = field(default_factory=list)
+#: ``quantize`` returns the one step result type; the earlier name stays importable.
+QuantizeResult = StepResult
 
 
-def quantize(model: str | os.PathLike, calibration: Any = None, config: QuantizeConfig = QuantizeConfig(),
-             out: str | os.PathLike = "build/int8.onnx", eval_data: Any = None,
-             history: Sequence[dict] = (), progress: Callable[[str], None] | None = None) -> QuantizeResult:
-    """Quantize the ONNX model at ``model`` and write it to ``out`` (``.onnx`` file or folder).
+def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any = None, *legacy,
+             out: str | os.PathLike | None = None, eval_data: Any = None,
+             progress: Progress = None, history: Sequence[dict] | None = None) -> StepResult:
+    """Quantize an ONNX model and write it to ``out`` (``.onnx`` file or artifact folder).
+
+    The step contract (``edgeopt.core.result``): input, config, data; returns a ``StepResult``
+    whose ``output`` is the written artifact (folder ``out``) or file (``.onnx`` ``out``), and
+    whose ``metrics`` say what was quantized and what was kept in float.
 
     Args:
-        model: fp32 ONNX file (or artifact folder).
+        model: fp32 ONNX file, artifact folder (its history is carried on), or the
+            ``StepResult`` of an export.
+        config: ``QuantizeConfig`` (default: static, entropy, per-channel, u8 activations).
         calibration: static mode: calibration samples: an array of samples (N, ...), an iterable
             of arrays or of {input name: array} dicts, or a task split (has ``.x``).
-        config: ``QuantizeConfig``.
         out: output ``.onnx`` file, or a folder for an artifact.
         eval_data: for the fallback: ``(x, y)`` (inputs and labels) or a split with ``.x``/``.y``
             for ``max_accuracy_drop``; inputs alone for ``min_agreement``.
-        history: earlier step records to carry into the artifact manifest.
-        progress: called with a line of text per fallback step.
+        progress: ``True`` or a callable: a line of text per fallback step.
+        history: records to carry instead of the input's own (rarely needed).
+
+    The earlier order ``quantize(model, calibration, config, out)`` still works (with a
+    ``DeprecationWarning``).
 
     Raises:
         InputError: corrupt model, no quantizable op, empty or mismatched calibration data,
             a budget without evaluation data, or a budget that even all-float cannot meet.
     """
+    from edgeopt.runtimes.artifact import model_input
     from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
 
-    say = progress or (lambda s: None)
-    model = _model_file(model)
+    if isinstance(calibration, QuantizeConfig) and not isinstance(config, QuantizeConfig):
+        import warnings
+
+        warnings.warn("quantize(model, calibration, config, out) is deprecated; call "
+                      "quantize(model, config, calibration, out=out)", DeprecationWarning, stacklevel=2)
+        config, calibration = calibration, config
+        if legacy and out is None:
+            out, legacy = legacy[0], legacy[1:]
+    if legacy:
+        raise InputError("quantize takes (model, config, calibration) and keyword options; got extra arguments")
+    config = QuantizeConfig() if config is None else config
+    if not isinstance(config, QuantizeConfig):
+        raise InputError(f"quantize needs a QuantizeConfig as its second argument, got {type(config).__name__}")
+    if out is None:
+        raise InputError("quantize needs out=: an .onnx file or a folder for the artifact")
+    say = reporter(progress)
+    model, carried, _ = model_input(model, "onnx", "quantize")
+    carried = list(history) if history is not None else carried
     fp32 = load_onnx(model)
+    if any(n.op_type in ("QuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger")
+           for n in fp32.graph.node):
+        raise InputError(f"{str(model)!r} is already quantized (it holds int8 ops); quantize its fp32 "
+                         "model instead")
     inputs, outputs = onnx_io(fp32)
     compute = [n for n in fp32.graph.node if n.op_type in COMPUTE_OPS]
     if not compute:
         ops = sorted({n.op_type for n in fp32.graph.node})
         raise InputError(f"{str(model)!r} has no quantizable op: expected at least one of "
                          f"{', '.join(COMPUTE_OPS)}, found {', '.join(ops) or 'no nodes'}")
+    if config.has_budget and eval_data is None:
+        raise InputError("max_accuracy_drop / min_agreement need eval_data to measure against")
+    if config.max_accuracy_drop is not None and not _has_labels(eval_data):
+        raise InputError("max_accuracy_drop needs labelled eval_data ((x, y) or a split with .y); "
+                         "for inputs without labels use min_agreement")
     feeds: list[dict] = []
     if config.mode == "static":
         feeds = calibration_feeds(calibration, inputs, config.max_calibration_samples)
-    if config.has_budget and eval_data is None:
-        raise InputError("max_accuracy_drop / min_agreement need eval_data to measure against")
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,19 +226,24 @@ def quantize(model: str | os.PathLike, calibration: Any = None, config: Quantize
                 "fallback": steps,
             },
         }
-        artifact = None
         if out.suffix == ".onnx":
+            os.chmod(candidate, file_mode())
             os.replace(candidate, out)
-            path = out
+            output: Any = out
         else:
-            artifact = write_artifact(out, lambda d: os.replace(candidate, d / "model.onnx"),
-                                      format="onnx", files=["model.onnx"], inputs=inputs,
-                                      outputs=outputs, history=[*history, record])
-            path = artifact.model_file
-    return QuantizeResult(path, record, artifact, excluded)
+            output = write_artifact(out, lambda d: os.replace(candidate, d / "model.onnx"),
+                                    format="onnx", files=["model.onnx"], inputs=inputs,
+                                    outputs=outputs, history=[*carried, record])
+    return StepResult(output, record, carried)
 
 
-# -- calibration data -----------------------------------------------------------------------
+def _has_labels(data: Any) -> bool:
+    if data is None:
+        return False
+    if hasattr(data, "y"):
+        return data.y is not None
+    return isinstance(data, (tuple, list)) and len(data) == 2 and not hasattr(data[0], "keys")
+
 
 def calibration_feeds(data: Any, inputs: Sequence[TensorSpec], limit: int | None = None) -> list[dict]:
     """Turn calibration data into a list of {input name: array} feeds that fit the model.
@@ -291,15 +335,15 @@ class _Quantizer:
 
         c = self.config
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[c.calibration]
+                  "percentile": CalibrationMethod.Percentile}[c.method]
         options = {"symmetric": c.activation_type == "int8"}
-        if c.calibration == "entropy":
+        if c.method == "entropy":
             options.update(num_bins=2048, num_quantized_bins=128)
-        elif c.calibration == "percentile":
+        elif c.method == "percentile":
             options.update(num_bins=2048, percentile=c.percentile)
         with _quiet():
             ranges = self._collect(method, options)
-            if c.calibration != "minmax":
+            if c.method != "minmax":
                 # Histogram methods clip rare large values, which is right inside the network
                 # but wrong for the graph outputs: clipped logits lose the margins that top-1 and
                 # SQNR are judged on (measured on a tiny CNN: 9.8 dB with entropy-clipped logits).
@@ -347,7 +391,7 @@ class _Quantizer:
                     weight_type=qtype[c.weight_type], nodes_to_exclude=list(exclude),
                     calibrate_method={"minmax": CalibrationMethod.MinMax,
                                       "entropy": CalibrationMethod.Entropy,
-                                      "percentile": CalibrationMethod.Percentile}[c.calibration],
+                                      "percentile": CalibrationMethod.Percentile}[c.method],
                     extra_options={"CalibPercentile": c.percentile},
                     calibration_cache_path=str(self.cache))
         return path
@@ -454,20 +498,6 @@ def _quantized_compute_nodes(path: Path) -> list[str]:
         elif n.op_type in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"):
             names.append(n.name)
     return names
-
-
-def _model_file(model: str | os.PathLike) -> Path:
-    p = Path(model)
-    if p.is_dir():
-        from edgeopt.runtimes.artifact import load_artifact
-
-        art = load_artifact(p)
-        if art.format != "onnx":
-            raise InputError(f"quantize needs an ONNX model; {str(p)!r} is a {art.format} artifact")
-        return art.model_file
-    if not p.exists():
-        raise FileNotFoundError(f"ONNX model {str(p)!r} does not exist")
-    return p
 
 
 @contextlib.contextmanager

@@ -49,8 +49,19 @@ def is_model_file(spec: str) -> bool:
     return spec.endswith(FILE_SUFFIXES) or os.sep in spec or os.path.exists(spec)
 
 
-def load_model(spec: str, seed: int = 0) -> LoadedModel:
-    """Load a torch model from a MODEL argument (see module docstring)."""
+def load_model(spec: str, seed: int = 0, input_shape: tuple | str | None = None) -> LoadedModel:
+    """Load a torch model from a MODEL argument (see module docstring).
+
+    ``input_shape`` (a tuple or ``"1,3,32,32"``), when given, wins over the shape the model
+    declares; ``LoadedModel.input_shape`` is the resolved one (``None`` when nobody says).
+    """
+    loaded = _load(spec, seed)
+    if input_shape is not None:
+        loaded.input_shape = parse_shape(input_shape) if isinstance(input_shape, str) else tuple(input_shape)
+    return loaded
+
+
+def _load(spec: str, seed: int) -> LoadedModel:
     if spec.startswith("zoo:"):
         from .zoo import ZOO, create
 
@@ -109,3 +120,20 @@ def _load_factory(spec: str) -> LoadedModel:
                          "expected a torch.nn.Module")
     shape = getattr(module, "input_shape", None)
     return LoadedModel(module.eval(), tuple(shape) if shape else None, spec)
+
+
+def example_input(shape: tuple, seed: int = 0):
+    """A seeded standard-normal float32 input of ``shape``."""
+    import numpy as np
+
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def model_and_example(spec: str, input_shape: tuple | str | None = None, seed: int = 0):
+    """``(module, example input)`` for a MODEL argument; ``InputError`` when no shape is known."""
+    loaded = load_model(spec, seed=seed, input_shape=input_shape)
+    if loaded.input_shape is None:
+        raise InputError(f"model {spec!r} does not say its input shape; pass --input-shape "
+                         "(or input_shape in a recipe)")
+    return loaded.module, example_input(loaded.input_shape, seed)
+

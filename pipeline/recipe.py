@@ -8,13 +8,17 @@ variants:
   fp32: []
   lowrank+kd: [{lowrank: {energy: 0.97, energy_on: responses}}, {distill: {epochs: 5}}]
   int8: [{quantize: {calibration: entropy, per_channel: true}}]
-targets: [{runtime: torch}, {runtime: onnxruntime}, {runtime: tvm, target: cpu}]
+targets: [{runtime: torch}, {runtime: onnxruntime}, {runtime: tvm, target: cpu, tune_trials: 256}]
 bench: {warmup: 10, repeat: 100, threads: 2}
 ```
 
-Steps run in order: torch-level steps (``lowrank``, ``prune``, ``distill``) first, then at most one
-``quantize`` (ONNX-level), last. Unknown keys, wrong types and unknown steps are errors that name
-the key and its line.
+Steps and their parameters come from the step registry (``edgeopt.pipeline.steps``): a step's
+parameters are its config's fields, the same names as ``edgeopt compress STEP --help`` shows
+(with ``-`` for ``_``). Each step's config is built when the recipe is read, so a bad value fails
+before any work. Steps run in order: torch-level steps (``lowrank``, ``prune``, ``distill``) first,
+then at most one ONNX-level step (``quantize``), last. Unknown keys, wrong types and unknown steps
+are errors that name the key and its line; TVM targets are checked up front too. Every key is
+listed in ``docs/recipes.md``.
 
 Example:
     >>> from edgeopt.pipeline.recipe import parse_recipe
@@ -22,6 +26,9 @@ Example:
     ...                  "targets: [{runtime: onnxruntime}]\\n")
     >>> r.variants["fp32"], r.targets[0].runtime
     ([], 'onnxruntime')
+    >>> parse_recipe("model: zoo:digits_cnn\ntask: digits\nvariants: {p: [{prune: {amount: 0.5}}]}\n"
+    ...              "targets: [{runtime: onnxruntime}]\n").variants["p"][0].config.amount
+    0.5
 """
 
 from __future__ import annotations
@@ -33,24 +40,24 @@ from pathlib import Path
 
 from edgeopt.core.errors import InputError
 
+from .steps import STEPS, Step, check_order, make_step
+
 TOP_KEYS = ("model", "task", "input_shape", "variants", "targets", "bench", "seed", "train")
-TORCH_STEPS = ("lowrank", "prune", "distill")
-STEPS = TORCH_STEPS + ("quantize",)
-TARGET_KEYS = {"torch": ("runtime",), "onnxruntime": ("runtime",), "tvm": ("runtime", "target")}
+#: Keys of a target entry per runtime; the tvm ones beyond ``target`` configure tuning
+#: (``edgeopt compile --tune-trials/--tune-timeout/--tuning-db``).
+TUNE_KEYS = {"tune_trials": (int,), "tune_timeout": (int, float), "tuning_db": (str,)}
+TARGET_KEYS = {"torch": ("runtime",), "onnxruntime": ("runtime",),
+               "tvm": ("runtime", "target", "int8", *TUNE_KEYS)}
 BENCH_KEYS = ("warmup", "repeat", "threads")
 
 
 @dataclass(frozen=True)
-class Step:
-    name: str
-    params: dict
-    line: int
-
-
-@dataclass(frozen=True)
 class Target:
+    """Where a variant runs: a runtime, and for tvm the build config (target, int8, tuning)."""
+
     runtime: str
     target: str | dict | None = None
+    build: object = None  # edgeopt.compile.BuildConfig, for runtime tvm
 
     @property
     def label(self) -> str:
@@ -166,8 +173,15 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         name = k.value
         if not isinstance(v, yaml.SequenceNode):
             raise err(v, f"variant {name!r} must be a list of steps (use [] for the plain model)")
-        variants[name] = [_step(s, name, err, mapping, scalar) for s in v.value]
-        _check_order(variants[name], name, err, v)
+        variants[name] = [_step(s, name, err, mapping) for s in v.value]
+        try:
+            check_order(variants[name])
+        except InputError as e:
+            raise err(v, f"variant {name!r}: {e}") from None
+        for step in variants[name]:
+            if getattr(step.config, "max_accuracy_drop", None) is not None and task == "random":
+                raise err(v, f"variant {name!r}: max_accuracy_drop needs labels, and task 'random' has "
+                          "none; use min_agreement")
     if not variants:
         raise err(vnode, "'variants' is empty; expected at least one, e.g. fp32: []")
 
@@ -193,7 +207,10 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             target = yaml.safe_load(yaml.serialize(tv))
             if not isinstance(target, (str, dict)):
                 raise err(tv, f"'target' must be a preset name or a mapping, got {target!r}")
-        targets.append(Target(runtime, target))
+        build = None
+        if runtime == "tvm":
+            build = _build_config(target, entries, err, scalar)
+        targets.append(Target(runtime, target, build))
     return Recipe(model=model, task=task, variants=variants, targets=targets, input_shape=input_shape,
                   bench=bench, train=train, seed=seed, source=source)
 
@@ -204,7 +221,7 @@ def _kind(node) -> str:
     return {yaml.MappingNode: "a mapping", yaml.SequenceNode: "a list"}.get(type(node), repr(node.value))
 
 
-def _step(node, variant: str, err, mapping, scalar) -> Step:
+def _step(node, variant: str, err, mapping) -> Step:
     import yaml
 
     if isinstance(node, yaml.ScalarNode) and node.value in STEPS:
@@ -222,43 +239,43 @@ def _step(node, variant: str, err, mapping, scalar) -> Step:
         for k, v in mapping(params_node, f"the parameters of step {name!r}"):
             value = yaml.safe_load(yaml.serialize(v))
             params[k.value] = tuple(value) if isinstance(value, list) else value
-    _check_config(_config_class(name), params, node, err, f"step {name!r} of variant {variant!r}")
-    return Step(name, params, node.start_mark.line + 1)
+    try:
+        return make_step(name, params, node.start_mark.line + 1)
+    except InputError as e:
+        raise err(node, f"step {name!r} of variant {variant!r}: {e}") from None
 
 
-def _config_class(step: str):
-    import edgeopt.compress as ec
+def _build_config(target, entries: dict, err, scalar):
+    """The tvm target's BuildConfig (target checked now, tuning from the tune_* keys)."""
+    from edgeopt.compile import BuildConfig, TuneConfig
 
-    return {"lowrank": ec.LowRankConfig, "prune": ec.PruneConfig, "distill": ec.DistillConfig,
-            "quantize": ec.QuantizeConfig}[step]
+    tune = {}
+    for key, types in TUNE_KEYS.items():
+        if key in entries:
+            tune[key] = scalar(entries[key][1], f"'{key}'", types)
+    int8 = None
+    if "int8" in entries:
+        import yaml
+
+        int8 = yaml.safe_load(yaml.serialize(entries["int8"][1]))
+    where = entries.get("target", entries["runtime"])[1]
+    try:
+        tuning = None
+        if tune:
+            tuning = TuneConfig(trials=tune.get("tune_trials", 0), timeout_s=tune.get("tune_timeout"),
+                                db=tune.get("tuning_db"))
+        return BuildConfig(target=target or "cpu", int8=int8, tune=tuning)
+    except (InputError, FileNotFoundError) as e:
+        raise err(where, str(e)) from None
 
 
 def _check_config(cls, params: dict, node, err, what: str = "") -> None:
-    """Build the step's config once now, so bad values fail before any work starts."""
+    """Build a config once now (the ``train`` section), so bad values fail before any work."""
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - fields)
     if unknown:
         raise err(node, f"{what}: unknown parameter(s) {unknown}; expected some of {', '.join(sorted(fields))}")
-    trial = dict(params)
-    if cls.__name__ == "DistillConfig":
-        trial.setdefault("epochs", 1)
-    if cls.__name__ == "PruneConfig" and "amount" not in trial:
-        raise err(node, f"{what}: 'amount' is required")
-    if cls.__name__ == "LowRankConfig" and not {"rank_ratio", "energy", "flops_budget", "params_budget"} & set(trial):
-        raise err(node, f"{what}: set one of rank_ratio, energy, flops_budget, params_budget")
     try:
-        cls(**trial)
+        cls(**params)
     except (ValueError, TypeError) as e:
         raise err(node, f"{what}: {e}") from None
-
-
-def _check_order(steps: list[Step], variant: str, err, node) -> None:
-    seen_quantize = False
-    for s in steps:
-        if s.name == "quantize":
-            if seen_quantize:
-                raise err(node, f"variant {variant!r} quantizes twice")
-            seen_quantize = True
-        elif seen_quantize:
-            raise err(node, f"variant {variant!r}: step {s.name!r} (line {s.line}) comes after quantize; "
-                      "torch-level steps (lowrank, prune, distill) must come first")

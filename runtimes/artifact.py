@@ -234,3 +234,31 @@ def _validate_manifest(m: Any, where: Path) -> None:
 def spec_dict(obj: Any) -> dict:
     """A JSON-ready dict of a config dataclass, for manifest history entries."""
     return asdict(obj) if hasattr(obj, "__dataclass_fields__") else dict(obj)
+
+
+def model_input(value: Any, fmt: str, step: str) -> tuple[Path, list, "Artifact | None"]:
+    """Resolve a step's input to ``(model file, history, artifact or None)``.
+
+    ``value`` is a model file, an artifact folder (path or ``Artifact``), or a step result
+    (anything with ``output`` and ``history``, e.g. ``edgeopt.core.result.StepResult``). An
+    artifact's history travels with it, so every step that takes artifacts carries it on.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        InputError: the artifact holds another format than ``fmt``.
+    """
+    history: list = []
+    if hasattr(value, "output") and hasattr(value, "history"):  # a StepResult
+        history = list(value.history)
+        value = value.output
+    if not isinstance(value, Artifact):
+        p = Path(value)
+        if p.is_dir():
+            value = load_artifact(p)
+        elif not p.exists():
+            raise FileNotFoundError(f"{fmt} model {str(p)!r} does not exist")
+        else:
+            return p, history, None
+    if value.format != fmt:
+        raise InputError(f"{step} needs an {fmt} model; {str(value.path)!r} is a {value.format} artifact")
+    return value.model_file, history or value.history, value

@@ -7,7 +7,7 @@ import torch
 import edgeopt.runtimes as ert
 from edgeopt.compile import export
 from edgeopt.compile.tvm_build import build
-from edgeopt.pipeline.study import save_torch_artifact
+from edgeopt.pipeline.measure import save_torch_artifact
 from edgeopt.core.errors import InputError
 from edgeopt.runtimes.timing import TimingStats
 from helpers import example_inputs, tiny_conv_net

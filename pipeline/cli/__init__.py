@@ -1,0 +1,79 @@
+"""The ``edgeopt`` command line: one module per command, each beside its parser.
+
+Exit codes: 0 success; 1 a check failed (parity above tolerance, a regression); 2 bad input or
+usage, with one line on stderr naming the file, field or op and what was expected; 3 ``run``
+finished but some variants failed (they are in the report with their reason); 130 interrupted.
+No traceback reaches the user unless ``--debug`` is given.
+
+Example:
+    $ edgeopt demo --out build/demo
+    $ edgeopt export zoo:resnet18 --out build/resnet18.onnx
+    $ edgeopt bench build/resnet18.onnx --runtime onnxruntime --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edgeopt.core.errors import CheckFailed, InputError
+
+from . import bench, check, compile, compress, demo, export, run
+from .common import EPILOG
+
+#: The commands, in the order ``--help`` lists them.
+COMMANDS = (demo, export, compress, compile, bench, run, check)
+
+#: Errors that mean "the input was wrong" (exit 2): the message names the path or value.
+INPUT_ERRORS = (InputError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+                NotADirectoryError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgeopt", epilog=EPILOG,
+        description="Compress, compile and measure a PyTorch or ONNX model for edge targets.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        # --debug is accepted after the command too (edgeopt run RECIPE --debug)
+        command.add_parser(sub).add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                             help=argparse.SUPPRESS)
+    return p
+
+
+def _message(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename!s}: {e.strerror}"
+    return lines[0] if lines else type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except INPUT_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"edgeopt {args.command}: error: {_message(e)}", file=sys.stderr)
+        return 2
+    except CheckFailed as e:
+        if args.debug:
+            raise
+        print(f"edgeopt {args.command}: check failed: {_message(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        extra = "; finished work is kept in state.json and a re-run resumes" if args.command == "run" else ""
+        print(f"edgeopt {args.command}: interrupted{extra}", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, or a failure inside a library: one line, the details on --debug
+        if args.debug:
+            raise
+        print(f"edgeopt {args.command}: failed: {type(e).__name__}: {_message(e)} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""``edgeopt bench``: time an artifact on a runtime, here or on remote devices."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from edgeopt.core.errors import InputError
+
+from .common import EPILOG, nonneg_int, positive_int, say
+
+
+def add_parser(sub):
+    b = sub.add_parser("bench", epilog=EPILOG, help="time an artifact on a runtime",
+                       description="Time ARTIFACT on a runtime and print latency statistics with "
+                       "the machine fingerprint. A torch MODEL (zoo:NAME, ...) given with "
+                       "--runtime onnxruntime or tvm is exported (and compiled) first.")
+    b.add_argument("artifact", metavar="ARTIFACT",
+                   help="artifact folder, .onnx or .pt2 file, or a torch MODEL spec")
+    b.add_argument("--runtime", default=None,
+                   help="torch, onnxruntime, tvm (Python TVM VM) or native (the C++ runner edgeopt-run) "
+                   "(default: the one for the artifact's format)")
+    b.add_argument("--emulate", choices=["qemu"], default=None,
+                   help="native runtime: run an aarch64 artifact under qemu-aarch64 (correctness; the "
+                   "timing is labelled emulated, never ARM latency)")
+    remote = b.add_mutually_exclusive_group()
+    remote.add_argument("--rpc", metavar="HOST:PORT", default=None,
+                        help="benchmark a TVM artifact on the TVM RPC server at HOST:PORT")
+    remote.add_argument("--tracker", metavar="HOST:PORT", default=None,
+                        help="benchmark on a device from the TVM RPC tracker at HOST:PORT (with --key)")
+    b.add_argument("--key", default=None, help="device key at the tracker")
+    b.add_argument("--all", action="store_true",
+                   help="with --tracker: every free device under --key at once, per device and pooled")
+    b.add_argument("--reference", default=None,
+                   help="with --rpc/--tracker: an .onnx file or artifact to check the remote outputs "
+                   "against (default: this host's TVM VM when it can run the artifact)")
+    b.add_argument("--threads", type=positive_int, default=None, help="worker threads")
+    b.add_argument("--warmup", type=nonneg_int, default=10, help="untimed runs first (default: 10)")
+    b.add_argument("--repeat", type=positive_int, default=100, help="timed runs (default: 100)")
+    b.add_argument("--input-shape", default=None, help="input shape for a torch MODEL spec")
+    b.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
+    b.set_defaults(func=run)
+    return b
+
+
+def run(args) -> int:
+    from edgeopt.core.files import write_json_atomic
+    from edgeopt.pipeline.bench import open_runner
+
+    if args.tracker or args.rpc:
+        return _remote(args)
+    if args.key or args.all or args.reference:
+        raise InputError("--key, --all and --reference go with --tracker/--rpc")
+    with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
+        runner = open_runner(args.artifact, args.runtime, args.threads, Path(tmp),
+                             input_shape=args.input_shape, emulate=args.emulate, log=say)
+        result = runner.benchmark(runner.example_inputs(), warmup=args.warmup, repeat=args.repeat)
+    print_result(result)
+    if args.json_out:
+        write_json_atomic(args.json_out, {"artifact": args.artifact, **result.to_dict()})
+    return 0
+
+
+def print_result(result) -> None:
+    lat = result.latency
+    m = result.machine
+    print(f"runtime {result.runtime}: median {lat.median_ms:.3f} ms, p90 {lat.p90_ms:.3f} ms, "
+          f"min {lat.min_ms:.3f} ms, stdev {lat.stdev_ms:.3f} ms, n {lat.n}")
+    if "device" in m:
+        print(f"device: {m['device']} (via {m['via']}), {m['threads'] or 'default'} threads")
+    else:
+        print(f"machine: {m['cpu']}, {m['threads']} threads; "
+              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    if m.get("emulated"):
+        print(f"EMULATED: {m['emulated']}")
+
+
+def _remote(args) -> int:
+    """--rpc / --tracker [--all]: run on remote devices, check outputs, report per device."""
+    from edgeopt.core.files import write_json_atomic
+    from edgeopt.pipeline.bench import parity, reference_outputs
+    from edgeopt.runtimes import load_artifact
+    from edgeopt.runtimes.base import example_inputs
+    from edgeopt.runtimes.rpc import RpcRunner, benchmark_fleet, connect_server, request_device
+
+    if args.runtime not in (None, "tvm"):
+        raise InputError("--rpc/--tracker run TVM artifacts; drop --runtime or use --runtime tvm")
+    if args.emulate:
+        raise InputError("--emulate is for the native runtime on this host, not for --rpc/--tracker")
+    if args.tracker and not args.key:
+        raise InputError("--tracker needs --key (the device key the servers registered under)")
+    if args.all and not args.tracker:
+        raise InputError("--all needs --tracker and --key")
+    path = Path(args.artifact)
+    if not path.is_dir():
+        raise InputError(f"{args.artifact!r}: remote benchmarking takes a TVM artifact folder "
+                         "(edgeopt compile --target ...)")
+    art = load_artifact(path)
+    x = example_inputs(art.inputs, 0)
+    reference = reference_outputs(art, x, args.reference, say)
+
+    def show_parity(name, outputs):
+        if reference is not None:
+            print(f"parity {name}: max rel {parity(outputs, reference):.2e} vs the reference")
+
+    if args.all:
+        fleet = benchmark_fleet(art, args.tracker, args.key, x, warmup=args.warmup, repeat=args.repeat,
+                                threads=args.threads, log=say)
+        for name, result in fleet.devices.items():
+            print_result(result)
+            show_parity(name, fleet.outputs[name])
+        for name, reason in fleet.lost.items():
+            print(f"LOST device {name}: {reason}")
+        if fleet.pooled:
+            p = fleet.pooled
+            print(f"pooled over {len(fleet.devices)} device(s): median {p.median_ms:.3f} ms, "
+                  f"p90 {p.p90_ms:.3f} ms, min {p.min_ms:.3f} ms, n {p.n}")
+        if args.json_out:
+            write_json_atomic(args.json_out, {"artifact": args.artifact, **fleet.to_dict()})
+        return 0 if fleet.devices else 1
+    device = request_device(args.tracker, args.key) if args.tracker else connect_server(args.rpc)
+    try:
+        runner = RpcRunner(art, device, threads=args.threads)
+        outputs = runner.run(x)
+        result = runner.benchmark(x, warmup=args.warmup, repeat=args.repeat)
+    finally:
+        device.close()
+    print_result(result)
+    show_parity(device.name, outputs)
+    if args.json_out:
+        write_json_atomic(args.json_out, {"artifact": args.artifact, **result.to_dict()})
+    return 0

@@ -1,0 +1,37 @@
+"""``edgeopt check``: the CI gate, a report against a baseline."""
+
+from __future__ import annotations
+
+from .common import EPILOG
+
+
+def add_parser(sub):
+    k = sub.add_parser("check", epilog=EPILOG, help="CI gate: compare a report with a baseline",
+                       description="Compare REPORT with BASELINE variant by variant: latency as the ratio "
+                       "to the run's reference variant, size in bytes, accuracy in points. Exit 1 on "
+                       "a regression beyond the limits, 0 otherwise, 2 on bad input.")
+    k.add_argument("report", metavar="REPORT.json")
+    k.add_argument("--baseline", required=True, metavar="BASE.json")
+    k.add_argument("--max-latency-regression", type=float, default=0.10,
+                   help="allowed growth of the latency ratio, as a fraction (default: 0.10)")
+    k.add_argument("--max-size-regression", type=float, default=0.01,
+                   help="allowed growth of the size, as a fraction (default: 0.01)")
+    k.add_argument("--max-accuracy-drop", type=float, default=0.005,
+                   help="allowed top-1 drop, as a fraction (default: 0.005 = 0.5 points)")
+    k.set_defaults(func=run)
+    return k
+
+
+def run(args) -> int:
+    from edgeopt.core.errors import CheckFailed
+    from edgeopt.pipeline.gate import Thresholds, compare, format_rows, load_report
+
+    t = Thresholds(args.max_latency_regression, args.max_size_regression, args.max_accuracy_drop)
+    rows = compare(load_report(args.report), load_report(args.baseline, "baseline"), t)
+    print(format_rows(rows, t))
+    bad = [r for r in rows if r["regressions"]]
+    if bad:
+        raise CheckFailed(f"{len(bad)} of {len(rows)} variants regressed: "
+                          + ", ".join(r["variant"] for r in bad))
+    print(f"no regression in {len(rows)} variants")
+    return 0

@@ -1,0 +1,189 @@
+"""``edgeopt compress STEP``: one compression step, its options generated from the step's config.
+
+Every field of the step's config (``edgeopt.pipeline.steps``) is an option with the same name
+(``-`` for ``_``) and the help text of the config's docstring; an option not given leaves the
+config's own default. So the CLI, recipes and the Python API cannot drift apart.
+Torch-level steps read a torch MODEL and write an ONNX artifact folder (exported with the parity
+check); ``quantize`` reads and writes ONNX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+
+from edgeopt.core.config import field_kinds
+from edgeopt.core.errors import InputError
+
+from .common import EPILOG, load_samples, refuse_existing_file_parent, say, torch_model
+
+#: Steps offered on the command line (distill needs a teacher and training data: recipes).
+CLI_STEPS = ("lowrank", "prune", "quantize")
+#: Fields that are not options: deprecated spellings kept for Python callers.
+HIDDEN = {"quantize": {"calibration"}}
+#: Older flags that stay accepted: (flag, field, value it sets).
+ALIASES = {"prune": [("--unstructured", "structured", False)],
+           "quantize": [("--per-tensor", "per_channel", False)]}
+
+
+def field_help(cls) -> dict[str, str]:
+    """``{field: help}`` from the ``Args:`` section of a config's docstring."""
+    doc = cls.__doc__ or ""
+    text = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    helps: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.match(r"^\s{8}([a-z_][a-z0-9_, ]*):\s*(.*)$", line)
+        if m:
+            names = [n.strip() for n in m.group(1).split(",")]
+            current = names
+            for n in names:
+                helps[n] = m.group(2).strip()
+        elif current and line.strip():
+            for n in current:
+                helps[n] += " " + line.strip()
+        elif not line.strip():
+            current = None
+    return {k: v.replace("%", "%%") for k, v in helps.items()}
+
+
+def _value_type(kinds: list[str]):
+    """An argparse type for a field of these kinds (tuples are comma-separated)."""
+    def number_or_text(text: str):
+        for cast in (int, float):
+            try:
+                return cast(text)
+            except ValueError:
+                pass
+        return text
+
+    if "tuple" in kinds:
+        return lambda text: tuple(number_or_text(p.strip()) for p in text.split(",") if p.strip())
+    if kinds == ["float"]:
+        return float
+    if kinds == ["int"]:
+        return int
+    return str
+
+
+def add_config_options(parser, cls, step: str) -> list[str]:
+    """One option per config field; returns the field names added."""
+    helps = field_help(cls)
+    added = []
+    for f in dataclasses.fields(cls):
+        if f.name in HIDDEN.get(step, ()):
+            continue
+        kinds, optional = field_kinds(f.type)
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        text = helps.get(f.name, "")
+        if not required:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            text += f" (default: {default})"
+        if kinds == ["bool"]:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            metavar = "A,B,..." if "tuple" in kinds else None
+            parser.add_argument(flag, dest=f.name, type=_value_type(kinds), default=argparse.SUPPRESS,
+                                metavar=metavar, help=text)
+        added.append(f.name)
+    for flag, name, value in ALIASES.get(step, ()):
+        parser.add_argument(flag, dest=name, action="store_const", const=value, default=argparse.SUPPRESS,
+                            help=f"the same as --{'no-' if value is False else ''}{name.replace('_', '-')}")
+    return added
+
+
+def add_parser(sub):
+    from edgeopt.pipeline.steps import STEPS
+
+    c = sub.add_parser("compress", epilog=EPILOG, help="apply one compression step",
+                       description="Apply one compression step to a model and write the result. "
+                       "The options of each step are the fields of its config, the same names a "
+                       "recipe uses.")
+    steps = c.add_subparsers(dest="step", required=True, metavar="STEP")
+    for name in CLI_STEPS:
+        kind = STEPS[name]
+        p = steps.add_parser(name, epilog=EPILOG, help=kind.summary, description=kind.summary + ".")
+        if kind.level == "torch":
+            p.add_argument("model", metavar="MODEL", help="zoo:NAME, module.path:factory or a .pt2 file")
+            p.add_argument("--out", required=True, help="output artifact folder (ONNX + manifest)")
+            p.add_argument("--input-shape", default=None, help="example input shape, e.g. 1,3,224,224")
+            p.add_argument("--calibration-data", default=None, metavar="task:NAME|FILE.npy",
+                           help="inputs for data-driven choices (lowrank responses, budget searches)")
+        else:
+            p.add_argument("model", metavar="MODEL.onnx", help="fp32 ONNX file or artifact folder")
+            p.add_argument("--out", required=True, help="output .onnx file, or a folder for an artifact")
+            p.add_argument("--calibration-data", default=None, metavar="task:NAME|FILE.npy",
+                           help="calibration inputs: a built-in task's calibration split, or a .npy "
+                           "array of samples (N, ...) matching the model input (static mode)")
+            p.add_argument("--eval-data", default=None, metavar="task:NAME|FILE.npy",
+                           help="data a budget (max-accuracy-drop, min-agreement) is measured on: a "
+                           "task's validation split (with labels), or a .npy of inputs (agreement only)")
+        add_config_options(p, kind.config, name)
+        p.set_defaults(func=run)
+    return c
+
+
+def _config(args):
+    from edgeopt.pipeline.steps import STEPS, make_config
+
+    fields = {f.name for f in dataclasses.fields(STEPS[args.step].config)}
+    return make_config(args.step, {k: v for k, v in vars(args).items() if k in fields})
+
+
+def run(args) -> int:
+    config = _config(args)  # bad values fail before the model is loaded
+    refuse_existing_file_parent(args.out)
+    if args.step == "quantize":
+        return _quantize(args, config)
+    return _torch_step(args, config)
+
+
+def _quantize(args, config) -> int:
+    from edgeopt.compress import quantize
+
+    if config.has_budget and args.eval_data is None:
+        raise InputError("--max-accuracy-drop / --min-agreement need --eval-data to measure against")
+    if config.max_accuracy_drop is not None and args.eval_data and not args.eval_data.startswith("task:"):
+        raise InputError("--max-accuracy-drop needs labels: give --eval-data task:NAME, or use "
+                         "--min-agreement with a .npy of inputs")
+    if config.mode == "static" and args.calibration_data is None:
+        raise InputError("static quantization needs --calibration-data (task:NAME or FILE.npy); "
+                         "or use --mode dynamic")
+    calibration = load_samples(args.calibration_data, "calib")
+    eval_data = load_samples(args.eval_data, "val")
+    result = quantize(args.model, config, calibration, out=args.out, eval_data=eval_data, progress=say)
+    m = result.metrics
+    print(f"wrote {result.path}: {m['size_bytes_before']:,} -> {m['size_bytes_after']:,} bytes "
+          f"({m['size_ratio']:.2f}x), {m['compute_nodes_quantized']}/{m['compute_nodes_total']} "
+          f"compute nodes int8")
+    if m["nodes_in_float"]:
+        print("kept in float: " + ", ".join(m["nodes_in_float"]))
+    return 0
+
+
+def _torch_step(args, config) -> int:
+    from edgeopt.compile import ExportConfig, export
+    from edgeopt.pipeline.steps import STEPS
+
+    module, x = torch_model(args.model, args.input_shape)
+    calibration = load_samples(args.calibration_data, "calib")
+    if calibration is not None and hasattr(calibration, "x"):
+        calibration = calibration.x
+    result = STEPS[args.step].function(module, config, x, calibration=calibration, progress=say)
+    m = result.metrics
+    exported = export(result, ExportConfig(), x, out=args.out)
+    if "params_before" in m:
+        print(f"{args.step}: params {m['params_before']:,} -> {m['params_after']:,} "
+              f"({m['params_before'] / max(m['params_after'], 1):.2f}x fewer), FLOPs {m['flops_before']:,} -> "
+              f"{m['flops_after']:,} ({m['flops_before'] / max(m['flops_after'], 1):.2f}x fewer)")
+    for entry in m.get("skipped", []) + m.get("left_whole", []):
+        print(f"  left alone: {entry.get('layer') or ', '.join(entry.get('layers', []))}: {entry['reason']}")
+    p = exported.metrics["parity"]
+    print(f"wrote {exported.artifact.path} (parity max rel {p['max_rel']:.1e})")
+    return 0
+
+

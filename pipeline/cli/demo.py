@@ -1,0 +1,26 @@
+"""``edgeopt demo``: the built-in trade-off study (the main job of ``make demo``)."""
+
+from __future__ import annotations
+
+from .common import EPILOG, nonneg_int, positive_int
+
+
+def add_parser(sub):
+    d = sub.add_parser("demo", epilog=EPILOG, help="run the built-in trade-off study",
+                       description="Train the built-in model on the built-in task and run the built-in "
+                       "study (fp32, lowrank+kd, pruned+kd, int8 and pruned+kd+int8 on torch, onnxruntime "
+                       "and TVM); write report.json, report.md, pareto.png and index.html.")
+    d.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
+    d.add_argument("--threads", type=positive_int, default=None,
+                   help="threads for every runtime (default: one per core)")
+    d.add_argument("--warmup", type=nonneg_int, default=None, help="untimed runs first (default: 10)")
+    d.add_argument("--repeat", type=positive_int, default=None, help="timed runs (default: 100)")
+    d.set_defaults(func=run)
+    return d
+
+
+def run(args) -> int:
+    from edgeopt.pipeline.demo import run_demo
+
+    report = run_demo(out=args.out, threads=args.threads, warmup=args.warmup, repeat=args.repeat)
+    return 3 if any(v.get("status") == "failed" for v in report["variants"]) else 0

@@ -1,0 +1,39 @@
+"""``edgeopt export``: a torch model to ONNX with a parity check."""
+
+from __future__ import annotations
+
+from .common import EPILOG, refuse_existing_file_parent, torch_model
+
+
+def add_parser(sub):
+    e = sub.add_parser("export", epilog=EPILOG, help="export a torch model to ONNX with a parity check",
+                       description="Export MODEL to ONNX, run the ONNX checker and shape inference, "
+                       "and compare onnxruntime with torch on the example input. The file is "
+                       "written only if the relative error is within --rtol (else exit 1).")
+    e.add_argument("model", metavar="MODEL",
+                   help="zoo:NAME (digits_cnn, resnet18, mobilenetv2, tiny_vit), "
+                   "module.path:factory, or a torch.export .pt2 file")
+    e.add_argument("--out", required=True, help="output .onnx file, or a folder for an artifact")
+    e.add_argument("--input-shape", default=None,
+                   help="example input shape, e.g. 1,3,32,32 (default: the model's own)")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default: 18)")
+    e.add_argument("--dynamic-batch", action="store_true", help="make the batch axis symbolic")
+    e.add_argument("--rtol", type=float, default=1e-4,
+                   help="parity tolerance: max|torch-onnx| / max|torch| (default: 1e-4)")
+    e.add_argument("--seed", type=int, default=0, help="seed for zoo weights and example input")
+    e.set_defaults(func=run)
+    return e
+
+
+def run(args) -> int:
+    from edgeopt.compile import ExportConfig, export
+
+    config = ExportConfig(opset=args.opset, dynamic_batch=args.dynamic_batch, rtol=args.rtol)
+    refuse_existing_file_parent(args.out)
+    module, x = torch_model(args.model, args.input_shape, args.seed)
+    result = export(module, config, x, out=args.out)
+    p = result.metrics["parity"]
+    print(f"wrote {result.path} ({result.path.stat().st_size:,} bytes, opset {config.opset})")
+    print(f"parity vs torch: max abs {p['max_abs']:.3e}, max rel {p['max_rel']:.3e} "
+          f"(tolerance {p['rtol']:g}) -> {'pass' if p['passed'] else 'FAIL'}")
+    return 0

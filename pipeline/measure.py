@@ -1,0 +1,132 @@
+"""Measure one artifact on one runtime into one report entry: the only place entries are built.
+
+Latency (warm-up, then timed runs in their own block: never interleaved with another backend,
+whose idle threads would slow it), the size of the artifact the runtime loads, params, FLOPs,
+the task's metric on its test split, and top-1 agreement with the fp32 model's predictions.
+
+Example:
+    >>> from edgeopt.pipeline.measure import BenchConfig
+    >>> BenchConfig(warmup=2, repeat=5).repeat
+    5
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeopt.core.config import check_field_types
+from edgeopt.core.errors import InputError
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Timing settings: untimed warm-up runs, timed runs, worker threads per backend."""
+
+    warmup: int = 10
+    repeat: int = 100
+    threads: int | None = None
+
+    def __post_init__(self):
+        check_field_types(self)
+        if self.warmup < 0:
+            raise InputError(f"warmup must be an integer >= 0, got {self.warmup!r}")
+        if self.repeat < 1:
+            raise InputError(f"repeat must be an integer >= 1, got {self.repeat!r}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads must be an integer >= 1, got {self.threads!r}")
+
+    @property
+    def resolved_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+
+def save_torch_artifact(model, example: np.ndarray, out, history: Sequence[dict] = ()):
+    """Save ``model`` as a ``torch.export`` program (``model.pt2``) in an artifact folder."""
+    import torch
+
+    from edgeopt.core.tensors import TensorSpec
+    from edgeopt.runtimes.artifact import write_artifact
+    from torch.utils._pytree import tree_leaves
+
+    x = torch.from_numpy(example)
+    model = model.eval()
+    program = torch.export.export(model, (x,))
+    with torch.inference_mode():
+        outs = tree_leaves(model(x))
+    inputs = [TensorSpec("input", list(x.shape), str(x.dtype).replace("torch.", ""))]
+    outputs = [TensorSpec(f"output{i}" if i else "output", list(o.shape),
+                          str(o.dtype).replace("torch.", "")) for i, o in enumerate(outs)]
+    return write_artifact(out, lambda d: torch.export.save(program, str(d / "model.pt2")),
+                          format="torch", files=["model.pt2"], inputs=inputs, outputs=outputs,
+                          history=history)
+
+
+def predictions_digest(preds: np.ndarray) -> str:
+    """A short hash of a prediction vector: equal digests mean identical predictions."""
+    return hashlib.sha256(np.ascontiguousarray(preds, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def step_changes(history: Sequence[dict]) -> list[dict]:
+    """What each step changed, for the report: its name and its scalar metrics."""
+    out = []
+    for record in history:
+        metrics = {k: v for k, v in (record.get("metrics") or {}).items()
+                   if isinstance(v, (int, float, str, bool)) or v is None
+                   or (isinstance(v, list) and len(v) <= 16 and all(isinstance(i, (int, float, str)) for i in v))}
+        out.append({"name": record.get("name"), "metrics": metrics})
+    return out
+
+
+def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, run_artifact,
+                  model, fp32_onnx, task, reference_preds: np.ndarray, example: np.ndarray,
+                  bench: BenchConfig) -> dict:
+    """Time ``runner`` and score it on ``task``; return the report entry (see report.py)."""
+    from edgeopt.compress import count_params, onnx_flops
+
+    from .tasks import predict
+
+    result = runner.benchmark(example, warmup=bench.warmup, repeat=bench.repeat)
+    preds = predict(lambda a: runner.run(a)[0], task.test.x)
+    return {
+        "name": name,
+        "steps": [s.to_dict() for s in steps],
+        "runtime": runtime,
+        "target": target,
+        "size_bytes": run_artifact.size_bytes(),
+        "params": count_params(model),
+        "flops": onnx_flops(fp32_onnx),
+        "latency_ms": result.latency.to_report(),
+        "accuracy": task.score(preds) if task.labelled else None,
+        "agreement": float(np.mean(preds == reference_preds)),
+        "predictions_sha256": predictions_digest(preds),
+        "artifact": str(run_artifact.path),
+        "history": step_changes(run_artifact.history),
+    }
+
+
+def failed_entry(*, name: str, steps: list, runtime: str, target: str, error: BaseException) -> dict:
+    """The report entry of a variant/target that could not be built or measured."""
+    return {"name": name, "steps": [s.to_dict() for s in steps], "runtime": runtime, "target": target,
+            "status": "failed", "error": one_line(error)}
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as one line: the message's first non-empty line, with the type for non-input errors."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    if isinstance(error, (InputError, FileNotFoundError)):
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def runtime_target(runtime: str, build: Any) -> str:
+    """The target label of a report row: the TVM target's CPU or GPU arch, else ``cpu``."""
+    if runtime != "tvm" or build is None:
+        return "cpu"
+    spec = build.spec
+    return spec.get("mcpu") or spec.get("arch") or spec.get("kind", "custom")

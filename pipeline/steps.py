@@ -1,0 +1,186 @@
+"""The step registry: the one place that maps a step name to its config class and function.
+
+The recipe loader (``edgeopt.pipeline.recipe``), the study runner (``edgeopt.pipeline.run``) and
+the CLI (``edgeopt compress STEP``, whose options are generated from the config's fields) all look
+steps up here and nowhere else. A ``Step`` is a step name with its validated config, built once
+when a recipe is read; the runner applies it with ``apply_step``.
+
+Levels say where a step sits in a variant: ``torch`` steps (module in, module out) come first,
+then the variant is exported, then at most one ``onnx`` step (ONNX in, ONNX out).
+
+Example:
+    >>> from edgeopt.pipeline.steps import STEPS, make_step
+    >>> sorted(STEPS)
+    ['distill', 'lowrank', 'prune', 'quantize']
+    >>> step = make_step("prune", {"amount": 0.5})
+    >>> step.config.amount, step.kind.level
+    (0.5, 'torch')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from edgeopt.core.errors import InputError
+
+
+@dataclass(frozen=True)
+class StepData:
+    """What a study hands to steps: the example input, the task, the fp32 teacher, options."""
+
+    example: Any
+    task: Any
+    teacher: Any = None
+    nproc: int = 1
+    progress: Any = None
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """One registered step.
+
+    Attributes:
+        name: the name used in recipes and on the command line.
+        config_path, function_path: ``module:attribute`` of the config class and the function
+            (imported on first use, so that reading a recipe does not import torch).
+        level: ``torch`` or ``onnx`` (see the module docstring).
+        summary: one line for ``--help`` and the docs.
+        feed: the keyword arguments the step takes from a ``StepData``.
+    """
+
+    name: str
+    config_path: str
+    function_path: str
+    level: str
+    summary: str
+    feed: Callable[[Any, StepData], dict]
+
+    @property
+    def config(self) -> type:
+        return _resolve(self.config_path)
+
+    @property
+    def function(self) -> Callable:
+        return _resolve(self.function_path)
+
+
+def _resolve(path: str):
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _example_and_calibration(config, data: StepData) -> dict:
+    return {"example_inputs": data.example, "calibration": data.task.calib.x}
+
+
+def _distill_data(config, data: StepData) -> dict:
+    return {"data": data.task, "teacher": data.teacher, "nproc": data.nproc, "progress": data.progress}
+
+
+def _quantize_data(config, data: StepData) -> dict:
+    task = data.task
+    eval_data = None
+    if config.has_budget:
+        eval_data = task.val if task.labelled else task.val.x
+    return {"calibration": task.calib, "eval_data": eval_data, "progress": data.progress}
+
+
+STEPS: dict[str, StepKind] = {kind.name: kind for kind in (
+    StepKind("lowrank", "edgeopt.compress.lowrank:LowRankConfig", "edgeopt.compress.lowrank:lowrank",
+             "torch", "low-rank factorization of Linear and convolution layers (SVD, Tucker-2, CP)",
+             _example_and_calibration),
+    StepKind("prune", "edgeopt.compress.prune:PruneConfig", "edgeopt.compress.prune:prune",
+             "torch", "structured (channels removed) or unstructured (weights zeroed) pruning",
+             _example_and_calibration),
+    StepKind("distill", "edgeopt.compress.distill:DistillConfig", "edgeopt.compress.distill:distill",
+             "torch", "knowledge distillation from the fp32 model (fine-tuning when alpha=0)",
+             _distill_data),
+    StepKind("quantize", "edgeopt.compress.quantize:QuantizeConfig", "edgeopt.compress.quantize:quantize",
+             "onnx", "int8 post-training quantization of the exported ONNX model",
+             _quantize_data),
+)}
+
+LEVELS = ("torch", "onnx")
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step name with its validated config (and the recipe line it came from, for messages)."""
+
+    name: str
+    config: Any
+    line: int = 0
+
+    @property
+    def kind(self) -> StepKind:
+        return STEPS[self.name]
+
+    @property
+    def params(self) -> dict:
+        """The config's fields that differ from their defaults (what the recipe said)."""
+        out = {}
+        for f in dataclasses.fields(self.config):
+            value = getattr(self.config, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            if default is dataclasses.MISSING or value != default:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def to_dict(self) -> dict:
+        return {self.name: self.params}
+
+
+def kind(name: str) -> StepKind:
+    """The registered step ``name``; ``InputError`` listing the steps otherwise."""
+    if name not in STEPS:
+        raise InputError(f"unknown step {name!r}; expected one of {', '.join(STEPS)}")
+    return STEPS[name]
+
+
+def make_config(name: str, params: dict):
+    """Build (and so validate) the config of step ``name`` from a mapping of its fields."""
+    cls = kind(name).config
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise InputError(f"unknown parameter(s) {unknown}; expected some of {', '.join(sorted(fields))}")
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and n not in params]
+    if missing:
+        raise InputError(f"missing required parameter(s) {missing}")
+    try:
+        return cls(**params)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise InputError(str(e)) from None
+
+
+def make_step(name: str, params: dict | None = None, line: int = 0) -> Step:
+    """A ``Step`` with its config built now: a bad value fails before any work starts."""
+    return Step(name, make_config(name, dict(params or {})), line)
+
+
+def check_order(steps: list[Step]) -> None:
+    """Torch-level steps first, then at most one ONNX-level step; ``InputError`` otherwise."""
+    seen_onnx = None
+    for s in steps:
+        if s.kind.level == "onnx":
+            if seen_onnx is not None:
+                raise InputError(f"two ONNX-level steps ({seen_onnx!r} and {s.name!r}); at most one is allowed")
+            seen_onnx = s.name
+        elif seen_onnx is not None:
+            torch_steps = ", ".join(n for n, k in STEPS.items() if k.level == "torch")
+            raise InputError(f"step {s.name!r}{f' (line {s.line})' if s.line else ''} comes after "
+                             f"{seen_onnx}; torch-level steps ({torch_steps}) must come first")
+
+
+def apply_step(step: Step, model: Any, data: StepData, **options):
+    """Run ``step`` on ``model`` (a module, an ONNX artifact or a ``StepResult``) with the inputs
+    its registry entry takes from ``data``; ``options`` (e.g. ``out=``) are passed through."""
+    k = step.kind
+    return k.function(model, step.config, **{**k.feed(step.config, data), **options})
