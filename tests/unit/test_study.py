@@ -123,7 +123,7 @@ def test_killed_run_resumes_without_redoing_finished_variants(tmp_path):
         assert again["latency_ms"] == entry["latency_ms"], "a finished variant was not redone"
     for f in ("report.md", "pareto.png", "index.html"):
         assert (out / f).stat().st_size > 0
-    assert "pareto.png" in (out / "index.html").read_text()
+    assert "data:image/png;base64," in (out / "index.html").read_text()  # the plot, embedded
     assert any(v["pareto"] for v in report["variants"])
 
 
