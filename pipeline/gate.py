@@ -1,7 +1,33 @@
 """The CI regression gate: compare a report with a baseline report, variant by variant.
 
 Latency is compared as each variant's ratio to the reference variant of its own run (machines
-are noisy; ratios travel between them), size in bytes, accuracy in points.
+are noisy; ratios travel between them), size in bytes, accuracy and agreement in points, the
+task's metric in its own units.
+
+Thresholds (the fields of ``Thresholds``; the ``edgeopt check`` flag for each in brackets):
+
+- ``max_latency_regression`` (``--max-latency-regression``, default 0.10): largest allowed rise
+  of a variant's latency ratio, as a fraction (0.10 = 10 % slower relative to the reference).
+- ``max_size_regression`` (``--max-size-regression``, default 0.01): largest allowed rise of the
+  artifact size in bytes, as a fraction.
+- ``max_accuracy_drop`` (``--max-accuracy-drop``, default 0.005): largest allowed fall of top-1
+  accuracy, in fraction points (0.005 = half a point).
+- ``max_agreement_drop`` (``--max-agreement-drop``, default ``None``): largest allowed fall of
+  top-1 agreement with the fp32 model, in fraction points. ``None`` gates agreement only when
+  there are no labels (no variant of the report or the baseline has an accuracy): agreement is
+  then the only quality signal, and it is gated at ``DEFAULT_AGREEMENT_DROP`` (0.005, the same
+  half point as accuracy). With labels and ``None``, agreement is shown, not gated.
+- ``max_metric_drop`` (``--max-metric-drop``, default ``None`` = not gated): largest allowed
+  change of the task's metric (``report["task"]["metric"]``) in its worse direction, in the
+  metric's own units (0.005 for top1 is half a point; 0.01 for mse lets mse rise by 0.01). A
+  variant's value is its ``metric_value``, or its ``accuracy`` when the metric is top-1 accuracy,
+  or its ``agreement`` when the metric is agreement. Whether higher is better comes from
+  ``task["higher_is_better"]`` when the report says, else from ``METRIC_HIGHER_IS_BETTER``; an
+  unknown metric cannot be gated (``InputError``).
+
+Failed variants (``"status": "failed"``): failed in the report but ok in the baseline is a
+regression (``"failed"``); failed in both is listed with its reason and is not a regression; ok
+in the report but failed in the baseline is listed ("recovered") with nothing to compare.
 
 Example:
     >>> from edgeopt.pipeline.gate import Thresholds, compare
@@ -11,34 +37,55 @@ Example:
     ...         "latency_ratio": 0.6, "size_bytes": 100, "accuracy": 0.98}]}
     >>> [row["regressions"] for row in compare(new, base, Thresholds())]
     [['latency']]
+    >>> unlabelled = {"schema": 1, "variants": [{"name": "int8", "runtime": "onnxruntime",
+    ...               "target": "cpu", "latency_ratio": 0.5, "size_bytes": 100, "agreement": 0.97}]}
+    >>> base["variants"][0].update(accuracy=None, agreement=0.99)
+    >>> [row["regressions"] for row in compare(unlabelled, base, Thresholds())]
+    [['agreement']]
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeopt.core.errors import InputError
 
-from .report import SCHEMA
+from .report import FAILED, OK, SCHEMA, status
+
+DEFAULT_AGREEMENT_DROP = 0.005
+
+# Whether a larger value of a task metric is better (a task may override with higher_is_better).
+METRIC_HIGHER_IS_BETTER = {
+    "top1": True, "top5": True, "accuracy": True, "agreement": True, "f1": True, "map": True,
+    "miou": True, "auc": True, "psnr": True, "ssim": True, "bleu": True,
+    "mse": False, "rmse": False, "mae": False, "loss": False, "nll": False, "perplexity": False,
+    "wer": False, "cer": False,
+}
+_ACCURACY_METRICS = ("top1", "accuracy")
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Largest allowed regressions: latency ratio and size as fractions, accuracy in fraction
-    points (0.005 = half a point)."""
+    """Largest allowed regressions (see the module docstring for each field and its flag)."""
 
     max_latency_regression: float = 0.10
     max_size_regression: float = 0.01
     max_accuracy_drop: float = 0.005
+    max_agreement_drop: float | None = None
+    max_metric_drop: float | None = None
 
     def __post_init__(self):
-        for name in ("max_latency_regression", "max_size_regression", "max_accuracy_drop"):
+        for name in ("max_latency_regression", "max_size_regression", "max_accuracy_drop",
+                     "max_agreement_drop", "max_metric_drop"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or v < 0:
-                raise InputError(f"{name} must be a number >= 0, got {v!r}")
+            if v is None and name in ("max_agreement_drop", "max_metric_drop"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
+                raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
 
 
 def load_report(path: str | os.PathLike, what: str = "report") -> dict:
@@ -61,8 +108,60 @@ def _key(v: dict) -> str:
     return f"{v['name']}/{v['runtime']}/{v.get('target') or '-'}"
 
 
+def _metric(report: dict, baseline: dict) -> tuple[str | None, bool | None]:
+    """The task metric both sides are scored on, and whether higher is better (None: unknown)."""
+    names = {}
+    for what, data in (("report", report), ("baseline", baseline)):
+        task = data.get("task") or {}
+        if task.get("metric"):
+            names[what] = task["metric"]
+    if len(set(names.values())) > 1:
+        raise InputError(f"the report is scored on {names['report']!r}, the baseline on "
+                         f"{names['baseline']!r}; refresh the baseline when the task changes")
+    name = next(iter(names.values()), None)
+    for data in (report, baseline):
+        hib = (data.get("task") or {}).get("higher_is_better")
+        if hib is not None:
+            return name, bool(hib)
+    return name, METRIC_HIGHER_IS_BETTER.get(str(name).lower()) if name else None
+
+
+def metric_value(v: dict, metric: str | None) -> float | None:
+    """A variant's value of the task metric: ``metric_value``, else accuracy for top-1 metrics,
+    agreement for ``agreement``."""
+    if v.get("metric_value") is not None:
+        return v["metric_value"]
+    if metric in _ACCURACY_METRICS:
+        return v.get("accuracy")
+    if metric == "agreement":
+        return v.get("agreement")
+    return None
+
+
+def limits(report: dict, baseline: dict, t: Thresholds) -> dict:
+    """The limits in force for this pair of reports: ``t`` with the agreement default resolved
+    (``agreement_gated_because`` says why) and the metric's name and direction."""
+    labelled = any(v.get("accuracy") is not None for data in (report, baseline)
+                   for v in data["variants"] if status(v) == OK)
+    agreement, why = t.max_agreement_drop, "set"
+    if agreement is None:
+        agreement, why = (None, "labels present") if labelled else (DEFAULT_AGREEMENT_DROP, "no labels")
+    metric, higher = _metric(report, baseline)
+    if t.max_metric_drop is not None:
+        if metric is None:
+            raise InputError("max_metric_drop is set but the report names no task metric (task.metric)")
+        if higher is None:
+            raise InputError(f"cannot gate metric {metric!r}: unknown whether higher is better; known: "
+                             f"{sorted(METRIC_HIGHER_IS_BETTER)} (or set task.higher_is_better)")
+    return {"latency": t.max_latency_regression, "size": t.max_size_regression,
+            "accuracy": t.max_accuracy_drop, "agreement": agreement, "agreement_why": why,
+            "metric": t.max_metric_drop, "metric_name": metric, "higher_is_better": higher}
+
+
 def compare(report: dict, baseline: dict, t: Thresholds) -> list[dict]:
-    """One row per variant with the changes and the list of regressions (may be empty)."""
+    """One row per variant: the changes, ``status`` ("ok", "failed", "failed in both",
+    "recovered"), ``error`` (failed variants) and the list of regressions (may be empty);
+    ``row["limits"]`` is ``limits(report, baseline, t)``."""
     for what, data in (("report", report), ("baseline", baseline)):
         if data.get("schema") != SCHEMA:
             raise InputError(f"{what} has schema {data.get('schema')!r}; expected {SCHEMA}")
@@ -74,21 +173,43 @@ def compare(report: dict, baseline: dict, t: Thresholds) -> list[dict]:
                          + (f"; only in the report: {only_new}" if only_new else "")
                          + (f"; only in the baseline: {only_old}" if only_old else "")
                          + " (refresh the baseline when variants change)")
+    lim = limits(report, baseline, t)
     rows = []
     for key in old:
         n, o = new[key], old[key]
-        row = {"variant": key, "regressions": []}
+        row = {"variant": key, "status": OK, "error": None, "regressions": [], "latency": None,
+               "size": None, "accuracy_drop": None, "agreement_drop": None, "metric_drop": None,
+               "metric_change": None, "limits": lim}
+        rows.append(row)
+        sn, so = status(n), status(o)
+        if sn == FAILED:
+            row["error"] = n.get("error")
+            if so == FAILED:
+                row["status"] = "failed in both"
+            else:
+                row["status"] = FAILED
+                row["regressions"].append("failed")
+            continue
+        if so == FAILED:
+            row["status"] = "recovered"
+            continue
         row["latency"] = _rel(n.get("latency_ratio"), o.get("latency_ratio"))
         row["size"] = _rel(n.get("size_bytes"), o.get("size_bytes"))
-        acc_n, acc_o = n.get("accuracy"), o.get("accuracy")
-        row["accuracy_drop"] = (acc_o - acc_n) if acc_n is not None and acc_o is not None else None
-        if row["latency"] is not None and row["latency"] > t.max_latency_regression:
+        row["accuracy_drop"] = _drop(n.get("accuracy"), o.get("accuracy"))
+        row["agreement_drop"] = _drop(n.get("agreement"), o.get("agreement"))
+        mn, mo = metric_value(n, lim["metric_name"]), metric_value(o, lim["metric_name"])
+        if mn is not None and mo is not None:
+            row["metric_change"] = mn - mo
+            if lim["higher_is_better"] is not None:
+                row["metric_drop"] = (mo - mn) if lim["higher_is_better"] else (mn - mo)
+        if row["latency"] is not None and row["latency"] > lim["latency"]:
             row["regressions"].append("latency")
-        if row["size"] is not None and row["size"] > t.max_size_regression:
+        if row["size"] is not None and row["size"] > lim["size"]:
             row["regressions"].append("size")
-        if row["accuracy_drop"] is not None and row["accuracy_drop"] > t.max_accuracy_drop + 1e-12:
-            row["regressions"].append("accuracy")
-        rows.append(row)
+        for what in ("accuracy", "agreement", "metric"):
+            drop = row[f"{what}_drop"]
+            if lim[what] is not None and drop is not None and drop > lim[what] + 1e-12:
+                row["regressions"].append(what)
     return rows
 
 
@@ -98,20 +219,59 @@ def _rel(new, old):
     return (new - old) / old
 
 
+def _drop(new, old):
+    return (old - new) if new is not None and old is not None else None
+
+
+def _verdict(r: dict) -> str:
+    if r["status"] == "failed in both":
+        return f"failed in both (not a regression): {r['error']}"
+    if r["status"] == "recovered":
+        return "ok (failed in the baseline; nothing to compare)"
+    if r["regressions"]:
+        what = ", ".join(r["regressions"])
+        return f"REGRESSION: {what}" + (f": {r['error']}" if r["status"] == FAILED else "")
+    return "ok"
+
+
 def format_rows(rows: list[dict], t: Thresholds) -> str:
+    """The gate's table and the limits it applied."""
+    lim = rows[0]["limits"] if rows and "limits" in rows[0] else {
+        "latency": t.max_latency_regression, "size": t.max_size_regression, "accuracy": t.max_accuracy_drop,
+        "agreement": t.max_agreement_drop, "agreement_why": "set", "metric": t.max_metric_drop,
+        "metric_name": None, "higher_is_better": None}
+
     def pct(v):
         return "-" if v is None else f"{v * 100:+.1f}%"
 
     def pts(v):
-        return "-" if v is None else f"{-v * 100:+.2f} pt"
+        return "-" if v is None else f"{(0.0 - v) * 100:+.2f} pt"
 
-    head = ("variant", "latency ratio", "size", "accuracy", "verdict")
-    table = [head] + [(r["variant"], pct(r["latency"]), pct(r["size"]), pts(r["accuracy_drop"]),
-                       "REGRESSION: " + ", ".join(r["regressions"]) if r["regressions"] else "ok")
-                      for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    def change(v):
+        return "-" if v is None else f"{v:+.4g}"
+
+    name = lim.get("metric_name")
+    show_metric = lim.get("metric") is not None or (
+        name not in (None, *_ACCURACY_METRICS) and any(r.get("metric_change") is not None for r in rows))
+    head = ["variant", "latency ratio", "size", "accuracy", "agreement"]
+    head += [str(name)] if show_metric else []
+    table = [head + ["verdict"]]
+    for r in rows:
+        cells = [r["variant"], pct(r["latency"]), pct(r["size"]), pts(r["accuracy_drop"]),
+                 pts(r.get("agreement_drop"))]
+        cells += [change(r.get("metric_change"))] if show_metric else []
+        table.append(cells + [_verdict(r)])
+    widths = [max(len(row[i]) for row in table) for i in range(len(head) + 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"limits: latency ratio +{t.max_latency_regression * 100:.1f}%, size "
-                 f"+{t.max_size_regression * 100:.1f}%, accuracy -{t.max_accuracy_drop * 100:.2f} pt")
+    agreement = ("not gated (labels present)" if lim["agreement"] is None
+                 else f"-{lim['agreement'] * 100:.2f} pt" + (" (no labels)" if lim["agreement_why"] == "no labels" else ""))
+    if lim.get("metric") is None:
+        metric = "not gated"
+    else:
+        worse = "-" if lim["higher_is_better"] else "+"
+        metric = f"{worse}{lim['metric']:g}"
+    lines.append(f"limits: latency ratio +{lim['latency'] * 100:.1f}%, size +{lim['size'] * 100:.1f}%, "
+                 f"accuracy -{lim['accuracy'] * 100:.2f} pt, agreement {agreement}, "
+                 f"metric{f' {name}' if name else ''} {metric}")
     return "\n".join(lines)

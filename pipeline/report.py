@@ -1,21 +1,126 @@
-"""The report: report.json (DESIGN.md schema), report.md, and a terminal table.
+"""The report: report.json, report.md, a self-contained index.html, pareto.png, a terminal table.
+
+report.json (schema 1; keys marked *optional* are absent from reports written by older runs and
+readers must not require them)::
+
+    {
+      "schema": 1,
+      "meta": {                                # optional
+        "model": "zoo:digits_cnn",             # what the recipe's `model:` says
+        "recipe": "benchmarks/digits.yaml",    # the recipe file, as the user named it
+        "created": "2026-11-27T04:20:00+00:00" # ISO 8601; filled with the current UTC time if absent
+        ...                                    # any other JSON value is kept and shown
+      },
+      "machine": {"cpu", "machine", "cores", "threads", "python", "versions": {package: version}},
+      "task": {"name": "digits", "metric": "top1", "higher_is_better": true (optional)} | null,
+      "reference": "fp32/onnxruntime" | null,  # name/runtime every latency_ratio divides by;
+                                               # null only when every variant failed
+      "variants": [entry, ...]
+    }
+
+An entry is either *ok* (``"status"`` absent or ``"ok"``)::
+
+    {"name", "runtime", "target", "steps": [{step: params}, ...],
+     "latency_ms": {"median", "p90", "min", "n"}, "size_bytes", "params", "flops",
+     "accuracy" (null without labels), "agreement" (top-1 agreement with fp32),
+     "metric_value" (optional: the task metric, when it is not top-1 accuracy),
+     "history" (optional: the artifact's step records, each {"name", "config", "metrics"}),
+     "resumed" (optional: true when it was timed in an earlier run of the same recipe),
+     "latency_ratio", "pareto"}               # these two are filled in by make_report
+
+or *failed*, with no measurements, no ``latency_ratio`` and no ``pareto``::
+
+    {"name", "runtime", "target", "status": "failed", "error": "<one line reason>", "steps": [...]}
+
+Failed entries are kept in report.json, listed with their reason in a "failed" section of every
+view, and left out of the Pareto front and of the choice of the latency reference.
 
 Example:
-    >>> from edgeopt.pipeline.report import pareto_flags
+    >>> from edgeopt.pipeline.report import make_report, pareto_flags, text_table
     >>> pareto_flags([(1.0, 0.9), (2.0, 0.95), (3.0, 0.9)])
     [True, True, False]
+    >>> ok = {"name": "fp32", "runtime": "onnxruntime", "target": "cpu", "steps": [],
+    ...       "latency_ms": {"median": 2.0, "p90": 2.1}, "accuracy": 0.98, "agreement": 1.0}
+    >>> bad = {"name": "int8", "runtime": "tvm", "target": "cpu", "status": "failed",
+    ...        "error": "TVM build failed", "steps": [{"quantize": {}}]}
+    >>> r = make_report([ok, bad], {"threads": 1}, None, None, meta={"created": "2026-01-01"})
+    >>> r["reference"], r["variants"][0]["pareto"], "pareto" in r["variants"][1]
+    ('fp32/onnxruntime', True, False)
+    >>> text_table(r).splitlines()[-1]
+    '  int8/tvm (cpu): TVM build failed'
 """
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
+import math
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from edgeopt.core.files import write_json_atomic
 from edgeopt.core.errors import InputError
+from edgeopt.core.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 SCHEMA = 1
+OK, FAILED = "ok", "failed"
+DEFAULT_REFERENCE = "fp32/onnxruntime"
+
+
+# -- entries ---------------------------------------------------------------------------------
+
+def status(v: dict) -> str:
+    """``"ok"`` or ``"failed"``; an entry without ``status`` is ok."""
+    s = v.get("status", OK)
+    if s not in (OK, FAILED):
+        raise InputError(f"variant {_label(v)!r}: status must be 'ok' or 'failed', got {s!r}")
+    return s
+
+
+def ok_variants(report: dict) -> list[dict]:
+    return [v for v in report["variants"] if status(v) == OK]
+
+
+def failed_variants(report: dict) -> list[dict]:
+    return [v for v in report["variants"] if status(v) == FAILED]
+
+
+def _label(v: dict) -> str:
+    return f"{v.get('name')}/{v.get('runtime')}"
+
+
+def one_line(text) -> str:
+    """``text`` with every run of whitespace (newlines too) made one space."""
+    return " ".join(str(text).split())
+
+
+def _check_entry(v) -> dict:
+    if not isinstance(v, dict) or not v.get("name") or not v.get("runtime"):
+        raise InputError(f"a report entry needs 'name' and 'runtime', got {v!r:.200}")
+    v = dict(v)
+    if status(v) == FAILED:
+        if not one_line(v.get("error") or ""):
+            raise InputError(f"failed variant {_label(v)!r} has no 'error' reason")
+        v["error"] = one_line(v["error"])
+        v.setdefault("steps", [])
+        return v
+    lat = v.get("latency_ms")
+    if not isinstance(lat, dict) or not isinstance(lat.get("median"), (int, float)) or lat["median"] <= 0:
+        raise InputError(f"variant {_label(v)!r} has no positive latency_ms.median; an entry "
+                         "without measurements must say \"status\": \"failed\" and give an 'error'")
+    return v
+
+
+def choose_reference(variants: list[dict], preferred: str = DEFAULT_REFERENCE) -> str | None:
+    """The latency reference: ``preferred`` if that variant is ok, else the first ok variant
+    (``None`` when every variant failed)."""
+    ok = [_label(v) for v in variants if status(v) == OK]
+    if preferred in ok:
+        return preferred
+    return ok[0] if ok else None
 
 
 def pareto_flags(points: Sequence[tuple[float, float | None]]) -> list[bool]:
@@ -41,33 +146,87 @@ def quality(v: dict) -> float | None:
     return v.get("accuracy") if v.get("accuracy") is not None else v.get("agreement")
 
 
-def make_report(variants: list[dict], machine: dict, task: dict | None, reference: str) -> dict:
-    """Fill ``latency_ratio`` and ``pareto`` and return the report.json object."""
-    names = [f"{v['name']}/{v['runtime']}" for v in variants]
-    if reference not in names:
-        raise InputError(f"reference variant {reference!r} is not among {names}")
-    ref = variants[names.index(reference)]["latency_ms"]["median"]
-    for v in variants:
-        v["latency_ratio"] = v["latency_ms"]["median"] / ref
-    for v, flag in zip(variants, pareto_flags([(v["latency_ms"]["median"], quality(v))
-                                               for v in variants])):
-        v["pareto"] = flag
-    return {"schema": SCHEMA, "machine": machine, "task": task, "reference": reference,
-            "variants": variants}
+def _check_meta(meta) -> dict:
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise InputError(f"report meta must be a dict, got {type(meta).__name__}")
+    meta = dict(meta)
+    created = meta.get("created")
+    if created is None:
+        meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    else:
+        try:
+            datetime.fromisoformat(str(created))
+        except ValueError:
+            raise InputError(f"report meta 'created' must be an ISO 8601 date, got {created!r}") from None
+    try:
+        json.dumps(meta)
+    except TypeError as e:
+        raise InputError(f"report meta must be JSON-serializable: {e}") from None
+    return meta
 
+
+def make_report(variants: list[dict], machine: dict, task: dict | None, reference: str | None,
+                meta: dict | None = None) -> dict:
+    """The report.json object: the entries (copied) with ``latency_ratio`` and ``pareto`` filled
+    in for the ok ones.
+
+    ``reference`` (``name/runtime``) must be an ok variant; ``None`` picks ``fp32/onnxruntime`` if
+    it is ok, else the first ok variant. ``meta`` (model, recipe, created, ...) is kept as
+    ``report["meta"]``; ``created`` defaults to now (UTC).
+    """
+    entries = [_check_entry(v) for v in variants]
+    ok = [v for v in entries if status(v) == OK]
+    names = [_label(v) for v in ok]
+    if reference is None:
+        reference = choose_reference(entries)
+    elif reference not in names:
+        failed = [_label(v) for v in entries if status(v) == FAILED]
+        why = " (it failed)" if reference in failed else ""
+        raise InputError(f"reference variant {reference!r}{why} is not among the ok variants {names}")
+    if ok:
+        ref = ok[names.index(reference)]["latency_ms"]["median"]
+        for v in ok:
+            v["latency_ratio"] = v["latency_ms"]["median"] / ref
+        for v, flag in zip(ok, pareto_flags([(v["latency_ms"]["median"], quality(v)) for v in ok])):
+            v["pareto"] = flag
+    return {"schema": SCHEMA, "meta": _check_meta(meta), "machine": machine or {}, "task": task,
+            "reference": reference, "variants": entries}
+
+
+# -- text views -------------------------------------------------------------------------------
 
 COLUMNS = ("variant", "runtime", "target", "size", "params", "MFLOPs", "median ms", "p90 ms",
            "vs ref", "accuracy", "agreement", "pareto")
+TIMED = "timed"  # the extra column when some rows come from an earlier run
 
 
-def _row(v: dict) -> list[str]:
+def _has_resumed(report: dict) -> bool:
+    return any(v.get("resumed") for v in ok_variants(report))
+
+
+def _columns(report: dict) -> tuple:
+    return COLUMNS + ((TIMED,) if _has_resumed(report) else ())
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _row(v: dict, resumed_column: bool = False) -> list[str]:
     acc = v.get("accuracy")
     agr = v.get("agreement")
-    return [v["name"], v["runtime"], v.get("target") or "-", _size(v.get("size_bytes")),
-            f"{v.get('params', 0):,}", f"{v.get('flops', 0) / 1e6:.1f}",
-            f"{v['latency_ms']['median']:.3f}", f"{v['latency_ms']['p90']:.3f}",
-            f"{v['latency_ratio']:.2f}x", "-" if acc is None else f"{acc * 100:.2f}%",
-            "-" if agr is None else f"{agr * 100:.2f}%", "*" if v.get("pareto") else ""]
+    flops = v.get("flops")
+    ratio = v.get("latency_ratio")
+    row = [v["name"], v["runtime"], v.get("target") or "-", _size(v.get("size_bytes")),
+           _num(v.get("params"), ","), "-" if flops is None else f"{flops / 1e6:.1f}",
+           f"{v['latency_ms']['median']:.3f}", _num(v["latency_ms"].get("p90"), ".3f"),
+           "-" if ratio is None else f"{ratio:.2f}x", "-" if acc is None else f"{acc * 100:.2f}%",
+           "-" if agr is None else f"{agr * 100:.2f}%", "*" if v.get("pareto") else ""]
+    if resumed_column:
+        row.append("earlier run" if v.get("resumed") else "this run")
+    return row
 
 
 def _size(n: int | None) -> str:
@@ -81,125 +240,486 @@ def _size(n: int | None) -> str:
 
 
 def sorted_variants(report: dict) -> list[dict]:
-    return sorted(report["variants"], key=lambda v: v["latency_ms"]["median"])
+    """The ok variants, fastest first."""
+    return sorted(ok_variants(report), key=lambda v: v["latency_ms"]["median"])
+
+
+def _rows(report: dict) -> tuple[tuple, list[list[str]]]:
+    cols = _columns(report)
+    return cols, [_row(v, TIMED in cols) for v in sorted_variants(report)]
+
+
+def _failed_line(v: dict) -> str:
+    return f"{v['name']}/{v['runtime']} ({v.get('target') or '-'}): {v['error']}"
 
 
 def text_table(report: dict) -> str:
-    """A fixed-width table, sorted by latency, for the terminal."""
-    rows = [list(COLUMNS)] + [_row(v) for v in sorted_variants(report)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    """A fixed-width table, sorted by latency, for the terminal; failed variants listed below it."""
+    cols, body = _rows(report)
+    rows = [list(cols)] + body
+    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    failed = failed_variants(report)
+    if failed:
+        lines += ["", f"failed ({len(failed)}, not measured):"] + ["  " + _failed_line(v) for v in failed]
     return "\n".join(lines)
 
 
+def timing_note(report: dict) -> str:
+    """Where the timings come from: one run, or (for resumed rows) an earlier run."""
+    ref = report.get("reference")
+    if ref is None:
+        return "no variant was measured (every variant failed)"
+    ok = sorted_variants(report)
+    resumed = [_label(v) for v in ok if v.get("resumed")]
+    fresh = [_label(v) for v in ok if not v.get("resumed")]
+    base = f"latency ratios are against `{ref}`"
+    if not resumed:
+        return f"{base}, every row measured in the same run"
+    if not fresh:
+        return (f"{base}; every row was timed in an earlier run of the same recipe (resumed), "
+                "so ratios may compare timings from different runs")
+    return (f"{base}; {len(resumed)} of {len(ok)} rows were timed in an earlier run of the same "
+            f"recipe (resumed: {', '.join(resumed)}), the others in this run, so ratios between "
+            "the two groups compare timings from different runs")
+
+
+def _machine_line(m: dict) -> str:
+    parts = [str(m.get("cpu") or "unknown CPU")]
+    if m.get("machine"):
+        parts.append(str(m["machine"]))
+    if m.get("cores"):
+        parts.append(f"{m['cores']} cores")
+    parts.append(f"{m.get('threads', '?')} threads")
+    return ", ".join(parts)
+
+
+def _versions_line(m: dict) -> str:
+    versions = ([f"python {m['python']}"] if m.get("python") else []) + \
+        [f"{k} {v}" for k, v in (m.get("versions") or {}).items()]
+    return ", ".join(versions) or "-"
+
+
+def summary(report: dict) -> list[tuple[str, str]]:
+    """(label, value) pairs heading every view: model, recipe, date, machine, versions, task,
+    timing provenance; meta keys beyond these are listed too."""
+    meta = report.get("meta") or {}
+    m = report.get("machine") or {}
+    task = report.get("task") or {}
+    items = [("model", str(meta.get("model", "-"))), ("recipe", str(meta.get("recipe", "-"))),
+             ("created", str(meta.get("created", "-"))), ("machine", _machine_line(m)),
+             ("versions", _versions_line(m))]
+    if task:
+        items.append(("task", f"{task.get('name')} (metric: {task.get('metric')})"))
+    items.append(("timings", timing_note(report)))
+    for k, v in meta.items():
+        if k not in ("model", "recipe", "created"):
+            items.append((str(k), v if isinstance(v, str) else json.dumps(v)))
+    return items
+
+
+# -- what each variant's steps changed --------------------------------------------------------
+
+def format_step(step) -> str:
+    """``{"prune": {"amount": 0.5}}`` -> ``prune(amount=0.5)``."""
+    if isinstance(step, dict) and len(step) == 1:
+        (name, params), = step.items()
+        if not params:
+            return str(name)
+        if isinstance(params, dict):
+            return f"{name}(" + ", ".join(f"{k}={_short(v)}" for k, v in params.items()) + ")"
+        return f"{name}({_short(params)})"
+    return _short(step)
+
+
+def _short(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v, default=str)
+
+
+def _count(n) -> str:
+    if not isinstance(n, (int, float)):
+        return str(n)
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:g}"
+
+
+def _change(before, after, fmt=_count) -> str:
+    if before is None or after is None:
+        return "-"
+    pct = f" ({(after - before) / before * 100:+.0f}%)" if before else ""
+    return f"{fmt(before)} -> {fmt(after)}{pct}"
+
+
+def _listing(items: list[str], limit: int = 8) -> str:
+    more = f", +{len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def describe_record(rec: dict) -> str:
+    """One line saying what a step record changed (params/FLOPs before->after, channels, ranks,
+    nodes kept in float, size, ...)."""
+    name = rec.get("name", "?")
+    m = rec.get("metrics") or {}
+    parts = []
+    if "params_before" in m:
+        parts.append(f"params {_change(m['params_before'], m.get('params_after'))}")
+    if "flops_before" in m:
+        parts.append(f"FLOPs {_change(m['flops_before'], m.get('flops_after'))}")
+    if "size_bytes_before" in m:
+        parts.append(f"size {_change(m['size_bytes_before'], m.get('size_bytes_after'), _size)}")
+    if name == "prune":
+        groups = m.get("groups") or []
+        if groups:
+            parts.append("channels " + _listing([
+                f"{'+'.join(g.get('layers') or ['?'])} {g.get('channels_before')}->{g.get('channels_after')}"
+                for g in groups]))
+        if m.get("overall_sparsity") is not None:
+            parts.append(f"weight sparsity {m['overall_sparsity'] * 100:.1f}%")
+    elif name == "lowrank":
+        layers = m.get("layers") or []
+        parts.append("ranks " + (_listing([f"{lay.get('layer')} {lay.get('ranks')} of {lay.get('full_ranks')}"
+                                            for lay in layers]) or "none factorized"))
+        if m.get("skipped"):
+            parts.append(f"{len(m['skipped'])} layers left whole")
+    elif name == "distill":
+        if "epochs_run" in m:
+            parts.append(f"{m['epochs_run']} epochs (best {m.get('best_epoch')})")
+        if m.get("best_val_top1") is not None:
+            parts.append(f"best val top-1 {m['best_val_top1'] * 100:.2f}%")
+        if m.get("params") is not None:
+            parts.append(f"params {_count(m['params'])}")
+    elif name == "quantize":
+        if "compute_nodes_total" in m:
+            parts.append(f"{m.get('compute_nodes_quantized')} of {m['compute_nodes_total']} compute "
+                         "nodes quantized")
+        if "nodes_in_float" in m:
+            kept = list(m["nodes_in_float"] or [])
+            parts.append("kept in float: " + (_listing(kept) if kept else "none"))
+    elif name == "export":
+        if "opset" in m:
+            parts.append(f"opset {m['opset']}")
+        if m.get("size_bytes") is not None:
+            parts.append(f"size {_size(m['size_bytes'])}")
+        parity = m.get("parity") or {}
+        if parity.get("max_rel") is not None:
+            parts.append(f"parity max rel error {parity['max_rel']:.2g}")
+    elif name == "build":
+        if "int8_ops" in m:
+            parts.append(f"{m['int8_ops']} int8 ops")
+        if m.get("tuning"):
+            parts.append("tuned")
+    if not parts:  # an unknown step: its scalar metrics
+        parts = [f"{k} {_short(v)}" for k, v in m.items() if isinstance(v, (int, float, str, bool))]
+    return f"{name}: " + ("; ".join(parts) if parts else "no metrics recorded")
+
+
+def variant_changes(report: dict) -> list[dict]:
+    """Per variant name (in report order): ``{"name", "steps": [str], "changes": [str],
+    "runtimes": [str], "failed": bool}``. ``changes`` comes from the entries' step history
+    (records shared by several runtimes listed once)."""
+    out: dict[str, dict] = {}
+    for v in report["variants"]:
+        d = out.setdefault(v["name"], {"name": v["name"], "steps": [format_step(s) for s in v.get("steps") or []],
+                                       "changes": [], "runtimes": [], "failed": True, "_seen": set()})
+        d["runtimes"].append(f"{v['runtime']}" + (" (failed)" if status(v) == FAILED else ""))
+        d["failed"] = d["failed"] and status(v) == FAILED
+        for rec in v.get("history") or []:
+            if not isinstance(rec, dict):
+                continue
+            key = json.dumps([rec.get("name"), rec.get("config"), rec.get("metrics")], sort_keys=True,
+                             default=str)
+            if key not in d["_seen"]:
+                d["_seen"].add(key)
+                d["changes"].append(describe_record(rec))
+    for d in out.values():
+        del d["_seen"]
+    return list(out.values())
+
+
+# -- markdown ---------------------------------------------------------------------------------
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
 def markdown(report: dict) -> str:
-    m = report["machine"]
-    head = ["# edgeopt report", "",
-            f"- machine: {m.get('cpu')}, {m.get('threads')} threads; "
-            + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
-            f"- reference for latency ratios: `{report['reference']}` (median of the same run)"]
-    if report.get("task"):
-        head.append(f"- task: {report['task']['name']} ({report['task']['metric']})")
-    rows = [_row(v) for v in sorted_variants(report)]
-    table = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    table += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(head + ["", *table, "", "`*` marks the latency/accuracy Pareto front.", ""])
+    """report.md: the summary, the table, the failed variants and each variant's steps."""
+    meta = report.get("meta") or {}
+    title = f"# edgeopt report: {meta['model']}" if meta.get("model") else "# edgeopt report"
+    head = [title, ""] + [f"- {k}: {v}" for k, v in summary(report)]
+    cols, rows = _rows(report)
+    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    table += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
+    lines = head + ["", *table, "", "`*` marks the latency/accuracy Pareto front."]
+    failed = failed_variants(report)
+    if failed:
+        lines += ["", "## Failed variants", "", "Not measured; left out of the table, the plot and "
+                  "the Pareto front.", ""]
+        lines += [f"- `{v['name']}/{v['runtime']}` ({v.get('target') or '-'}): {v['error']}"
+                  + (f" (steps: {' -> '.join(format_step(s) for s in v['steps'])})" if v.get("steps") else "")
+                  for v in failed]
+    lines += ["", "## Variants: steps and what they changed", ""]
+    for d in variant_changes(report):
+        lines.append(f"- **{d['name']}** on {', '.join(d['runtimes'])}: "
+                     + (" -> ".join(d["steps"]) or "no steps (the original model)"))
+        lines += [f"  - {c}" for c in d["changes"]]
+    return "\n".join(lines + [""])
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# -- the plot ---------------------------------------------------------------------------------
+
+def _number_label(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3,5'."""
+    runs, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            runs.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ",".join(runs)
 
 
-def write_report(report: dict, out_dir: str | os.PathLike, plot: bool = False) -> tuple[Path, Path]:
-    """Write report.json and report.md into ``out_dir`` (each atomically); with ``plot``, also
-    pareto.png and index.html."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "report.json", report)
-    md = out / "report.md"
-    _write_text_atomic(md, markdown(report))
-    if plot:
-        pareto_png(report, out / "pareto.png")
-        _write_text_atomic(out / "index.html", index_html(report, "pareto.png"))
-    return out / "report.json", md
+def _overlaps(a, b, margin: float = 2.0) -> bool:
+    return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
 
 
-def pareto_png(report: dict, path: str | os.PathLike) -> Path:
-    """Latency (log scale) against accuracy, marker area by model size, the front drawn."""
+def _place_labels(ax, renderer, points_px, labels, obstacles, fontsize):
+    """Greedy placement: each label at the first spot (on its point, then on rings around it)
+    whose box overlaps no placed label, no obstacle box and (if possible) no other point, inside
+    the axes. Returns the (dx, dy) pixel offset of each label."""
+    from matplotlib.text import Text
+
+    frame = ax.get_window_extent(renderer)
+    frame = (frame.x0, frame.y0, frame.x1, frame.y1)
+    sizes = []
+    for text in labels:
+        t = Text(0, 0, text, fontsize=fontsize, fontweight="bold", figure=ax.figure)
+        bb = t.get_window_extent(renderer)
+        sizes.append((bb.width + 4, bb.height + 4))  # + the white box's padding
+    candidates = [(0.0, 0.0)]
+    for radius in (16, 26, 38, 52, 68, 86, 106, 130, 160, 200):
+        steps = max(12, int(2 * math.pi * radius / 14))
+        candidates += [(radius * math.cos(2 * math.pi * k / steps), radius * math.sin(2 * math.pi * k / steps))
+                       for k in range(steps)]
+    dots = [(x - 3, y - 3, x + 3, y + 3) for x, y in points_px]
+    placed: list[tuple] = []
+    offsets = []
+    for i, ((x, y), (w, h)) in enumerate(zip(points_px, sizes)):
+        choice = None
+        for avoid_dots in (True, False):
+            for dx, dy in candidates:
+                box = (x + dx - w / 2, y + dy - h / 2, x + dx + w / 2, y + dy + h / 2)
+                if box[0] < frame[0] or box[2] > frame[2] or box[1] < frame[1] or box[3] > frame[3]:
+                    continue
+                if any(_overlaps(box, b) for b in placed + obstacles):
+                    continue
+                if avoid_dots and any(_overlaps(box, d, 0) for j, d in enumerate(dots) if j != i):
+                    continue
+                choice = (dx, dy, box)
+                break
+            if choice:
+                break
+        if choice is None:  # no free spot in the axes: stack the label above the others
+            top = max([b[3] for b in placed + obstacles] + [y])
+            choice = (0.0, top + 4 + h / 2 - y, (x - w / 2, top + 4, x + w / 2, top + 4 + h))
+        placed.append(choice[2])
+        offsets.append(choice[:2])
+    return offsets
+
+
+def pareto_figure(report: dict):
+    """The trade-off figure: latency (log scale) against accuracy, marker area by model size,
+    the front drawn, each point (or group of coinciding points) numbered with a label that
+    overlaps no other label, and a key beside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = [v for v in report["variants"] if quality(v) is not None]
+    variants = [v for v in sorted_variants(report) if quality(v) is not None]
+    unplotted = [v for v in sorted_variants(report) if quality(v) is None]
     metric = "top-1 accuracy (%)" if any(v.get("accuracy") is not None for v in variants) \
         else "top-1 agreement with fp32 (%)"
-    # Points often share an accuracy, so names beside them collide: each point gets a number
-    # and the key beside the plot spells it out (sorted by latency, like the table).
-    fig, ax = plt.subplots(figsize=(12.5, 5.5), dpi=120)
-    fig.subplots_adjust(left=0.07, right=0.62, bottom=0.11, top=0.93)
-    sizes = [v.get("size_bytes") or 1 for v in variants]
-    biggest = max(sizes) if sizes else 1
-    runtimes = sorted({v["runtime"] for v in variants})
-    colors = dict(zip(runtimes, plt.cm.tab10.colors))
-    by_latency = sorted(range(len(variants)), key=lambda i: variants[i]["latency_ms"]["median"])
-    key_lines = []
-    for number, i in enumerate(by_latency, 1):
-        v, size = variants[i], sizes[i]
-        x, y = v["latency_ms"]["median"], quality(v) * 100
-        ax.scatter(x, y, s=40 + 600 * size / biggest, color=colors[v["runtime"]], alpha=0.6,
-                   edgecolors="black" if v.get("pareto") else "none", linewidths=1.5, zorder=3)
-        ax.annotate(str(number), (x, y), ha="center", va="center", fontsize=8, fontweight="bold", zorder=4)
-        key_lines.append(f"{number:>2} {'*' if v.get('pareto') else ' '} {v['name']}/{v['runtime']}"
-                         f"  {x:.3g} ms  {y:.2f}%")
-    fig.text(0.635, 0.93, "\n".join(["   (* = Pareto front)"] + key_lines), va="top", ha="left",
-             family="monospace", fontsize=7.5)
-    ys = [quality(v) * 100 for v in variants]
-    if ys:
-        pad = max(0.5, (max(ys) - min(ys)) * 0.15)
-        ax.set_ylim(min(ys) - pad, max(ys) + pad)
-    front = sorted((v["latency_ms"]["median"], quality(v) * 100) for v in variants if v.get("pareto"))
-    if front:
-        xs, ys = zip(*front)
-        ax.step(xs, ys, where="post", color="black", linewidth=1, linestyle="--", label="Pareto front", zorder=2)
-    for rt in runtimes:
-        ax.scatter([], [], color=colors[rt], label=rt)
+    failed = failed_variants(report)
+    key_lines = ["    (* = Pareto front)"]
+    width = max([len(_label(v)) for v in variants] + [0])
+    for number, v in enumerate(variants, 1):
+        key_lines.append(f"{number:>3} {'*' if v.get('pareto') else ' '} {_label(v):<{width}}"
+                         f"  {v['latency_ms']['median']:>8.4g} ms  {quality(v) * 100:6.2f}%")
+    if unplotted or failed:
+        key_lines.append("")
+        key_lines += [f" not plotted: {_label(v)} (no accuracy)" for v in unplotted]
+        key_lines += [f" not plotted: {_label(v)} (failed)" for v in failed]
+    key_font = 7.5
+    height = max(5.5, 1.2 + len(key_lines) * key_font * 1.3 / 72)
+    fig, ax = plt.subplots(figsize=(12.5, height), dpi=120)
+    top = 1 - 0.4 / height
+    fig.subplots_adjust(left=0.07, right=0.62, bottom=0.6 / height, top=top)
+    fig.text(0.635, top, "\n".join(key_lines), va="top", ha="left", family="monospace",
+             fontsize=key_font)
     ax.set_xscale("log")
-    ax.set_xlabel(f"latency, median ms (batch 1, {report['machine'].get('threads')} threads, log scale)")
+    threads = (report.get("machine") or {}).get("threads")
+    ax.set_xlabel(f"latency, median ms (batch 1, {threads} threads, log scale)")
     ax.set_ylabel(metric)
     ax.set_title("edgeopt trade-off: marker area = model size, outlined = Pareto front", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    if not variants:
+        ax.text(0.5, 0.5, "no measured variant to plot", transform=ax.transAxes, ha="center")
+        return fig
+
+    xs = [v["latency_ms"]["median"] for v in variants]
+    ys = [quality(v) * 100 for v in variants]
+    lo, hi = min(xs), max(xs)
+    span = max(math.log10(hi / lo), 0.2)
+    ax.set_xlim(lo / 10 ** (span * 0.15), hi * 10 ** (span * 0.15))
+    pad = max(0.5, (max(ys) - min(ys)) * 0.15)
+    ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda x, _: f"{x:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain if span < 1.2 else NullFormatter())
+    sizes = [v.get("size_bytes") or 1 for v in variants]
+    biggest = max(sizes)
+    runtimes = sorted({v["runtime"] for v in variants})
+    colors = dict(zip(runtimes, plt.cm.tab10.colors))
+    for v, x, y, size in zip(variants, xs, ys, sizes):
+        ax.scatter(x, y, s=40 + 600 * size / biggest, color=colors.get(v["runtime"], "gray"), alpha=0.6,
+                   edgecolors="black" if v.get("pareto") else "none", linewidths=1.5, zorder=3)
+    front = sorted((x, y) for v, x, y in zip(variants, xs, ys) if v.get("pareto"))
+    if front:
+        fx, fy = zip(*front)
+        ax.step(fx, fy, where="post", color="black", linewidth=1, linestyle="--", label="Pareto front",
+                zorder=2)
+    for rt in runtimes:
+        ax.scatter([], [], color=colors[rt], label=rt)
+    legend = ax.legend(loc="lower right", fontsize=8)
+
+    # Points often coincide (same accuracy, near-equal latency): points closer than a few
+    # pixels share one label ("3-5"), and every label is placed where it overlaps no other.
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    px = ax.transData.transform(list(zip(xs, ys)))
+    groups: list[list[int]] = []
+    for i, (x, y) in enumerate(px):
+        for g in groups:
+            gx, gy = px[g[0]]
+            if abs(x - gx) < 8 and abs(y - gy) < 8:
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    centers = [tuple(px[g[0]]) for g in groups]
+    labels = [_number_label([i + 1 for i in g]) for g in groups]
+    lb = legend.get_window_extent(renderer)
+    offsets = _place_labels(ax, renderer, centers, labels, [(lb.x0, lb.y0, lb.x1, lb.y1)], fontsize=8)
+    for g, text, (dx, dy) in zip(groups, labels, offsets):
+        arrow = dict(arrowstyle="-", color="0.3", linewidth=0.7) if (dx or dy) else None
+        ax.annotate(text, (xs[g[0]], ys[g[0]]), xytext=(dx, dy), textcoords="offset pixels", ha="center",
+                    va="center", fontsize=8, fontweight="bold", zorder=5, arrowprops=arrow,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8) if (dx or dy) else None,
+                    gid="pareto-label")
+    return fig
 
 
-def index_html(report: dict, plot: str) -> str:
-    """A self-contained page: the machine, the table sorted by latency, and the plot."""
-    import html
+def pareto_png_bytes(report: dict) -> bytes:
+    """The trade-off plot (``pareto_figure``) as PNG bytes."""
+    import matplotlib.pyplot as plt
 
-    rows = [_row(v) for v in sorted_variants(report)]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    m = report["machine"]
-    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
-    task = report.get("task") or {}
+    fig = pareto_figure(report)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.15)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def pareto_png(report: dict, path: str | os.PathLike) -> Path:
+    """Write the trade-off plot to ``path`` (atomically)."""
+    write_bytes_atomic(path, pareto_png_bytes(report))
+    return Path(path)
+
+
+# -- the page ---------------------------------------------------------------------------------
+
+def index_html(report: dict, plot: bytes | str | os.PathLike | None = None) -> str:
+    """A page that stands alone (no external file or URL): summary, table, the plot embedded as
+    a PNG data URI, failed variants, and each variant's steps and what they changed.
+
+    ``plot``: PNG bytes, or a PNG file to embed; ``None`` renders it (``pareto_png_bytes``).
+    """
+    e = html.escape
+    if plot is None:
+        png = pareto_png_bytes(report)
+    elif isinstance(plot, bytes):
+        png = plot
+    else:
+        p = Path(plot)
+        if not p.is_file():
+            raise InputError(f"plot {str(p)!r} does not exist")
+        png = p.read_bytes()
+    meta = report.get("meta") or {}
+    title = "edgeopt report" + (f": {meta['model']}" if meta.get("model") else "")
+    cols, rows = _rows(report)
+    head = "".join(f"<th>{e(c)}</th>" for c in cols)
+    body = "".join("<tr" + (' class="resumed"' if r[-1] == "earlier run" and TIMED in cols else "") + ">"
+                   + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    facts = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary(report))
+    failed = failed_variants(report)
+    nav = ['<a href="#variants">variants</a>', '<a href="#plot">plot</a>']
+    failed_html = ""
+    if failed:
+        nav.append(f'<a href="#failed">failed ({len(failed)})</a>')
+        items = "".join(
+            f"<tr><td>{e(v['name'])}</td><td>{e(v['runtime'])}</td><td>{e(v.get('target') or '-')}</td>"
+            f"<td>{e(' -> '.join(format_step(s) for s in v.get('steps') or []) or '-')}</td>"
+            f"<td>{e(v['error'])}</td></tr>" for v in failed)
+        failed_html = (f'<h2 id="failed">Failed variants</h2><p>Not measured; left out of the table, '
+                       f'the plot and the Pareto front.</p><table class="left"><tr><th>variant</th>'
+                       f'<th>runtime</th><th>target</th><th>steps</th><th>error</th></tr>{items}</table>')
+    nav.append('<a href="#steps">steps</a>')
+    changes = []
+    for d in variant_changes(report):
+        steps = " -> ".join(d["steps"]) or "no steps (the original model)"
+        lis = "".join(f"<li>{e(c)}</li>" for c in d["changes"])
+        changes.append(f"<h3>{e(d['name'])}</h3><p>on {e(', '.join(d['runtimes']))}: <code>{e(steps)}</code></p>"
+                       + (f"<ul>{lis}</ul>" if lis else ""))
+    img = base64.b64encode(png).decode("ascii")
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>edgeopt report</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#eee}}</style></head>
-<body><h1>edgeopt report</h1>
-<p>{html.escape(str(m.get('cpu')))}, {m.get('threads')} threads; {html.escape(versions)}<br>
-task: {html.escape(str(task.get('name', '-')))}; latency ratios against
-<code>{html.escape(report['reference'])}</code> measured in the same run; * marks the Pareto front.</p>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:110em}}table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#eee}}
+table.facts td,table.facts th,table.left td{{text-align:left}}tr.resumed td{{color:#555;font-style:italic}}
+nav a{{margin-right:1em}}</style></head>
+<body><h1>{e(title)}</h1>
+<nav>{' '.join(nav)}</nav>
+<table class="facts">{facts}</table>
+<h2 id="variants">Variants</h2>
+<p>Sorted by median latency; * marks the latency/accuracy Pareto front.</p>
 <table><tr>{head}</tr>{body}</table>
-<p><img src="{html.escape(plot)}" alt="latency against accuracy" style="max-width:100%"></p>
+<h2 id="plot">Trade-off</h2>
+<p><img src="data:image/png;base64,{img}" alt="latency against accuracy, one numbered point per variant" style="max-width:100%"></p>
+{failed_html}
+<h2 id="steps">Steps and what they changed</h2>
+{''.join(changes)}
 </body></html>
 """
+
+
+def write_report(report: dict, out_dir: str | os.PathLike, plot: bool = False) -> tuple[Path, Path]:
+    """Write report.json and report.md into ``out_dir`` (each atomically); with ``plot``, also
+    pareto.png and index.html (which embeds the same plot and needs no other file)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.md", markdown(report))
+    if plot:
+        png = pareto_png_bytes(report)
+        write_bytes_atomic(out / "pareto.png", png)
+        write_text_atomic(out / "index.html", index_html(report, png))
+    return out / "report.json", out / "report.md"

@@ -51,3 +51,191 @@ def test_demo_writes_the_full_study(tmp_path):
     assert names == {"fp32", "lowrank+kd", "pruned+kd", "int8", "pruned+kd+int8"}
     for f in ("report.md", "pareto.png", "index.html"):
         assert (tmp_path / "demo" / f).stat().st_size > 0
+
+
+# -- a report you can hand to someone ---------------------------------------------------------
+
+MACHINE = {"cpu": "Example CPU 9000", "machine": "x86_64", "cores": 8, "threads": 2, "python": "3.11.9",
+           "versions": {"torch": "2.13.0", "onnxruntime": "1.23.0"}}
+META = {"model": "zoo:digits_cnn", "recipe": "benchmarks/digits.yaml", "created": "2026-11-27T04:00:00+00:00"}
+HISTORY = [
+    {"name": "prune", "config": {"amount": 0.5}, "metrics": {
+        "params_before": 155898, "params_after": 39426, "flops_before": 5_300_000, "flops_after": 1_400_000,
+        "groups": [{"layers": ["conv1"], "channels_before": 32, "channels_after": 16}], "left_whole": []}},
+    {"name": "lowrank", "config": {}, "metrics": {
+        "params_before": 39426, "params_after": 20000, "flops_before": 1_400_000, "flops_after": 1_000_000,
+        "layers": [{"layer": "fc1", "kind": "linear", "ranks": [12], "full_ranks": [64]}], "skipped": []}},
+    {"name": "export", "config": {}, "metrics": {"opset": 17, "size_bytes": 90000, "parity": {"max_rel": 1e-6}}},
+    {"name": "quantize", "config": {}, "metrics": {
+        "size_bytes_before": 90000, "size_bytes_after": 30000, "size_ratio": 0.33, "compute_nodes_quantized": 5,
+        "compute_nodes_total": 6, "nodes_in_float": ["/fc2/Gemm"], "fallback": []}},
+]
+
+
+def _entry(name, runtime, median, acc, **extra):
+    return {"name": name, "steps": [], "runtime": runtime, "target": "cpu", "size_bytes": 1000,
+            "params": 10, "flops": 2_000_000, "accuracy": acc, "agreement": 1.0,
+            "latency_ms": {"median": median, "p90": median, "min": median, "n": 3}, **extra}
+
+
+def _failed(name="int8", runtime="tvm", error="TVM build failed:\n  no schedule for qlinearconv"):
+    return {"name": name, "runtime": runtime, "target": "cpu", "status": "failed", "error": error,
+            "steps": [{"quantize": {"calibration": "minmax"}}]}
+
+
+def _full_report(resumed=False):
+    steps = [{"prune": {"amount": 0.5}}, {"lowrank": {}}, {"quantize": {}}]
+    return make_report([_entry("fp32", "onnxruntime", 2.0, 0.98),
+                        _entry("small+int8", "onnxruntime", 0.5, 0.97, steps=steps, history=HISTORY,
+                               resumed=resumed),
+                        _failed()], MACHINE, {"name": "digits", "metric": "top1"}, "fp32/onnxruntime", META)
+
+
+def test_failed_variants_are_kept_but_not_measured_or_ranked():
+    r = _full_report()
+    failed = [v for v in r["variants"] if v.get("status") == "failed"]
+    assert len(failed) == 1 and "latency_ratio" not in failed[0] and "pareto" not in failed[0]
+    assert failed[0]["error"] == "TVM build failed: no schedule for qlinearconv"  # one line
+    assert [v["pareto"] for v in r["variants"] if "pareto" in v] == [True, True]
+    table = text_table(r)
+    assert "failed (1, not measured):" in table
+    assert "int8/tvm (cpu): TVM build failed: no schedule for qlinearconv" in table
+    measured = table.split("\n\n")[0].splitlines()[2:]
+    assert sorted(line.split()[0] for line in measured) == ["fp32", "small+int8"]
+    md = markdown(r)
+    assert "## Failed variants" in md and "`int8/tvm` (cpu): TVM build failed" in md
+    json.dumps(r)  # report.json keeps it
+
+
+def test_reference_is_never_a_failed_variant():
+    entries = [_failed("fp32", "onnxruntime", "export failed"), _entry("fp32", "torch", 3.0, 0.9),
+               _entry("int8", "onnxruntime", 1.0, 0.9)]
+    assert make_report(entries, MACHINE, None, None)["reference"] == "fp32/torch"
+    with pytest.raises(InputError, match="'fp32/onnxruntime' \\(it failed\\)"):
+        make_report(entries, MACHINE, None, "fp32/onnxruntime")
+    r = make_report([_failed()], MACHINE, None, None)
+    assert r["reference"] is None and "every variant failed" in markdown(r)
+    assert "int8/tvm (cpu)" in text_table(r)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({**_failed(), "error": " \n"}, "has no 'error' reason"),
+    ({**_failed(), "status": "broken"}, "status must be 'ok' or 'failed'"),
+    ({"name": "fp32", "runtime": "onnxruntime"}, "no positive latency_ms.median"),
+    ({"runtime": "onnxruntime"}, "needs 'name' and 'runtime'"),
+])
+def test_bad_entries_raise_input_error(entry, message):
+    with pytest.raises(InputError, match=message):
+        make_report([_entry("fp32", "onnxruntime", 1.0, 0.9), entry], MACHINE, None, "fp32/onnxruntime")
+
+
+def test_meta_defaults_and_validation():
+    from datetime import datetime
+
+    r = make_report([_entry("fp32", "onnxruntime", 1.0, 0.9)], MACHINE, None, "fp32/onnxruntime")
+    assert datetime.fromisoformat(r["meta"]["created"]).tzinfo is not None
+    with pytest.raises(InputError, match="ISO 8601"):
+        make_report([_entry("fp32", "onnxruntime", 1.0, 0.9)], MACHINE, None, "fp32/onnxruntime",
+                    meta={"created": "yesterday"})
+
+
+def test_markdown_names_model_recipe_machine_and_what_steps_changed():
+    md = markdown(_full_report())
+    for words in ("zoo:digits_cnn", "benchmarks/digits.yaml", "2026-11-27T04:00:00+00:00",
+                  "Example CPU 9000", "2 threads", "torch 2.13.0", "python 3.11.9",
+                  "every row measured in the same run",
+                  "prune(amount=0.5) -> lowrank -> quantize",
+                  "params 155.90k -> 39.43k (-75%)", "FLOPs 5.30M -> 1.40M (-74%)", "conv1 32->16",
+                  "fc1 [12] of [64]", "kept in float: /fc2/Gemm", "5 of 6 compute nodes quantized",
+                  "size 87.9 KB -> 29.3 KB (-67%)"):
+        assert words in md, words
+
+
+def test_resumed_rows_are_labelled_not_called_same_run():
+    r = _full_report(resumed=True)
+    md, table = markdown(r), text_table(r)
+    assert "same run" not in md
+    assert "1 of 2 rows were timed in an earlier run of the same recipe (resumed: small+int8/onnxruntime)" in md
+    rows = {line.split()[0]: line for line in table.splitlines()[2:4]}
+    assert rows["small+int8"].rstrip().endswith("earlier run")
+    assert rows["fp32"].rstrip().endswith("this run")
+
+
+class _Links(__import__("html.parser").parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k in ("src", "href", "srcset", "data", "action", "poster"):
+                self.links.append((tag, k, v or ""))
+            if k == "id":
+                self.ids.add(v)
+
+
+def test_index_html_stands_alone(tmp_path):
+    from edgeopt.pipeline.report import write_report
+
+    r = _full_report(resumed=True)
+    write_report(r, tmp_path, plot=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "pareto.png", "report.json",
+                                                          "report.md"]  # no temporary files left
+    page = (tmp_path / "index.html").read_text()
+    parser = _Links()
+    parser.feed(page)
+    assert any(v.startswith("data:image/png;base64,") for _, k, v in parser.links if k == "src")
+    for tag, attr, value in parser.links:
+        if value.startswith("#"):
+            assert value[1:] in parser.ids, value
+        else:
+            assert value.startswith("data:"), (tag, attr, value[:80])
+    assert "url(" not in page and "@import" not in page
+    for words in ("zoo:digits_cnn", "benchmarks/digits.yaml", "2026-11-27T04:00:00+00:00", "Example CPU 9000",
+                  "2 threads", "onnxruntime 1.23.0", "Failed variants", "no schedule for qlinearconv",
+                  "earlier run", "kept in float: /fc2/Gemm", "conv1 32-&gt;16"):
+        assert words in page, words
+    assert "same run" not in page
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert [v.get("status", "ok") for v in saved["variants"]] == ["ok", "ok", "failed"]
+    assert saved["meta"]["recipe"] == "benchmarks/digits.yaml"
+
+
+def _label_numbers(text):
+    out = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b or a) + 1))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_crowded_pareto_plot_labels_never_overlap(seed):
+    import itertools
+    import random
+
+    from matplotlib.text import Text
+    import matplotlib.pyplot as plt
+
+    from edgeopt.pipeline.report import pareto_figure
+
+    rng = random.Random(seed)
+    entries = [_entry(f"variant-{i}", ("torch", "onnxruntime", "tvm")[i % 3], 1.0 + rng.random() * 0.03,
+                      0.97 + rng.random() * 0.001, size_bytes=1000 + 500 * i) for i in range(12)]
+    entries += [_entry("same-a", "onnxruntime", 2.0, 0.98), _entry("same-b", "tvm", 2.0, 0.98), _failed()]
+    fig = pareto_figure(make_report(entries, MACHINE, None, None))
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        labels = [t for t in fig.axes[0].texts if t.get_gid() == "pareto-label"]
+        boxes = [Text.get_window_extent(t, renderer) for t in labels]
+        for a, b in itertools.combinations(boxes, 2):
+            assert not a.overlaps(b)
+        frame = fig.axes[0].get_window_extent(renderer)
+        assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+        numbers = sorted(n for t in labels for n in _label_numbers(t.get_text()))
+        assert numbers == list(range(1, 15))  # every plotted variant numbered once; the failed one not
+        key = "\n".join(t.get_text() for t in fig.texts)
+        assert "not plotted: int8/tvm (failed)" in key and "14 " in key
+    finally:
+        plt.close(fig)

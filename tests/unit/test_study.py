@@ -123,7 +123,7 @@ def test_killed_run_resumes_without_redoing_finished_variants(tmp_path):
         assert again["latency_ms"] == entry["latency_ms"], "a finished variant was not redone"
     for f in ("report.md", "pareto.png", "index.html"):
         assert (out / f).stat().st_size > 0
-    assert "pareto.png" in (out / "index.html").read_text()
+    assert "data:image/png;base64," in (out / "index.html").read_text()  # the plot, embedded
     assert any(v["pareto"] for v in report["variants"])
 
 
@@ -161,3 +161,100 @@ def test_check_gate_bad_inputs_exit_2(tmp_path):
     assert r.returncode == 2 and "only in the baseline: ['int8/onnxruntime/cpu']" in r.stderr
     r = edgeopt_cli("check", tmp_path / "missing.json", "--baseline", tmp_path / "base.json")
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def _gate_rows(new, base, **limits):
+    from edgeopt.pipeline.gate import Thresholds, compare
+
+    return {r["variant"].split("/")[0]: r for r in compare(new, base, Thresholds(**limits))}
+
+
+def _unlabelled(agreement=0.99):
+    r = _report(acc=None)
+    for v in r["variants"]:
+        v["agreement"] = 1.0 if v["name"] == "fp32" else agreement
+    return r
+
+
+def test_gate_agreement_gated_by_default_only_without_labels():
+    rows = _gate_rows(_unlabelled(0.984), _unlabelled(0.99))
+    assert rows["int8"]["regressions"] == ["agreement"] and rows["fp32"]["regressions"] == []
+    assert rows["int8"]["limits"]["agreement"] == 0.005
+    assert _gate_rows(_unlabelled(0.986), _unlabelled(0.99))["int8"]["regressions"] == []
+    labelled_new, labelled_old = _report(), _report()
+    labelled_new["variants"][1]["agreement"], labelled_old["variants"][1]["agreement"] = 0.90, 0.99
+    assert _gate_rows(labelled_new, labelled_old)["int8"]["regressions"] == []  # labels: shown only
+    rows = _gate_rows(labelled_new, labelled_old, max_agreement_drop=0.05)
+    assert rows["int8"]["regressions"] == ["agreement"]
+    assert abs(rows["int8"]["agreement_drop"] - 0.09) < 1e-9
+
+
+@pytest.mark.parametrize("metric, higher, old, new, regressed", [
+    ("top1", None, 0.98, 0.965, True),
+    ("top1", None, 0.98, 0.979, False),
+    ("mse", None, 0.10, 0.12, True),   # lower is better: a rise is a regression
+    ("mse", None, 0.10, 0.08, False),
+    ("psnr", None, 30.0, 29.99, False),
+    ("score", True, 5.0, 4.9, True),   # unknown name, direction given by the task
+    ("score", False, 5.0, 4.9, False),
+])
+def test_gate_any_task_metric(metric, higher, old, new, regressed):
+    def rep(value):
+        r = _report()
+        r["task"] = {"name": "t", "metric": metric, **({} if higher is None else {"higher_is_better": higher})}
+        r["variants"][1]["metric_value"] = value
+        r["variants"][0]["metric_value"] = old
+        return r
+
+    row = _gate_rows(rep(new), rep(old), max_metric_drop=0.01)["int8"]
+    assert ("metric" in row["regressions"]) == regressed
+    assert abs(row["metric_change"] - (new - old)) < 1e-9
+
+
+def test_gate_metric_errors_and_accuracy_fallback():
+    r = _report(acc=0.96)
+    r["task"] = {"name": "digits", "metric": "top1"}
+    base = {**_report(), "task": {"name": "digits", "metric": "top1"}}
+    assert "metric" in _gate_rows(r, base, max_metric_drop=0.01)["int8"]["regressions"]  # from accuracy
+    with pytest.raises(InputError, match="unknown whether higher is better"):
+        _gate_rows({**r, "task": {"metric": "score"}}, {**base, "task": {"metric": "score"}}, max_metric_drop=0.01)
+    with pytest.raises(InputError, match="scored on 'mse', the baseline on 'top1'"):
+        _gate_rows({**r, "task": {"metric": "mse"}}, base)
+    with pytest.raises(InputError, match="names no task metric"):
+        _gate_rows(_report(), _report(), max_metric_drop=0.01)
+    from edgeopt.pipeline.gate import Thresholds
+
+    for bad in (-0.1, "0.1", True, float("nan")):
+        with pytest.raises(InputError, match="max_metric_drop must be a finite number"):
+            Thresholds(max_metric_drop=bad)
+
+
+def _with_failed(report, name, error="TVM build failed"):
+    for v in report["variants"]:
+        if v["name"] == name:
+            for k in ("latency_ratio", "size_bytes", "accuracy", "latency_ms"):
+                v.pop(k)
+            v.update(status="failed", error=error)
+    return report
+
+
+def test_gate_failed_variants():
+    from edgeopt.pipeline.gate import Thresholds, format_rows
+
+    rows = _gate_rows(_with_failed(_report(), "int8"), _report())
+    assert rows["int8"]["status"] == "failed" and rows["int8"]["regressions"] == ["failed"]
+    rows = _gate_rows(_with_failed(_report(), "int8"), _with_failed(_report(), "int8", "old reason"))
+    assert rows["int8"]["status"] == "failed in both" and rows["int8"]["regressions"] == []
+    assert "failed in both (not a regression): TVM build failed" in format_rows(list(rows.values()), Thresholds())
+    rows = _gate_rows(_report(), _with_failed(_report(), "int8"))
+    assert rows["int8"]["status"] == "recovered" and rows["int8"]["regressions"] == []
+    text = format_rows(list(_gate_rows(_unlabelled(0.98), _unlabelled()).values()), Thresholds())
+    assert "agreement -0.50 pt (no labels)" in text and "REGRESSION: agreement" in text
+
+
+def test_check_cli_failed_variant_exits_1(tmp_path):
+    (tmp_path / "base.json").write_text(json.dumps(_report()))
+    (tmp_path / "new.json").write_text(json.dumps(_with_failed(_report(), "int8", "export failed: opset")))
+    r = edgeopt_cli("check", tmp_path / "new.json", "--baseline", tmp_path / "base.json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "REGRESSION: failed: export failed: opset" in r.stdout
