@@ -143,7 +143,7 @@ def run(args) -> int:
 
 
 def _quantize(args, config) -> int:
-    from edgeopt.compress import quantize
+    from edgeopt.pipeline.steps import STEPS
 
     if config.has_budget and args.eval_data is None:
         raise InputError("--max-accuracy-drop / --min-agreement need --eval-data to measure against")
@@ -155,7 +155,8 @@ def _quantize(args, config) -> int:
                          "or use --mode dynamic")
     calibration = load_samples(args.calibration_data, "calib")
     eval_data = load_samples(args.eval_data, "val")
-    result = quantize(args.model, config, calibration, out=args.out, eval_data=eval_data, progress=say)
+    result = STEPS["quantize"].function(args.model, config, calibration, out=args.out, eval_data=eval_data,
+                                         progress=say)
     m = result.metrics
     print(f"wrote {result.path}: {m['size_bytes_before']:,} -> {m['size_bytes_after']:,} bytes "
           f"({m['size_ratio']:.2f}x), {m['compute_nodes_quantized']}/{m['compute_nodes_total']} "
