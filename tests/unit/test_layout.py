@@ -1,4 +1,4 @@
-"""The package layout promised by DESIGN.md."""
+"""The package layout promised by docs/design.md."""
 
 import subprocess
 import sys
@@ -35,10 +35,23 @@ def test_runtimes_import_does_not_pull_torch_or_tvm():
 def test_console_script_help_lists_commands():
     from helpers import edgeopt_cli
 
+    from edgeopt.pipeline.cli import COMMANDS
+
     r = edgeopt_cli("--help")
     assert r.returncode == 0
-    for cmd in ("demo", "export", "bench"):
+    names = [c.__name__.rsplit(".", 1)[1] for c in COMMANDS]
+    assert set(names) == {"demo", "export", "compress", "compile", "bench", "run", "check"}
+    for cmd in names:
         assert cmd in r.stdout
-    for cmd in ("demo", "export", "bench"):
         sub = edgeopt_cli(cmd, "--help")
-        assert sub.returncode == 0 and "exit codes" in sub.stdout
+        assert sub.returncode == 0 and "exit codes" in sub.stdout, cmd
+    for step in ("lowrank", "prune", "quantize"):
+        sub = edgeopt_cli("compress", step, "--help")
+        assert sub.returncode == 0 and "--out" in sub.stdout, step
+
+
+def test_each_cli_command_is_a_module_beside_its_parser():
+    from edgeopt.pipeline.cli import COMMANDS
+
+    for command in COMMANDS:
+        assert callable(command.add_parser) and callable(command.run), command.__name__
