@@ -274,7 +274,7 @@ def timing_note(report: dict) -> str:
     ok = sorted_variants(report)
     resumed = [_label(v) for v in ok if v.get("resumed")]
     fresh = [_label(v) for v in ok if not v.get("resumed")]
-    base = f"latency ratios are against `{ref}`"
+    base = f"latency ratios are against {ref}"
     if not resumed:
         return f"{base}, every row measured in the same run"
     if not fresh:
@@ -291,7 +291,8 @@ def _machine_line(m: dict) -> str:
         parts.append(str(m["machine"]))
     if m.get("cores"):
         parts.append(f"{m['cores']} cores")
-    parts.append(f"{m.get('threads', '?')} threads")
+    threads = m.get("threads", "?")
+    parts.append(f"{threads} thread{'' if threads == 1 else 's'}")
     return ", ".join(parts)
 
 
@@ -434,8 +435,20 @@ def variant_changes(report: dict) -> list[dict]:
             if key not in d["_seen"]:
                 d["_seen"].add(key)
                 d["changes"].append(describe_record(rec))
+    ok = [v for v in report["variants"] if status(v) == OK]
+    originals = [v for v in ok if not v.get("steps")]
     for d in out.values():
         del d["_seen"]
+        mine = [v for v in ok if v["name"] == d["name"]]
+        if not mine or not originals or not mine[0].get("steps"):
+            continue
+        v = mine[0]
+        base = next((o for o in originals if o["runtime"] == v["runtime"]), originals[0])
+        diff = [f"{what} {_change(base.get(key), v.get(key), fmt)}" for what, key, fmt in
+                (("params", "params", _count), ("FLOPs", "flops", _count), ("size", "size_bytes", _size))
+                if base.get(key) is not None and v.get(key) is not None]
+        if diff:
+            d["changes"].insert(0, f"against {_label(base)} (no steps): " + "; ".join(diff))
     return list(out.values())
 
 

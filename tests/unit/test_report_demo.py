@@ -87,7 +87,7 @@ def _full_report(resumed=False):
     steps = [{"prune": {"amount": 0.5}}, {"lowrank": {}}, {"quantize": {}}]
     return make_report([_entry("fp32", "onnxruntime", 2.0, 0.98),
                         _entry("small+int8", "onnxruntime", 0.5, 0.97, steps=steps, history=HISTORY,
-                               resumed=resumed),
+                               resumed=resumed, params=5, flops=1_000_000, size_bytes=400),
                         _failed()], MACHINE, {"name": "digits", "metric": "top1"}, "fp32/onnxruntime", META)
 
 
@@ -147,7 +147,9 @@ def test_markdown_names_model_recipe_machine_and_what_steps_changed():
                   "prune(amount=0.5) -> lowrank -> quantize",
                   "params 155.90k -> 39.43k (-75%)", "FLOPs 5.30M -> 1.40M (-74%)", "conv1 32->16",
                   "fc1 [12] of [64]", "kept in float: /fc2/Gemm", "5 of 6 compute nodes quantized",
-                  "size 87.9 KB -> 29.3 KB (-67%)"):
+                  "size 87.9 KB -> 29.3 KB (-67%)",
+                  "against fp32/onnxruntime (no steps): params 10 -> 5 (-50%); FLOPs 2.00M -> 1.00M (-50%); "
+                  "size 1000 B -> 400 B (-60%)"):
         assert words in md, words
 
 

@@ -76,7 +76,7 @@ def test_demo_recipe_matches_the_benchmark_file():
 def test_reference_recipes_are_valid():
     from edgeopt.pipeline.recipe import load_recipe
 
-    for name in ("digits", "resnet18", "mobilenetv2", "tiny_vit"):
+    for name in ("digits", "resnet18", "mobilenetv2", "tiny_vit", "ci"):
         assert load_recipe(REPO / "benchmarks" / f"{name}.yaml").variants["fp32"] == []
 
 
@@ -258,3 +258,33 @@ def test_check_cli_failed_variant_exits_1(tmp_path):
     r = edgeopt_cli("check", tmp_path / "new.json", "--baseline", tmp_path / "base.json")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "REGRESSION: failed: export failed: opset" in r.stdout
+
+
+def test_ci_gate_doc_commands_work_from_a_checkout(tmp_path):
+    """docs/ci-gate.md: every file it names exists, the committed baseline is a real report of
+    the CI recipe, and each `edgeopt check` command it shows runs (on the baseline itself)."""
+    import re
+    import shlex
+
+    from edgeopt.pipeline.gate import load_report
+    from edgeopt.pipeline.recipe import load_recipe
+
+    doc = (REPO / "docs" / "ci-gate.md").read_text()
+    for path in set(re.findall(r"\b(?:benchmarks|requirements|docs)/[\w./-]+\.\w+", doc)):
+        assert (REPO / path).is_file(), path
+    recipe = load_recipe(REPO / "benchmarks" / "ci.yaml")
+    baseline = load_report(REPO / "benchmarks" / "ci-baseline.json")
+    assert {f"{v['name']}/{v['runtime']}" for v in baseline["variants"]} == \
+        {f"{n}/{t.runtime}" for n in recipe.variants for t in recipe.targets}
+    assert all(v["latency_ms"]["n"] == recipe.bench["repeat"] for v in baseline["variants"])
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(baseline))
+    code = "\n".join(re.findall(r"```[a-z]*\n(.*?)```", doc, re.S))
+    commands = [c for c in re.sub(r"\\\n\s*", " ", code).splitlines() if "edgeopt check " in c]
+    assert len(commands) >= 2
+    for line in commands:
+        args = shlex.split(line[line.index("edgeopt check ") + len("edgeopt "):])
+        args = [str(report) if a == "build/ci/report.json" else a for a in args]
+        r = edgeopt_cli(*args, cwd=REPO)
+        assert r.returncode == 0 and "no regression in 3 variants" in r.stdout, (line, r.stdout + r.stderr)
+    assert "build/ci/index.html" in doc.split("upload-artifact")[1]
