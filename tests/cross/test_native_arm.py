@@ -1,7 +1,7 @@
 """The aarch64 native runner under qemu-aarch64: every zoo model's ARM build against the x86 build.
 
 Needs aarch64-linux-gnu-g++, qemu-aarch64 and the aarch64 TVM runtime (``make test`` installs the
-first two and runs ``python -m edgeopt.runtimes.native fetch-aarch64``). Timings under qemu are
+first two and runs ``python -m edgeopt.compile.native_build fetch-aarch64``). Timings under qemu are
 emulation and are never reported as ARM latency.
 """
 
@@ -15,7 +15,7 @@ from edgeopt.compile.bundle import make_bundle
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes import load
 from edgeopt.core.errors import InputError
-from edgeopt.runtimes.native import aarch64_tvm_root
+from edgeopt.compile.native_build import aarch64_tvm_root
 from helpers import example_inputs, tiny_conv_net
 
 EM_AARCH64 = 183
