@@ -6,6 +6,8 @@ emulation and are never reported as ARM latency.
 """
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -39,6 +41,14 @@ def test_zoo_model_arm_build_matches_x86_under_qemu(tmp_path, name):
     assert got.shape == ref.shape
     assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref))
     assert "emulated" in runner.benchmark(x, warmup=0, repeat=1).machine
+
+
+def test_fetch_aarch64_cli_prints_the_fetched_folder():
+    # Already fetched (the skip condition), so no download: the path for -DEDGEOPT_TVM_ROOT.
+    r = subprocess.run([sys.executable, "-m", "edgeopt.compile.native_build", "fetch-aarch64"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(aarch64_tvm_root()) and not r.stderr
 
 
 def test_x86_library_given_to_the_aarch64_runner(tmp_path):
