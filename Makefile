@@ -33,7 +33,7 @@ cross-tools: $(STAMP)
 	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user cmake >/dev/null; } || \
 	  echo "warning: could not install g++-aarch64-linux-gnu, qemu-user and cmake; ARM/native tests will skip"
-	@$(PY) -m edgeopt.runtimes.native fetch-aarch64 >/dev/null || \
+	@$(PY) -m edgeopt.compile.native_build fetch-aarch64 >/dev/null || \
 	  echo "warning: could not fetch the aarch64 TVM runtime; the aarch64 runner tests will skip"
 
 # The native runner, as the README shows it.

@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 
-from edgeopt.runtimes.artifact import Artifact, load_artifact
 from edgeopt.core.errors import InputError
+from edgeopt.core.files import make_temp_dir
+from edgeopt.runtimes.artifact import Artifact, load_artifact
+from edgeopt.runtimes.native import artifact_arch
 
 
 def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, log=lambda s: None) -> Path:
@@ -27,7 +28,7 @@ def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, 
     The runner and libraries are for the artifact's CPU (this host's, or aarch64). Written into a
     temporary sibling folder and renamed into place, so a failure leaves nothing behind.
     """
-    from edgeopt.runtimes.native import aarch64_tvm_root, artifact_arch, host_tvm_root, runner_binary
+    from .native_build import runner_binary, runner_tvm_root, tvm_runtime_libs
 
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     target = art.manifest.get("target") or {}
@@ -36,22 +37,22 @@ def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, 
                          f"{art.format} for {target.get('kind', '?')} (build it with --target cpu or arm)")
     arch = artifact_arch(art)
     if arch == platform.machine():
-        runner_arch, tvm_root = "host", host_tvm_root()
+        runner_arch = "host"
     elif arch == "aarch64":
-        runner_arch, tvm_root = "aarch64", aarch64_tvm_root()
+        runner_arch = "aarch64"
     else:
         raise InputError(f"no native runner for {arch} artifacts (have: {platform.machine()}, aarch64)")
     binary = runner_binary(runner_arch, log=log)
+    tvm_root = runner_tvm_root(runner_arch)
     out = Path(out)
     if out.exists():
         raise InputError(f"{str(out)!r} already exists; choose a new bundle folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = make_temp_dir(out)
     try:
         shutil.copytree(art.path, tmp / "model")
         shutil.copy2(binary, tmp / "edgeopt-run")
         (tmp / "lib").mkdir()
-        for lib in (tvm_root / "tvm" / "lib" / "libtvm_runtime.so", tvm_root / "tvm_ffi" / "lib" / "libtvm_ffi.so"):
+        for lib in tvm_runtime_libs(tvm_root):
             shutil.copy2(lib, tmp / "lib" / lib.name)
         threads = target.get("num-cores") or 4
         (tmp / "README.txt").write_text(
@@ -60,7 +61,9 @@ def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, 
             f"    ./edgeopt-run model --threads {threads} --warmup 10 --repeat 100\n\n"
             f"Outputs: add --outputs DIR (one .npy per output); inputs: --input NAME=FILE.npy\n"
             f"(default: seeded random data shaped as model/manifest.json says).\n")
-        tmp.rename(out)
+        if out.exists():  # created while this bundle was written: never replace it
+            raise InputError(f"{str(out)!r} already exists; choose a new bundle folder")
+        os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from edgeopt.core.errors import InputError
+from edgeopt.core.files import atomic_file, cache_root
 
 _READY = False
 
 
 def _cache_dir() -> Path:
-    from edgeopt.core.files import cache_root
-
     return cache_root("cuda-driver-standin")
 
 
@@ -61,14 +59,13 @@ def _driver_or_standin(runtime_cuda: Path) -> None:
         cc = shutil.which("cc") or shutil.which("gcc")
         if cc is None:
             raise InputError("building for cuda without a GPU driver needs a C compiler (apt-get install gcc)")
-        standin.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=standin.parent) as tmp:
-            src, out = Path(tmp) / "standin.c", Path(tmp) / "libcuda.so.1"
+        with tempfile.TemporaryDirectory(prefix="edgeopt-standin-") as scratch, \
+                atomic_file(standin, suffix=".so") as out:
+            src = Path(scratch) / "standin.c"
             src.write_text("/* stand-in for the CUDA driver on build hosts */\n"
                            + "".join(f"int {name}(void) {{ return 100; }}\n" for name in symbols))
             subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(out), str(src)],
                            check=True, capture_output=True)
-            os.replace(out, standin)
     ctypes.CDLL(str(standin), mode=ctypes.RTLD_GLOBAL)
 
 

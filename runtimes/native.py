@@ -1,159 +1,61 @@
 """The ``native`` runtime: the C++ runner ``edgeopt-run`` (runtimes/native/) driven from Python.
 
-``runner_binary()`` builds the runner with CMake into a cache folder the first time (and again
-only when its sources or the TVM runtime change); ``NativeRunner`` runs an artifact with it in a
-subprocess and reads back its ``.npy`` outputs and its timing JSON, so the latency is what the
-program measured around its own calls, without Python or process start-up in it.
+``NativeRunner`` runs an artifact with an already-built ``edgeopt-run`` in a subprocess: it
+writes the inputs as ``.npy`` files, reads back the ``.npy`` outputs and the timing JSON, so the
+latency is what the program measured around its own calls, without Python or process start-up
+in it. This module only runs the runner. Pass ``binary=`` (a deployment bundle's
+``edgeopt-run``, say) to use a given build; without it the runner comes from ``provide_binary``,
+by default ``build_on_demand``, which asks the compile side (``edgeopt.compile.native_build``,
+imported only then) for its cached build.
 
 An aarch64 artifact runs here under ``qemu-aarch64`` (``emulate="qemu"``) for correctness
-checks; its timing is labelled emulated and is not ARM latency. The aarch64 TVM runtime comes
-from PyPI's aarch64 wheels, fetched once by ``python -m edgeopt.runtimes.native fetch-aarch64``
+checks; its timing is labelled emulated and is not ARM latency. Building the aarch64 runner needs
+the aarch64 TVM runtime, fetched once by ``python -m edgeopt.compile.native_build fetch-aarch64``
 (``make test`` does it).
 
 Example:
     >>> from edgeopt.runtimes import load  # doctest: +SKIP
     >>> r = load("build/r18-cpu", runtime="native", threads=2)  # doctest: +SKIP
     >>> r.benchmark(r.example_inputs(), warmup=5, repeat=20).latency.median_ms  # doctest: +SKIP
+    >>> r = load("build/r18-cpu", runtime="native", binary="bundle/edgeopt-run")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
-import zipfile
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from edgeopt.core.errors import InputError
-from edgeopt.core.files import cache_root
 
 from .artifact import Artifact
 from .base import BenchmarkResult, Runner, example_inputs
 from .fingerprint import machine_fingerprint
 from .timing import TimingStats, check_counts
 
-SOURCE_DIR = Path(__file__).parent / "native"
+#: Runner builds: "host" (this interpreter's CPU) or "aarch64" (cross-built, run on ARM or qemu).
 ARCHES = ("host", "aarch64")
 #: Seconds one run of the native runner may take before it is killed (qemu is ~10-50x slower).
 DEFAULT_TIMEOUT_S = 600.0
 
+#: ``provide_binary(arch, log) -> Path``: how ``NativeRunner`` gets ``edgeopt-run`` for an arch.
+BinaryProvider = Callable[[str, Callable[[str], None]], Path]
 
 
+def build_on_demand(arch: str, log: Callable[[str], None] = lambda s: None) -> Path:
+    """The default ``BinaryProvider``: the compile side's cached build of ``edgeopt-run``
+    (``edgeopt.compile.native_build.runner_binary``), imported only when a runner is asked for
+    without a ``binary``; a device with a built runner (a deployment bundle) passes ``binary``."""
+    from edgeopt.compile.native_build import runner_binary
 
-def host_tvm_root() -> Path:
-    """The site-packages folder holding this interpreter's ``tvm/`` and ``tvm_ffi/``."""
-    import tvm_ffi
-
-    return Path(tvm_ffi.__file__).resolve().parent.parent
-
-
-def aarch64_tvm_root() -> Path:
-    """Where ``fetch-aarch64`` unpacks the aarch64 TVM runtime and tvm-ffi libraries."""
-    return cache_root() / "tvm-aarch64" / _tvm_versions_tag()
-
-
-def _tvm_versions_tag() -> str:
-    return f"tvm-{metadata.version('apache-tvm')}_ffi-{metadata.version('apache-tvm-ffi')}"
-
-
-def fetch_aarch64_runtime(dest: Path | None = None, log=print) -> Path:
-    """Download the aarch64 apache-tvm / apache-tvm-ffi wheels of the installed versions (pip) and
-    unpack the runtime libraries and headers the runner needs. Setup step, not run time."""
-    dest = dest or aarch64_tvm_root()
-    if (dest / "tvm" / "lib" / "libtvm_runtime.so").exists():
-        return dest
-    py = f"{sys.version_info.major}{sys.version_info.minor}"
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--platform", "manylinux_2_28_aarch64", "--python-version", py, "-d", tmp,
-               f"apache-tvm=={metadata.version('apache-tvm')}",
-               f"apache-tvm-ffi=={metadata.version('apache-tvm-ffi')}"]
-        log("fetching the aarch64 TVM runtime: " + " ".join(cmd[2:]))
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise InputError("could not download the aarch64 TVM wheels with pip: "
-                             + (r.stderr.strip().splitlines() or ["no output"])[-1])
-        staging = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None))
-        wanted = ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so", "tvm_ffi/include/")
-        for wheel in Path(tmp).glob("*.whl"):
-            with zipfile.ZipFile(wheel) as z:
-                for name in z.namelist():
-                    if name.startswith(wanted[2]) or name in wanted[:2]:
-                        z.extract(name, staging)
-        if not (staging / wanted[0]).exists() or not (staging / wanted[1]).exists():
-            shutil.rmtree(staging, ignore_errors=True)
-            raise InputError("the aarch64 wheels do not contain libtvm_runtime.so and libtvm_ffi.so")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(dest)
-    return dest
-
-
-def _cross_toolchain_file() -> Path:
-    return SOURCE_DIR / "aarch64-linux-gnu.cmake"
-
-
-def runner_binary(arch: str = "host", log=lambda s: None) -> Path:
-    """Path of ``edgeopt-run`` for ``arch`` ("host" or "aarch64"), built with CMake if needed.
-
-    The build folder's name hashes the runner's sources, the architecture and the TVM runtime
-    it links, so an up-to-date build is reused and a changed one is rebuilt beside it.
-
-    Raises:
-        InputError: an unknown arch, no ``cmake``, no cross compiler, or the aarch64 runtime
-            not fetched yet (each message names the fix).
-    """
-    if arch not in ARCHES:
-        raise InputError(f"native runner arch must be one of {', '.join(ARCHES)}, got {arch!r}")
-    if shutil.which("cmake") is None:
-        raise InputError("building the native runner needs cmake (apt-get install cmake, or pip install cmake)")
-    if arch == "aarch64":
-        if shutil.which("aarch64-linux-gnu-g++") is None:
-            raise InputError("building the aarch64 runner needs aarch64-linux-gnu-g++ "
-                             "(Debian/Ubuntu package g++-aarch64-linux-gnu)")
-        tvm_root = aarch64_tvm_root()
-        if not (tvm_root / "tvm" / "lib" / "libtvm_runtime.so").exists():
-            raise InputError(f"the aarch64 TVM runtime is not in {tvm_root}; fetch it once with "
-                             f"`{sys.executable} -m edgeopt.runtimes.native fetch-aarch64`")
-    else:
-        tvm_root = host_tvm_root()
-    h = hashlib.sha256()
-    for f in sorted(SOURCE_DIR.iterdir()):
-        if f.is_file():
-            h.update(f.name.encode() + f.read_bytes())
-    h.update(f"{arch}|{tvm_root}|{_tvm_versions_tag()}".encode())
-    build_dir = cache_root() / "native" / f"{arch}-{h.hexdigest()[:16]}"
-    binary = build_dir / "edgeopt-run"
-    if binary.exists():
-        return binary
-    build_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=build_dir.parent))
-    configure = ["cmake", "-S", str(SOURCE_DIR), "-B", str(tmp), "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DEDGEOPT_TVM_ROOT={tvm_root}"]
-    if arch == "aarch64":
-        configure.append(f"-DCMAKE_TOOLCHAIN_FILE={_cross_toolchain_file()}")
-    log(f"building the native runner ({arch}) in {build_dir}")
-    try:
-        for cmd in (configure, ["cmake", "--build", str(tmp), "--parallel", "2"]):
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{(r.stdout + r.stderr)[-3000:]}")
-        if build_dir.exists():  # another process finished the same build first
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.rename(build_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return binary
+    return runner_binary(arch, log=log)
 
 
 def artifact_arch(artifact: Artifact) -> str:
@@ -172,12 +74,18 @@ class NativeRunner(Runner):
             an x86 host); timings are then labelled emulated.
         arch: the runner build to use ("host" or "aarch64"); default: the artifact's.
         timeout_s: a run that takes longer is killed and reported.
+        log: progress messages (a build on demand says so).
+        binary: path of a built ``edgeopt-run`` for ``arch`` to run (a bundle's, say); then
+            ``provide_binary`` is not called.
+        provide_binary: ``(arch, log) -> Path`` of ``edgeopt-run`` when ``binary`` is not given;
+            default ``build_on_demand`` (the compile side's cached build).
     """
 
     runtime = "native"
 
     def __init__(self, artifact: Artifact, threads: int | None = None, emulate: str | None = None,
-                 arch: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, log=lambda s: None):
+                 arch: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, log=lambda s: None,
+                 binary: str | os.PathLike | None = None, provide_binary: BinaryProvider | None = None):
         super().__init__(artifact.inputs, artifact.outputs, threads)
         if artifact.format != "tvm":
             raise InputError(f"the native runner runs TVM artifacts; {str(artifact.path)!r} is "
@@ -212,7 +120,12 @@ class NativeRunner(Runner):
         self.emulated = bool(self.command_prefix)
         self.arch = runs_on
         self.timeout_s = timeout_s
-        self.binary = runner_binary(arch, log=log)
+        if binary is not None:
+            self.binary = Path(binary)
+            if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
+                raise InputError(f"native runner binary {str(self.binary)!r} is not an executable file")
+        else:
+            self.binary = Path((provide_binary or build_on_demand)(arch, log))
         if self.emulated:
             self.runtime = f"native (emulated: qemu-{runs_on})"
 
@@ -270,29 +183,3 @@ class NativeRunner(Runner):
                 files = sorted((Path(tmp) / "out").glob("*.npy"), key=lambda p: int(p.name.split("_")[0]))
                 outputs = [np.load(f) for f in files]
         return outputs, timing
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m edgeopt.runtimes.native fetch-aarch64 | build [host|aarch64]``."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m edgeopt.runtimes.native",
-                                description="Set up the native runner edgeopt-run.")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("fetch-aarch64", help="download the aarch64 TVM runtime libraries (pip)")
-    b = sub.add_parser("build", help="build edgeopt-run and print its path")
-    b.add_argument("arch", nargs="?", default="host", choices=ARCHES)
-    args = p.parse_args(argv)
-    try:
-        if args.command == "fetch-aarch64":
-            print(fetch_aarch64_runtime())
-        else:
-            print(runner_binary(args.arch, log=lambda s: print(s, file=sys.stderr)))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

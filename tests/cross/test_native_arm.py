@@ -1,11 +1,13 @@
 """The aarch64 native runner under qemu-aarch64: every zoo model's ARM build against the x86 build.
 
 Needs aarch64-linux-gnu-g++, qemu-aarch64 and the aarch64 TVM runtime (``make test`` installs the
-first two and runs ``python -m edgeopt.runtimes.native fetch-aarch64``). Timings under qemu are
+first two and runs ``python -m edgeopt.compile.native_build fetch-aarch64``). Timings under qemu are
 emulation and are never reported as ARM latency.
 """
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from edgeopt.compile.bundle import make_bundle
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes import load
 from edgeopt.core.errors import InputError
-from edgeopt.runtimes.native import aarch64_tvm_root
+from edgeopt.compile.native_build import aarch64_tvm_root
 from helpers import example_inputs, tiny_conv_net
 
 EM_AARCH64 = 183
@@ -39,6 +41,14 @@ def test_zoo_model_arm_build_matches_x86_under_qemu(tmp_path, name):
     assert got.shape == ref.shape
     assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref))
     assert "emulated" in runner.benchmark(x, warmup=0, repeat=1).machine
+
+
+def test_fetch_aarch64_cli_prints_the_fetched_folder():
+    # Already fetched (the skip condition), so no download: the path for -DEDGEOPT_TVM_ROOT.
+    r = subprocess.run([sys.executable, "-m", "edgeopt.compile.native_build", "fetch-aarch64"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(aarch64_tvm_root()) and not r.stderr
 
 
 def test_x86_library_given_to_the_aarch64_runner(tmp_path):

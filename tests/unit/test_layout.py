@@ -1,5 +1,6 @@
 """The package layout promised by docs/design.md."""
 
+import ast
 import subprocess
 import sys
 import tomllib
@@ -25,11 +26,49 @@ def test_no_root_edgeopt_folder_shadows_the_namespace():
 
 
 def test_runtimes_import_does_not_pull_torch_or_tvm():
-    code = ("import sys, edgeopt.runtimes, edgeopt.runtimes.artifact, edgeopt.runtimes.base; "
-            "heavy = [m for m in ('torch', 'tvm', 'onnxruntime') if m in sys.modules]; "
-            "print(heavy); sys.exit(1 if heavy else 0)")
+    code = ("import sys, edgeopt.runtimes, edgeopt.runtimes.artifact, edgeopt.runtimes.base, "
+            "edgeopt.runtimes.native, edgeopt.runtimes.rpc; "
+            "heavy = [m for m in ('torch', 'tvm', 'onnxruntime', 'edgeopt.compile', 'edgeopt.pipeline') "
+            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# What ships to devices runs models; building the native runner (CMake, pip downloads of the
+# aarch64 TVM wheels) lives in edgeopt.compile.native_build, the local RPC farm in
+# edgeopt.pipeline.farm.
+BUILD_AND_FARM_WORDS = ("cmake", "pip download", '"pip"', "start_local_farm", "localfarm",
+                        "tvm.exec.rpc_tracker", "tvm.exec.rpc_server")
+
+
+def test_runtimes_hold_no_build_tools_pip_or_farm():
+    modules = sorted((REPO / "runtimes").rglob("*.py"))
+    assert len(modules) > 5
+    for path in modules:
+        text = path.read_text().lower()
+        found = [w for w in BUILD_AND_FARM_WORDS if w in text]
+        assert not found, f"{path.relative_to(REPO)} mentions {found}"
+
+
+def test_runtimes_import_other_edgeopt_packages_only_lazily():
+    """Module-level imports in runtimes/ stay within edgeopt.runtimes and edgeopt.core; the one
+    lazy import of the compile side is the native runner's build on demand."""
+    lazy = set()
+    for path in sorted((REPO / "runtimes").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        top = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("edgeopt.") and not name.startswith(("edgeopt.runtimes", "edgeopt.core")):
+                    assert id(node) not in top, f"{path.relative_to(REPO)} imports {name} at module level"
+                    lazy.add((path.name, name))
+    assert lazy == {("native.py", "edgeopt.compile.native_build")}
 
 
 def test_console_script_help_lists_commands():

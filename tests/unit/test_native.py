@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from edgeopt.compile import build, export
 from edgeopt.compile.bundle import make_bundle
 from edgeopt.runtimes import load
 from edgeopt.core.errors import InputError
-from edgeopt.runtimes.native import runner_binary
+from edgeopt.compile import native_build
+from edgeopt.compile.native_build import runner_binary
 from helpers import edgeopt_cli, example_inputs, listing, tiny_conv_net
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +55,60 @@ def test_native_outputs_equal_the_python_vm(cpu_artifact):
         assert np.max(np.abs(a[0] - b[0])) <= 1e-5 * np.max(np.abs(b[0]))
     result = native.benchmark(example_inputs(), warmup=2, repeat=7)
     assert result.runtime == "native" and result.latency.n == 7 and "emulated" not in result.machine
+
+
+def test_the_runner_binary_is_injected(cpu_artifact, tmp_path):
+    asked = []
+
+    def provide(arch, log):
+        asked.append(arch)
+        return runner_binary(arch, log=log)
+
+    x = example_inputs()
+    expected = load(cpu_artifact, runtime="native", threads=1).run(x)[0]
+    np.testing.assert_array_equal(load(cpu_artifact, runtime="native", provide_binary=provide).run(x)[0], expected)
+    assert asked == ["host"]
+
+    def never(arch, log):
+        raise AssertionError("a given binary is used as it is")
+
+    copy = tmp_path / "edgeopt-run"
+    shutil.copy2(runner_binary("host"), copy)
+    runner = load(cpu_artifact, runtime="native", binary=copy, provide_binary=never)
+    assert runner.binary == copy
+    np.testing.assert_array_equal(runner.run(x)[0], expected)
+    with pytest.raises(InputError, match="is not an executable file"):
+        load(cpu_artifact, runtime="native", binary=tmp_path / "missing")
+
+
+def test_build_cli_prints_the_cached_runner():
+    r = subprocess.run([sys.executable, "-m", "edgeopt.compile.native_build", "build", "host"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(runner_binary("host"))
+    r = subprocess.run([sys.executable, "-m", "edgeopt.compile.native_build", "build", "riscv"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_build_key_follows_the_sources(tmp_path):
+    sources = tmp_path / "src"
+    shutil.copytree(native_build.source_dir(), sources)
+    root = native_build.host_tvm_root()
+    key = native_build.build_key("host", root, sources)
+    assert key.startswith("host-") and key == native_build.build_key("host", root, sources)
+    assert native_build.build_key("aarch64", root, sources) != key
+    (sources / "edgeopt_run.cc").write_text((sources / "edgeopt_run.cc").read_text() + "\n// changed\n")
+    assert native_build.build_key("host", root, sources) != key
+
+
+def test_missing_aarch64_runtime_names_the_fetch_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert native_build.aarch64_tvm_root().is_relative_to(tmp_path / "edgeopt")
+    with pytest.raises(InputError, match="edgeopt.compile.native_build fetch-aarch64"):
+        native_build.runner_tvm_root("aarch64")
+    with pytest.raises(InputError, match="must be one of host, aarch64"):
+        runner_binary("mips")
 
 
 def test_cli_bench_with_the_native_runtime(cpu_artifact, tmp_path):
@@ -106,6 +162,10 @@ def test_bundle_runs_from_its_own_folder(cpu_artifact, tmp_path):
                        text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n"] == 2
+    # The bundle's runner, given to NativeRunner: nothing is built.
+    runner = load(cpu_artifact, runtime="native", binary=moved / "edgeopt-run",
+                  provide_binary=lambda arch, log: pytest.fail("nothing to build"))
+    assert runner.run(example_inputs())[0].shape == (1, 3)
     with pytest.raises(InputError, match="already exists"):
         make_bundle(cpu_artifact, moved)
 

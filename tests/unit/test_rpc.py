@@ -14,7 +14,8 @@ import torch
 from edgeopt.compile import TuneConfig, build, export
 from edgeopt.runtimes import load
 from edgeopt.core.errors import InputError
-from edgeopt.runtimes.rpc import benchmark_fleet, free_port, request_device, start_local_farm
+from edgeopt.pipeline.farm import free_port, start_local_farm
+from edgeopt.runtimes.rpc import benchmark_fleet, request_device
 from helpers import edgeopt_cli, example_inputs, tiny_conv_net
 
 KEY = "edgeopt-test"

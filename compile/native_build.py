@@ -1,0 +1,218 @@
+"""Build tooling for the native runner ``edgeopt-run``: its CMake build and the aarch64 TVM runtime.
+
+The runner's C++ sources ship with ``edgeopt.runtimes`` (``runtimes/native/``: a device can build
+them with CMake alone); ``edgeopt.runtimes.native`` only runs a built runner. This module builds
+one on the workstation: ``runner_binary(arch)`` configures and builds the sources with CMake into
+a cache folder the first time, and again only when the sources, the architecture or the TVM
+runtime they link change. For ARM, ``fetch_aarch64_runtime()`` downloads the aarch64
+``apache-tvm`` / ``apache-tvm-ffi`` wheels of the installed versions with pip and unpacks the
+runtime libraries and headers the cross build links against (a setup step: ``make test`` runs
+``python -m edgeopt.compile.native_build fetch-aarch64``).
+
+Example:
+    >>> from edgeopt.compile.native_build import runner_binary  # doctest: +SKIP
+    >>> runner_binary("host")  # doctest: +SKIP
+    PosixPath('.../edgeopt/native/host-3f2a.../edgeopt-run')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from edgeopt.core.errors import InputError
+from edgeopt.core.files import cache_root, make_temp_dir
+from edgeopt.runtimes.native import ARCHES
+
+_RUNTIME_LIBS = ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so")
+_HEADERS = "tvm_ffi/include/"
+
+
+def source_dir() -> Path:
+    """The runner's sources (CMakeLists.txt, edgeopt_run.cc, the aarch64 toolchain file): package
+    data of ``edgeopt.runtimes``, found through that package whether installed or in a checkout."""
+    import edgeopt.runtimes  # light: no torch, no TVM
+
+    return Path(edgeopt.runtimes.__file__).resolve().parent / "native"
+
+
+def host_tvm_root() -> Path:
+    """The site-packages folder holding this interpreter's ``tvm/`` and ``tvm_ffi/``."""
+    import tvm_ffi
+
+    return Path(tvm_ffi.__file__).resolve().parent.parent
+
+
+def tvm_versions_tag() -> str:
+    """``tvm-<version>_ffi-<version>`` of the installed TVM wheels (part of every cache key)."""
+    return f"tvm-{metadata.version('apache-tvm')}_ffi-{metadata.version('apache-tvm-ffi')}"
+
+
+def aarch64_tvm_root() -> Path:
+    """Where ``fetch-aarch64`` unpacks the aarch64 TVM runtime and tvm-ffi libraries."""
+    return cache_root("tvm-aarch64", tvm_versions_tag())
+
+
+def tvm_runtime_libs(tvm_root: Path) -> list[Path]:
+    """``libtvm_runtime.so`` and ``libtvm_ffi.so`` under ``tvm_root`` (what a bundle ships)."""
+    return [tvm_root / lib for lib in _RUNTIME_LIBS]
+
+
+def _has_runtime(tvm_root: Path) -> bool:
+    return all(p.exists() for p in tvm_runtime_libs(tvm_root))
+
+
+def _move_into_place(tmp: Path, dest: Path) -> None:
+    """Rename the finished temporary folder ``tmp`` to ``dest``; when another process finished
+    the same ``dest`` first, keep theirs and drop ``tmp``."""
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        if not dest.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch_aarch64_runtime(dest: Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """Download the aarch64 apache-tvm / apache-tvm-ffi wheels of the installed versions (pip) and
+    unpack the runtime libraries and headers the runner needs into ``dest``; return ``dest``.
+
+    Does nothing when ``dest`` already holds them. The files are unpacked into a temporary
+    sibling folder that is renamed into place once complete.
+
+    Raises:
+        InputError: pip could not download the wheels, or they lack the runtime libraries.
+    """
+    dest = Path(dest) if dest else aarch64_tvm_root()
+    if _has_runtime(dest):
+        return dest
+    py = f"{sys.version_info.major}{sys.version_info.minor}"
+    with tempfile.TemporaryDirectory(prefix="edgeopt-wheels-") as wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               "--platform", "manylinux_2_28_aarch64", "--python-version", py, "-d", wheels,
+               f"apache-tvm=={metadata.version('apache-tvm')}",
+               f"apache-tvm-ffi=={metadata.version('apache-tvm-ffi')}"]
+        log("fetching the aarch64 TVM runtime: " + " ".join(cmd[2:]))
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise InputError("could not download the aarch64 TVM wheels with pip: "
+                             + (r.stderr.strip().splitlines() or ["no output"])[-1])
+        staging = make_temp_dir(dest)
+        try:
+            for wheel in sorted(Path(wheels).glob("*.whl")):
+                with zipfile.ZipFile(wheel) as z:
+                    for name in z.namelist():
+                        if name.startswith(_HEADERS) or name in _RUNTIME_LIBS:
+                            z.extract(name, staging)
+            if not _has_runtime(staging):
+                raise InputError("the aarch64 wheels do not contain libtvm_runtime.so and libtvm_ffi.so")
+            _move_into_place(staging, dest)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def build_key(arch: str, tvm_root: Path, sources: Path | None = None) -> str:
+    """The cache key of a runner build: a hash of the runner's sources, ``arch``, the TVM runtime
+    folder it links and the TVM versions. A changed source or TVM gives a new key."""
+    h = hashlib.sha256()
+    for f in sorted((sources or source_dir()).iterdir()):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    h.update(f"{arch}|{tvm_root}|{tvm_versions_tag()}".encode())
+    return f"{arch}-{h.hexdigest()[:16]}"
+
+
+def runner_tvm_root(arch: str) -> Path:
+    """The folder with the ``tvm/`` and ``tvm_ffi/`` packages a runner for ``arch`` links.
+
+    Raises:
+        InputError: an unknown arch, or the aarch64 runtime not fetched yet (naming the command).
+    """
+    if arch not in ARCHES:
+        raise InputError(f"native runner arch must be one of {', '.join(ARCHES)}, got {arch!r}")
+    if arch == "host":
+        return host_tvm_root()
+    tvm_root = aarch64_tvm_root()
+    if not _has_runtime(tvm_root):
+        raise InputError(f"the aarch64 TVM runtime is not in {tvm_root}; fetch it once with "
+                         f"`{sys.executable} -m edgeopt.compile.native_build fetch-aarch64`")
+    return tvm_root
+
+
+def runner_binary(arch: str = "host", log: Callable[[str], None] = lambda s: None) -> Path:
+    """Path of ``edgeopt-run`` for ``arch`` ("host" or "aarch64"), built with CMake if needed.
+
+    The build folder's name is ``build_key(...)``, so an up-to-date build is reused and a changed
+    one is rebuilt beside it. The build runs in a temporary sibling folder renamed into place
+    when complete (a concurrent build of the same key keeps whichever finished first).
+
+    Raises:
+        InputError: an unknown arch, no ``cmake``, no cross compiler, or the aarch64 runtime
+            not fetched yet (each message names the fix).
+    """
+    if arch not in ARCHES:
+        raise InputError(f"native runner arch must be one of {', '.join(ARCHES)}, got {arch!r}")
+    if shutil.which("cmake") is None:
+        raise InputError("building the native runner needs cmake (apt-get install cmake, or pip install cmake)")
+    if arch == "aarch64" and shutil.which("aarch64-linux-gnu-g++") is None:
+        raise InputError("building the aarch64 runner needs aarch64-linux-gnu-g++ "
+                         "(Debian/Ubuntu package g++-aarch64-linux-gnu)")
+    tvm_root = runner_tvm_root(arch)
+    sources = source_dir()
+    build_dir = cache_root("native", build_key(arch, tvm_root, sources))
+    binary = build_dir / "edgeopt-run"
+    if binary.exists():
+        return binary
+    tmp = make_temp_dir(build_dir)
+    configure = ["cmake", "-S", str(sources), "-B", str(tmp), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DEDGEOPT_TVM_ROOT={tvm_root}"]
+    if arch == "aarch64":
+        configure.append(f"-DCMAKE_TOOLCHAIN_FILE={sources / 'aarch64-linux-gnu.cmake'}")
+    log(f"building the native runner ({arch}) in {build_dir}")
+    try:
+        for cmd in (configure, ["cmake", "--build", str(tmp), "--parallel", "2"]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{(r.stdout + r.stderr)[-3000:]}")
+        _move_into_place(tmp, build_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return binary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgeopt.compile.native_build fetch-aarch64 | build [host|aarch64]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m edgeopt.compile.native_build",
+                                description="Set up the native runner edgeopt-run.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch-aarch64", help="download the aarch64 TVM runtime libraries (pip); "
+                                         "prints the folder they are in")
+    b = sub.add_parser("build", help="build edgeopt-run and print its path")
+    b.add_argument("arch", nargs="?", default="host", choices=ARCHES)
+    args = p.parse_args(argv)
+    try:
+        if args.command == "fetch-aarch64":
+            print(fetch_aarch64_runtime(log=lambda s: print(s, file=sys.stderr)))
+        else:
+            print(runner_binary(args.arch, log=lambda s: print(s, file=sys.stderr)))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
