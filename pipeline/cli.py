@@ -275,11 +275,11 @@ def _torch_step(args) -> int:
         calibration = _load_samples(args.calibration_data, "calib")
         if calibration is not None and hasattr(calibration, "x"):
             calibration = calibration.x
-        model = ec.lowrank(loaded.module, config, x, calibration=calibration)
+        model = ec.lowrank(loaded.module, config, x, calibration=calibration).output
     else:
         config = ec.PruneConfig(amount=args.amount, structured=not args.unstructured,
                                 norm=args.norm, scope=args.scope)
-        model = ec.prune(loaded.module, config, x)
+        model = ec.prune(loaded.module, config, x).output
     m = ec.last_record(model)["metrics"]
     result = export(model, x, args.out)
     print(f"{args.step}: params {m['params_before']:,} -> {m['params_after']:,} "

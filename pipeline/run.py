@@ -191,9 +191,9 @@ class _Study:
             cfg = {"lowrank": ec.LowRankConfig, "prune": ec.PruneConfig,
                    "distill": ec.DistillConfig}[step.name](**step.params)
             if step.name == "lowrank":
-                model = ec.lowrank(model, cfg, self.example, calibration=self.task.calib.x)
+                model = ec.lowrank(model, cfg, self.example, calibration=self.task.calib.x).output
             elif step.name == "prune":
-                model = ec.prune(model, cfg, self.example)
+                model = ec.prune(model, cfg, self.example).output
             else:
                 model = ec.distill(model, self.base, self.task, cfg, nproc=self.nproc)
             self.models[key] = model
