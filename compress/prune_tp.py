@@ -76,24 +76,23 @@ def prune_with_torch_pruning(model, args: tuple, ratio: float, *, p: int, scope:
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)}
     before = {n: _width(m) for n, m in modules.items() if _width(m) is not None}
 
-    class Weighted(tp.importance.MagnitudeImportance):
-        """Magnitude importance (mean-normalized per group) times the root layer's factor."""
-
-        def __call__(self, group, **kw):
-            imp = super().__call__(group, **kw)
-            if imp is None or not weights:
-                return imp
-            return imp * weights.get(names.get(group[0].dep.target.module), 1.0)
+    def pruner(**kw):
+        return tp.pruner.MagnitudePruner(
+            model, args[0] if len(args) == 1 else args, importance=tp.importance.MagnitudeImportance(p=p),
+            max_pruning_ratio=1 - min_keep, ignored_layers=ignored, num_heads=heads, **kw)
 
     with warnings.catch_warnings():
         # Torch-Pruning warns about every bare nn.Parameter (position embeddings); it prunes
         # their last axis, which is the feature axis in every layout it can trace.
         warnings.simplefilter("ignore")
-        pruner = tp.pruner.MagnitudePruner(
-            model, args[0] if len(args) == 1 else args, importance=Weighted(p=p),
-            pruning_ratio=ratio, global_pruning=scope == "global", max_pruning_ratio=1 - min_keep,
-            ignored_layers=ignored, num_heads=heads)
-        pruner.step()
+        if not weights:
+            pruner(pruning_ratio=ratio, global_pruning=scope == "global").step()
+        else:
+            # Torch-Pruning's global mode skips any group whose channels all fall under the
+            # threshold (weighted scores make that common), so the global ranking is done here
+            # and handed over as one ratio per group's root layer.
+            ratios = _weighted_ratios(pruner(pruning_ratio=0.0), ratio, min_keep, weights, names, p)
+            pruner(pruning_ratio=0.0, pruning_ratio_dict=ratios).step()
     changed = []
     for n, w in before.items():
         now = _width(modules[n])
@@ -102,6 +101,39 @@ def prune_with_torch_pruning(model, args: tuple, ratio: float, *, p: int, scope:
     left = [{"layers": [n], "channels": before.get(n), "reason": why} for n, why in kept.items()
             if n in modules]
     return {"groups": changed, "left_whole": left}
+
+
+def _weighted_ratios(pruner, ratio: float, min_keep: float, weights: dict, names: dict, p: int) -> dict:
+    """Per root layer, the fraction of its group's channels that one global threshold on
+    sensitivity-weighted magnitude scores removes (each group keeping ``min_keep``)."""
+    import math
+
+    import torch
+    import torch_pruning as tp
+
+    scorer = tp.importance.MagnitudeImportance(p=p)
+    entries = []
+    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types):
+        imp = scorer(group)
+        if imp is None or len(imp) < 2:
+            continue
+        root = group[0].dep.target.module
+        entries.append((root, imp.double() * weights.get(names.get(root), 1.0)))
+    if not entries:
+        return {}
+    scores = torch.cat([s for _, s in entries])
+    n_remove = int(math.floor(ratio * len(scores)))
+    if n_remove <= 0:
+        return {}
+    threshold = torch.sort(scores).values[n_remove - 1]
+    out = {}
+    for root, s in entries:
+        keep_min = max(1, math.ceil(min_keep * len(s)))
+        removed = min(int((s <= threshold).sum()), len(s) - keep_min)
+        if removed > 0:
+            out[root] = removed / len(s)
+    return out
 
 
 def _width(m):
