@@ -108,6 +108,9 @@ def distill(student, teacher, data: Any, config: DistillConfig, val: Any = None,
     """
     import torch.distributed as dist
 
+    from .pt2 import refuse_exported
+
+    refuse_exported(student, "distill")
     if not isinstance(nproc, int) or nproc < 1:
         raise InputError(f"nproc must be an integer >= 1, got {nproc!r}")
     if nproc > 1 and not (dist.is_available() and dist.is_initialized()):
