@@ -167,8 +167,8 @@ def prune(model, config: PruneConfig, example_inputs, *, calibration=None, progr
             "every prunable group is left whole: " + "; ".join(
                 f"{', '.join(e['layers'])}: {e['reason']}" for e in left[:4]) if left
             else "the model has no prunable channel group")
-    if not config.structured and config.amount == 0:
-        details["nothing_changed"] = "amount=0"
+    if config.amount == 0:
+        details["nothing_changed"] = "amount=0 removes nothing"
     if details["nothing_changed"]:
         say(f"prune: nothing changed: {details['nothing_changed']}")
     record = {"name": "prune", "config": _config_dict(config),
