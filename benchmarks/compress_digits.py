@@ -61,11 +61,11 @@ def main(argv=None) -> int:
         row("fp32 teacher", teacher)
         compressed = {
             f"lowrank energy {args.energy} (weights)": lowrank(
-                teacher, LowRankConfig(energy=args.energy), x1, progress=False),
+                teacher, LowRankConfig(energy=args.energy), x1, progress=False).output,
             f"lowrank energy {args.energy} (responses)": lowrank(
                 teacher, LowRankConfig(energy=args.energy, energy_on="responses"), x1,
-                calibration=task.calib.x, progress=False),
-            f"prune {args.amount:.0%} structured": prune(teacher, PruneConfig(amount=args.amount, scope="local"), x1),
+                calibration=task.calib.x, progress=False).output,
+            f"prune {args.amount:.0%} structured": prune(teacher, PruneConfig(amount=args.amount, scope="local"), x1).output,
         }
         for name, student in compressed.items():
             row(name + " (no recovery)", student)

@@ -40,9 +40,9 @@ def main(argv=None) -> int:
     model = create(args.model)
     t0 = time.perf_counter()
     variants = {"original": model}
-    variants["prune 50% structured"] = prune(model, PruneConfig(amount=0.5, scope="local"), x)
+    variants["prune 50% structured"] = prune(model, PruneConfig(amount=0.5, scope="local"), x).output
     variants["lowrank flops_budget 0.5"] = lowrank(model, LowRankConfig(flops_budget=0.5), x,
-                                                   calibration=calib, progress=False)
+                                                   calibration=calib, progress=False).output
     compress_s = time.perf_counter() - t0
     rows = ["| variant | params | FLOPs | ONNX size | output shape | parity max rel | median ms | speedup |",
             "|---|---|---|---|---|---|---|---|"]

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     task = load_task("digits")
     teacher = train(create("digits_cnn"), task, TrainConfig(epochs=12), progress=False)
     t_acc = task.score(torch_logits(teacher, task.test.x))
-    student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32))
+    student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32)).output
     cfg = ec.DistillConfig(epochs=args.epochs, seed=args.seed, shift=2, patience=None)
     rows = ["| processes | global batch | epochs | test top-1 % | wall s |", "|---|---|---|---|---|"]
     accs = {}

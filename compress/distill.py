@@ -135,6 +135,9 @@ def distill(student, config: DistillConfig | None = None, data: Any = None, *leg
     if data is None:
         raise InputError("distill needs training data (a task, a split, (x, y) arrays or batches)")
     module, history = unwrap(student)
+    from .pt2 import refuse_exported
+
+    refuse_exported(module, "distill")
     teacher, _ = unwrap(teacher)
     if not isinstance(nproc, int) or nproc < 1:
         raise InputError(f"nproc must be an integer >= 1, got {nproc!r}")

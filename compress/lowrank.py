@@ -1,11 +1,21 @@
 """Low-rank factorization: truncated SVD for ``nn.Linear`` and 1x1 convolutions, Tucker-2 (or CP)
-through tensorly for kxk convolutions.
+through tensorly for kxk convolutions, 1-d and 2-d.
 
-- ``nn.Linear(in, out)`` -> ``Linear(in, r) -> Linear(r, out)`` from the truncated SVD.
-- ``nn.Conv2d`` 1x1 -> ``1x1 (Cin -> r, with the stride) -> 1x1 (r -> Cout)``.
-- ``nn.Conv2d`` kxk -> Tucker-2 on the channel modes: ``1x1 (Cin -> R_in) -> kxk core
-  (R_in -> R_out, stride/padding/dilation) -> 1x1 (R_out -> Cout)``; with ``method="cp"``:
-  ``1x1 -> depthwise kx1 -> depthwise 1xk -> 1x1`` from a rank-R CP decomposition.
+- ``nn.Linear(in, out)`` -> ``Linear(in, r) -> Linear(r, out)`` from the truncated SVD; this
+  includes the projections and MLPs inside transformer blocks (any ``nn.Linear`` the model calls
+  as a module, on (N, F) or (N, tokens, F) inputs).
+- ``nn.Conv2d``/``nn.Conv1d`` 1x1 -> ``1x1 (Cin -> r, with the stride) -> 1x1 (r -> Cout)``.
+- ``nn.Conv2d`` kxk (``nn.Conv1d`` k) -> Tucker-2 on the channel modes: ``1x1 (Cin -> R_in) ->
+  kxk core (R_in -> R_out, stride/padding/dilation) -> 1x1 (R_out -> Cout)``; with
+  ``method="cp"``: ``1x1 -> depthwise kx1 -> depthwise 1xk -> 1x1`` (Conv1d: ``1 -> depthwise k
+  -> 1``) from a rank-R CP decomposition.
+
+Every layer with weights that is not factorized is listed in the record with the reason
+(grouped/depthwise convolution, ``nn.MultiheadAttention``'s fused projections, transposed
+convolutions, a factorization that would not lower cost, ...). The result is checked like
+pruning's (``edgeopt.compress.invariant``): it must run on the example input and give the
+original's output structure and shapes; a layer whose replacement breaks that is put back and
+listed. A model with nothing to factorize gets ``metrics["nothing_changed"]`` saying why.
 
 Ranks come from one of: a fixed ``rank_ratio`` of the full rank, an ``energy`` threshold (the
 smallest rank keeping that fraction of the squared singular values of the weight, per mode), or a
@@ -20,7 +30,7 @@ Example:
     >>> import torch
     >>> import edgeopt.compress as ec
     >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    >>> small = ec.lowrank(model, ec.LowRankConfig(rank_ratio=0.25), example_inputs=torch.randn(1, 64))
+    >>> small = ec.lowrank(model, ec.LowRankConfig(rank_ratio=0.25), torch.randn(1, 64)).output
     >>> ec.count_params(small) < ec.count_params(model)
     True
 """
@@ -36,8 +46,12 @@ import numpy as np
 
 from edgeopt.core.errors import InputError
 
+from edgeopt.core.result import StepResult, reporter, shows_bars, unwrap
+
 from .counting import model_stats
 from .history import with_record
+from .invariant import broken, signature
+from .pt2 import refuse_exported
 
 METHODS = ("tucker", "cp")
 CANDIDATES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75)
@@ -136,14 +150,15 @@ class _Layer:
         if self.kind == "conv1x1":
             (r,) = ranks
             return r * (m.in_channels + m.out_channels), 2 * self.out_hw * r * (m.in_channels + m.out_channels)
-        kh, kw = m.kernel_size
+        k = int(np.prod(m.kernel_size))
+        ksum = int(np.sum(m.kernel_size))
         if self.kind == "tucker":
             r_out, r_in = ranks
-            p_in, p_core, p_out = m.in_channels * r_in, r_in * r_out * kh * kw, r_out * m.out_channels
+            p_in, p_core, p_out = m.in_channels * r_in, r_in * r_out * k, r_out * m.out_channels
             return p_in + p_core + p_out, 2 * (self.in_hw * p_in + self.out_hw * (p_core + p_out))
         (r,) = ranks  # cp
-        p = r * (m.in_channels + kh + kw + m.out_channels)
-        return p, 2 * (self.in_hw * r * m.in_channels + self.out_hw * r * (kh + kw + m.out_channels))
+        p = r * (m.in_channels + ksum + m.out_channels)
+        return p, 2 * (self.in_hw * r * m.in_channels + self.out_hw * r * (ksum + m.out_channels))
 
     def ranks_for_ratio(self, ratio: float) -> tuple:
         return tuple(max(1, math.ceil(ratio * f)) for f in self.full_ranks)
@@ -166,7 +181,7 @@ def _svds(m, kind: str) -> tuple:
     u0, s0, _ = np.linalg.svd(w.reshape(w.shape[0], -1), full_matrices=False)
     if kind != "tucker":
         return ((u0, s0),)
-    u1, s1, _ = np.linalg.svd(w.transpose(1, 0, 2, 3).reshape(w.shape[1], -1), full_matrices=False)
+    u1, s1, _ = np.linalg.svd(np.swapaxes(w, 0, 1).reshape(w.shape[1], -1), full_matrices=False)
     return ((u0, s0), (u1, s1))
 
 
@@ -189,10 +204,11 @@ def _response_bases(model, names: set, batches: list) -> dict:
 
         def hook(mod, inp, out, name=name):
             x = inp[0].detach()
-            if isinstance(mod, torch.nn.Conv2d):
-                y = F.conv2d(x, mod.weight, None, mod.stride, mod.padding, mod.dilation, mod.groups)
-                add((name, "out"), y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]))
-                add((name, "in"), x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]))
+            if isinstance(mod, (torch.nn.Conv1d, torch.nn.Conv2d)):
+                conv = F.conv1d if isinstance(mod, torch.nn.Conv1d) else F.conv2d
+                y = conv(x, mod.weight, None, mod.stride, mod.padding, mod.dilation, mod.groups)
+                add((name, "out"), y.movedim(1, -1).reshape(-1, y.shape[1]))
+                add((name, "in"), x.movedim(1, -1).reshape(-1, x.shape[1]))
             else:
                 y = x @ mod.weight.T
                 add((name, "out"), y.reshape(-1, y.shape[-1]))
@@ -223,7 +239,7 @@ def _collect(model, config: LowRankConfig, example, calibration=None) -> tuple[l
     shapes: dict = {}
     hooks = []
     for name, m in model.named_modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)):
             def hook(mod, inp, out, name=name):
                 shapes[name] = (tuple(inp[0].shape), tuple(out.shape))
             hooks.append(m.register_forward_hook(hook))
@@ -234,8 +250,22 @@ def _collect(model, config: LowRankConfig, example, calibration=None) -> tuple[l
         for h in hooks:
             h.remove()
     layers, skipped = [], []
+    # nn.MultiheadAttention reads out_proj.weight and its fused in_proj_weight directly
+    # (F.multi_head_attention_forward), so neither can be replaced by a two-layer module.
+    attention = {f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention)}
     for name, m in model.named_modules():
+        if isinstance(m, torch.nn.MultiheadAttention):
+            skipped.append({"layer": name, "reason": "nn.MultiheadAttention: its fused in_proj_weight "
+                            "and out_proj are read directly by the attention kernel"})
+            continue
+        if name in attention:
+            continue
         if name not in shapes:
+            if isinstance(getattr(m, "weight", None), torch.nn.Parameter) and m.weight.dim() >= 2:
+                why = ("not run on the example input" if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d,
+                                                                        torch.nn.Conv2d))
+                       else f"{type(m).__name__} is not supported by low-rank factorization")
+                skipped.append({"layer": name, "reason": why})
             continue
         if name in config.skip:
             skipped.append({"layer": name, "reason": "listed in skip"})
@@ -253,7 +283,7 @@ def _collect(model, config: LowRankConfig, example, calibration=None) -> tuple[l
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 skipped.append({"layer": name, "reason": f"padding {m.padding!r}/{m.padding_mode} not supported"})
                 continue
-            kind = "conv1x1" if tuple(m.kernel_size) == (1, 1) else config.method
+            kind = "conv1x1" if all(k == 1 for k in m.kernel_size) else config.method
             in_hw, out_hw = int(np.prod(ishape[2:])), int(np.prod(oshape[2:]))
         layers.append(_Layer(name, m, kind, in_hw, out_hw, ()))
     if config.energy_on == "responses":
@@ -298,10 +328,11 @@ def _factorize(layer: _Layer, ranks: tuple, exact: bool = True):
             second = nn.Linear(r, m.out_features, bias=bias is not None)
             first.weight.data, second.weight.data = t(first_w), t(second_w)
         else:
-            first = nn.Conv2d(m.in_channels, r, 1, stride=m.stride, bias=False)
-            second = nn.Conv2d(r, m.out_channels, 1, bias=bias is not None)
-            first.weight.data = t(first_w[:, :, None, None])
-            second.weight.data = t(second_w[:, :, None, None])
+            conv, tail = _conv_type(m)
+            first = conv(m.in_channels, r, 1, stride=m.stride, bias=False)
+            second = conv(r, m.out_channels, 1, bias=bias is not None)
+            first.weight.data = t(first_w[(...,) + tail])
+            second.weight.data = t(second_w[(...,) + tail])
         if bias is not None:
             second.bias.data = bias
         return nn.Sequential(first, second)
@@ -318,14 +349,15 @@ def _factorize(layer: _Layer, ranks: tuple, exact: bool = True):
                                                       init="svd", n_iter_max=3, tol=1e-6)
         else:
             u_out, u_in = layer.svds[0][0][:, :r_out], layer.svds[1][0][:, :r_in]
-            core = np.einsum("oihw,or,is->rshw", w, u_out, u_in, optimize=True)
-        first = nn.Conv2d(m.in_channels, r_in, 1, bias=False)
-        mid = nn.Conv2d(r_in, r_out, m.kernel_size, stride=m.stride, padding=m.padding,
-                        dilation=m.dilation, bias=False)
-        last = nn.Conv2d(r_out, m.out_channels, 1, bias=bias is not None)
-        first.weight.data = t(u_in.T[:, :, None, None])
+            core = np.einsum("oi...,or,is->rs...", w, u_out, u_in, optimize=True)
+        conv, tail = _conv_type(m)
+        first = conv(m.in_channels, r_in, 1, bias=False)
+        mid = conv(r_in, r_out, m.kernel_size, stride=m.stride, padding=m.padding,
+                   dilation=m.dilation, bias=False)
+        last = conv(r_out, m.out_channels, 1, bias=bias is not None)
+        first.weight.data = t(u_in.T[(...,) + tail])
         mid.weight.data = t(core)
-        last.weight.data = t(u_out[:, :, None, None])
+        last.weight.data = t(u_out[(...,) + tail])
         if bias is not None:
             last.bias.data = bias
         return nn.Sequential(first, mid, last)
@@ -336,8 +368,20 @@ def _factorize(layer: _Layer, ranks: tuple, exact: bool = True):
     tl.set_backend("numpy")
     (r,) = ranks
     cp = parafac(w, rank=r, init="svd", n_iter_max=200 if exact else 30, tol=1e-7, normalize_factors=True)
-    weights, (a, b, c, d) = cp
-    a = a * weights[None, :]
+    weights, factors = cp
+    a, b = factors[0] * weights[None, :], factors[1]
+    if w.ndim == 3:  # Conv1d: W[o, i, k] = sum_r A[o, r] B[i, r] C[k, r]
+        c = factors[2]
+        first = nn.Conv1d(m.in_channels, r, 1, bias=False)
+        mid = nn.Conv1d(r, r, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                        groups=r, bias=False)
+        last = nn.Conv1d(r, m.out_channels, 1, bias=bias is not None)
+        first.weight.data, mid.weight.data = t(b.T[:, :, None]), t(c.T[:, None, :])
+        last.weight.data = t(a[:, :, None])
+        if bias is not None:
+            last.bias.data = bias
+        return nn.Sequential(first, mid, last)
+    c, d = factors[2], factors[3]
     kh, kw = m.kernel_size
     (sh, sw), (ph, pw), (dh, dw) = m.stride, m.padding, m.dilation
     first = nn.Conv2d(m.in_channels, r, 1, bias=False)
@@ -351,6 +395,15 @@ def _factorize(layer: _Layer, ranks: tuple, exact: bool = True):
     if bias is not None:
         last.bias.data = bias
     return nn.Sequential(first, vert, horiz, last)
+
+
+def _conv_type(m) -> tuple:
+    """The convolution class of ``m`` and the index tail that turns a matrix into its 1x1 kernel."""
+    from torch import nn
+
+    if isinstance(m, nn.Conv1d):
+        return nn.Conv1d, (None,)
+    return nn.Conv2d, (None, None)
 
 
 def _set_module(model, name: str, new) -> None:
@@ -427,35 +480,41 @@ def _budget_ranks(model, layers: list[_Layer], config: LowRankConfig, inputs: li
 
 # -- public entry point --------------------------------------------------------------------------
 
-def lowrank(model, config: LowRankConfig, example_inputs, calibration=None, progress: bool = True):
-    """Return a factorized copy of ``model`` (the input is not modified).
+def lowrank(model, config: LowRankConfig, example_inputs, *, calibration=None, progress=None) -> StepResult:
+    """Factorize a copy of ``model`` (the input is not modified) and return a ``StepResult``.
 
     Args:
-        model: a torch module.
+        model: an ``nn.Module`` or the ``StepResult`` of the step before.
         config: ``LowRankConfig``.
-        example_inputs: a tensor (or tuple) the model runs on: gives each layer's spatial size.
+        example_inputs: a tensor (or tuple) the model runs on: gives each layer's spatial size,
+            and is the input of the invariant check.
         calibration: a batch of inputs (tensor or array, or a list of them): the responses for
             ``energy_on="responses"`` and the budget search's sensitivity data (its first 4
             batches of 64); default ``example_inputs``.
-        progress: show a progress bar during the budget search.
+        progress: ``None``/``False``, ``True`` (lines and a bar for the budget search) or a
+            callable taking a line.
 
-    The returned module carries the step record (``edgeopt.compress.history.last_record``):
-    params and FLOPs before/after, ranks per layer, layers left alone and why.
+    The record's metrics: params and FLOPs before/after, ranks per factorized layer
+    (``layers``), every layer left alone with the reason (``skipped``), and
+    ``nothing_changed`` (``None``, or why nothing was factorized).
     """
     import torch
     from tqdm.auto import tqdm
 
+    module, previous = unwrap(model)
+    refuse_exported(module, "lowrank")
+    say = reporter(progress)
     example = _as_args(example_inputs)
-    student = copy.deepcopy(model).eval()
+    original = copy.deepcopy(module).eval()
+    student = copy.deepcopy(original)
     before = model_stats(student, example)
+    reference = signature(original, example)
     batches = None
     if calibration is not None:
-        import torch as _torch
-
         items = calibration if isinstance(calibration, (list, tuple)) else [calibration]
         batches = []
         for c in items:
-            c = _torch.from_numpy(c) if isinstance(c, np.ndarray) else c
+            c = torch.from_numpy(c) if isinstance(c, np.ndarray) else c
             batches += [(c[i:i + 64],) for i in range(0, len(c), 64)]
         if not batches:
             raise InputError("calibration data is empty: expected at least one sample")
@@ -469,17 +528,16 @@ def lowrank(model, config: LowRankConfig, example_inputs, calibration=None, prog
     else:
         inputs = batches[:4] if batches else [example]
         total = before["flops"] if config.flops_budget is not None else before["params"]
-        if config.params_budget is not None:
-            total = before["params"]
 
         def bar(items, desc):
-            return tqdm(items, desc=desc, disable=not progress, leave=False)
+            return tqdm(items, desc=desc, disable=not shows_bars(progress), leave=False)
 
+        say(f"lowrank: measuring the sensitivity of {len(layers)} layers")
         plan = _budget_ranks(student, layers, config, inputs, total, bar)
         for layer in layers:
             if layer.name not in plan:
                 skipped.append({"layer": layer.name, "reason": "left whole by the budget search"})
-    factorized = []
+    factorized, replaced = [], {}
     for layer in layers:
         if layer.name not in plan:
             continue
@@ -490,17 +548,43 @@ def lowrank(model, config: LowRankConfig, example_inputs, calibration=None, prog
             skipped.append({"layer": layer.name, "reason": f"rank {list(ranks)} of {list(layer.full_ranks)} "
                             f"does not lower cost ({new_flops:,} >= {orig_flops:,} FLOPs)"})
             continue
-        _set_module(student, layer.name, _factorize(layer, ranks))
+        replaced[layer.name] = (layer, _factorize(layer, ranks))
+        _set_module(student, layer.name, replaced[layer.name][1])
         factorized.append({"layer": layer.name, "kind": layer.kind, "ranks": list(ranks),
                            "full_ranks": list(layer.full_ranks),
                            "flops_before": orig_flops, "flops_after": new_flops})
+    if broken(student, example, reference):
+        # Some module reads a replaced layer's attributes (``.weight``) directly: put layers back
+        # one at a time, keeping each replacement only while the model still works.
+        student = copy.deepcopy(original)
+        kept = []
+        for entry in factorized:
+            _set_module(student, entry["layer"], replaced[entry["layer"]][1])
+            failure = broken(student, example, reference)
+            if failure:
+                _set_module(student, entry["layer"], replaced[entry["layer"]][0].module)
+                skipped.append({"layer": entry["layer"], "reason": f"its factorization breaks the model ({failure})"})
+            else:
+                kept.append(entry)
+        factorized = kept
+    failure = broken(student, example, reference)
+    if failure:
+        raise InputError(f"low-rank factorization produced a model that does not work ({failure}); nothing returned")
     with torch.no_grad():
         after = model_stats(student, example)
+    nothing = None
+    if not factorized:
+        nothing = ("no layer was factorized: " + "; ".join(f"{e['layer']}: {e['reason']}" for e in skipped[:4])
+                   if skipped else "the model has no Linear or Conv1d/Conv2d layer that runs on the example input")
+        say(f"lowrank: nothing changed: {nothing}")
     record = {"name": "lowrank", "config": _config_dict(config),
               "metrics": {"params_before": before["params"], "params_after": after["params"],
                           "flops_before": before["flops"], "flops_after": after["flops"],
-                          "layers": factorized, "skipped": skipped}}
-    return with_record(student, record, previous=model)
+                          "layers": factorized, "skipped": skipped, "nothing_changed": nothing}}
+    carrier = type("_History", (), {})()
+    carrier.edgeopt_history = list(previous)
+    with_record(student, record, previous=carrier)
+    return StepResult(output=student, record=record, history=previous)
 
 
 def _config_dict(config) -> dict:

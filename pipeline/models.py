@@ -91,7 +91,10 @@ def _load_file(path: Path) -> LoadedModel:
         raise InputError(f"{str(path)!r}: unknown model file type; expected a .pt2 file")
     from edgeopt.runtimes.torch_runner import _load_pt2
 
+    from edgeopt.compress.pt2 import as_module
+
     module, example = _load_pt2(path)
+    module = as_module(module)  # the program refuses .eval()/.train(), which steps call
     shape = tuple(example[0].shape) if example else None
     return LoadedModel(module, shape, str(path))
 

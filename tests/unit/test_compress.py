@@ -50,7 +50,7 @@ class WithCat(torch.nn.Module):
 def test_full_rank_factorization_reproduces_outputs(name, shape):
     model = create(name)
     x = torch.randn(*shape)
-    full = ec.lowrank(model, ec.LowRankConfig(rank_ratio=1.0, only_if_cheaper=False), x, progress=False)
+    full = ec.lowrank(model, ec.LowRankConfig(rank_ratio=1.0, only_if_cheaper=False), x, progress=False).output
     layers = ec.last_record(full)["metrics"]["layers"]
     assert layers and all(entry["ranks"] == entry["full_ranks"] for entry in layers)
     assert _rel_err(model, full, x) <= 1e-4
@@ -59,7 +59,7 @@ def test_full_rank_factorization_reproduces_outputs(name, shape):
 def test_energy_and_ratio_shrink_and_record_ranks():
     model = create("digits_cnn")
     x = torch.randn(1, 1, 32, 32)
-    small = ec.lowrank(model, ec.LowRankConfig(rank_ratio=0.25), x)
+    small = ec.lowrank(model, ec.LowRankConfig(rank_ratio=0.25), x).output
     m = ec.last_record(small)["metrics"]
     assert m["params_after"] < m["params_before"] and m["flops_after"] < m["flops_before"]
     assert ec.count_params(small) == m["params_after"]
@@ -67,13 +67,13 @@ def test_energy_and_ratio_shrink_and_record_ranks():
     assert small(x).shape == (1, 10)
     # conv1 has one input channel: at 75% of its ranks the three factors cost more than the
     # layer, so it is left alone and listed with the reason.
-    mild = ec.lowrank(model, ec.LowRankConfig(rank_ratio=0.75), x)
+    mild = ec.lowrank(model, ec.LowRankConfig(rank_ratio=0.75), x).output
     skipped = ec.last_record(mild)["metrics"]["skipped"]
     assert any(s["layer"] == "features.0" and "does not lower cost" in s["reason"] for s in skipped)
 
 
 def test_depthwise_is_skipped_with_reason():
-    small = ec.lowrank(WithDepthwise().eval(), ec.LowRankConfig(rank_ratio=0.5), torch.randn(1, 3, 8, 8))
+    small = ec.lowrank(WithDepthwise().eval(), ec.LowRankConfig(rank_ratio=0.5), torch.randn(1, 3, 8, 8)).output
     skipped = {s["layer"]: s["reason"] for s in ec.last_record(small)["metrics"]["skipped"]}
     assert "depthwise convolution (groups=16)" in skipped["dw"]
 
@@ -82,7 +82,7 @@ def test_flops_budget_is_met_and_impossible_budget_is_refused():
     model = create("digits_cnn")
     x = torch.randn(1, 1, 32, 32)
     small = ec.lowrank(model, ec.LowRankConfig(flops_budget=0.6), x, calibration=torch.randn(8, 1, 32, 32),
-                       progress=False)
+                       progress=False).output
     m = ec.last_record(small)["metrics"]
     assert m["flops_after"] <= 0.6 * m["flops_before"] * 1.01
     with pytest.raises(InputError, match="flops_budget=0.01 cannot be met"):
@@ -95,7 +95,7 @@ def test_responses_energy_uses_calibration_data():
     with pytest.raises(InputError, match="needs calibration data"):
         ec.lowrank(model, ec.LowRankConfig(energy=0.9, energy_on="responses"), x)
     small = ec.lowrank(model, ec.LowRankConfig(energy=0.99, energy_on="responses"), x,
-                       calibration=torch.randn(16, 1, 32, 32))
+                       calibration=torch.randn(16, 1, 32, 32)).output
     assert ec.count_params(small) < ec.count_params(model)
 
 
@@ -120,7 +120,7 @@ def test_lowrank_config_errors(kwargs, message):
 def test_structured_pruning_removes_channels_and_exports(name, shape, tmp_path):
     model = create(name)
     x = torch.randn(*shape)
-    pruned = ec.prune(model, ec.PruneConfig(amount=0.5, scope="local"), x)
+    pruned = ec.prune(model, ec.PruneConfig(amount=0.5, scope="local"), x).output
     m = ec.last_record(pruned)["metrics"]
     assert ec.count_params(pruned) == m["params_after"] < m["params_before"] / 1.8
     assert pruned(x).shape == model(x).shape
@@ -131,7 +131,8 @@ def test_structured_pruning_removes_channels_and_exports(name, shape, tmp_path):
 
 
 def test_residual_adds_tie_channels_into_one_group():
-    pruned = ec.prune(create("resnet18"), ec.PruneConfig(amount=0.5, scope="local"), torch.randn(1, 3, 64, 64))
+    pruned = ec.prune(create("resnet18"), ec.PruneConfig(amount=0.5, scope="local", engine="edgeopt"),
+                      torch.randn(1, 3, 64, 64)).output
     groups = ec.last_record(pruned)["metrics"]["groups"]
     stem = next(g for g in groups if "conv1" in g["layers"])
     assert {"conv1", "layer1.0.conv2", "layer1.1.conv2"} <= set(stem["layers"])
@@ -142,7 +143,8 @@ def test_residual_adds_tie_channels_into_one_group():
 
 
 def test_unhandled_op_leaves_group_whole_and_named():
-    pruned = ec.prune(WithCat().eval(), ec.PruneConfig(amount=0.5, scope="local"), torch.randn(1, 3, 8, 8))
+    pruned = ec.prune(WithCat().eval(), ec.PruneConfig(amount=0.5, scope="local", engine="edgeopt"),
+                      torch.randn(1, 3, 8, 8)).output
     m = ec.last_record(pruned)["metrics"]
     left = {tuple(entry["layers"]): entry["reason"] for entry in m["left_whole"]}
     assert "op cat" in left[("a",)] and "op cat" in left[("b",)]
@@ -151,7 +153,7 @@ def test_unhandled_op_leaves_group_whole_and_named():
 
 def test_unstructured_pruning_is_permanent():
     model = create("digits_cnn")
-    pruned = ec.prune(model, ec.PruneConfig(amount=0.6, structured=False), torch.randn(1, 1, 32, 32))
+    pruned = ec.prune(model, ec.PruneConfig(amount=0.6, structured=False), torch.randn(1, 1, 32, 32)).output
     m = ec.last_record(pruned)["metrics"]
     assert m["overall_sparsity"] == pytest.approx(0.6, abs=0.01)
     for mod in pruned.modules():
@@ -180,7 +182,7 @@ def test_distillation_recovers_a_pruned_model(digits):
     from edgeopt.pipeline.tasks import torch_logits
 
     task, teacher = digits
-    pruned = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32))
+    pruned = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32)).output
     before = task.score(torch_logits(pruned, task.test.x))
     student = ec.distill(pruned, teacher, task, ec.DistillConfig(epochs=3), progress=False)
     after = task.score(torch_logits(student, task.test.x))
@@ -225,7 +227,7 @@ def test_distillation_bad_inputs(digits):
 def test_step_records_reach_the_artifact_manifest(tmp_path):
     model = create("digits_cnn")
     x = torch.randn(1, 1, 32, 32)
-    small = ec.prune(ec.lowrank(model, ec.LowRankConfig(rank_ratio=0.5), x), ec.PruneConfig(amount=0.3), x)
+    small = ec.prune(ec.lowrank(model, ec.LowRankConfig(rank_ratio=0.5), x), ec.PruneConfig(amount=0.3), x).output
     art = export(small, x.numpy(), tmp_path / "art").artifact
     assert [h["name"] for h in art.history] == ["lowrank", "prune", "export"]
     assert listing(tmp_path) == ["art", "art/manifest.json", "art/model.onnx"]

@@ -29,7 +29,7 @@ def digits(tmp_path_factory):
 
 def test_two_processes_match_one(digits):
     task, teacher, _ = digits
-    student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32))
+    student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32)).output
     cfg = ec.DistillConfig(epochs=2, seed=1, shift=1, batch_size=64)
     one = ec.distill(student, teacher, task, cfg, progress=False)
     two = ec.distill(student, teacher, task, cfg, progress=False, nproc=2)
@@ -43,7 +43,7 @@ def test_two_processes_match_one(digits):
 
 def test_precomputed_teacher_logits_split_over_processes(digits):
     task, teacher, _ = digits
-    student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32))
+    student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32)).output
     cfg = ec.DistillConfig(epochs=2, seed=2)
     cached = ec.DistillConfig(epochs=2, seed=2, precompute_teacher=True)
     live = ec.distill(student, teacher, task, cfg, progress=False)
