@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgeopt-installed
 OUT    ?= build/demo
 
-.PHONY: demo test setup bench clean cross-tools native
+.PHONY: demo test setup bench clean cross-tools native data
 
 setup: $(STAMP)
 
@@ -18,11 +18,21 @@ $(STAMP): requirements/base.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) data
 	$(VENV)/bin/edgeopt demo --out $(OUT)
 
-test: $(STAMP) cross-tools
+test: $(STAMP) cross-tools data
 	$(PY) -m pytest -q tests
+
+# Fashion-MNIST (the demo's task; IDX files under /usr/share/datasets/fashion-mnist) from the
+# Debian package dataset-fashion-mnist. Installed when missing and apt-get can run; otherwise the
+# demo runs the digits study and the Fashion-MNIST tests skip, each saying why.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+data:
+	@test -f $(FASHION_MNIST) || \
+	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
+	  echo "warning: could not install dataset-fashion-mnist; the demo runs the digits study and Fashion-MNIST tests skip"
 
 # The aarch64 cross compiler (ARM builds), qemu-user (running them here) and cmake (the native
 # runner). Installed when missing and apt-get can run; otherwise those tests skip with the reason.

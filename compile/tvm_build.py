@@ -119,7 +119,9 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    onnx_model = load_onnx(model)
+    from .onnx_prepare import prepare_onnx
+
+    onnx_model = prepare_onnx(load_onnx(model))  # old opsets, Constant weights, run-time shapes
     missing = unsupported_ops(onnx_model)
     if missing:
         listed = ", ".join(f"{op} (node {name!r})" for op, name in missing)

@@ -203,7 +203,11 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
         with _quiet():
             from onnxruntime.quantization import quant_pre_process
 
-            quant_pre_process(str(model), str(pre), skip_symbolic_shape=False)
+            from edgeopt.compile.onnx_prepare import prepare_onnx_file
+
+            # Third-party files: old opsets and Constant-node weights are normalised first.
+            prepared = prepare_onnx_file(model, tmp / "prepared.onnx")
+            quant_pre_process(str(prepared), str(pre), skip_symbolic_shape=False)
         quantizer = _Quantizer(pre, feeds, config, tmp)
         excluded = list(config.nodes_to_exclude)
         candidate = quantizer(excluded)

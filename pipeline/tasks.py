@@ -1,37 +1,75 @@
-"""Built-in tasks: data splits, a training loop and the top-1 metric.
+"""Tasks: data splits, the metric that scores them, and a training loop.
 
-The ``digits`` task uses scikit-learn's bundled handwritten digits (1,797 real 8x8 images, no
-download), upsampled to 32x32, with a fixed seeded stratified split into train / validation /
-calibration / test.
+A task is fixed train / validation / calibration / test splits plus a metric. ``load_task(spec)``
+accepts five kinds of ``spec`` (``check_task_spec(spec)`` validates one cheaply, before any work):
+
+* a built-in name: ``digits`` (scikit-learn's 1,797 8x8 digits at 1x32x32, no download),
+  ``fashion_mnist`` (the full Fashion-MNIST set read from the IDX files of the Debian package
+  ``dataset-fashion-mnist``) or ``random`` (seeded normal inputs, no labels);
+* ``module.path:factory``: a function returning the splits (the contract is ``TaskData``, in
+  ``edgeopt.pipeline.task_sources``);
+* a ``.npz`` file with ``x`` and optionally ``y`` (no ``y``: unlabelled, scored by agreement);
+* a folder of images, one sub-folder per class (ImageFolder layout), with a preprocessing spec.
+
+Metrics (``Task.metric``): ``top1`` (accuracy, labels are class indices), ``mse`` / ``mae``
+(regression error, lower is better), ``cosine`` (mean cosine similarity to reference
+embeddings) and ``agreement`` (no labels: variants are compared with the fp32 model only).
 
 Example:
     >>> from edgeopt.pipeline.tasks import load_task
     >>> task = load_task("digits")
-    >>> task.test.x.shape, task.test.x.dtype
-    ((360, 1, 32, 32), dtype('float32'))
+    >>> task.test.x.shape, task.test.x.dtype, len(task.test)
+    ((360, 1, 32, 32), dtype('float32'), 360)
+    >>> task.score(task.test.y), task.metric
+    (1.0, 'top1')
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from edgeopt.core.errors import InputError
 
-TASKS = ("digits", "random")
+TASKS = ("digits", "fashion_mnist", "random")
+
+# metric -> True when a higher score is better.
+METRICS = {"top1": True, "agreement": True, "cosine": True, "mse": False, "mae": False}
+
+# Where the Debian package dataset-fashion-mnist installs the IDX files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                       "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
 
 
 @dataclass(frozen=True)
 class Split:
-    """Inputs (N, ...) float32 and integer labels (N,), or no labels (``y is None``)."""
+    """Inputs (N, ...) float32 and targets (N, ...), or no targets (``y is None``).
+
+    Targets are int64 class indices (N,) for ``top1`` tasks and float32 arrays for ``mse`` /
+    ``mae`` / ``cosine`` tasks. ``len(split)`` is the number of samples, labelled or not.
+    """
 
     x: np.ndarray
     y: np.ndarray | None
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.x)
+
+    def head(self, n: int | None) -> "Split":
+        """The first ``n`` samples (all of them when ``n`` is None)."""
+        if n is None or n >= len(self):
+            return self
+        return Split(self.x[:n], None if self.y is None else self.y[:n])
 
 
 @dataclass(frozen=True)
@@ -46,39 +84,158 @@ class Task:
     val: Split
     calib: Split
     test: Split
-    model: str = field(default="digits_cnn")  # the zoo model the task is built for
+    model: str = field(default="digits_cnn")  # the zoo model the task is built for ("" if none)
+    classes: tuple = ()  # class names, index = label, when the task knows them
 
     @property
     def labelled(self) -> bool:
         return self.test.y is not None
 
-    def score(self, logits_or_labels: np.ndarray, split: str = "test") -> float:
-        """Top-1 accuracy of predictions (logits (N, classes) or labels (N,)) on a split."""
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger ``score`` is better (False for the error metrics mse and mae)."""
+        return METRICS[self.metric]
+
+    def score(self, outputs: np.ndarray, split: str = "test") -> float:
+        """The task's metric of model outputs on a split.
+
+        ``top1``: accuracy of logits (N, classes) or predicted labels (N,). ``mse`` / ``mae``:
+        mean squared / absolute error of outputs against the targets. ``cosine``: mean cosine
+        similarity of each output to its target embedding. Unlabelled tasks cannot be scored
+        (compare variants with ``agreement``).
+        """
         y = getattr(self, split).y
         if y is None:
-            raise InputError(f"task {self.name!r} has no labels; it scores agreement, not accuracy")
-        pred = logits_or_labels
-        if pred.ndim == 2:
-            pred = pred.argmax(axis=1)
-        if pred.shape != y.shape:
-            raise InputError(f"{len(pred)} predictions for a split of {len(y)} samples")
-        return float(np.mean(pred == y))
+            raise InputError(f"task {self.name!r} has no labels; it scores agreement, not {self.metric}")
+        pred = np.asarray(outputs)
+        if self.metric == "top1":
+            if pred.ndim == 2:
+                pred = pred.argmax(axis=1)
+            if pred.shape != y.shape:
+                raise InputError(f"{len(pred)} predictions for a split of {len(y)} samples")
+            return float(np.mean(pred == y))
+        if len(pred) != len(y) or pred.size != y.size:
+            raise InputError(f"outputs of shape {pred.shape} for targets of shape {y.shape}")
+        return _compare(pred.reshape(y.shape), y, self.metric)
+
+    def agreement(self, outputs: np.ndarray, reference: np.ndarray) -> float:
+        """How close a variant's outputs are to the reference (fp32) model's on the same inputs.
+
+        Top-1 agreement (fraction of equal argmax) for ``top1`` and ``agreement`` tasks, mean
+        cosine similarity for ``cosine`` tasks, and the error metric itself (mse / mae of the
+        outputs against the reference outputs, lower is better) for regression tasks.
+        """
+        a, b = np.asarray(outputs), np.asarray(reference)
+        if a.shape != b.shape:
+            raise InputError(f"outputs of shape {a.shape} vs reference outputs of shape {b.shape}")
+        if self.metric in ("top1", "agreement"):
+            if a.ndim == 2:
+                a, b = a.argmax(axis=1), b.argmax(axis=1)
+            return float(np.mean(a == b))
+        return _compare(a, b, self.metric)
 
 
-def load_task(name: str, seed: int = 0, input_shape: tuple | None = None) -> Task:
-    """A built-in task by name.
+def _compare(a: np.ndarray, b: np.ndarray, metric: str) -> float:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    if metric == "mse":
+        return float(np.mean((a - b) ** 2))
+    if metric == "mae":
+        return float(np.mean(np.abs(a - b)))
+    # Zero vectors have no direction: treat two of them as identical, one of them as orthogonal.
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    dot = np.sum(a * b, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    cos = np.where(both_zero, 1.0, dot / np.maximum(na * nb, 1e-30))
+    return float(np.mean(np.clip(cos, -1.0, 1.0)))
 
-    ``digits``: scikit-learn's handwritten digits at 1x32x32 with labels. ``random``: seeded
-    normal inputs of ``input_shape`` without labels, for speed and fidelity studies of models that
-    have no built-in dataset (variants are scored by top-1 agreement with the fp32 model).
+
+def load_task(spec: str, seed: int = 0, input_shape: tuple | None = None,
+              data_dir: str | os.PathLike | None = None, limit: int | None = None,
+              preprocess=None) -> Task:
+    """A task from a built-in name, ``module.path:factory``, a ``.npz`` file or an image folder.
+
+    Args:
+        spec: see the module docstring. A path that exists (or ends in ``.npz``) is data; a spec
+            with ``:`` is a factory; anything else a built-in name.
+        seed: seeds the splits of built-in, ``.npz`` and folder tasks (and is passed to a factory
+            that takes ``seed``).
+        input_shape: the model's input shape (batch first). ``random`` needs it; image folders
+            take their size and channel count from it unless ``preprocess`` says otherwise;
+            ``.npz`` inputs without a channel axis get one when the model wants it.
+        data_dir: where ``fashion_mnist`` reads its IDX files (default ``FASHION_MNIST_DIR``).
+        limit: at most this many samples per split (for quick tests).
+        preprocess: image folders: an ``ImagePreprocess`` or a dict of its fields.
+
+    Raises:
+        InputError: an unknown name, a missing or malformed file or folder, a factory that fails.
     """
-    if name not in TASKS:
-        raise InputError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
-    if name == "random":
+    from . import task_sources as ts
+
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise InputError(f"limit must be an integer >= 1 or None, got {limit!r}")
+    spec = str(spec)
+    kind = ts.spec_kind(spec)
+    if kind == "npz":
+        task = ts.load_npz(spec, seed, input_shape)
+    elif kind == "folder":
+        task = ts.load_image_folder(spec, seed, input_shape, preprocess)
+    elif kind == "factory":
+        task = ts.load_factory(spec, seed=seed, input_shape=input_shape, data_dir=data_dir, limit=limit)
+    elif spec == "random":
         if input_shape is None:
             raise InputError("the random task needs the model's input shape")
-        return _random(seed, tuple(input_shape))
-    return _digits(seed)
+        task = _random(seed, tuple(input_shape))
+    elif spec == "digits":
+        task = _digits(seed)
+    elif spec == "fashion_mnist":
+        task = _fashion_mnist(seed, data_dir, limit)
+    else:
+        raise InputError(f"unknown task {spec!r}; expected one of {', '.join(TASKS)}, "
+                         "module.path:factory, a .npz file or an image folder")
+    return limit_task(task, limit)
+
+
+def check_task_spec(spec: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Validate a task spec cheaply (nothing is loaded or called); ``InputError`` in one line.
+
+    Checks that a built-in name exists (and that Fashion-MNIST's files are installed), that a
+    factory's module imports and the factory is callable without arguments, that a ``.npz`` file
+    holds ``x``, and that an image folder has class sub-folders with images.
+
+    Example:
+        >>> from edgeopt.pipeline.tasks import check_task_spec
+        >>> check_task_spec("digits")
+        >>> check_task_spec("no_such_task")
+        Traceback (most recent call last):
+        ...
+        edgeopt.core.errors.InputError: unknown task 'no_such_task'; expected one of digits, fashion_mnist, random, module.path:factory, a .npz file or an image folder
+    """
+    from . import task_sources as ts
+
+    spec = str(spec)
+    kind = ts.spec_kind(spec)
+    if kind == "npz":
+        ts.check_npz(spec)
+    elif kind == "folder":
+        ts.check_image_folder(spec)
+    elif kind == "factory":
+        ts.resolve_factory(spec)
+    elif spec == "fashion_mnist":
+        fashion_mnist_files(data_dir)
+    elif spec not in TASKS:
+        raise InputError(f"unknown task {spec!r}; expected one of {', '.join(TASKS)}, "
+                         "module.path:factory, a .npz file or an image folder")
+
+
+def limit_task(task: Task, limit: int | None) -> Task:
+    """``task`` with at most ``limit`` samples per split."""
+    if limit is None:
+        return task
+    import dataclasses
+
+    return dataclasses.replace(task, **{s: getattr(task, s).head(limit)
+                                        for s in ("train", "val", "calib", "test")})
 
 
 def _random(seed: int, shape: tuple) -> Task:
@@ -115,6 +272,101 @@ def _digits(seed: int) -> Task:
                 split(test))
 
 
+# -- Fashion-MNIST ------------------------------------------------------------------------
+
+def fashion_mnist_files(data_dir: str | os.PathLike | None = None) -> dict:
+    """``{"train": (images, labels), "test": (images, labels)}`` paths of the IDX files in
+    ``data_dir`` (default ``FASHION_MNIST_DIR``), gzipped or not; ``InputError`` naming the
+    Debian package when they are missing."""
+    folder = Path(data_dir if data_dir is not None else FASHION_MNIST_DIR)
+    found, missing = {}, []
+    for split, names in FASHION_MNIST_FILES.items():
+        paths = []
+        for name in names:
+            candidates = [folder / f"{name}.gz", folder / name]
+            hit = next((p for p in candidates if p.is_file()), None)
+            if hit is None:
+                missing.append(f"{name}.gz")
+            paths.append(hit)
+        found[split] = tuple(paths)
+    if missing:
+        raise InputError(f"Fashion-MNIST is not installed in {str(folder)!r} (missing "
+                         f"{', '.join(missing)}); install the Debian package {FASHION_MNIST_PACKAGE} "
+                         f"(`make data` or `apt-get install {FASHION_MNIST_PACKAGE}`) or pass data_dir")
+    return found
+
+
+@functools.lru_cache(maxsize=8)
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file (the MNIST format, optionally gzipped) as a uint8 array of its shape.
+
+    Cached: studies and tests load the same 60,000 images more than once per process.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise InputError(f"{str(path)!r} is not a readable IDX file: {e}") from None
+    # Header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then
+    # one big-endian uint32 per dimension.
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or data[3] < 1:
+        raise InputError(f"{str(path)!r} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(dims))
+    if len(data) != expected:
+        raise InputError(f"{str(path)!r} is truncated or corrupt: {len(data)} bytes for an IDX "
+                         f"array of shape {dims} ({expected} bytes expected)")
+    array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    array.setflags(write=False)
+    return array
+
+
+def _fashion_mnist(seed: int, data_dir, limit: int | None = None) -> Task:
+    files = fashion_mnist_files(data_dir)
+    train_x, train_y = (read_idx(p) for p in files["train"])
+    test_x, test_y = (read_idx(p) for p in files["test"])
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise InputError(f"Fashion-MNIST in {str(files['train'][0].parent)!r}: image and label "
+                         "counts differ")
+    # Validation (5,000) and calibration (256) come out of the official training set, stratified
+    # and seeded; the official 10,000-image test set stays the test split.
+    n_val, n_calib = 5000, 256
+    if limit is not None:  # keep the proportions of a small subset, at least one per split
+        n = min(len(train_y), 3 * limit)
+        keep = np.random.default_rng(seed).permutation(len(train_y))[:n]
+        train_x, train_y = train_x[keep], train_y[keep]
+        n_val = n_calib = max(1, min(limit, n // 4))
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(train_y))
+    strat = train_y if len(train_y) >= 200 else None
+    rest, val = train_test_split(idx, test_size=n_val, stratify=strat, random_state=seed)
+    train, calib = train_test_split(rest, test_size=n_calib,
+                                    stratify=None if strat is None else train_y[rest],
+                                    random_state=seed)
+    # Normalise with the training split's statistics (mean ~0.286, std ~0.353 on the full set).
+    xt = train_x[train].astype(np.float32) / 255.0
+    mean, std = float(xt.mean()), float(xt.std())
+
+    def prep(images):
+        return ((images.astype(np.float32) / 255.0 - mean) / std)[:, None, :, :]
+
+    def split(x, y, i):
+        return Split(np.ascontiguousarray(prep(x[i])), y[i].astype(np.int64))
+
+    test_idx = np.arange(len(test_y) if limit is None else min(limit, len(test_y)))
+    return Task("fashion_mnist", "top1", (1, 1, 28, 28), 10, split(train_x, train_y, train),
+                split(train_x, train_y, val), split(train_x, train_y, calib),
+                split(test_x, test_y, test_idx), model="fashion_cnn",
+                classes=FASHION_MNIST_CLASSES)
+
+
+# -- training -------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Supervised training settings (defaults train digits_cnn to ~99% in seconds)."""
@@ -140,7 +392,9 @@ class TrainConfig:
 def train(model, task: Task, config: TrainConfig = TrainConfig(), progress: bool = True):
     """Train a copy of ``model`` on ``task.train``; returns the trained copy in eval mode.
 
-    Seeded: the same model, task and config give the same weights.
+    Classification tasks (``top1``) train with cross-entropy, regression tasks (``mse``,
+    ``mae``) with that error, ``cosine`` tasks with 1 - cosine similarity. Seeded: the same
+    model, task and config give the same weights.
     """
     import copy
 
@@ -149,11 +403,14 @@ def train(model, task: Task, config: TrainConfig = TrainConfig(), progress: bool
 
     from edgeopt.compress.augment import random_shift
 
+    if task.train.y is None:
+        raise InputError(f"task {task.name!r} has no labels to train on")
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     student = copy.deepcopy(model).train()
     x = torch.from_numpy(task.train.x)
     y = torch.from_numpy(task.train.y)
+    loss_fn = _loss(task.metric)
     opt = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * ((len(y) + config.batch_size - 1) // config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
@@ -164,7 +421,7 @@ def train(model, task: Task, config: TrainConfig = TrainConfig(), progress: bool
         for start in range(0, len(y), config.batch_size):
             i = order[start:start + config.batch_size]
             xb = random_shift(x[i], config.shift, gen)
-            loss = torch.nn.functional.cross_entropy(student(xb), y[i])
+            loss = loss_fn(student(xb), y[i])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -175,9 +432,30 @@ def train(model, task: Task, config: TrainConfig = TrainConfig(), progress: bool
     return student.eval()
 
 
+def _loss(metric: str):
+    import torch.nn.functional as F
+
+    if metric == "top1":
+        return F.cross_entropy
+    if metric == "mse":
+        return lambda out, y: F.mse_loss(out.reshape(y.shape), y)
+    if metric == "mae":
+        return lambda out, y: F.l1_loss(out.reshape(y.shape), y)
+    if metric == "cosine":
+        return lambda out, y: (1 - F.cosine_similarity(out.reshape(len(y), -1),
+                                                       y.reshape(len(y), -1), dim=1)).mean()
+    raise InputError(f"a {metric!r} task cannot be trained on; expected top1, mse, mae or cosine")
+
+
 def predict(run_one: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
     """Top-1 labels from a batch-1 callable (e.g. ``lambda a: runner.run(a)[0]``) over ``x``."""
     return np.array([int(np.argmax(run_one(x[i:i + 1]))) for i in range(len(x))], dtype=np.int64)
+
+
+def collect(run_one: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Raw outputs (N, ...) of a batch-1 callable over ``x``: what ``Task.score`` and
+    ``Task.agreement`` take for every metric (``predict`` keeps only the top-1 label)."""
+    return np.concatenate([np.asarray(run_one(x[i:i + 1])) for i in range(len(x))])
 
 
 def torch_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -6,7 +6,7 @@ the same name and seed always give the same model.
 Example:
     >>> from edgeopt.pipeline.zoo import create, ZOO
     >>> sorted(ZOO)
-    ['digits_cnn', 'mobilenetv2', 'resnet18', 'tiny_vit']
+    ['digits_cnn', 'fashion_cnn', 'mobilenetv2', 'resnet18', 'tiny_vit']
     >>> model = create("digits_cnn")
     >>> ZOO["digits_cnn"].input_shape
     (1, 1, 32, 32)
@@ -34,8 +34,11 @@ def _conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int 
 class DigitsCNN(nn.Module):
     """Small CNN for 1x32x32 digits: three conv-BN-ReLU-pool stages, then a 2-layer head."""
 
-    def __init__(self, num_classes: int = 10, width: int = 16):
+    def __init__(self, num_classes: int = 10, width: int = 16, img_size: int = 32):
         super().__init__()
+        if img_size < 8:
+            raise InputError(f"img_size must be >= 8 (three 2x2 poolings), got {img_size}")
+        side = img_size // 8  # three 2x2 max-poolings, each rounding down
         w = width
         self.features = nn.Sequential(
             *_conv_bn_relu(1, w), nn.MaxPool2d(2),
@@ -43,11 +46,22 @@ class DigitsCNN(nn.Module):
             *_conv_bn_relu(2 * w, 4 * w), nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(4 * w * 4 * 4, 128), nn.ReLU(inplace=True),
+            nn.Flatten(), nn.Linear(4 * w * side * side, 128), nn.ReLU(inplace=True),
             nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class FashionCNN(DigitsCNN):
+    """The digits CNN at 1x28x28 for Fashion-MNIST (~0.1M parameters, ~4 MFLOPs).
+
+    With ``TrainConfig(epochs=4, batch_size=128, shift=0)`` on the ``fashion_mnist`` task it
+    reaches ~91.5-92% test top-1 in four passes over 54,744 images (benchmarks/fashion.yaml).
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 16):
+        super().__init__(num_classes, width, img_size=28)
 
 
 # -- resnet18 -----------------------------------------------------------------------------
@@ -223,6 +237,7 @@ class ZooEntry:
 
 ZOO = {e.name: e for e in (
     ZooEntry("digits_cnn", DigitsCNN, (1, 1, 32, 32), 10, "small CNN for the digits task"),
+    ZooEntry("fashion_cnn", FashionCNN, (1, 1, 28, 28), 10, "small CNN for the fashion_mnist task"),
     ZooEntry("resnet18", ResNet18, (1, 3, 224, 224), 1000, "ResNet-18, ImageNet layout"),
     ZooEntry("mobilenetv2", MobileNetV2, (1, 3, 224, 224), 1000, "MobileNetV2 1.0, ImageNet layout"),
     ZooEntry("tiny_vit", TinyViT, (1, 3, 32, 32), 10, "4-layer transformer encoder classifier"),

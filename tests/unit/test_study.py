@@ -67,16 +67,17 @@ def test_run_cli_bad_recipe_exits_2_without_output(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_recipe_matches_the_benchmark_file():
-    from edgeopt.pipeline.demo import DEMO_RECIPE
+def test_demo_recipes_match_the_benchmark_files():
+    from edgeopt.pipeline.demo import DEMO_RECIPE, DIGITS_RECIPE
 
-    assert (REPO / "benchmarks" / "digits.yaml").read_text() == DEMO_RECIPE
+    assert (REPO / "benchmarks" / "fashion.yaml").read_text() == DEMO_RECIPE
+    assert (REPO / "benchmarks" / "digits.yaml").read_text() == DIGITS_RECIPE
 
 
 def test_reference_recipes_are_valid():
     from edgeopt.pipeline.recipe import load_recipe
 
-    for name in ("digits", "resnet18", "mobilenetv2", "tiny_vit", "ci"):
+    for name in ("digits", "fashion", "resnet18", "mobilenetv2", "tiny_vit", "ci"):
         assert load_recipe(REPO / "benchmarks" / f"{name}.yaml").variants["fp32"] == []
 
 
