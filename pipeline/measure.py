@@ -82,16 +82,62 @@ def step_changes(history: Sequence[dict]) -> list[dict]:
     return out
 
 
+def first_output(outputs) -> np.ndarray:
+    """The first output tensor of a model's result (a tensor, a tuple/list or a dict)."""
+    from torch.utils._pytree import tree_leaves
+
+    return tree_leaves(outputs)[0]
+
+
+def reference_outputs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The fp32 torch model's first output over ``x``: what every variant is compared with."""
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for s in range(0, len(x), batch_size):
+            outs.append(first_output(model(torch.from_numpy(x[s:s + batch_size]))).numpy())
+    return np.concatenate(outs)
+
+
+def scores(task, outputs: np.ndarray, reference: np.ndarray) -> dict:
+    """``accuracy`` (top-1 tasks), ``metric_value`` (other labelled metrics) and ``agreement``.
+
+    Agreement with the fp32 model is top-1 agreement for classifiers (2-D outputs or a top-1
+    task) and, for regression and embedding outputs, the mean cosine similarity of each output
+    to fp32's: both are 1.0 for a variant that changes nothing, and higher is better.
+    """
+    from .tasks import _compare
+
+    out: dict = {"accuracy": None}
+    if task.labelled:
+        value = task.score(outputs)
+        if task.metric == "top1":
+            out["accuracy"] = value
+        else:
+            out["metric_value"] = value
+    classifier = task.metric in ("top1", "agreement") and outputs.ndim == 2
+    if classifier:
+        labels = outputs.argmax(axis=1)
+        out["agreement"] = float(np.mean(labels == reference.argmax(axis=1)))
+        out["predictions_sha256"] = predictions_digest(labels)
+    else:
+        out["agreement"] = _compare(outputs, reference, "cosine")
+        out["predictions_sha256"] = hashlib.sha256(np.round(outputs.astype(np.float64), 4).tobytes()).hexdigest()[:16]
+    return out
+
+
 def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, run_artifact,
-                  model, fp32_onnx, task, reference_preds: np.ndarray, example: np.ndarray,
+                  model, fp32_onnx, task, reference: np.ndarray, example: np.ndarray,
                   bench: BenchConfig) -> dict:
-    """Time ``runner`` and score it on ``task``; return the report entry (see report.py)."""
+    """Time ``runner`` and score it on ``task`` against the fp32 ``reference`` outputs; return the
+    report entry (its fields are documented in ``edgeopt.pipeline.report``)."""
     from edgeopt.compress import count_params, onnx_flops
 
-    from .tasks import predict
+    from .tasks import collect
 
     result = runner.benchmark(example, warmup=bench.warmup, repeat=bench.repeat)
-    preds = predict(lambda a: runner.run(a)[0], task.test.x)
+    outputs = collect(lambda a: runner.run(a)[0], task.test.x)
     return {
         "name": name,
         "steps": [s.to_dict() for s in steps],
@@ -101,9 +147,7 @@ def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, 
         "params": count_params(model),
         "flops": onnx_flops(fp32_onnx),
         "latency_ms": result.latency.to_report(),
-        "accuracy": task.score(preds) if task.labelled else None,
-        "agreement": float(np.mean(preds == reference_preds)),
-        "predictions_sha256": predictions_digest(preds),
+        **scores(task, outputs, reference),
         "artifact": str(run_artifact.path),
         "history": step_changes(run_artifact.history),
     }

@@ -136,10 +136,12 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
 
     model = scalar(top["model"][1], "'model'", (str,))
     task = scalar(top["task"][1], "'task'", (str,))
-    from .tasks import TASKS
+    from .tasks import check_task_spec
 
-    if task not in TASKS:
-        raise err(top["task"][1], f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    try:
+        check_task_spec(task)
+    except (InputError, FileNotFoundError) as e:
+        raise err(top["task"][1], str(e)) from None
     input_shape = None
     if "input_shape" in top:
         node = top["input_shape"][1]

@@ -81,8 +81,9 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
     """
     import torch
 
+    from .measure import reference_outputs
     from .models import load_model
-    from .tasks import load_task, torch_logits
+    from .tasks import load_task
 
     if not isinstance(nproc, int) or nproc < 1:
         raise InputError(f"nproc must be an integer >= 1, got {nproc!r}")
@@ -100,6 +101,11 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
     if task.test.x.shape[1:] != shape[1:]:
         raise InputError(f"{recipe.source}: task {recipe.task!r} gives inputs of shape "
                          f"{task.test.x.shape[1:]}, the model takes {shape[1:]}")
+    for variant, steps in recipe.variants.items():
+        for step in steps:
+            if getattr(step.config, "max_accuracy_drop", None) is not None and not task.labelled:
+                raise InputError(f"{recipe.source}: variant {variant!r}: max_accuracy_drop needs labels and "
+                                 f"task {recipe.task!r} has none; use min_agreement")
     if nproc > 1:  # refuse a process count the data cannot split before any work is done
         from edgeopt.compress.distill import check_split
 
@@ -128,8 +134,8 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
 
     example = task.test.x[:1]
     base = _base_model(loaded.module, task, recipe, out, log)
-    reference_preds = torch_logits(base, task.test.x).argmax(axis=1)
-    study = _Study(recipe, task, base, example, reference_preds, bench, out, log, nproc)
+    reference = reference_outputs(base, task.test.x)
+    study = _Study(recipe, task, base, example, reference, bench, out, log, nproc)
 
     keys = [(name, t) for name in recipe.variants for t in recipe.targets]
     failed = 0
@@ -170,18 +176,16 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
             if key in earlier:
                 entry["resumed"] = True
             entries.append(entry)
-    ok = [e for e in entries if e.get("status") != "failed"]
-    if not ok:
-        raise InputError(f"{recipe.source}: no variant/target pair could run: "
-                         + "; ".join(f"{e['name']}/{e['runtime']}: {e['error']}" for e in entries))
+    if not entries:
+        raise InputError(f"{recipe.source}: no variant/target pair can run (a torch target cannot run "
+                         "ONNX-level steps)")
     from edgeopt.runtimes import machine_fingerprint
 
-    reference = "fp32/onnxruntime" if any(e["name"] == "fp32" and e["runtime"] == "onnxruntime"
-                                          for e in ok) else f"{ok[0]['name']}/{ok[0]['runtime']}"
-    task_info = {"name": task.name, "metric": task.metric}
-    meta = {"model": recipe.model, "recipe": Path(recipe.source).name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    report = make_report(entries, machine_fingerprint(bench.resolved_threads), task_info, reference, meta=meta)
+    task_info = {"name": task.name, "metric": task.metric, "higher_is_better": task.higher_is_better,
+                 "labelled": task.labelled}
+    meta = {"model": recipe.model, "recipe": str(recipe.source), "task": recipe.task}
+    # reference None: fp32/onnxruntime when it ran, else the first variant that did
+    report = make_report(entries, machine_fingerprint(bench.resolved_threads), task_info, None, meta=meta)
     write_report(report, out, plot=True)
     log("")
     log(text_table(report))
@@ -193,7 +197,7 @@ def _base_model(module, task, recipe: Recipe, out: Path, log):
     for unlabelled tasks."""
     import torch
 
-    from .tasks import TrainConfig, torch_logits, train
+    from .tasks import TrainConfig, train
 
     if not task.labelled:
         return module.eval()
@@ -205,8 +209,11 @@ def _base_model(module, task, recipe: Recipe, out: Path, log):
         return module.eval()
     log(f"base model: training {recipe.model} on {task.name}")
     trained = train(module, task, TrainConfig(**recipe.train))
-    acc = task.score(torch_logits(trained, task.test.x))
-    log(f"base model: {acc * 100:.2f}% top-1 on the test split")
+    from .measure import reference_outputs
+
+    value = task.score(reference_outputs(trained, task.test.x))
+    log(f"base model: {task.metric} {value * 100:.2f}% on the test split" if task.metric == "top1"
+        else f"base model: {task.metric} {value:.4g} on the test split")
     with atomic_file(cache) as tmp:
         torch.save(trained.state_dict(), tmp)
     return trained
@@ -219,9 +226,9 @@ def _slug(name: str) -> str:
 class _Study:
     """Builds variants (sharing step prefixes in memory) and measures them on targets."""
 
-    def __init__(self, recipe, task, base, example, reference_preds, bench, out: Path, log, nproc: int):
+    def __init__(self, recipe, task, base, example, reference, bench, out: Path, log, nproc: int):
         self.recipe, self.task, self.base, self.example = recipe, task, base, example
-        self.reference_preds, self.bench, self.out, self.log = reference_preds, bench, out, log
+        self.reference, self.bench, self.out, self.log = reference, bench, out, log
         self.data = StepData(example=example, task=task, teacher=base, nproc=nproc)
         self.models: dict = {(): base}   # step-prefix key -> module or the exception it raised
         self.onnx: dict = {}             # variant name -> (module, artifact) or exception
@@ -291,4 +298,4 @@ class _Study:
             name=name, steps=steps, runtime=target.runtime,
             target=runtime_target(target.runtime, target.build), runner=runner, run_artifact=run_art,
             model=model, fp32_onnx=folder / "onnx" / "model.onnx", task=self.task,
-            reference_preds=self.reference_preds, example=self.example, bench=self.bench)
+            reference=self.reference, example=self.example, bench=self.bench)

@@ -465,5 +465,10 @@ def torch_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     outs = []
     with torch.inference_mode():
         for s in range(0, len(x), batch_size):
-            outs.append(model(torch.from_numpy(x[s:s + batch_size])).numpy())
+            out = model(torch.from_numpy(x[s:s + batch_size]))
+            if not isinstance(out, torch.Tensor):  # tuple or dict outputs: the first tensor
+                from torch.utils._pytree import tree_leaves
+
+                out = tree_leaves(out)[0]
+            outs.append(out.numpy())
     return np.concatenate(outs)

@@ -50,6 +50,11 @@ def _message(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # module.path:factory specs (models, tasks) import from the current folder, as `python -m` does
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
