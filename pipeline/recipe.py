@@ -42,7 +42,7 @@ from edgeopt.core.errors import InputError
 
 from .steps import STEPS, Step, check_order, make_step
 
-TOP_KEYS = ("model", "task", "input_shape", "variants", "targets", "bench", "seed", "train")
+TOP_KEYS = ("model", "weights", "task", "input_shape", "variants", "targets", "bench", "seed", "train")
 #: Keys of a target entry per runtime; the tvm ones beyond ``target`` configure tuning
 #: (``edgeopt compile --tune-trials/--tune-timeout/--tuning-db``).
 TUNE_KEYS = {"tune_trials": (int,), "tune_timeout": (int, float), "tuning_db": (str,)}
@@ -81,6 +81,7 @@ class Recipe:
     train: dict = field(default_factory=dict)
     seed: int = 0
     source: str = "<recipe>"
+    weights: str | None = None
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -135,6 +136,12 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             raise err(root, f"missing key {required!r}")
 
     model = scalar(top["model"][1], "'model'", (str,))
+    weights = None
+    if "weights" in top:
+        weights = scalar(top["weights"][1], "'weights'", (str,))
+        if not Path(weights).is_file():
+            raise err(top["weights"][1], f"weights file {weights!r} does not exist; expected a state dict "
+                      "saved with torch.save(model.state_dict(), path)")
     task = scalar(top["task"][1], "'task'", (str,))
     from .tasks import check_task_spec
 
@@ -214,7 +221,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             build = _build_config(target, entries, err, scalar)
         targets.append(Target(runtime, target, build))
     return Recipe(model=model, task=task, variants=variants, targets=targets, input_shape=input_shape,
-                  bench=bench, train=train, seed=seed, source=source)
+                  bench=bench, train=train, seed=seed, source=source, weights=weights)
 
 
 def _kind(node) -> str:

@@ -56,7 +56,7 @@ def _jsonable(value: Any) -> Any:
 
 def recipe_fingerprint(recipe: Recipe) -> str:
     """What must match for a previous run's results to be reused."""
-    data = {"model": recipe.model, "task": recipe.task, "input_shape": recipe.input_shape,
+    data = {"model": recipe.model, "weights": recipe.weights, "task": recipe.task, "input_shape": recipe.input_shape,
             "seed": recipe.seed, "train": recipe.train, "bench": recipe.bench,
             "variants": {k: [(s.name, _jsonable(s.config)) for s in v] for k, v in recipe.variants.items()},
             "targets": [(t.runtime, t.target, _jsonable(t.build)) for t in recipe.targets]}
@@ -92,7 +92,7 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
     bench = BenchConfig(**recipe.bench)
     torch.set_num_threads(bench.resolved_threads)
 
-    loaded = load_model(recipe.model, seed=recipe.seed, input_shape=recipe.input_shape)
+    loaded = load_model(recipe.model, seed=recipe.seed, weights=recipe.weights, input_shape=recipe.input_shape)
     shape = tuple(loaded.input_shape or ())
     if not shape:
         raise InputError(f"{recipe.source}: model {recipe.model!r} does not say its input shape; "
@@ -194,12 +194,15 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
 
 def _base_model(module, task, recipe: Recipe, out: Path, log):
     """The model every variant starts from: trained on the task (cached in ``out``), or as given
-    for unlabelled tasks."""
+    for unlabelled tasks and for models that come with their weights (``weights:`` or ``.pt2``)."""
     import torch
 
     from .tasks import TrainConfig, train
 
     if not task.labelled:
+        return module.eval()
+    if recipe.weights or str(recipe.model).endswith(".pt2"):
+        log(f"base model: {recipe.model} as given ({recipe.weights or 'weights in the .pt2 file'}), not retrained")
         return module.eval()
     cache = out / "base-model" / "state_dict.pt"
     if cache.exists():
