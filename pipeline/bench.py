@@ -28,7 +28,7 @@ def is_torch_spec(spec: str) -> bool:
 
 def open_runner(spec: str, runtime: str | None, threads: int | None, workdir: Path,
                 input_shape: str | None = None, emulate: str | None = None,
-                log: Callable[[str], None] = lambda s: None):
+                log: Callable[[str], None] = lambda s: None, weights: str | None = None):
     """A runner for ``spec``: an artifact folder, an ``.onnx``/``.pt2`` file, or a torch MODEL
     (eager torch, or exported and compiled into ``workdir`` for onnxruntime / tvm)."""
     from edgeopt.runtimes import check_runtime, load
@@ -38,7 +38,9 @@ def open_runner(spec: str, runtime: str | None, threads: int | None, workdir: Pa
     if emulate and runtime != "native":
         raise InputError("--emulate qemu needs --runtime native")
     if is_torch_spec(spec):
-        return _runner_for_torch_spec(spec, runtime or "torch", threads, workdir, input_shape)
+        return _runner_for_torch_spec(spec, runtime or "torch", threads, workdir, input_shape, weights)
+    if weights:
+        raise InputError("--weights goes with a torch MODEL spec (zoo:NAME, module.path:factory)")
     path = Path(spec)
     if runtime == "tvm" and path.suffix == ".onnx":
         from edgeopt.compile import BuildConfig, build
@@ -50,7 +52,7 @@ def open_runner(spec: str, runtime: str | None, threads: int | None, workdir: Pa
     return load(path, runtime=runtime, threads=threads, **options)
 
 
-def _runner_for_torch_spec(spec: str, runtime: str, threads, workdir: Path, input_shape):
+def _runner_for_torch_spec(spec: str, runtime: str, threads, workdir: Path, input_shape, weights=None):
     import torch
 
     from edgeopt.compile import BuildConfig, ExportConfig, build, export
@@ -59,7 +61,7 @@ def _runner_for_torch_spec(spec: str, runtime: str, threads, workdir: Path, inpu
 
     from .models import model_and_example
 
-    module, x = model_and_example(spec, input_shape)
+    module, x = model_and_example(spec, input_shape, weights=weights)
     if runtime == "torch":
         return TorchRunner(module, example=[torch.from_numpy(x)], threads=threads)
     exported = export(module, ExportConfig(), x, out=workdir / "onnx")

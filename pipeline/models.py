@@ -208,6 +208,9 @@ def _load_factory(spec: str) -> LoadedModel:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise InputError(f"model {spec!r}: cannot import module {mod_name!r} ({e})") from None
+    except Exception as e:  # the user's module raised while importing
+        raise InputError(f"model {spec!r}: importing {mod_name!r} raised {type(e).__name__}: "
+                         f"{_first_line(e)}") from None
     factory = mod
     for part in attr.split("."):
         if not hasattr(factory, part):
@@ -216,12 +219,30 @@ def _load_factory(spec: str) -> LoadedModel:
     if not callable(factory):
         raise InputError(f"model {spec!r}: {attr!r} is not callable; expected a function or class "
                          "returning a torch.nn.Module")
-    module = factory()
+    import inspect
+
+    try:
+        required = [p.name for p in inspect.signature(factory).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        required = []
+    if required:
+        raise InputError(f"model {spec!r}: {attr}() needs argument(s) {', '.join(required)}; expected a "
+                         "factory callable without arguments (wrap it: def make(): return Net(...))")
+    try:
+        module = factory()
+    except Exception as e:
+        raise InputError(f"model {spec!r}: {attr}() raised {type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"model {spec!r}: {attr}() returned {type(module).__name__}, "
                          "expected a torch.nn.Module")
     shape = getattr(module, "input_shape", None)
     return LoadedModel(module.eval(), tuple(shape) if shape else None, spec)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else "(no message)"
 
 
 def example_input(shape: tuple, seed: int = 0):
@@ -238,5 +259,20 @@ def model_and_example(spec: str, input_shape: tuple | str | None = None, seed: i
     if loaded.input_shape is None:
         raise InputError(f"model {spec!r} does not say its input shape; pass --input-shape "
                          "(or input_shape in a recipe)")
-    return loaded.module, example_input(loaded.input_shape, seed)
+    x = example_input(loaded.input_shape, seed)
+    check_forward(loaded.module, x, spec)
+    return loaded.module, x
+
+
+def check_forward(module, x, spec: str) -> None:
+    """Run ``module`` once on ``x``: an input the model rejects is an ``InputError`` naming the
+    shape, before any step starts."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            module(torch.from_numpy(x))
+    except Exception as e:  # the model's own shape checks raise anything
+        raise InputError(f"model {spec!r} rejects an input of shape {tuple(x.shape)}: "
+                         f"{type(e).__name__}: {_first_line(e)}; pass an --input-shape it accepts") from None
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgeopt.core.errors import InputError
 
-from .common import EPILOG, nonneg_int, positive_int, say
+from .common import EPILOG, WEIGHTS_HELP, nonneg_int, positive_int, say
 
 
 def add_parser(sub):
@@ -38,6 +38,7 @@ def add_parser(sub):
     b.add_argument("--warmup", type=nonneg_int, default=10, help="untimed runs first (default: 10)")
     b.add_argument("--repeat", type=positive_int, default=100, help="timed runs (default: 100)")
     b.add_argument("--input-shape", default=None, help="input shape for a torch MODEL spec")
+    b.add_argument("--weights", default=None, metavar="FILE.pth", help="with a torch MODEL spec: " + WEIGHTS_HELP)
     b.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
     b.set_defaults(func=run)
     return b
@@ -53,7 +54,8 @@ def run(args) -> int:
         raise InputError("--key, --all and --reference go with --tracker/--rpc")
     with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
         runner = open_runner(args.artifact, args.runtime, args.threads, Path(tmp),
-                             input_shape=args.input_shape, emulate=args.emulate, log=say)
+                             input_shape=args.input_shape, emulate=args.emulate, log=say,
+                             weights=args.weights)
         result = runner.benchmark(runner.example_inputs(), warmup=args.warmup, repeat=args.repeat)
     print_result(result)
     if args.json_out:

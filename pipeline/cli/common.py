@@ -63,11 +63,15 @@ def load_samples(spec: str | None, split: str):
         raise InputError(f"data file {spec!r} is not a plain numpy array: {e}") from None
 
 
-def torch_model(spec: str, input_shape: str | None, seed: int = 0):
+def torch_model(spec: str, input_shape: str | None, seed: int = 0, weights: str | None = None):
     """``(module, example input)`` for a MODEL argument (``edgeopt.pipeline.models``)."""
     from edgeopt.pipeline.models import model_and_example
 
-    return model_and_example(spec, input_shape, seed)
+    return model_and_example(spec, input_shape, seed, weights=weights)
+
+
+WEIGHTS_HELP = ("a state dict for MODEL (.pth/.pt saved with torch.save(model.state_dict(), path)), "
+                "loaded with weights_only=True")
 
 
 def refuse_existing_file_parent(out: str) -> None:

@@ -17,7 +17,7 @@ import sys
 from edgeopt.core.config import field_kinds
 from edgeopt.core.errors import InputError
 
-from .common import EPILOG, load_samples, refuse_existing_file_parent, say, torch_model
+from .common import EPILOG, WEIGHTS_HELP, load_samples, refuse_existing_file_parent, say, torch_model
 
 #: Steps offered on the command line (distill needs a teacher and training data: recipes).
 CLI_STEPS = ("lowrank", "prune", "quantize")
@@ -111,6 +111,7 @@ def add_parser(sub):
             p.add_argument("model", metavar="MODEL", help="zoo:NAME, module.path:factory or a .pt2 file")
             p.add_argument("--out", required=True, help="output artifact folder (ONNX + manifest)")
             p.add_argument("--input-shape", default=None, help="example input shape, e.g. 1,3,224,224")
+            p.add_argument("--weights", default=None, metavar="FILE.pth", help=WEIGHTS_HELP)
             p.add_argument("--calibration-data", default=None, metavar="task:NAME|FILE.npy",
                            help="inputs for data-driven choices (lowrank responses, budget searches)")
         else:
@@ -170,7 +171,7 @@ def _torch_step(args, config) -> int:
     from edgeopt.compile import ExportConfig, export
     from edgeopt.pipeline.steps import STEPS
 
-    module, x = torch_model(args.model, args.input_shape)
+    module, x = torch_model(args.model, args.input_shape, weights=args.weights)
     calibration = load_samples(args.calibration_data, "calib")
     if calibration is not None and hasattr(calibration, "x"):
         calibration = calibration.x

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import EPILOG, refuse_existing_file_parent, torch_model
+from .common import EPILOG, WEIGHTS_HELP, refuse_existing_file_parent, torch_model
 
 
 def add_parser(sub):
@@ -20,6 +20,7 @@ def add_parser(sub):
     e.add_argument("--dynamic-batch", action="store_true", help="make the batch axis symbolic")
     e.add_argument("--rtol", type=float, default=1e-4,
                    help="parity tolerance: max|torch-onnx| / max|torch| (default: 1e-4)")
+    e.add_argument("--weights", default=None, metavar="FILE.pth", help=WEIGHTS_HELP)
     e.add_argument("--seed", type=int, default=0, help="seed for zoo weights and example input")
     e.set_defaults(func=run)
     return e
@@ -30,7 +31,7 @@ def run(args) -> int:
 
     config = ExportConfig(opset=args.opset, dynamic_batch=args.dynamic_batch, rtol=args.rtol)
     refuse_existing_file_parent(args.out)
-    module, x = torch_model(args.model, args.input_shape, args.seed)
+    module, x = torch_model(args.model, args.input_shape, args.seed, args.weights)
     result = export(module, config, x, out=args.out)
     p = result.metrics["parity"]
     print(f"wrote {result.path} ({result.path.stat().st_size:,} bytes, opset {config.opset})")
