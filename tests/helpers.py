@@ -124,3 +124,17 @@ def outlier_samples(n: int, seed: int = 0) -> np.ndarray:
     x = rng.standard_normal((n, 1, 8)).astype(np.float32)
     x[::4, 0, 7] = 1000.0
     return x
+
+
+def needs_args(width):
+    """A factory that needs an argument: refused with the argument's name."""
+    return torch.nn.Linear(width, 2)
+
+
+def raises():
+    """A factory that raises: the CLI reports it in one line."""
+    raise RuntimeError("weights server unreachable")
+
+
+def not_a_module():
+    return "a string"

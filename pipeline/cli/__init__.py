@@ -29,8 +29,15 @@ INPUT_ERRORS = (InputError, FileNotFoundError, FileExistsError, PermissionError,
                 NotADirectoryError)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the error contract: one line on stderr, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="edgeopt", epilog=EPILOG,
         description="Compress, compile and measure a PyTorch or ONNX model for edge targets.")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
