@@ -46,14 +46,16 @@ class TvmRunner(Runner):
         if threads is not None:
             # Affinity mode 1 ("big cores"): all cores on a homogeneous CPU.
             tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+        self.device = tvm.cpu(0) if device == "cpu" else tvm.cuda(0)
+        # Before loading: without a driver the library's CUDA module cannot even be loaded, and
+        # TVM's own message ("a loader of that name is not registered") says nothing useful.
+        if device == "cuda" and not _cuda_usable(self.device):
+            raise InputError(f"{str(library)!r} is a CUDA artifact and this host has no usable CUDA "
+                             "device (GPU and driver); run it on a GPU machine")
         try:
             lib = tvm.runtime.load_module(str(library))
         except Exception as e:
             raise InputError(f"TVM cannot load {str(library)!r}: {str(e).splitlines()[-1]}") from None
-        self.device = tvm.cpu(0) if device == "cpu" else tvm.cuda(0)
-        if device == "cuda" and not self.device.exist:
-            raise InputError(f"{str(library)!r} is a CUDA artifact and this machine has no usable CUDA "
-                             "device (GPU and driver); run it on a GPU machine")
         self.vm = VirtualMachine(lib, self.device)
         self._main = self.vm["main"]
         self._sync = device != "cpu"
@@ -75,3 +77,10 @@ class TvmRunner(Runner):
 
     def _to_numpy(self, value: Any) -> np.ndarray:
         return value.numpy()
+
+
+def _cuda_usable(device) -> bool:
+    try:
+        return bool(device.exist)
+    except Exception:  # no CUDA runtime library at all
+        return False

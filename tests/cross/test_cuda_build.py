@@ -34,3 +34,17 @@ def test_cuda_artifact_without_gpu_gives_a_clear_error(tmp_path):
     art = build(onnx_path, "cuda", tmp_path / "cuda")
     with pytest.raises(InputError, match="no usable CUDA device"):
         load(art)
+
+
+def test_cuda_artifact_bench_in_a_fresh_process_says_no_gpu(tmp_path):
+    import tvm
+
+    from helpers import edgeopt_cli
+
+    if tvm.cuda(0).exist:
+        pytest.skip("a GPU is present; tests/device runs the artifact")
+    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
+    build(onnx_path, "cuda", tmp_path / "cuda")
+    r = edgeopt_cli("bench", tmp_path / "cuda", "--repeat", "2")
+    assert r.returncode == 2, r.stderr
+    assert "no usable CUDA device" in r.stderr and "loader" not in r.stderr and "Traceback" not in r.stderr

@@ -207,3 +207,21 @@ def test_unknown_tvm_target_in_a_recipe_fails_before_any_work(tmp_path):
     r = edgeopt_cli("run", tmp_path / "r.yaml", "--out", tmp_path / "out")
     assert r.returncode == 2 and "line 7: unknown target 'cpu9'" in r.stderr
     assert not (tmp_path / "out").exists() or listing(tmp_path / "out") == []
+
+
+def test_outputs_get_the_users_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        art = eoc.export(tiny_conv_net(), None, example_inputs(), out=tmp_path / "art").artifact
+        single = eoc.export(tiny_conv_net(), None, example_inputs(), out=tmp_path / "m.onnx").path
+        from edgeopt.core.files import write_json_atomic
+
+        write_json_atomic(tmp_path / "state.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(art.path.stat().st_mode) == 0o755
+    for f in [*art.path.iterdir(), single, tmp_path / "state.json"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
