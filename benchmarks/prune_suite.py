@@ -8,8 +8,9 @@ parity of the exported ONNX (``edgeopt.compile.export``) against torch. An engin
 prune a model consistently is refused (the invariant), shown with its one-line reason.
 
 Table 2: ResNet-18 and MobileNetV2 at 3x224x224 and the ViT-style encoder (width 128), pruned
-with ``engine="auto"``, exported as artifacts and timed on onnxruntime in alternating blocks in
-one run (``edgeopt.runtimes.load(artifact).benchmark``): latency after/before as a ratio.
+with ``engine="auto"`` (channel counts free, and rounded to multiples of 8 with ``round_to=8``),
+exported as artifacts and timed on onnxruntime in alternating blocks in one run
+(``edgeopt.runtimes.load(artifact).benchmark``): latency after/before as a ratio.
 Random weights: speed and structure do not depend on training.
 """
 
@@ -83,27 +84,31 @@ def latency_table(amount: float, threads: int, repeat: int, tmp: Path) -> list[s
         "mobilenetv2 (3x224x224)": (create("mobilenetv2"), torch.randn(1, 3, 224, 224)),
         "vit_encoder (dim 128)": build("vit_encoder", scale=4),
     }
-    rows = ["| model | engine | params ratio | FLOPs ratio | ONNX parity (max rel) | median ms before "
-            "| median ms after | latency after/before |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | round_to | engine | params ratio | FLOPs ratio | ONNX parity (max rel) "
+            "| median ms before | median ms after | latency after/before |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, (model, x) in models.items():
-        r = ec.prune(model, ec.PruneConfig(amount=amount), x)
-        m = r.metrics
-        runners, rel = {}, None
-        for label, mod in (("before", model), ("after", r.output)):
+        variants = {"before": (model, None)}
+        for round_to in (None, 8):
+            r = ec.prune(model, ec.PruneConfig(amount=amount, round_to=round_to), x)
+            variants[round_to] = (r.output, r.metrics)
+        runners, rel = {}, {}
+        for label, (mod, _) in variants.items():
             e = export(mod, x.numpy(), tmp / f"{name.split()[0]}-{label}")
-            runners[label] = load(e.path.parent if e.artifact is not None else e.path,
-                                  runtime="onnxruntime", threads=threads)
-            rel = e.parity.max_rel if label == "after" else rel
+            runners[label] = load(e.path.parent, runtime="onnxruntime", threads=threads)
+            rel[label] = e.parity.max_rel
         times = {k: [] for k in runners}
         arr = x.numpy()
-        for _ in range(3):  # alternating blocks: drift on a shared machine hits both alike
+        for _ in range(3):  # alternating blocks: drift on a shared machine hits all variants alike
             for label, runner in runners.items():
                 times[label].append(runner.benchmark(arr, warmup=5, repeat=repeat).latency.median_ms)
-        before, after = statistics.median(times["before"]), statistics.median(times["after"])
-        rows.append(f"| {name} | {m['engine']} | {m['params_after'] / m['params_before']:.2f}x "
-                    f"| {m['flops_after'] / m['flops_before']:.2f}x | {rel:.1e} | {before:.2f} | {after:.2f} "
-                    f"| {after / before:.2f} |")
-        print(rows[-1], flush=True)
+        before = statistics.median(times["before"])
+        for round_to in (None, 8):
+            m, after = variants[round_to][1], statistics.median(times[round_to])
+            rows.append(f"| {name} | {round_to or '-'} | {m['engine']} | {m['params_after'] / m['params_before']:.2f}x "
+                        f"| {m['flops_after'] / m['flops_before']:.2f}x | {rel[round_to]:.1e} | {before:.2f} "
+                        f"| {after:.2f} | {after / before:.2f} |")
+            print(rows[-1], flush=True)
     return rows
 
 

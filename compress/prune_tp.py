@@ -58,10 +58,10 @@ def output_layers(model, args: tuple) -> list[str]:
 
 
 def prune_with_torch_pruning(model, args: tuple, ratio: float, *, p: int, scope: str, min_keep: float,
-                             skip: tuple, weights: dict | None = None) -> dict:
+                             skip: tuple, weights: dict | None = None, round_to: int | None = None) -> dict:
     """Prune ``model`` in place by ``ratio`` of its channels with Torch-Pruning.
 
-    ``weights`` maps module names to a factor on the importance of the groups rooted at that
+    ``round_to``: channels kept per group are a multiple of it. ``weights`` maps module names to a factor on the importance of the groups rooted at that
     module (sensitivity-weighted global ranking). Returns the changed layers and the ones kept
     whole with the reason, in the shape of edgeopt's own engine's record.
     """
@@ -79,7 +79,7 @@ def prune_with_torch_pruning(model, args: tuple, ratio: float, *, p: int, scope:
     def pruner(**kw):
         return tp.pruner.MagnitudePruner(
             model, args[0] if len(args) == 1 else args, importance=tp.importance.MagnitudeImportance(p=p),
-            max_pruning_ratio=1 - min_keep, ignored_layers=ignored, num_heads=heads, **kw)
+            max_pruning_ratio=1 - min_keep, ignored_layers=ignored, num_heads=heads, round_to=round_to, **kw)
 
     with warnings.catch_warnings():
         # Torch-Pruning warns about every bare nn.Parameter (position embeddings); it prunes

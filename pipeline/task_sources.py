@@ -172,6 +172,8 @@ def task_from_data(data: TaskData, default_name: str, seed: int = 0, where: str 
     metric = data.metric or ("agreement" if y is None else "top1" if _is_labels(y) else "mse")
     if metric not in METRICS:
         raise InputError(f"{where}: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    if metric == "agreement":  # compared with the reference model only: targets are not used
+        splits = {k: Split(v.x, None) for k, v in splits.items()}
     shapes = {s: v.x.shape[1:] for s, v in splits.items()}
     if len(set(shapes.values())) > 1:
         raise InputError(f"{where}: splits have different input shapes {shapes}")

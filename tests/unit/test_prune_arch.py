@@ -70,6 +70,14 @@ def test_edgeopt_engine_prunes_conv1d_and_se_gate_channels():
     assert ("body.1", "fc2", "stem.0") in {tuple(sorted(g)) for g in layers}, layers
 
 
+@pytest.mark.parametrize("engine", ["torch_pruning", "edgeopt"])
+def test_round_to_keeps_multiples_of_it(engine):
+    model, x = build("se_residual")
+    pruned = ec.prune(model, ec.PruneConfig(amount=0.5, scope="local", round_to=8, engine=engine), x).output
+    widths = [m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths) and sum(widths) < 3 * 16, widths
+
+
 def test_pruned_suite_model_exports_with_parity(tmp_path):
     model, x = build("se_residual")
     pruned = ec.prune(model, ec.PruneConfig(amount=0.5), x).output
@@ -116,6 +124,7 @@ def test_flops_budget_met_and_impossible_budget_refused():
     ({"flops_budget": 0.5, "structured": False}, "need structured=True"),
     ({"amount": 0.5, "engine": "nni"}, "engine must be one of auto, torch_pruning, edgeopt"),
     ({"amount": 0.5, "skip": 3}, "skip must be module names"),
+    ({"amount": 0.5, "round_to": 0}, "round_to must be a positive integer or None, got 0"),
 ])
 def test_prune_config_errors(kwargs, message):
     with pytest.raises(InputError, match=message):

@@ -157,6 +157,8 @@ def test_npz_unlabelled_is_agreement_only(tmp_path):
     assert task.metric == "agreement" and not task.labelled and len(task.test) == 2
     with pytest.raises(InputError, match="has no labels"):
         task.score(task.test.x)
+    np.savez(tmp_path / "a.npz", x=np.ones((10, 3), np.float32), y=np.arange(10), metric="agreement")
+    assert not load_task(str(tmp_path / "a.npz")).labelled  # targets ignored when asked to
     logits = np.array([[1, 0], [0, 1]], np.float32)
     assert task.agreement(logits, logits[::-1]) == 0.0
 

