@@ -4,7 +4,7 @@
 
 The digits_cnn teacher is trained (12 epochs), pruned 50% (structured), and the pruned student is
 distilled with the same DistillConfig on one process and on N. Reported: test top-1 of each and
-wall-clock time. On this 2-core machine N processes share the same two cores, so the time shows
+wall-clock time. On a 2-core machine N processes share the same two cores, so the time shows
 the overhead of the distributed path, not a speed-up; the issue's bar is accuracy within 0.5
 points.
 """

@@ -4,9 +4,9 @@
 
 Tunes with MetaSchedule into the persisted database (a re-run reuses it and only tops it up),
 builds, then times onnxruntime and TVM in alternating blocks. Reports GFLOP/s next to the CPU's
-fp32 peak: this machine's CPU is Zen 4 (LLVM: znver4, "AMD EPYC" family 25 model 17), which runs
+fp32 peak: the CPU these figures were measured on is Zen 4 (LLVM: znver4, "AMD EPYC" family 25 model 17), which runs
 512-bit FMAs on 256-bit units: 2 FMA pipes x 8 fp32 lanes x 2 = 32 FLOP/cycle/core; 2 cores at a
-~3.7 GHz boost give ~237 GFLOP/s. (TOOLCHAIN.md's 450 is for Zen 5's full-width units.)
+~3.7 GHz boost give ~237 GFLOP/s. (Zen 5's full-width units double that.)
 """
 
 from __future__ import annotations

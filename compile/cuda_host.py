@@ -7,7 +7,7 @@ TVM compiler on the device. Here the driver is replaced by a stand-in library wi
 soname that defines each driver function TVM's CUDA runtime imports, every one returning
 CUDA_ERROR_NO_DEVICE (built once with the host C compiler into a cache folder; a build never
 calls them). TVM's CUDA runtime then loads, and kernels are compiled by ``nvcc`` into a fatbin
-for the target's ``arch`` (TOOLCHAIN.md records the same approach working on an H100).
+for the target's ``arch`` (the same approach ran on an H100).
 
 Example:
     >>> from edgeopt.compile.cuda_host import prepare_cuda_build  # doctest: +SKIP

@@ -58,7 +58,7 @@ class Toolchain:
 
 
 def host_cpu_target(cores: int | None = None) -> dict:
-    """The host CPU as a TVM target dict: LLVM's name for this CPU and its core count."""
+    """The host CPU as a TVM target dict: LLVM's name for the host CPU and its core count."""
     import tvm.target.codegen as codegen
 
     mcpu = codegen.llvm_get_system_cpu()
@@ -145,7 +145,7 @@ def device_of(spec: dict) -> str:
 
 
 def is_host_runnable(spec: dict) -> bool:
-    """Whether this machine can run an artifact built for ``spec`` (same CPU architecture)."""
+    """Whether the host can run an artifact built for ``spec`` (same CPU architecture)."""
     import platform
 
     if spec.get("kind") != "llvm":

@@ -29,7 +29,7 @@ from edgeopt.core.errors import InputError
 
 COST_MODELS = ("xgb", "random")
 #: Seconds per measured candidate before any round has been timed: ~1.5 s for ResNet-18's
-#: convolutions on this 2-core machine (search, build and measurement together).
+#: convolutions on a 2-core CPU (search, build and measurement together).
 FIRST_ROUND_S_PER_TRIAL = 1.5
 
 
@@ -52,7 +52,7 @@ class TuneConfig:
             number of candidates it then hands out, so ``trials_per_iter`` of 16-32 amortizes it.
         build_timeout_s: seconds one candidate may take to compile in a builder worker.
         tracker, key: measure candidates on the devices registered under ``key`` at this TVM
-            RPC tracker (``HOST:PORT``) instead of on this machine; builds stay here. The database
+            RPC tracker (``HOST:PORT``) instead of on the host; builds stay on the host. The database
             is the same as for local tuning.
         weight_prepack: on CPU, let schedules choose the weights' memory layout; the layout
             change is folded into the stored weights at build time, so the artifact's interface
@@ -155,7 +155,7 @@ def load_tensor_intrinsics(kind: str) -> None:
     """Register only the tensor intrinsics ``kind`` can use, before MetaSchedule imports them all.
 
     ``import tvm.s_tir.tensor_intrin`` (done by every MetaSchedule TuneContext) registers the
-    intrinsics of every backend by parsing TVMScript: 45-60 s on this 2-core machine, 27 s of
+    intrinsics of every backend by parsing TVMScript: 45-60 s on a 2-core CPU, 27 s of
     it CUDA's. Put the package in ``sys.modules`` without running its ``__init__`` and import
     the modules the target needs (~1.5 s for CPU); TVM's own import then finds it loaded.
     """
@@ -180,7 +180,7 @@ def build_candidate(mod, target, _params=None):
 
     It is TVM's ``default_build`` minus ``import tvm.s_tir.tensor_intrin``: that import registers
     the tensor intrinsics of every backend (CUDA, ROCm, Hexagon, ARM, x86) by parsing TVMScript
-    and takes 45-60 s on this 2-core machine, in every fresh builder worker, longer than the
+    and takes 45-60 s on a 2-core CPU, in every fresh builder worker, longer than the
     builder's 30 s timeout, so every candidate of a large model failed as a "build error". A
     tensorized candidate already carries its intrinsic's body, so compiling it needs no registry.
     """
@@ -225,7 +225,7 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
         if config.timeout_s is not None:
             # MetaSchedule stores a round's records when the round ends, so a round must fit in
             # what is left of the budget: size it by the seconds per trial measured so far (before
-            # the first round, by this machine's typical rate). A first round must also reach
+            # the first round, by the host's typical rate). A first round must also reach
             # every task, or untuned kernels stay naive: give each task fewer candidates per
             # search iteration when the budget cannot afford the configured number.
             per_trial = elapsed / (done - before) if done > before else FIRST_ROUND_S_PER_TRIAL

@@ -1,6 +1,6 @@
 """Error types shared by every edgeopt layer.
 
-The CLI maps them to exit codes (DESIGN.md): ``InputError`` -> 2 (bad input or usage),
+The CLI maps them to exit codes (docs/design.md): ``InputError`` -> 2 (bad input or usage),
 ``CheckFailed`` -> 1 (a check ran and failed: parity above tolerance, a regression).
 
 Example:

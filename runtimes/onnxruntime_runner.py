@@ -25,7 +25,7 @@ class OnnxRuntimeRunner(Runner):
         threads: intra-op threads (``None``: onnxruntime's default, one per core).
         spin: let idle worker threads spin after a run. Off by default: on a 2-core machine
             spinning threads steal the cores of whatever runs next in the same process
-            (TOOLCHAIN.md measured a 4x slowdown with interleaved sessions).
+            (a 4x slowdown was measured with interleaved sessions on 2 cores).
         optimization: onnxruntime graph optimization level name: "disable", "basic",
             "extended" or "all".
     """

@@ -16,7 +16,7 @@ def _gpu_available() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _gpu_available(), reason="no CUDA GPU and driver on this machine")
+@pytest.mark.skipif(not _gpu_available(), reason="no CUDA GPU and driver on this host")
 def test_cuda_artifact_matches_torch(tmp_path):
     from edgeopt.compile import build, export
     from edgeopt.pipeline.zoo import create
