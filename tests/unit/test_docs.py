@@ -44,7 +44,8 @@ def test_layout_table_names_every_module_of_a_package(folder):
     assert not missing, f"docs/design.md names modules that do not exist: {sorted(missing)}"
 
 
-OUTSIDE = re.compile(r"\.\./shared|TOOLCHAIN\.md|DESIGN\.md|this 2-core machine")
+# built from parts so that this file does not match itself
+OUTSIDE = re.compile(r"\.\./" + "shared|" + "TOOLCHAIN" + r"\.md|" + "DESIGN" + r"\.md|this 2-core " + "machine")
 
 
 def test_no_tracked_file_points_outside_the_repository():
