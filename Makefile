@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgeopt-installed
 OUT    ?= build/demo
 
-.PHONY: demo test setup bench clean cross-tools native data
+.PHONY: demo test test-fast setup bench clean cross-tools native data
 
 setup: $(STAMP)
 
@@ -22,8 +22,13 @@ $(STAMP): requirements/base.txt requirements/pretrained.txt pyproject.toml
 demo: $(STAMP) data
 	$(VENV)/bin/edgeopt demo --out $(OUT)
 
+# Everything CI runs (unit, cross and device tiers; GPU tests skip without a GPU).
 test: $(STAMP) cross-tools data
 	$(PY) -m pytest -q tests
+
+# The edit-loop tier: unit tests not marked slow (each slow case says why it is slow).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests/unit
 
 # Fashion-MNIST (the demo's task; IDX files under /usr/share/datasets/fashion-mnist) from the
 # Debian package dataset-fashion-mnist. Installed when missing and apt-get can run; otherwise the
