@@ -1,6 +1,8 @@
 """Structured pruning and low-rank on many architectures: never a broken model, every layer left
 alone named with the reason, budgets met, bad inputs refused with one clear line."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -217,3 +219,28 @@ def test_steps_chain_as_step_results_and_report_progress():
     assert [h["name"] for h in ec.history(second.output)] == ["lowrank", "prune"]
     assert any(line.startswith("prune: engine") for line in lines)
     assert np.isfinite(second.output(x).detach().numpy()).all()
+
+
+class TwoOutputs(torch.nn.Module):
+    """Returns a dict whose "feat" entry is an activation after the last conv (not the conv's
+    own output), so an engine that only keeps output-producing layers whole changes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 16, 3), torch.nn.Conv2d(16, 16, 3)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        f = torch.relu(self.b(torch.relu(self.a(x))))
+        return {"logits": self.head(f.mean((2, 3))), "feat": f}
+
+
+def test_output_structure_is_the_invariant():
+    model, x = TwoOutputs().eval(), torch.randn(1, 3, 12, 12)
+    r = ec.prune(model, ec.PruneConfig(amount=0.5), x)
+    assert r.metrics["engine"] == "edgeopt"
+    assert re.search(r"output shape \(1, \d+, 8, 8\) differs from the original \(1, 16, 8, 8\)",
+                     r.metrics["engine_reason"])
+    out = r.output(x)
+    assert list(out) == ["logits", "feat"] and out["feat"].shape == (1, 16, 8, 8)
+    assert r.metrics["params_after"] < r.metrics["params_before"]  # conv a is still pruned
