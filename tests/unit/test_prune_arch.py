@@ -42,6 +42,16 @@ def test_half_pruning_never_breaks_a_model(name):
         assert m["params_after"] <= 0.6 * m["params_before"], m
 
 
+def test_zoo_attention_loses_whole_heads(tmp_path):
+    model, x = build("tiny_vit")
+    r = ec.prune(model, ec.PruneConfig(amount=0.5), x)  # Torch-Pruning fails on its class token
+    assert r.metrics["engine"] == "edgeopt"
+    assert [(h["heads_before"], h["heads_after"]) for h in r.metrics["heads"]] == [(4, 2), (4, 2)]
+    attn = r.output.blocks[0].attn
+    assert attn.heads == 2 and attn.qkv.out_features == 3 * 2 * attn.head_dim
+    assert export(r.output, x.numpy(), tmp_path / "vit.onnx").parity.passed
+
+
 def test_fallback_engine_is_recorded_with_the_reason():
     model, x = build("mlp_mixer")  # Torch-Pruning's result fails to run (token-mixing Linear)
     m = ec.prune(model, ec.PruneConfig(amount=0.5), x).metrics
