@@ -322,7 +322,10 @@ def layer_sensitivity(model, batches: list[tuple]) -> dict:
         if mask.numel() < 2:
             continue
 
+        fired = []
+
         def hook(mod, inp, out, mask=mask, conv=isinstance(m, torch.nn.modules.conv._ConvNd)):
+            fired.append(True)
             shape = [1, -1] + [1] * (out.dim() - 2) if conv else [1] * (out.dim() - 1) + [-1]
             return out * mask.view(shape)
 
@@ -334,7 +337,9 @@ def layer_sensitivity(model, batches: list[tuple]) -> dict:
                     out = _flat(model(*b))
                     num += float(((out - ref) ** 2).sum())
                     den += float((ref ** 2).sum())
-            errors[name] = math.sqrt(num / max(den, 1e-30))
+            # A layer whose module is never called (nn.MultiheadAttention reads out_proj's
+            # weight directly) was not measured: it keeps the neutral weight, not "harmless".
+            errors[name] = math.sqrt(num / max(den, 1e-30)) if fired else None
         except Exception:  # a layer whose output cannot be masked this way keeps weight 1
             errors[name] = None
         finally:

@@ -254,3 +254,13 @@ def test_output_structure_is_the_invariant():
     out = r.output(x)
     assert list(out) == ["logits", "feat"] and out["feat"].shape == (1, 16, 8, 8)
     assert r.metrics["params_after"] < r.metrics["params_before"]  # conv a is still pruned
+
+
+def test_sensitivity_weights_center_on_one_and_unmeasured_layers_stay_neutral():
+    from edgeopt.compress.prune import layer_sensitivity
+
+    model, x = build("vit_encoder")
+    w = layer_sensitivity(model, [(x,)])
+    assert w["layers.0.attn.out_proj"] == 1.0  # called through its weight only: not measured
+    assert np.median([v for k, v in w.items() if "out_proj" not in k]) == pytest.approx(1.0, rel=0.5)
+    assert all(v > 0 for v in w.values())
