@@ -322,7 +322,10 @@ def layer_sensitivity(model, batches: list[tuple]) -> dict:
         if mask.numel() < 2:
             continue
 
+        fired = []
+
         def hook(mod, inp, out, mask=mask, conv=isinstance(m, torch.nn.modules.conv._ConvNd)):
+            fired.append(True)
             shape = [1, -1] + [1] * (out.dim() - 2) if conv else [1] * (out.dim() - 1) + [-1]
             return out * mask.view(shape)
 
@@ -334,7 +337,9 @@ def layer_sensitivity(model, batches: list[tuple]) -> dict:
                     out = _flat(model(*b))
                     num += float(((out - ref) ** 2).sum())
                     den += float((ref ** 2).sum())
-            errors[name] = math.sqrt(num / max(den, 1e-30))
+            # A layer whose module is never called (nn.MultiheadAttention reads out_proj's
+            # weight directly) was not measured: it keeps the neutral weight, not "harmless".
+            errors[name] = math.sqrt(num / max(den, 1e-30)) if fired else None
         except Exception:  # a layer whose output cannot be masked this way keeps weight 1
             errors[name] = None
         finally:
@@ -446,8 +451,17 @@ def _analyse(model, args) -> tuple[_Groups, dict]:
     import torch.fx as fx
     from torch.fx.passes.shape_prop import ShapeProp
 
+    heads = _attention_modules(model)
+
+    class Tracer(fx.Tracer):
+        """Keeps head-structured attention modules whole in the graph: their heads are
+        pruned as units (``_prune_heads``), their reshapes into heads are not channel ops."""
+
+        def is_leaf_module(self, m, qualname):
+            return qualname in heads or super().is_leaf_module(m, qualname)
+
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx.GraphModule(model, Tracer().trace(model))
     except Exception as e:
         raise InputError(f"structured pruning needs a torch.fx-traceable model; tracing "
                          f"{type(model).__name__} failed: {str(e).splitlines()[0]}") from None
@@ -494,7 +508,17 @@ def _analyse(model, args) -> tuple[_Groups, dict]:
             m = gm.get_submodule(node.target)
             kind = type(m).__name__
             name = node.target
-            if isinstance(m, convs):
+            if name in heads:
+                # (N, T, D) -> qkv -> heads -> proj -> (N, T, D'): qkv reads the input's
+                # features, proj produces new ones; the heads in between go by _prune_heads.
+                if src in info and info[src][1] == "feat":
+                    groups.get(info[src][0]).consumers.append((f"{name}.qkv", 1))
+                else:
+                    block_inputs(node, f"attention {name} reads a non-feature layout")
+                g = groups.new(m.proj.out_features)
+                groups.get(g).producers.append(f"{name}.proj")
+                info[node] = (g, "feat", 1)
+            elif isinstance(m, convs):
                 g_in = info.get(src, (None,))[0]
                 if m.groups == 1:
                     if g_in is not None:
@@ -657,13 +681,68 @@ def _prune_channels(model, config: PruneConfig, args, amount: float, scope: str,
             scores *= float(np.mean([weights.get(n, 1.0) for n in g.producers]))
         prunable.append((g, scores))
     keep = _choose(prunable, amount, scope, config.min_keep, config.round_to)
+    heads = _prune_heads(model, modules, config, amount)
     kept = []
     with torch.no_grad():
         for (g, _), idx in zip(prunable, keep):
             if len(idx) < g.size:
                 _apply(modules, g, torch.as_tensor(idx, dtype=torch.long))
             kept.append({"layers": g.producers, "channels_before": g.size, "channels_after": len(idx)})
-    return {"groups": kept, "left_whole": left}
+    return {"groups": kept, "left_whole": left, **({"heads": heads} if heads else {})}
+
+
+def _attention_modules(model) -> set:
+    """Names of attention modules with whole-head structure: ``heads``/``head_dim`` attributes,
+    a fused ``qkv`` Linear (3 * heads * head_dim outputs) and a ``proj`` Linear reading
+    heads * head_dim features (the zoo's ``Attention``, timm-style blocks)."""
+    import torch
+
+    out = set()
+    for name, m in model.named_modules():
+        h, d = getattr(m, "heads", None), getattr(m, "head_dim", None)
+        qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+        if isinstance(h, int) and isinstance(d, int) and isinstance(qkv, torch.nn.Linear) \
+                and isinstance(proj, torch.nn.Linear) and qkv.out_features == 3 * h * d \
+                and proj.in_features == h * d and name:
+            out.add(name)
+    return out
+
+
+def _prune_heads(model, modules: dict, config: PruneConfig, amount: float) -> list:
+    """Remove the weakest ``amount`` of each attention module's heads as whole units: their
+    rows of q, k and v in ``qkv`` and their columns of ``proj``. A head's importance is the
+    norm of those weights (mean-normalized); every module keeps at least one head."""
+    import torch
+
+    done = []
+    for name in sorted(_attention_modules(model)):
+        m = modules[name]
+        if {name, f"{name}.qkv", f"{name}.proj"} & set(config.skip):
+            continue
+        h, d = m.heads, m.head_dim
+        keep = max(1, math.ceil(config.min_keep * h), h - int(math.floor(amount * h)))
+        if config.round_to:
+            keep = min(h, int(math.ceil(keep / config.round_to)) * config.round_to)
+        if keep >= h:
+            continue
+        w = m.qkv.weight.detach().reshape(3, h, d, -1).abs()
+        p = m.proj.weight.detach().reshape(-1, h, d).abs()
+        if config.norm == "l1":
+            score = w.sum(dim=(0, 2, 3)) + p.sum(dim=(0, 2))
+        else:
+            score = w.pow(2).sum(dim=(0, 2, 3)).sqrt() + p.pow(2).sum(dim=(0, 2)).sqrt()
+        kept = torch.sort(torch.argsort(-score, stable=True)[:keep]).values
+        rows = torch.cat([part * h * d + kept[:, None] * d + torch.arange(d)[None, :]
+                          for part in range(3)], dim=0).reshape(-1)
+        cols = (kept[:, None] * d + torch.arange(d)[None, :]).reshape(-1)
+        with torch.no_grad():
+            m.qkv.weight = torch.nn.Parameter(m.qkv.weight.detach().index_select(0, rows).clone())
+            if m.qkv.bias is not None:
+                m.qkv.bias = torch.nn.Parameter(m.qkv.bias.detach().index_select(0, rows).clone())
+            m.proj.weight = torch.nn.Parameter(m.proj.weight.detach().index_select(1, cols).clone())
+        m.qkv.out_features, m.proj.in_features, m.heads = len(rows), len(cols), keep
+        done.append({"module": name, "heads_before": h, "heads_after": keep})
+    return done
 
 
 def _choose(prunable: list, amount: float, scope: str, min_keep: float,

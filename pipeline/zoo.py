@@ -174,7 +174,8 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = torch.softmax((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim)), dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
+        # heads * head_dim, not d: pruning whole heads narrows it (edgeopt.compress.prune).
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
 
 
 class EncoderBlock(nn.Module):

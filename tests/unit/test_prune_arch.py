@@ -1,6 +1,8 @@
 """Structured pruning and low-rank on many architectures: never a broken model, every layer left
 alone named with the reason, budgets met, bad inputs refused with one clear line."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -38,6 +40,16 @@ def test_half_pruning_never_breaks_a_model(name):
         assert LEFT_WHOLE[name] in reasons
     else:
         assert m["params_after"] <= 0.6 * m["params_before"], m
+
+
+def test_zoo_attention_loses_whole_heads(tmp_path):
+    model, x = build("tiny_vit")
+    r = ec.prune(model, ec.PruneConfig(amount=0.5), x)  # Torch-Pruning fails on its class token
+    assert r.metrics["engine"] == "edgeopt"
+    assert [(h["heads_before"], h["heads_after"]) for h in r.metrics["heads"]] == [(4, 2), (4, 2)]
+    attn = r.output.blocks[0].attn
+    assert attn.heads == 2 and attn.qkv.out_features == 3 * 2 * attn.head_dim
+    assert export(r.output, x.numpy(), tmp_path / "vit.onnx").parity.passed
 
 
 def test_fallback_engine_is_recorded_with_the_reason():
@@ -217,3 +229,38 @@ def test_steps_chain_as_step_results_and_report_progress():
     assert [h["name"] for h in ec.history(second.output)] == ["lowrank", "prune"]
     assert any(line.startswith("prune: engine") for line in lines)
     assert np.isfinite(second.output(x).detach().numpy()).all()
+
+
+class TwoOutputs(torch.nn.Module):
+    """Returns a dict whose "feat" entry is an activation after the last conv (not the conv's
+    own output), so an engine that only keeps output-producing layers whole changes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 16, 3), torch.nn.Conv2d(16, 16, 3)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        f = torch.relu(self.b(torch.relu(self.a(x))))
+        return {"logits": self.head(f.mean((2, 3))), "feat": f}
+
+
+def test_output_structure_is_the_invariant():
+    model, x = TwoOutputs().eval(), torch.randn(1, 3, 12, 12)
+    r = ec.prune(model, ec.PruneConfig(amount=0.5), x)
+    assert r.metrics["engine"] == "edgeopt"
+    assert re.search(r"output shape \(1, \d+, 8, 8\) differs from the original \(1, 16, 8, 8\)",
+                     r.metrics["engine_reason"])
+    out = r.output(x)
+    assert list(out) == ["logits", "feat"] and out["feat"].shape == (1, 16, 8, 8)
+    assert r.metrics["params_after"] < r.metrics["params_before"]  # conv a is still pruned
+
+
+def test_sensitivity_weights_center_on_one_and_unmeasured_layers_stay_neutral():
+    from edgeopt.compress.prune import layer_sensitivity
+
+    model, x = build("vit_encoder")
+    w = layer_sensitivity(model, [(x,)])
+    assert w["layers.0.attn.out_proj"] == 1.0  # called through its weight only: not measured
+    assert np.median([v for k, v in w.items() if "out_proj" not in k]) == pytest.approx(1.0, rel=0.5)
+    assert all(v > 0 for v in w.values())
