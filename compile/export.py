@@ -35,7 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from edgeopt.core.config import check_field_types
-from edgeopt.core.files import file_mode
+from edgeopt.core.files import atomic_file
 from edgeopt.core.result import Progress, StepResult, reporter, unwrap
 from edgeopt.runtimes.artifact import write_artifact
 from edgeopt.core.errors import InputError, ParityError
@@ -187,8 +187,8 @@ def _export(model, config: ExportConfig, example: tuple, out: Path, check_inputs
                         "params": sum(p.numel() for p in model.parameters())},
         }
         if out.suffix == ".onnx":
-            os.chmod(tmp_file, file_mode())
-            os.replace(tmp_file, out)
+            with atomic_file(out) as dst:  # the one atomic-write helper: umask permissions
+                os.replace(tmp_file, dst)
             output: Any = out
         else:
             output = write_artifact(

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgeopt.core.config import check_field_types
-from edgeopt.core.files import file_mode
+from edgeopt.core.files import atomic_file
 from edgeopt.core.result import Progress, StepResult, reporter
 from edgeopt.core.tensors import TensorSpec
 from edgeopt.runtimes.artifact import Artifact, write_artifact
@@ -231,8 +231,8 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
             },
         }
         if out.suffix == ".onnx":
-            os.chmod(candidate, file_mode())
-            os.replace(candidate, out)
+            with atomic_file(out) as dst:  # the one atomic-write helper: umask permissions
+                os.replace(candidate, dst)
             output: Any = out
         else:
             output = write_artifact(out, lambda d: os.replace(candidate, d / "model.onnx"),
