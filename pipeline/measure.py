@@ -66,6 +66,16 @@ def save_torch_artifact(model, example: np.ndarray, out, history: Sequence[dict]
                           history=history)
 
 
+def onnx_params(path) -> int:
+    """Parameters of an ONNX model: the elements of its float initializers (weights, biases)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return sum(int(numpy_helper.to_array(t).size) for t in model.graph.initializer
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE))
+
+
 def predictions_digest(preds: np.ndarray) -> str:
     """A short hash of a prediction vector: equal digests mean identical predictions."""
     return hashlib.sha256(np.ascontiguousarray(preds, dtype=np.int64).tobytes()).hexdigest()[:16]
@@ -144,7 +154,7 @@ def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, 
         "runtime": runtime,
         "target": target,
         "size_bytes": run_artifact.size_bytes(),
-        "params": count_params(model),
+        "params": count_params(model) if hasattr(model, "parameters") else onnx_params(fp32_onnx),
         "flops": onnx_flops(fp32_onnx),
         "latency_ms": result.latency.to_report(),
         **scores(task, outputs, reference),

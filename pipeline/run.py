@@ -92,7 +92,12 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
     bench = BenchConfig(**recipe.bench)
     torch.set_num_threads(bench.resolved_threads)
 
-    loaded = load_model(recipe.model, seed=recipe.seed, weights=recipe.weights, input_shape=recipe.input_shape)
+    onnx_model = is_onnx_model(recipe.model)
+    if onnx_model:
+        check_onnx_recipe(recipe)
+        loaded = load_onnx_model(recipe.model, recipe.input_shape)
+    else:
+        loaded = load_model(recipe.model, seed=recipe.seed, weights=recipe.weights, input_shape=recipe.input_shape)
     shape = tuple(loaded.input_shape or ())
     if not shape:
         raise InputError(f"{recipe.source}: model {recipe.model!r} does not say its input shape; "
@@ -133,8 +138,12 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
     earlier = set(state["done"])
 
     example = task.test.x[:1]
-    base = _base_model(loaded.module, task, recipe, out, log)
-    reference = reference_outputs(base, task.test.x)
+    if onnx_model:
+        base = loaded.prepare(out / "base-model", log)
+        reference = _onnx_outputs(base, task.test.x)
+    else:
+        base = _base_model(loaded.module, task, recipe, out, log)
+        reference = reference_outputs(base, task.test.x)
     study = _Study(recipe, task, base, example, reference, bench, out, log, nproc)
 
     keys = [(name, t) for name in recipe.variants for t in recipe.targets]
@@ -190,6 +199,76 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
     log("")
     log(text_table(report))
     return report
+
+
+def is_onnx_model(spec: str) -> bool:
+    """Whether a recipe's ``model`` is an ONNX file or an ONNX artifact folder."""
+    p = Path(spec)
+    return spec.endswith(".onnx") or (p.is_dir() and (p / "manifest.json").is_file()
+                                      and json.loads((p / "manifest.json").read_text()).get("format") == "onnx")
+
+
+def check_onnx_recipe(recipe: Recipe) -> None:
+    """An ONNX model takes ONNX-level steps and non-torch targets only; say so before any work."""
+    for variant, steps in recipe.variants.items():
+        for step in steps:
+            if step.kind.level != "onnx":
+                raise InputError(f"{recipe.source}: variant {variant!r}: step {step.name!r} needs a torch model, "
+                                 f"and {recipe.model!r} is an ONNX model; use ONNX-level steps (quantize) or "
+                                 "give the torch model (zoo:NAME, module.path:factory, .pt2)")
+    if any(t.runtime == "torch" for t in recipe.targets):
+        raise InputError(f"{recipe.source}: runtime torch cannot run the ONNX model {recipe.model!r}; "
+                         "use onnxruntime or tvm")
+    if recipe.weights:
+        raise InputError(f"{recipe.source}: 'weights' is for torch models; {recipe.model!r} holds its own")
+
+
+class _OnnxModel:
+    """A third-party ONNX model as a study's base: prepared (opset, constants, shapes) once."""
+
+    def __init__(self, spec: str, input_shape):
+        from edgeopt.runtimes.artifact import model_input
+        from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
+
+        self.path, self.history, _ = model_input(spec, "onnx", "run")
+        inputs, _ = onnx_io(load_onnx(self.path))
+        if len(inputs) != 1:
+            raise InputError(f"model {spec!r} has {len(inputs)} inputs; a study feeds models with one input")
+        declared = [d if isinstance(d, int) and d > 0 else 1 for d in inputs[0].shape]  # symbolic batch -> 1
+        self.input_shape = tuple(input_shape) if input_shape else tuple(declared)
+        self.module = None
+
+    def prepare(self, folder: Path, log):
+        """The prepared model as an artifact folder (the fp32 variant and every step's input)."""
+        import onnx
+
+        from edgeopt.compile.onnx_prepare import prepare_onnx
+        from edgeopt.runtimes.artifact import load_artifact, write_artifact
+        from edgeopt.runtimes.onnx_file import onnx_io
+
+        if (folder / "manifest.json").is_file():
+            return load_artifact(folder)
+        model = prepare_onnx(self.path)
+        inputs, outputs = onnx_io(model)
+        record = {"name": "prepare", "config": {"source": str(self.path)},
+                  "metrics": {"opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}}
+        log(f"base model: {self.path} prepared (opset upgrade, constants folded, shapes inferred)")
+        return write_artifact(folder, lambda d: onnx.save(model, str(d / "model.onnx")), format="onnx",
+                              files=["model.onnx"], inputs=inputs, outputs=outputs,
+                              history=[*self.history, record])
+
+
+def load_onnx_model(spec: str, input_shape) -> _OnnxModel:
+    return _OnnxModel(spec, input_shape)
+
+
+def _onnx_outputs(artifact, x: np.ndarray) -> np.ndarray:
+    from edgeopt.runtimes import load
+
+    from .tasks import collect
+
+    runner = load(artifact, threads=1)
+    return collect(lambda a: runner.run(a)[0], x)
 
 
 def _base_model(module, task, recipe: Recipe, out: Path, log):
@@ -256,13 +335,18 @@ class _Study:
     def onnx_artifact(self, name: str, steps: list[Step]):
         """The variant's final ONNX artifact (exported, then the ONNX-level step if any)."""
         from edgeopt.compile import ExportConfig, export
+        from edgeopt.core.result import StepResult
 
         if name not in self.onnx:
             try:
                 folder = self.out / "variants" / _slug(name)
-                model = self.torch_model(steps)
-                checks = [self.task.test.x[i:i + 1] for i in range(min(8, len(self.task.test.x)))]
-                result = export(model, ExportConfig(), self.example, out=folder / "onnx", check_inputs=checks)
+                if not hasattr(self.base, "state_dict"):  # an ONNX model: nothing to export
+                    model = self.base
+                    result = StepResult(self.base, (self.base.history or [{}])[-1], self.base.history[:-1])
+                else:
+                    model = self.torch_model(steps)
+                    checks = [self.task.test.x[i:i + 1] for i in range(min(8, len(self.task.test.x)))]
+                    result = export(model, ExportConfig(), self.example, out=folder / "onnx", check_inputs=checks)
                 for step in steps:
                     if step.kind.level == "onnx":
                         result = apply_step(step, result, self.data, out=folder / step.name)
@@ -272,6 +356,11 @@ class _Study:
         if isinstance(self.onnx[name], Exception):
             raise self.onnx[name]
         return self.onnx[name]
+
+    def _fp32_onnx(self, folder: Path, art) -> Path:
+        """The variant's float ONNX model (FLOPs are counted on it, not on the int8 graph)."""
+        exported = folder / "onnx" / "model.onnx"
+        return exported if exported.is_file() else self.base.model_file
 
     def measure(self, name: str, steps: list[Step], target: Target) -> dict:
         from edgeopt.runtimes import load
@@ -300,5 +389,5 @@ class _Study:
         return measure_entry(
             name=name, steps=steps, runtime=target.runtime,
             target=runtime_target(target.runtime, target.build), runner=runner, run_artifact=run_art,
-            model=model, fp32_onnx=folder / "onnx" / "model.onnx", task=self.task,
+            model=model, fp32_onnx=self._fp32_onnx(folder, art), task=self.task,
             reference=self.reference, example=self.example, bench=self.bench)

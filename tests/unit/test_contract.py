@@ -225,3 +225,20 @@ def test_outputs_get_the_users_umask_permissions(tmp_path):
     assert stat.S_IMODE(art.path.stat().st_mode) == 0o755
     for f in [*art.path.iterdir(), single, tmp_path / "state.json"]:
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+def test_a_third_party_onnx_model_runs_a_study(exported, tmp_path):
+    recipe = (f"model: {exported.path}\ntask: random\nvariants:\n  fp32: []\n"
+              "  int8: [{quantize: {method: minmax}}]\ntargets: [{runtime: onnxruntime}]\n"
+              "bench: {warmup: 1, repeat: 3}\n")
+    (tmp_path / "r.yaml").write_text(recipe)
+    r = edgeopt_cli("run", tmp_path / "r.yaml", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    int8 = next(v for v in report["variants"] if v["name"] == "int8")
+    assert int8["size_bytes"] < next(v for v in report["variants"] if v["name"] == "fp32")["size_bytes"]
+    assert 0.5 <= int8["agreement"] <= 1.0 and int8["params"] > 0
+
+    (tmp_path / "bad.yaml").write_text(recipe.replace("[{quantize: {method: minmax}}]", "[{prune: {amount: 0.5}}]"))
+    r = edgeopt_cli("run", tmp_path / "bad.yaml", "--out", tmp_path / "bad")
+    assert r.returncode == 2 and "needs a torch model" in r.stderr and not (tmp_path / "bad").exists()
