@@ -111,6 +111,10 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
             if getattr(step.config, "max_accuracy_drop", None) is not None and not task.labelled:
                 raise InputError(f"{recipe.source}: variant {variant!r}: max_accuracy_drop needs labels and "
                                  f"task {recipe.task!r} has none; use min_agreement")
+            if step.name == "distill" and task.metric not in ("top1", "agreement"):
+                raise InputError(f"{recipe.source}: variant {variant!r}: distill matches softened class "
+                                 f"scores and task {recipe.task!r} is scored by {task.metric}; it needs a "
+                                 "classification task (top1)")
     if nproc > 1:  # refuse a process count the data cannot split before any work is done
         from edgeopt.compress.distill import check_split
 
