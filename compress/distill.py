@@ -99,7 +99,9 @@ def distill(student, config: DistillConfig | None = None, data: Any = None, *leg
 
     Args:
         student: the model to train, or the ``StepResult`` of the step before (not modified; a
-            trained copy is returned).
+            trained copy is returned). A model from a ``.pt2`` file trains like any module
+            (``edgeopt.compress.pt2``) when its graph runs on batches; one exported with a
+            fixed batch size is refused with what to do instead.
         config: ``DistillConfig``.
         data: a task (with ``.train`` and ``.val`` splits), a split or ``(x, y)`` arrays, or an
             iterable of ``(x, y)`` batches.

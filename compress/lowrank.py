@@ -484,7 +484,9 @@ def lowrank(model, config: LowRankConfig, example_inputs, *, calibration=None, p
     """Factorize a copy of ``model`` (the input is not modified) and return a ``StepResult``.
 
     Args:
-        model: an ``nn.Module`` or the ``StepResult`` of the step before.
+        model: an ``nn.Module`` or the ``StepResult`` of the step before; a bare
+            ``torch.export`` program module (``program.module()``) is lifted first
+            (``edgeopt.compress.pt2``).
         config: ``LowRankConfig``.
         example_inputs: a tensor (or tuple) the model runs on: gives each layer's spatial size,
             and is the input of the invariant check.

@@ -23,6 +23,10 @@ structure and shapes (``edgeopt.compress.invariant``); otherwise the step falls 
 ``InputError`` naming what failed. It never returns a broken model. Groups left whole are listed
 with the reason; a model with nothing to prune gets ``metrics["nothing_changed"]`` saying why.
 
+Models from ``.pt2`` files are lifted (``edgeopt.compress.pt2``): their layers are modules, the
+rest are ATen calls, which edgeopt's tracer reads like the torch functions they stand for; a
+reshape to sizes the program wrote as numbers keeps the channels before it whole.
+
 Amount or budget: ``amount`` removes that fraction of channels (ranked by L1/L2 filter norm,
 normalized per group). ``flops_budget``/``params_budget`` (fractions of the original) are met by
 a global ranking whose per-layer weights are measured sensitivities: each layer's weakest half
@@ -134,7 +138,9 @@ def prune(model, config: PruneConfig, example_inputs, *, calibration=None, progr
     """Prune a copy of ``model`` (the input is not modified) and return a ``StepResult``.
 
     Args:
-        model: an ``nn.Module`` or the ``StepResult`` of the step before.
+        model: an ``nn.Module`` or the ``StepResult`` of the step before; a bare
+            ``torch.export`` program module (``program.module()``) is lifted first
+            (``edgeopt.compress.pt2``).
         config: ``PruneConfig``.
         example_inputs: a tensor/array (or tuple) the model runs on; also the invariant's input.
         calibration: inputs (a batch, or a list of batches) for the budget's sensitivity

@@ -95,8 +95,14 @@ def lift_program(program, example_inputs=None, *, rtol: float = 1e-5):
         raise InputError("lifting a torch.export program needs example inputs to check its outputs; "
                          "the program has none saved: pass example_inputs")
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    with torch.no_grad():
-        reference = gm(*args)
+    try:
+        with torch.no_grad():
+            reference = gm(*args)
+    except Exception as e:  # the program's shape guards raise AssertionError, its ops anything
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        shapes = [tuple(a.shape) for a in args if hasattr(a, "shape")]
+        raise InputError(f"the torch.export program does not run on inputs of shape {shapes} "
+                         f"({first}); pass inputs of the shape it was exported with") from None
     summary = _rewrite(gm)
     lifted = _ordinary(gm)
     setattr(lifted, LIFTED_ATTR, summary)
