@@ -106,6 +106,9 @@ def lift_program(program, example_inputs=None, *, rtol: float = 1e-5):
     summary = _rewrite(gm)
     lifted = _ordinary(gm)
     setattr(lifted, LIFTED_ATTR, summary)
+    # GraphModule's deepcopy (every step copies its input) keeps only the attributes listed
+    # here; without the mark a lifted module would look like a bare program again.
+    lifted.meta.setdefault("_user_preserved_attributes", {})[LIFTED_ATTR] = summary
     lifted.eval()
     with torch.no_grad():
         got = lifted(*args)
@@ -515,6 +518,11 @@ def _ordinary(gm):
             structured = pytree.tree_unflatten(flat, info.out_spec)
             graph._codegen = CodeGen()
             output.args = (structured,)
+    # Export's tracer class is recorded on the graph; a pickled GraphModule (torch.save, as
+    # distributed distillation hands the model to its workers) re-traces its code with that
+    # class on load, and export's cannot be built that way. The default tracer can.
+    graph._tracer_cls = None
+    graph._tracer_extras = None
     lifted = torch.fx.GraphModule(gm, graph, class_name="LiftedProgram")
     return lifted
 

@@ -176,3 +176,20 @@ def test_cli_prunes_exports_and_benchmarks_a_pt2(tmp_path):
     r = edgeopt_cli("bench", tmp_path / "pruned", "--runtime", "onnxruntime", "--repeat", "5")
     assert r.returncode == 0, r.stderr
     assert "runtime onnxruntime: median" in r.stdout and "n 5" in r.stdout
+
+
+def test_lifted_module_survives_deepcopy_and_torch_save(tmp_path):
+    """Steps deepcopy their input, distributed distillation torch.saves it for its workers."""
+    import copy
+
+    from edgeopt.compress.pt2 import is_exported_program_module
+
+    model, x = build("tcn_conv1d")
+    lifted = lift_program(torch.export.export(model, (x,)))
+    copied = copy.deepcopy(lifted)
+    assert not is_exported_program_module(copied), "still marked as lifted"
+    torch.save(lifted, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert _layers(loaded) == _layers(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), lifted(x)) and torch.equal(copied(x), lifted(x))
