@@ -63,7 +63,7 @@ def lift_program(program, example_inputs=None, *, rtol: float = 1e-5):
         program: a ``torch.export.ExportedProgram`` or its ``.module()`` (the program's module
             is not modified).
         example_inputs: a tuple of tensors the outputs are compared on; default the program's
-            saved example inputs (a bare ``.module()`` needs them given).
+            saved example inputs, else seeded inputs of the shapes its graph records.
         rtol: relative tolerance of that comparison.
 
     Returns the lifted module in eval mode. Its ``edgeopt_lifted`` attribute says how many
@@ -131,12 +131,14 @@ def is_program(model) -> bool:
 
 
 def lifted_if_exported(model, example_inputs=None):
-    """``model`` itself, or, when it is a bare ``torch.export`` program module (API users may
-    pass ``program.module()``), its lifted form checked on ``example_inputs`` (default: inputs
-    of the shapes the program was exported with)."""
-    if not is_exported_program_module(model):
-        return model
-    return lift_program(model, example_inputs)
+    """``model`` itself, or, when it is a ``torch.export`` program or its bare module (API users
+    may pass ``program`` or ``program.module()``), its lifted form checked on
+    ``example_inputs`` (default: inputs of the shapes the program was exported with)."""
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram) or is_exported_program_module(model):
+        return lift_program(model, example_inputs)
+    return model
 
 
 def refuse_exported(model, step: str, batch) -> None:

@@ -124,6 +124,8 @@ def test_bare_program_module_is_lifted_by_the_step():
     r = ec.prune(bare, ec.PruneConfig(amount=0.5), x)
     assert r.metrics["params_after"] < r.metrics["params_before"]
     assert r.metrics["params_before"] == _params(model)
+    program = torch.export.export(model, (x,))
+    assert ec.prune(program, ec.PruneConfig(amount=0.5), x).metrics["params_after"] == r.metrics["params_after"]
     with pytest.raises(InputError, match=r"program does not run on inputs of shape \[\(2, 3, 16, 16\)\] "
                                          r"\(Guard failed: .*\); pass inputs of the shape it was exported with"):
         ec.lowrank(bare, ec.LowRankConfig(energy=0.9), torch.randn(2, 3, 16, 16))
