@@ -32,6 +32,7 @@ from edgeopt.core.result import Progress, StepResult, reporter, shows_bars, unwr
 
 from .counting import count_params
 from .history import with_record
+from .pt2 import refuse_exported
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,9 @@ def distill(student, config: DistillConfig | None = None, data: Any = None, *leg
 
     Args:
         student: the model to train, or the ``StepResult`` of the step before (not modified; a
-            trained copy is returned).
+            trained copy is returned). A model from a ``.pt2`` file trains like any module
+            (``edgeopt.compress.pt2``) when its graph runs on batches; one exported with a
+            fixed batch size is refused with what to do instead.
         config: ``DistillConfig``.
         data: a task (with ``.train`` and ``.val`` splits), a split or ``(x, y)`` arrays, or an
             iterable of ``(x, y)`` batches.
@@ -135,9 +138,9 @@ def distill(student, config: DistillConfig | None = None, data: Any = None, *leg
     if data is None:
         raise InputError("distill needs training data (a task, a split, (x, y) arrays or batches)")
     module, history = unwrap(student)
-    from .pt2 import refuse_exported
+    from .pt2 import lifted_if_exported
 
-    refuse_exported(module, "distill")
+    module = lifted_if_exported(module)  # a bare .module() of a .pt2 program: its layers
     teacher, _ = unwrap(teacher)
     if not isinstance(nproc, int) or nproc < 1:
         raise InputError(f"nproc must be an integer >= 1, got {nproc!r}")
@@ -192,8 +195,10 @@ def train_distill(student, teacher, data, config: DistillConfig, val=None, progr
         p.requires_grad_(False)
 
     probe = _first_batch(train_x, batches)
+    check = copy.deepcopy(model).eval()
+    refuse_exported(check, "distill", probe)  # a .pt2 program's graph may fix the batch size
     with torch.no_grad():
-        s_out, t_out = copy.deepcopy(model).eval()(probe), teacher(probe)
+        s_out, t_out = check(probe), teacher(probe)
     if s_out.shape != t_out.shape:
         raise InputError(f"teacher and student outputs differ: teacher {tuple(t_out.shape)}, "
                          f"student {tuple(s_out.shape)}; distillation needs the same output shape")

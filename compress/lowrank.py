@@ -51,7 +51,7 @@ from edgeopt.core.result import StepResult, reporter, shows_bars, unwrap
 from .counting import model_stats
 from .history import with_record
 from .invariant import broken, signature
-from .pt2 import refuse_exported
+from .pt2 import lifted_if_exported
 
 METHODS = ("tucker", "cp")
 CANDIDATES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75)
@@ -484,7 +484,9 @@ def lowrank(model, config: LowRankConfig, example_inputs, *, calibration=None, p
     """Factorize a copy of ``model`` (the input is not modified) and return a ``StepResult``.
 
     Args:
-        model: an ``nn.Module`` or the ``StepResult`` of the step before.
+        model: an ``nn.Module`` or the ``StepResult`` of the step before; a bare
+            ``torch.export`` program module (``program.module()``) is lifted first
+            (``edgeopt.compress.pt2``).
         config: ``LowRankConfig``.
         example_inputs: a tensor (or tuple) the model runs on: gives each layer's spatial size,
             and is the input of the invariant check.
@@ -502,9 +504,9 @@ def lowrank(model, config: LowRankConfig, example_inputs, *, calibration=None, p
     from tqdm.auto import tqdm
 
     module, previous = unwrap(model)
-    refuse_exported(module, "lowrank")
     say = reporter(progress)
     example = _as_args(example_inputs)
+    module = lifted_if_exported(module, example)  # a bare .module() of a .pt2 program: its layers
     original = copy.deepcopy(module).eval()
     student = copy.deepcopy(original)
     before = model_stats(student, example)

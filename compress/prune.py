@@ -23,6 +23,10 @@ structure and shapes (``edgeopt.compress.invariant``); otherwise the step falls 
 ``InputError`` naming what failed. It never returns a broken model. Groups left whole are listed
 with the reason; a model with nothing to prune gets ``metrics["nothing_changed"]`` saying why.
 
+Models from ``.pt2`` files are lifted (``edgeopt.compress.pt2``): their layers are modules, the
+rest are ATen calls, which edgeopt's tracer reads like the torch functions they stand for; a
+reshape to sizes the program wrote as numbers keeps the channels before it whole.
+
 Amount or budget: ``amount`` removes that fraction of channels (ranked by L1/L2 filter norm,
 normalized per group). ``flops_budget``/``params_budget`` (fractions of the original) are met by
 a global ranking whose per-layer weights are measured sensitivities: each layer's weakest half
@@ -58,7 +62,7 @@ from edgeopt.core.result import StepResult, reporter, unwrap
 from .counting import count_params, model_stats
 from .history import with_record
 from .invariant import broken, signature
-from .pt2 import refuse_exported
+from .pt2 import lifted_if_exported
 
 NORMS = ("l1", "l2")
 SCOPES = ("global", "local")
@@ -134,7 +138,9 @@ def prune(model, config: PruneConfig, example_inputs, *, calibration=None, progr
     """Prune a copy of ``model`` (the input is not modified) and return a ``StepResult``.
 
     Args:
-        model: an ``nn.Module`` or the ``StepResult`` of the step before.
+        model: an ``nn.Module`` or the ``StepResult`` of the step before; a bare
+            ``torch.export`` program module (``program.module()``) is lifted first
+            (``edgeopt.compress.pt2``).
         config: ``PruneConfig``.
         example_inputs: a tensor/array (or tuple) the model runs on; also the invariant's input.
         calibration: inputs (a batch, or a list of batches) for the budget's sensitivity
@@ -146,9 +152,9 @@ def prune(model, config: PruneConfig, example_inputs, *, calibration=None, progr
     ``nothing_changed`` (``None``, or why nothing was removed); unstructured: sparsity per layer.
     """
     module, previous = unwrap(model)
-    refuse_exported(module, "prune")
     say = reporter(progress)
     args = _as_args(example_inputs)
+    module = lifted_if_exported(module, args)  # a bare .module() of a .pt2 program: its layers
     original = copy.deepcopy(module).eval()
     before = model_stats(original, args)
     reference = signature(original, args)
@@ -439,7 +445,7 @@ PASS_FUNCTIONS = ("relu", "relu6", "hardtanh", "silu", "gelu", "sigmoid", "hards
                   "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "leaky_relu", "contiguous",
                   "relu_", "clone", "tanh", "max_pool1d", "avg_pool1d", "adaptive_avg_pool1d",
                   "hardsigmoid", "mish")
-HARMLESS = ("size", "dim", "shape")  # reading a shape does not constrain channels
+HARMLESS = ("size", "dim", "shape", "sym_size", "sym_numel")  # reading a shape does not constrain channels
 REDUCTIONS = ("mean", "sum", "amax", "amin")
 
 
@@ -563,10 +569,19 @@ def _analyse(model, args) -> tuple[_Groups, dict]:
             continue
         # call_function / call_method
         target = node.target
-        tname = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+        aten = isinstance(target, torch._ops.OpOverload)
+        # A model lifted from a .pt2 program calls ATen ops (aten.relu.default): the op's
+        # name is its overload packet's (relu), and its arguments follow the torch function's.
+        tname = target.overloadpacket.__name__ if aten else \
+            target if isinstance(target, str) else getattr(target, "__name__", str(target))
         if tname in HARMLESS or target is getattr:
             continue
-        if tname in PASS_FUNCTIONS:
+        if aten and tname in ("view", "reshape", "_unsafe_view") and not _flattens(node, shape):
+            # The exported graph holds the sizes as numbers: pruning the channels would
+            # leave them wrong, so a reshape other than a same-shape one or (N, -1) is a wall.
+            block_inputs(node, f"{tname} at {node.name} fixes the shape {list(node.args[1])} "
+                               "in the exported graph")
+        elif tname in PASS_FUNCTIONS:
             passthrough(node, src)
         elif target in (operator.add, operator.iadd, torch.add, operator.mul, torch.mul) \
                 or tname in ("add", "add_", "mul", "mul_"):
@@ -580,6 +595,13 @@ def _analyse(model, args) -> tuple[_Groups, dict]:
         if node not in info:
             opaque(node, f"output of op {tname} at {node.name}")
     return groups, info
+
+
+def _flattens(node, shape) -> bool:
+    """An ATen view/reshape that pruning cannot invalidate: same shape, or ``(N, -1)``."""
+    src = node.args[0]
+    sizes = list(node.args[1]) if len(node.args) > 1 else []
+    return shape(node) == shape(src) or (len(sizes) == 2 and sizes[1] == -1)
 
 
 def _join(node, tensors, info, groups, shape) -> None:
@@ -648,6 +670,10 @@ def _flatten(node, src, info, groups, shape, where: str) -> None:
     elif layout == "feat" and len(s_in) == 2 and len(s_out) >= 3 and s_out[:2] == s_in \
             and all(d == 1 for d in s_out[2:]):
         info[node] = (g, "nchw", 1)
+    elif layout == "nchw" and len(s_out) > len(s_in) >= 3 and s_out[:len(s_in)] == s_in \
+            and all(d == 1 for d in s_out[len(s_in):]):
+        # (N, C, 1) -> (N, C, 1, 1): ATen graphs unsqueeze one axis at a time.
+        info[node] = info[src]
     else:
         groups.get(g).blocked.append(f"{where} changes the channel layout")
 

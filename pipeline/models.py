@@ -189,11 +189,14 @@ def _load_file(path: Path) -> LoadedModel:
                          "(zoo:NAME, module.path:factory or .pt2)")
     if path.suffix != ".pt2":
         raise InputError(f"{str(path)!r}: unknown model file type; expected a .pt2 file")
-    from edgeopt.compress.pt2 import as_module
-    from edgeopt.runtimes.torch_runner import _load_pt2
+    from edgeopt.compress.pt2 import lift_program
+    from edgeopt.runtimes.torch_runner import load_program
 
-    module, example = _load_pt2(path)
-    module = as_module(module)  # the program refuses .eval()/.train(), which steps call
+    program = load_program(path)
+    # The program's graph has ATen calls on bare parameters; lifted, its Conv/Linear/norm
+    # layers are modules again, which every torch-level step edits (compress/pt2.py).
+    module = lift_program(program)
+    example = program.example_inputs[0] if program.example_inputs else None
     shape = tuple(example[0].shape) if example else None
     return LoadedModel(module, shape, str(path))
 

@@ -84,9 +84,18 @@ def _np_dtype(torch_dtype) -> str:
 
 
 def _load_pt2(path: Path):
-    """Load a ``torch.export`` program and its example inputs; refuse pickles by design."""
+    """Load a ``torch.export`` program's module and its example inputs; refuse pickles by design."""
+    program = load_program(path)
+    example = list(program.example_inputs[0]) if program.example_inputs else None
+    return program.module(), example
+
+
+def load_program(path: Path):
+    """The ``torch.export.ExportedProgram`` saved at ``path`` (a ``.pt2`` file); pickles are
+    refused by design, anything else unloadable is an ``InputError``."""
     import torch
 
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     if path.suffix != ".pt2":
@@ -98,5 +107,4 @@ def _load_pt2(path: Path):
         program = torch.export.load(str(path))
     except Exception as e:
         raise InputError(f"{str(path)!r} is not a loadable torch.export program: {e}") from None
-    example = list(program.example_inputs[0]) if program.example_inputs else None
-    return program.module(), example
+    return program

@@ -9,10 +9,9 @@ import torch
 
 import edgeopt.compress as ec
 from arch_suite import SUITE, build
-from edgeopt.compile import export
+from edgeopt.compile import ExportConfig, export
 from edgeopt.core.errors import InputError
 from edgeopt.core.result import StepResult
-from helpers import tiny_conv_net
 
 BIG = {"resnet18": "11M-parameter zoo model", "mobilenetv2": "3.5M-parameter zoo model"}
 # Architectures where half the channels cannot go: the reason the record must give.
@@ -49,7 +48,7 @@ def test_zoo_attention_loses_whole_heads(tmp_path):
     assert [(h["heads_before"], h["heads_after"]) for h in r.metrics["heads"]] == [(4, 2), (4, 2)]
     attn = r.output.blocks[0].attn
     assert attn.heads == 2 and attn.qkv.out_features == 3 * 2 * attn.head_dim
-    assert export(r.output, x.numpy(), tmp_path / "vit.onnx").parity.passed
+    assert export(r.output, ExportConfig(), x.numpy(), out=tmp_path / "vit.onnx").metrics["parity"]["passed"]
 
 
 def test_fallback_engine_is_recorded_with_the_reason():
@@ -93,7 +92,7 @@ def test_round_to_keeps_multiples_of_it(engine):
 def test_pruned_suite_model_exports_with_parity(tmp_path):
     model, x = build("se_residual")
     pruned = ec.prune(model, ec.PruneConfig(amount=0.5), x).output
-    assert export(pruned, x.numpy(), tmp_path / "p.onnx").parity.passed
+    assert export(pruned, ExportConfig(), x.numpy(), out=tmp_path / "p.onnx").metrics["parity"]["passed"]
 
 
 def test_nothing_to_prune_says_why():
@@ -158,20 +157,6 @@ class DataDependent(torch.nn.Module):
 def test_untraceable_model_names_the_construct():
     with pytest.raises(InputError, match="torch.fx-traceable .* control flow"):
         ec.prune(DataDependent().eval(), ec.PruneConfig(amount=0.5, engine="edgeopt"), torch.randn(1, 3, 8, 8))
-
-
-def test_pt2_program_is_refused_with_what_to_pass(tmp_path):
-    from edgeopt.pipeline.models import load_model
-
-    model, x = tiny_conv_net(), torch.randn(1, 1, 8, 8)
-    torch.export.save(torch.export.export(model, (x,)), str(tmp_path / "m.pt2"))
-    loaded = load_model(str(tmp_path / "m.pt2")).module
-    assert export(loaded, x.numpy(), tmp_path / "m.onnx").parity.passed, "export works on .pt2"
-    for step in (lambda: ec.prune(loaded, ec.PruneConfig(amount=0.5), x),
-                 lambda: ec.lowrank(loaded, ec.LowRankConfig(rank_ratio=0.5), x)):
-        with pytest.raises(InputError, match=r"needs the model's nn.Module \(zoo:NAME or module.path:factory\), "
-                                             "not a .pt2 torch.export program"):
-            step()
 
 
 # -- low-rank --------------------------------------------------------------------------------------
