@@ -70,8 +70,9 @@ def main(argv=None) -> int:
         for name, student in compressed.items():
             row(name + " (no recovery)", student)
             for label, alpha in (("+ distillation", 0.7), ("+ fine-tuning (hard labels)", 0.0)):
-                tuned = [distill(student, teacher, task, DistillConfig(
-                    epochs=args.epochs, alpha=alpha, shift=2, patience=None, seed=seed), progress=False)
+                tuned = [distill(student, DistillConfig(
+                    epochs=args.epochs, alpha=alpha, shift=2, patience=None, seed=seed), task,
+                    teacher=teacher, progress=False).output
                     for seed in range(args.seeds)]
                 row(f"{name} {label}", tuned, last_record(tuned[0])["metrics"]["epochs_run"])
     table = "\n".join(rows)

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     accs = {}
     for n in (1, args.nproc):
         t0 = time.perf_counter()
-        m = ec.distill(student, teacher, task, cfg, progress=False, nproc=n)
+        m = ec.distill(student, cfg, task, teacher=teacher, progress=False, nproc=n).output
         s = time.perf_counter() - t0
         accs[n] = task.score(torch_logits(m, task.test.x))
         rows.append(f"| {n} | {cfg.batch_size} | {args.epochs} | {accs[n] * 100:.2f} | {s:.0f} |")

@@ -188,7 +188,7 @@ def test_distillation_recovers_a_pruned_model(digits):
     task, teacher = digits
     pruned = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32)).output
     before = task.score(torch_logits(pruned, task.test.x))
-    student = ec.distill(pruned, teacher, task, ec.DistillConfig(epochs=3), progress=False)
+    student = ec.distill(pruned, ec.DistillConfig(epochs=3), task, teacher=teacher, progress=False).output
     after = task.score(torch_logits(student, task.test.x))
     assert after > before + 0.2 and after > 0.9
     names = [r["name"] for r in ec.history(student)]
@@ -200,8 +200,8 @@ def test_distillation_is_deterministic(digits):
     task, teacher = digits
     cfg = ec.DistillConfig(epochs=1, seed=3)
     student = create("digits_cnn", seed=5)
-    a = ec.distill(student, teacher, task, cfg, progress=False)
-    b = ec.distill(student, teacher, task, cfg, progress=False)
+    a = ec.distill(student, cfg, task, teacher=teacher, progress=False).output
+    b = ec.distill(student, cfg, task, teacher=teacher, progress=False).output
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
@@ -209,7 +209,7 @@ def test_early_stopping_and_batches_and_features(digits):
     task, teacher = digits
     batches = [(task.train.x[i:i + 64], task.train.y[i:i + 64]) for i in range(0, 256, 64)]
     cfg = ec.DistillConfig(epochs=30, patience=1, features=(("features.4", "features.4"),))
-    student = ec.distill(create("digits_cnn", seed=1), teacher, batches, cfg, val=task.val, progress=False)
+    student = ec.distill(create("digits_cnn", seed=1), cfg, batches, teacher=teacher, val=task.val, progress=False).output
     m = ec.last_record(student)["metrics"]
     assert m["epochs_run"] < 30 and m["best_val_top1"] is not None
 
@@ -218,12 +218,11 @@ def test_distillation_bad_inputs(digits):
     task, teacher = digits
     other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 5))
     with pytest.raises(InputError, match=r"teacher and student outputs differ: teacher \(2, 10\), student \(2, 5\)"):
-        ec.distill(other, teacher, task, ec.DistillConfig(epochs=1), progress=False)
+        ec.distill(other, ec.DistillConfig(epochs=1), task, teacher=teacher, progress=False)
     with pytest.raises(InputError, match="the loader yielded no batch"):
-        ec.distill(create("digits_cnn"), teacher, [], ec.DistillConfig(epochs=1), progress=False)
+        ec.distill(create("digits_cnn"), ec.DistillConfig(epochs=1), [], teacher=teacher, progress=False)
     with pytest.raises(InputError, match="distillation data is empty"):
-        ec.distill(create("digits_cnn"), teacher, (np.zeros((0, 1, 32, 32), np.float32), np.zeros(0)),
-                   ec.DistillConfig(epochs=1), progress=False)
+        ec.distill(create("digits_cnn"), ec.DistillConfig(epochs=1), (np.zeros((0, 1, 32, 32), np.float32), np.zeros(0)), teacher=teacher, progress=False)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         ec.DistillConfig(epochs=1, temperature=0)
 

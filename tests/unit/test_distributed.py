@@ -31,8 +31,8 @@ def test_two_processes_match_one(digits):
     task, teacher, _ = digits
     student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32)).output
     cfg = ec.DistillConfig(epochs=2, seed=1, shift=1, batch_size=64)
-    one = ec.distill(student, teacher, task, cfg, progress=False)
-    two = ec.distill(student, teacher, task, cfg, progress=False, nproc=2)
+    one = ec.distill(student, cfg, task, teacher=teacher, progress=False).output
+    two = ec.distill(student, cfg, task, teacher=teacher, progress=False, nproc=2).output
     assert ec.last_record(two)["metrics"]["processes"] == 2 and ec.last_record(one)["metrics"]["processes"] == 1
     acc_one = task.score(torch_logits(one, task.test.x))
     acc_two = task.score(torch_logits(two, task.test.x))
@@ -46,11 +46,11 @@ def test_precomputed_teacher_logits_split_over_processes(digits):
     student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32)).output
     cfg = ec.DistillConfig(epochs=2, seed=2)
     cached = ec.DistillConfig(epochs=2, seed=2, precompute_teacher=True)
-    live = ec.distill(student, teacher, task, cfg, progress=False)
-    one = ec.distill(student, teacher, task, cached, progress=False)
+    live = ec.distill(student, cfg, task, teacher=teacher, progress=False).output
+    one = ec.distill(student, cached, task, teacher=teacher, progress=False).output
     for p, q in zip(live.parameters(), one.parameters()):  # the same logits, computed once
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
-    two = ec.distill(student, teacher, task, cached, progress=False, nproc=2)
+    two = ec.distill(student, cached, task, teacher=teacher, progress=False, nproc=2).output
     acc_one, acc_two = (task.score(torch_logits(m, task.test.x)) for m in (one, two))
     assert abs(acc_one - acc_two) <= 0.005, (acc_one, acc_two)
     with pytest.raises(InputError, match="precompute_teacher needs shift=0"):
@@ -66,7 +66,7 @@ torch.set_num_threads(1)
 task = load_task("digits")
 teacher = create("digits_cnn"); teacher.load_state_dict(torch.load(sys.argv[1]))
 cfg = ec.DistillConfig(epochs=4, seed=4, shift=1, patience=None)
-student = ec.distill(create("digits_cnn", seed=1), teacher, task, cfg, progress=False, checkpoint_dir=sys.argv[2])
+student = ec.distill(create("digits_cnn", seed=1), cfg, task, teacher=teacher, progress=False, checkpoint_dir=sys.argv[2]).output
 json.dump({"acc": task.score(torch_logits(student, task.test.x)),
            "params": [float(p.double().sum()) for p in student.parameters()]}, open(sys.argv[3], "w"))
 """
@@ -99,25 +99,23 @@ def test_killed_distillation_resumes_to_the_same_result(digits, tmp_path):
 
 def test_checkpoint_from_another_config_is_refused(digits, tmp_path):
     task, teacher, _ = digits
-    ec.distill(create("digits_cnn", seed=1), teacher, task, ec.DistillConfig(epochs=1), progress=False,
-               checkpoint_dir=tmp_path)
+    ec.distill(create("digits_cnn", seed=1), ec.DistillConfig(epochs=1), task, teacher=teacher, progress=False, checkpoint_dir=tmp_path)
     with pytest.raises(InputError, match="another DistillConfig"):
-        ec.distill(create("digits_cnn", seed=1), teacher, task, ec.DistillConfig(epochs=2), progress=False,
-                   checkpoint_dir=tmp_path)
+        ec.distill(create("digits_cnn", seed=1), ec.DistillConfig(epochs=2), task, teacher=teacher, progress=False, checkpoint_dir=tmp_path)
 
 
 def test_process_counts_the_data_cannot_split(digits):
     task, teacher, _ = digits
     small = (task.train.x[:3], task.train.y[:3])
     with pytest.raises(InputError, match="nproc 4 is larger than the 3 training samples"):
-        ec.distill(create("digits_cnn"), teacher, small, ec.DistillConfig(epochs=1, batch_size=4), nproc=4)
+        ec.distill(create("digits_cnn"), ec.DistillConfig(epochs=1, batch_size=4), small, teacher=teacher, nproc=4)
     with pytest.raises(InputError, match="batch_size 64 does not split evenly over 3 processes"):
-        ec.distill(create("digits_cnn"), teacher, task, ec.DistillConfig(epochs=1), nproc=3)
+        ec.distill(create("digits_cnn"), ec.DistillConfig(epochs=1), task, teacher=teacher, nproc=3)
     with pytest.raises(InputError, match="nproc must be an integer >= 1"):
-        ec.distill(create("digits_cnn"), teacher, task, ec.DistillConfig(epochs=1), nproc=0)
+        ec.distill(create("digits_cnn"), ec.DistillConfig(epochs=1), task, teacher=teacher, nproc=0)
     batches = [(task.train.x[:8], task.train.y[:8])]
     with pytest.raises(InputError, match="needs array data"):
-        ec.distill(create("digits_cnn"), teacher, batches, ec.DistillConfig(epochs=1, batch_size=8), nproc=2)
+        ec.distill(create("digits_cnn"), ec.DistillConfig(epochs=1, batch_size=8), batches, teacher=teacher, nproc=2)
 
 
 def test_run_refuses_nproc_before_any_work(tmp_path):
