@@ -324,7 +324,7 @@ def thumbnail_sheet(arrays: dict, classes: tuple, limit: int, title: str) -> byt
     cols = min(10, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols, 1.45 * rows + 0.4), dpi=100, squeeze=False)
-    short = lambda c: class_name(int(c), classes)[:9]  # noqa: E731
+    short = lambda c: class_name(int(c), classes)[:11]  # noqa: E731
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):

@@ -903,11 +903,13 @@ def reliability_figure(report: dict):
         cal = v["calibration"]
         width = 1.0 / cal["bins"]
         centers = [(i + 0.5) * width for i in range(cal["bins"])]
-        acc = [a if a is not None else 0.0 for a in cal["accuracy"]]
-        conf = [c if c is not None else 0.0 for c in cal["confidence"]]
-        ax.bar(centers, acc, width=width * 0.95, color="tab:blue", alpha=0.75, label="accuracy")
-        ax.bar(centers, [c - a for a, c in zip(acc, conf)], bottom=acc, width=width * 0.95, color="tab:red",
-               alpha=0.25, label="gap to confidence")
+        filled = [i for i, n in enumerate(cal["count"]) if n]  # empty bins have nothing to draw
+        xs = [centers[i] for i in filled]
+        acc = [cal["accuracy"][i] for i in filled]
+        conf = [cal["confidence"][i] for i in filled]
+        ax.bar(xs, acc, width=width * 0.95, color="tab:blue", alpha=0.75, label="accuracy")
+        ax.bar(xs, [abs(c - a) for a, c in zip(acc, conf)], bottom=[min(a, c) for a, c in zip(acc, conf)],
+               width=width * 0.95, color="tab:red", alpha=0.3, label="gap to mean confidence")
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)

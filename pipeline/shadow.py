@@ -67,26 +67,32 @@ def open_log(path: str | Path) -> InputLog:
         files = sorted(f for f in p.iterdir() if f.suffix == ".npy")
         if not files:
             raise InputError(f"input log folder {str(p)!r} holds no .npy files")
-        arrays = [_npy(f) for f in files]
+        heads = []
+        for f in files:  # shapes and types only: each file is mapped again when it is read
+            a = _npy(f)
+            heads.append((a.shape, a.dtype))
+            del a
         # A file of one sample has one axis fewer than a file of rows: the most axes is a row file.
-        ndim = max(a.ndim for a in arrays)
+        ndim = max(len(shape) for shape, _ in heads)
         parts, shapes = [], set()
-        for f, a in zip(files, arrays):
-            if a.ndim == ndim - 1 or ndim == 1:
-                a = a[None]
-            if a.ndim != ndim and ndim != 1:
-                raise InputError(f"input log {str(f)!r} has shape {a.shape}; the other files' samples "
+        for f, (shape, _) in zip(files, heads):
+            single = len(shape) == ndim - 1 or ndim == 1
+            rows = (1, *shape) if single else shape
+            if len(rows) != ndim and ndim != 1:
+                raise InputError(f"input log {str(f)!r} has shape {shape}; the other files' samples "
                                  f"have {ndim - 1} axes")
-            shapes.add(a.shape[1:])
-            parts.append((_rows(a), len(a)))
+            shapes.add(tuple(rows[1:]))
+            parts.append((_rows(f, single=single), rows[0]))
         if len(shapes) > 1:
             raise InputError(f"input log folder {str(p)!r} mixes sample shapes {sorted(shapes)}")
-        return InputLog(p, parts, shapes.pop(), arrays[0].dtype)
+        if len({dtype for _, dtype in heads}) > 1:
+            raise InputError(f"input log folder {str(p)!r} mixes dtypes {sorted({str(d) for _, d in heads})}")
+        return InputLog(p, parts, shapes.pop(), heads[0][1])
     if p.suffix == ".npy":
         a = _npy(p)
         if a.ndim < 1:
             raise InputError(f"input log {str(p)!r} is a scalar; expected samples (N, ...)")
-        return InputLog(p, [(_rows(a), len(a))], a.shape[1:], a.dtype)
+        return InputLog(p, [(_rows(p), len(a))], a.shape[1:], a.dtype)
     if p.suffix == ".npz":
         return _npz_log(p)
     raise InputError(f"input log {str(p)!r}: expected a .npy file, a .npz file or a folder of .npy files")
@@ -106,8 +112,20 @@ def _check_dtype(dtype: np.dtype, path) -> None:
         raise InputError(f"input log {str(path)!r} holds {dtype} values; expected numbers")
 
 
-def _rows(a: np.ndarray) -> Callable[[int, int], np.ndarray]:
-    return lambda start, n: np.asarray(a[start:start + n])
+def _rows(path: Path, single: bool = False) -> Callable[[int, int], np.ndarray]:
+    """Rows ``start:start + n`` of a .npy file, copied out of a memory map that is closed again
+    at once: pages of a map that stays open count in the process's resident memory, so a long
+    log read through one map would grow it to the size of the log."""
+
+    def read(start: int, n: int) -> np.ndarray:
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+        if single:
+            a = a[None]
+        rows = np.array(a[start:start + n])
+        del a
+        return rows
+
+    return read
 
 
 def _npz_log(path: Path) -> InputLog:
@@ -180,8 +198,8 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def _latency(times: list[float]) -> dict:
-    ms = np.asarray(times) * 1e3
+def _latency(times) -> dict:
+    ms = np.frombuffer(times, dtype=np.float64) * 1e3
     return {"median": float(np.median(ms)), "p90": float(np.percentile(ms, 90)), "mean": float(ms.mean()),
             "n": int(len(ms))}
 
@@ -210,8 +228,12 @@ def compare_runners(candidate, champion, log: InputLog, out: str | Path | None =
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         raw = open(folder / "disagreements.raw.tmp", "wb")
-    index, cand_top, champ_top = [], [], []
-    times = {"candidate": [], "champion": []}
+    from array import array
+
+    # Kept per input (8 bytes each) for exact percentiles and the index file; everything else
+    # is bounded by the chunk.
+    index, cand_top, champ_top = array("q"), array("q"), array("q")
+    times = {"candidate": array("d"), "champion": array("d")}
     signal = noise = kl = 0.0
     max_abs = 0.0
     classifier = None
@@ -269,18 +291,17 @@ def compare_runners(candidate, champion, log: InputLog, out: str | Path | None =
 
 
 def _write_disagreements(folder: Path, index, cand, champ, shape, dtype) -> dict:
-    """``disagreements.npy`` (the inputs) from the raw bytes written while streaming, copied in
-    chunks into a memory-mapped .npy; ``disagreements.npz`` (indices and both top-1)."""
+    """``disagreements.npy`` (the inputs): a .npy header, then the raw bytes written while
+    streaming, copied file to file (nothing held in memory); ``disagreements.npz`` (indices and
+    both top-1)."""
+    import shutil
+
     tmp = folder / "disagreements.raw.tmp"
-    k = len(index)
-    out = np.lib.format.open_memmap(folder / "disagreements.npy", mode="w+", dtype=dtype, shape=(k, *shape))
-    if k:
-        src = np.memmap(tmp, dtype=dtype, mode="r", shape=(k, *shape))
-        for s in range(0, k, DEFAULT_CHUNK):
-            out[s:s + DEFAULT_CHUNK] = src[s:s + DEFAULT_CHUNK]
-        del src
-    out.flush()
-    del out
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": (len(index), *shape)}
+    with open(folder / "disagreements.npy", "wb") as f, open(tmp, "rb") as raw:
+        np.lib.format.write_array_header_1_0(f, header)  # the raw bytes are C-ordered rows
+        shutil.copyfileobj(raw, f, 1 << 20)
     tmp.unlink(missing_ok=True)
     np.savez(folder / "disagreements.npz", index=np.asarray(index, dtype=np.int64),
              candidate=np.asarray(cand, dtype=np.int64), champion=np.asarray(champ, dtype=np.int64))
