@@ -42,13 +42,25 @@ def main() -> None:
     args = p.parse_args()
 
     from edgeopt.pipeline.tasks import load_task
-    from edgeopt.runtimes import load
 
     study = Path(args.study)
     champion, candidate = study / "variants" / "fp32" / "onnx", study / "variants" / "int8" / "quantize"
     x = load_task("fashion_mnist").test.x
+    with tempfile.TemporaryDirectory() as t:  # the logs are large: never leave them behind
+        rows = _runs(Path(t), x, candidate, champion, [int(s) for s in args.repeat_log.split(",")])
+    print("| logged inputs | log size | shadow disagreements | rate | direct computation | inputs written | "
+          "peak RSS | wall | SQNR | KL | latency int8 / fp32 (median ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for n, size, dis, rate, dir_, saved, mb, wall, sq, kl, lat in rows:
+        print(f"| {n:,} | {size:.0f} MB | {dis} | {rate * 100:.2f}% | {dir_} | {saved} | {mb:.0f} MB | "
+              f"{wall:.0f} s | {sq:.1f} dB | {kl:.2e} | {lat['candidate']['median']:.3f} / "
+              f"{lat['champion']['median']:.3f} |")
+
+
+def _runs(tmp: Path, x, candidate: Path, champion: Path, repeats: list[int]) -> list[tuple]:
+    from edgeopt.runtimes import load
+
     exe = str(Path(sys.executable).with_name("edgeopt"))
-    tmp = Path(tempfile.mkdtemp())
 
     # Direct computation: both models over every input held in memory, top-1 compared.
     c, h = load(candidate, threads=1), load(champion, threads=1)
@@ -57,7 +69,7 @@ def main() -> None:
     direct = int(np.sum(a != b))
 
     rows = []
-    for k in (int(s) for s in args.repeat_log.split(",")):
+    for k in repeats:
         log = tmp / f"log-x{k}.npy"
         mm = np.lib.format.open_memmap(log, mode="w+", dtype=np.float32, shape=(k * len(x), *x.shape[1:]))
         for j in range(k):
@@ -69,15 +81,11 @@ def main() -> None:
                                     str(log), "--out", str(out), "--threads", "1"])
         s = json.loads((out / "shadow.json").read_text())
         saved = np.load(out / "disagreements.npy", mmap_mode="r")
+        index = np.load(out / "disagreements.npz")["index"]
+        same = all(np.array_equal(saved[i:i + 256], x[index[i:i + 256] % len(x)]) for i in range(0, len(index), 256))
         rows.append((k * len(x), log.stat().st_size / 2**20, s["disagreements"], s["disagreement"], k * direct,
-                     len(saved), mb, wall, s["sqnr_db"], s["kl_mean"], s["latency_ms"]))
-    print("| logged inputs | log size | shadow disagreements | rate | direct computation | inputs written | "
-          "peak RSS | wall | SQNR | KL | latency int8 / fp32 (median ms) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for n, size, dis, rate, dir_, saved, mb, wall, sq, kl, lat in rows:
-        print(f"| {n:,} | {size:.0f} MB | {dis} | {rate * 100:.2f}% | {dir_} | {saved} | {mb:.0f} MB | "
-              f"{wall:.0f} s | {sq:.1f} dB | {kl:.2e} | {lat['candidate']['median']:.3f} / "
-              f"{lat['champion']['median']:.3f} |")
+                     f"{len(saved)} ({'= log[index]' if same else 'DIFFERENT from log[index]'})", mb, wall, s["sqnr_db"], s["kl_mean"], s["latency_ms"]))
+    return rows
 
 
 if __name__ == "__main__":
