@@ -576,11 +576,15 @@ def pareto_figure(report: dict):
     metric = "top-1 accuracy (%)" if any(v.get("accuracy") is not None for v in variants) \
         else "top-1 agreement with fp32 (%)"
     failed = failed_variants(report)
-    key_lines = ["    (* = Pareto front)"]
+    worst = any("pareto_worst_class" in v for v in variants)
+    key_lines = ["    (* = Pareto front" + ("; w = front on worst-class accuracy)" if worst else ")")]
     width = max([len(_label(v)) for v in variants] + [0])
     for number, v in enumerate(variants, 1):
-        key_lines.append(f"{number:>3} {'*' if v.get('pareto') else ' '} {_label(v):<{width}}"
-                         f"  {v['latency_ms']['median']:>8.4g} ms  {quality(v) * 100:6.2f}%")
+        marks = ("*" if v.get("pareto") else " ") + (("w" if v.get("pareto_worst_class") else " ") if worst else "")
+        lowest = (f"  worst class {v['worst_class_accuracy'] * 100:6.2f}%"
+                  if v.get("worst_class_accuracy") is not None else "")
+        key_lines.append(f"{number:>3} {marks} {_label(v):<{width}}"
+                         f"  {v['latency_ms']['median']:>8.4g} ms  {quality(v) * 100:6.2f}%{lowest}")
     if unplotted or failed:
         key_lines.append("")
         key_lines += [f" not plotted: {_label(v)} (no accuracy)" for v in unplotted]
