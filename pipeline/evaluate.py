@@ -220,7 +220,9 @@ class Evaluation:
         self.task, self.config = task, config
         self.out = None if out is None else Path(out)
         self.reference = np.asarray(reference)
-        self.classifier = task.metric in ("top1", "agreement") and self.reference.ndim == 2
+        # Class scores: (N, classes) with more than one class (a single column has no top-1).
+        self.classifier = (task.metric in ("top1", "agreement") and self.reference.ndim == 2
+                           and self.reference.shape[1] > 1)
         if not (config.enabled and self.classifier):
             return
         x = task.test.x

@@ -274,3 +274,23 @@ def test_shadow_cli_exit_codes(two_models, tmp_path):
     assert r.returncode == 2 and "samples of shape (3,)" in r.stderr and len(r.stderr.splitlines()) == 1
     r = edgeopt_cli("shadow", d / "candidate", "--champion", d / "champion", "--inputs", tmp_path / "none.npy")
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_unlabelled_and_regression_tasks(tmp_path):
+    from edgeopt.pipeline.report import make_report, markdown
+    from edgeopt.pipeline.tasks import load_task
+
+    task = load_task("random", input_shape=(1, 1, 8, 8))          # no labels: agreement only
+    w = np.random.default_rng(0).normal(size=(64, 4))
+    fn = lambda x: x.reshape(len(x), -1) @ w  # noqa: E731
+    e = ev.Evaluation(task, fn(task.test.x), fn, ev.EvaluateConfig(samples=8), out=tmp_path)
+    fields = e.evaluate(fn(task.test.x) + 0.5 * np.random.default_rng(1).normal(size=(32, 4)), fn, "v/ort/cpu")
+    assert "per_class" not in fields and "ece" not in fields
+    assert fields["robustness"]["perturbations"]["noise"]["accuracy"] is None
+    assert fields["exemplars"]["count"] == len(np.load(tmp_path / fields["exemplars"]["file"])["index"])
+    entry = {"name": "v", "runtime": "ort", "target": "cpu", "latency_ms": {"median": 1.0}, "accuracy": None,
+             "agreement": 0.9, **fields}
+    assert "## Robustness" in markdown(make_report([entry], {}, None, None))
+    # regression outputs (one value per input) get no evaluation fields
+    reg = ev.Evaluation(task, fn(task.test.x)[:, :1], lambda x: fn(x)[:, :1], out=None)
+    assert reg.evaluate(fn(task.test.x)[:, :1], fn, "r") == {}
