@@ -25,6 +25,17 @@ Thresholds (the fields of ``Thresholds``; the ``edgeopt check`` flag for each in
   ``task["higher_is_better"]`` when the report says, else from ``METRIC_HIGHER_IS_BETTER``; an
   unknown metric cannot be gated (``InputError``).
 
+Beyond the mean (the fields ``edgeopt.pipeline.evaluate`` adds; all default ``None`` = not
+gated, and a variant without the field on either side is not gated on it):
+
+- ``max_class_drop`` (``--max-class-drop``): largest allowed fall of any one class's accuracy
+  (``per_class``), in fraction points: a variant whose mean accuracy held but that lost one
+  class is caught here.
+- ``max_ece_increase`` (``--max-ece-increase``): largest allowed rise of the expected
+  calibration error (``ece``), in its own units (0.01 = one point of ECE).
+- ``max_robust_drop`` (``--max-robust-drop``): largest allowed fall of accuracy under any one
+  perturbation (``robustness.perturbations``), in fraction points.
+
 Failed variants (``"status": "failed"``): failed in the report but ok in the baseline is a
 regression (``"failed"``); failed in both is listed with its reason and is not a regression; ok
 in the report but failed in the baseline is listed ("recovered") with nothing to compare.
@@ -77,12 +88,16 @@ class Thresholds:
     max_accuracy_drop: float = 0.005
     max_agreement_drop: float | None = None
     max_metric_drop: float | None = None
+    max_class_drop: float | None = None
+    max_ece_increase: float | None = None
+    max_robust_drop: float | None = None
 
     def __post_init__(self):
-        for name in ("max_latency_regression", "max_size_regression", "max_accuracy_drop",
-                     "max_agreement_drop", "max_metric_drop"):
+        optional = ("max_agreement_drop", "max_metric_drop", "max_class_drop", "max_ece_increase",
+                    "max_robust_drop")
+        for name in ("max_latency_regression", "max_size_regression", "max_accuracy_drop", *optional):
             v = getattr(self, name)
-            if v is None and name in ("max_agreement_drop", "max_metric_drop"):
+            if v is None and name in optional:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
                 raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -155,7 +170,8 @@ def limits(report: dict, baseline: dict, t: Thresholds) -> dict:
                              f"{sorted(METRIC_HIGHER_IS_BETTER)} (or set task.higher_is_better)")
     return {"latency": t.max_latency_regression, "size": t.max_size_regression,
             "accuracy": t.max_accuracy_drop, "agreement": agreement, "agreement_why": why,
-            "metric": t.max_metric_drop, "metric_name": metric, "higher_is_better": higher}
+            "metric": t.max_metric_drop, "metric_name": metric, "higher_is_better": higher,
+            "class": t.max_class_drop, "ece": t.max_ece_increase, "robust": t.max_robust_drop}
 
 
 def compare(report: dict, baseline: dict, t: Thresholds) -> list[dict]:
@@ -179,7 +195,8 @@ def compare(report: dict, baseline: dict, t: Thresholds) -> list[dict]:
         n, o = new[key], old[key]
         row = {"variant": key, "status": OK, "error": None, "regressions": [], "latency": None,
                "size": None, "accuracy_drop": None, "agreement_drop": None, "metric_drop": None,
-               "metric_change": None, "limits": lim}
+               "metric_change": None, "class_drop": None, "worst_class": None, "ece_increase": None,
+               "robust_drop": None, "limits": lim}
         rows.append(row)
         sn, so = status(n), status(o)
         if sn == FAILED:
@@ -206,11 +223,39 @@ def compare(report: dict, baseline: dict, t: Thresholds) -> list[dict]:
             row["regressions"].append("latency")
         if row["size"] is not None and row["size"] > lim["size"]:
             row["regressions"].append("size")
+        row["class_drop"], row["worst_class"] = class_drop(n, o)
+        if n.get("ece") is not None and o.get("ece") is not None:
+            row["ece_increase"] = n["ece"] - o["ece"]
+        row["robust_drop"] = robust_drop(n, o)
         for what in ("accuracy", "agreement", "metric"):
             drop = row[f"{what}_drop"]
             if lim[what] is not None and drop is not None and drop > lim[what] + 1e-12:
                 row["regressions"].append(what)
+        for what, key in (("class", "class_drop"), ("ece", "ece_increase"), ("robust", "robust_drop")):
+            if lim[what] is not None and row[key] is not None and row[key] > lim[what] + 1e-12:
+                row["regressions"].append(what)
     return rows
+
+
+def class_drop(new: dict, old: dict) -> tuple[float | None, str | None]:
+    """The largest fall of one class's accuracy from ``old`` to ``new`` (``per_class``), and that
+    class's name; ``(None, None)`` when either side has no per-class accuracy."""
+    a = {r["class"]: r for r in new.get("per_class") or []}
+    b = {r["class"]: r for r in old.get("per_class") or []}
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None, None
+    c = max(common, key=lambda c: b[c]["accuracy"] - a[c]["accuracy"])
+    return b[c]["accuracy"] - a[c]["accuracy"], str(a[c].get("name", c))
+
+
+def robust_drop(new: dict, old: dict) -> float | None:
+    """The largest fall of accuracy under one perturbation from ``old`` to ``new``."""
+    a = ((new.get("robustness") or {}).get("perturbations")) or {}
+    b = ((old.get("robustness") or {}).get("perturbations")) or {}
+    drops = [b[k]["accuracy"] - a[k]["accuracy"] for k in set(a) & set(b)
+             if a[k].get("accuracy") is not None and b[k].get("accuracy") is not None]
+    return max(drops) if drops else None
 
 
 def _rel(new, old):
@@ -255,11 +300,23 @@ def format_rows(rows: list[dict], t: Thresholds) -> str:
         name not in (None, *_ACCURACY_METRICS) and any(r.get("metric_change") is not None for r in rows))
     head = ["variant", "latency ratio", "size", "accuracy", "agreement"]
     head += [str(name)] if show_metric else []
+    # The evaluation columns show when gated or when the reports carry the field.
+    extra = [(what, col) for what, col, key in (("class", "worst class", "class_drop"), ("ece", "ECE", "ece_increase"),
+                                                 ("robust", "robustness", "robust_drop"))
+             if lim.get(what) is not None or any(r.get(key) is not None for r in rows)]
+    head += [col for _, col in extra]
     table = [head + ["verdict"]]
     for r in rows:
         cells = [r["variant"], pct(r["latency"]), pct(r["size"]), pts(r["accuracy_drop"]),
                  pts(r.get("agreement_drop"))]
         cells += [change(r.get("metric_change"))] if show_metric else []
+        for what, _ in extra:
+            if what == "class":
+                cells.append("-" if r.get("class_drop") is None else f"{pts(r['class_drop'])} ({r['worst_class']})")
+            elif what == "ece":
+                cells.append(change(r.get("ece_increase")))
+            else:
+                cells.append(pts(r.get("robust_drop")))
         table.append(cells + [_verdict(r)])
     widths = [max(len(row[i]) for row in table) for i in range(len(head) + 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
@@ -273,5 +330,12 @@ def format_rows(rows: list[dict], t: Thresholds) -> str:
         metric = f"{worse}{lim['metric']:g}"
     lines.append(f"limits: latency ratio +{lim['latency'] * 100:.1f}%, size +{lim['size'] * 100:.1f}%, "
                  f"accuracy -{lim['accuracy'] * 100:.2f} pt, agreement {agreement}, "
-                 f"metric{f' {name}' if name else ''} {metric}")
+                 f"metric{f' {name}' if name else ''} {metric}"
+                 + "".join(f", {label} {'not gated' if lim.get(what) is None else fmt(lim[what])}"
+                           for what, label, fmt in (
+                               ("class", "class", lambda x: f"-{x * 100:.2f} pt"),
+                               ("ece", "ECE", lambda x: f"+{x:g}"),
+                               ("robust", "robustness", lambda x: f"-{x * 100:.2f} pt"))
+                           if lim.get(what) is not None or any(r.get(f"{what}_drop" if what != "ece" else "ece_increase")
+                                                               is not None for r in rows)))
     return "\n".join(lines)

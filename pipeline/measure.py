@@ -2,7 +2,9 @@
 
 Latency (warm-up, then timed runs in their own block: never interleaved with another backend,
 whose idle threads would slow it), the size of the artifact the runtime loads, params, FLOPs,
-the task's metric on its test split, and top-1 agreement with the fp32 model's predictions.
+the task's metric on its test split, and top-1 agreement with the fp32 model's predictions; with
+an ``Evaluation`` (``edgeopt.pipeline.evaluate``), per-class accuracy, slices, calibration,
+robustness and the compression-identified exemplars too.
 
 Example:
     >>> from edgeopt.pipeline.measure import BenchConfig
@@ -139,15 +141,20 @@ def scores(task, outputs: np.ndarray, reference: np.ndarray) -> dict:
 
 def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, run_artifact,
                   model, fp32_onnx, task, reference: np.ndarray, example: np.ndarray,
-                  bench: BenchConfig) -> dict:
+                  bench: BenchConfig, evaluation=None) -> dict:
     """Time ``runner`` and score it on ``task`` against the fp32 ``reference`` outputs; return the
-    report entry (its fields are documented in ``edgeopt.pipeline.report``)."""
+    report entry (its fields are documented in ``edgeopt.pipeline.report``).
+
+    ``evaluation``: an ``edgeopt.pipeline.evaluate.Evaluation`` adds per-class accuracy, slices,
+    calibration, robustness and exemplars (it reuses the test outputs computed here)."""
     from edgeopt.compress import count_params, onnx_flops
 
     from .tasks import collect
 
     result = runner.benchmark(example, warmup=bench.warmup, repeat=bench.repeat)
     outputs = collect(lambda a: runner.run(a)[0], task.test.x)
+    extra = {} if evaluation is None else evaluation.evaluate(
+        outputs, lambda a: runner.run(a)[0], f"{name}/{runtime}/{target}")
     return {
         "name": name,
         "steps": [s.to_dict() for s in steps],
@@ -160,6 +167,7 @@ def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, 
         **scores(task, outputs, reference),
         "artifact": str(run_artifact.path),
         "history": step_changes(run_artifact.history),
+        **extra,
     }
 
 

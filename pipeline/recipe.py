@@ -42,13 +42,17 @@ from edgeopt.core.errors import InputError
 
 from .steps import STEPS, Step, check_order, make_step
 
-TOP_KEYS = ("model", "weights", "task", "input_shape", "variants", "targets", "bench", "seed", "train")
+TOP_KEYS = ("model", "weights", "task", "input_shape", "variants", "targets", "bench", "seed", "train",
+            "evaluate")
 #: Keys of a target entry per runtime; the tvm ones beyond ``target`` configure tuning
 #: (``edgeopt compile --tune-trials/--tune-timeout/--tuning-db``).
 TUNE_KEYS = {"tune_trials": (int,), "tune_timeout": (int, float), "tuning_db": (str,)}
 TARGET_KEYS = {"torch": ("runtime",), "onnxruntime": ("runtime",),
                "tvm": ("runtime", "target", "int8", *TUNE_KEYS)}
 BENCH_KEYS = ("warmup", "repeat", "threads")
+#: Keys of the ``evaluate`` section (``edgeopt.pipeline.evaluate.EvaluateConfig``) and their types.
+EVALUATE_KEYS = {"enabled": (bool,), "robustness": (bool,), "samples": (int,), "exemplars": (bool,),
+                 "thumbnails": (int,), "seed": (int,)}
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Recipe:
     seed: int = 0
     source: str = "<recipe>"
     weights: str | None = None
+    evaluate: dict = field(default_factory=dict)
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -116,7 +121,8 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         return node.value
 
     def scalar(node, what: str, types: tuple):
-        names = " or ".join({int: "an integer", float: "a number", str: "a string"}[t] for t in types)
+        names = " or ".join({int: "an integer", float: "a number", str: "a string", bool: "true or false"}[t]
+                            for t in types)
         if not isinstance(node, yaml.ScalarNode):
             raise err(node, f"{what} must be {names}, got {_kind(node)}")
         value = yaml.safe_load(yaml.serialize(node))
@@ -176,6 +182,16 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             train[k.value] = scalar(v, f"'train.{k.value}'", (int, float))
         _check_config(TrainConfig, train, top["train"][1], err)
 
+    evaluate = {}
+    if "evaluate" in top:
+        from .evaluate import EvaluateConfig
+
+        for k, v in mapping(top["evaluate"][1], "'evaluate'"):
+            if k.value not in EVALUATE_KEYS:
+                raise err(k, f"unknown key {k.value!r} in 'evaluate'; expected one of {', '.join(EVALUATE_KEYS)}")
+            evaluate[k.value] = scalar(v, f"'evaluate.{k.value}'", EVALUATE_KEYS[k.value])
+        _check_config(EvaluateConfig, evaluate, top["evaluate"][1], err, "'evaluate'")
+
     variants = {}
     vnode = top["variants"][1]
     for k, v in mapping(vnode, "'variants'"):
@@ -221,7 +237,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             build = _build_config(target, entries, err, scalar)
         targets.append(Target(runtime, target, build))
     return Recipe(model=model, task=task, variants=variants, targets=targets, input_shape=input_shape,
-                  bench=bench, train=train, seed=seed, source=source, weights=weights)
+                  bench=bench, train=train, seed=seed, source=source, weights=weights, evaluate=evaluate)
 
 
 def _kind(node) -> str:

@@ -25,6 +25,18 @@ An entry is either *ok* (``"status"`` absent or ``"ok"``)::
      "accuracy" (null without labels), "agreement" (top-1 agreement with fp32),
      "metric_value" (optional: the task metric, when it is not top-1 accuracy),
      "history" (optional: the artifact's step records, each {"name", "config", "metrics"}),
+     # optional, classifiers with the recipe's `evaluate` on (edgeopt.pipeline.evaluate):
+     "per_class": [{"class", "name", "n", "accuracy", "fp32_accuracy", "change"}, ...],
+     "worst_class": {"class", "name", "n", "accuracy", "fp32_accuracy", "change"},  # largest drop
+     "worst_class_accuracy",                  # the lowest per-class accuracy
+     "slices": {"brightness"|"contrast"|"group": [{"slice", "n", "accuracy", "fp32_accuracy"}]},
+     "ece", "ece_fp32", "calibration": {"bins", "confidence": [..], "accuracy": [..], "count": [..]},
+     "robustness": {"samples", "seed", "clean_accuracy", "fp32_clean_accuracy", "perturbations":
+                    {kind: {"accuracy", "fp32_accuracy", "agreement", "invariance", "fp32_invariance"}}},
+     "invariance": {kind: fraction},          # agreement with its own clean predictions
+     "exemplars": {"count", "per_class": {class: n}, "file": "exemplars/<v>.npz" | null,
+                   "thumbnails": "exemplars/<v>.png" | null},   # paths relative to the study folder
+     "pareto_worst_class",                    # filled in by make_report: the front on worst class
      "resumed" (optional: true when it was timed in an earlier run of the same recipe),
      "latency_ratio", "pareto"}               # these two are filled in by make_report
 
@@ -191,6 +203,11 @@ def make_report(variants: list[dict], machine: dict, task: dict | None, referenc
             v["latency_ratio"] = v["latency_ms"]["median"] / ref
         for v, flag in zip(ok, pareto_flags([(v["latency_ms"]["median"], quality(v)) for v in ok])):
             v["pareto"] = flag
+        worst = [v for v in ok if v.get("worst_class_accuracy") is not None]
+        if worst:  # the same front, with each variant's weakest class as its accuracy
+            for v, flag in zip(worst, pareto_flags([(v["latency_ms"]["median"], v["worst_class_accuracy"])
+                                                    for v in worst])):
+                v["pareto_worst_class"] = flag
     return {"schema": SCHEMA, "meta": _check_meta(meta), "machine": machine or {}, "task": task,
             "reference": reference, "variants": entries}
 
@@ -479,6 +496,7 @@ def markdown(report: dict) -> str:
         lines.append(f"- **{d['name']}** on {', '.join(d['runtimes'])}: "
                      + (" -> ".join(d["steps"]) or "no steps (the original model)"))
         lines += [f"  - {c}" for c in d["changes"]]
+    lines += beyond_markdown(report)
     return "\n".join(lines + [""])
 
 
@@ -558,11 +576,15 @@ def pareto_figure(report: dict):
     metric = "top-1 accuracy (%)" if any(v.get("accuracy") is not None for v in variants) \
         else "top-1 agreement with fp32 (%)"
     failed = failed_variants(report)
-    key_lines = ["    (* = Pareto front)"]
+    worst = any("pareto_worst_class" in v for v in variants)
+    key_lines = ["    (* = Pareto front" + ("; w = front on worst-class accuracy)" if worst else ")")]
     width = max([len(_label(v)) for v in variants] + [0])
     for number, v in enumerate(variants, 1):
-        key_lines.append(f"{number:>3} {'*' if v.get('pareto') else ' '} {_label(v):<{width}}"
-                         f"  {v['latency_ms']['median']:>8.4g} ms  {quality(v) * 100:6.2f}%")
+        marks = ("*" if v.get("pareto") else " ") + (("w" if v.get("pareto_worst_class") else " ") if worst else "")
+        lowest = (f"  worst class {v['worst_class_accuracy'] * 100:6.2f}%"
+                  if v.get("worst_class_accuracy") is not None else "")
+        key_lines.append(f"{number:>3} {marks} {_label(v):<{width}}"
+                         f"  {v['latency_ms']['median']:>8.4g} ms  {quality(v) * 100:6.2f}%{lowest}")
     if unplotted or failed:
         key_lines.append("")
         key_lines += [f" not plotted: {_label(v)} (no accuracy)" for v in unplotted]
@@ -660,11 +682,14 @@ def pareto_png(report: dict, path: str | os.PathLike) -> Path:
 
 # -- the page ---------------------------------------------------------------------------------
 
-def index_html(report: dict, plot: bytes | str | os.PathLike | None = None) -> str:
+def index_html(report: dict, plot: bytes | str | os.PathLike | None = None,
+               base_dir: str | os.PathLike | None = None) -> str:
     """A page that stands alone (no external file or URL): summary, table, the plot embedded as
     a PNG data URI, failed variants, and each variant's steps and what they changed.
 
     ``plot``: PNG bytes, or a PNG file to embed; ``None`` renders it (``pareto_png_bytes``).
+    ``base_dir``: the study folder, where the exemplar thumbnail sheets named by the entries are
+    read from (to embed them too).
     """
     e = html.escape
     if plot is None:
@@ -696,6 +721,8 @@ def index_html(report: dict, plot: bytes | str | os.PathLike | None = None) -> s
                        f'the plot and the Pareto front.</p><table class="left"><tr><th>variant</th>'
                        f'<th>runtime</th><th>target</th><th>steps</th><th>error</th></tr>{items}</table>')
     nav.append('<a href="#steps">steps</a>')
+    beyond_nav, beyond = beyond_html(report, base_dir)
+    nav += beyond_nav
     changes = []
     for d in variant_changes(report):
         steps = " -> ".join(d["steps"]) or "no steps (the original model)"
@@ -720,13 +747,15 @@ nav a{{margin-right:1em}}</style></head>
 {failed_html}
 <h2 id="steps">Steps and what they changed</h2>
 {''.join(changes)}
+{beyond}
 </body></html>
 """
 
 
 def write_report(report: dict, out_dir: str | os.PathLike, plot: bool = False) -> tuple[Path, Path]:
     """Write report.json and report.md into ``out_dir`` (each atomically); with ``plot``, also
-    pareto.png and index.html (which embeds the same plot and needs no other file)."""
+    pareto.png, reliability.png (when variants carry calibration data) and index.html (which
+    embeds both plots and the exemplar thumbnails, and needs no other file)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report)
@@ -734,5 +763,237 @@ def write_report(report: dict, out_dir: str | os.PathLike, plot: bool = False) -
     if plot:
         png = pareto_png_bytes(report)
         write_bytes_atomic(out / "pareto.png", png)
-        write_text_atomic(out / "index.html", index_html(report, png))
+        reliability = reliability_png_bytes(report)
+        if reliability is not None:
+            write_bytes_atomic(out / "reliability.png", reliability)
+        write_text_atomic(out / "index.html", index_html(report, png, base_dir=out))
     return out / "report.json", out / "report.md"
+
+
+# -- beyond top-1: classes, slices, calibration, robustness, exemplars ------------------------
+
+def _pts(v) -> str:
+    return "-" if v is None else f"{v * 100:+.2f} pt"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def evaluated_variants(report: dict) -> list[dict]:
+    """The ok variants that carry evaluation fields (``per_class``, ``ece``, ``robustness`` or
+    ``exemplars``), fastest first."""
+    keys = ("per_class", "ece", "robustness", "exemplars")
+    return [v for v in sorted_variants(report) if any(v.get(k) is not None for k in keys)]
+
+
+def _row_label(v: dict) -> str:
+    return f"{v['name']}/{v['runtime']}" + (f" ({v['target']})" if v.get("target") not in (None, "cpu") else "")
+
+
+def _mean(values) -> float | None:
+    values = [x for x in values if x is not None]
+    return sum(values) / len(values) if values else None
+
+
+def beyond_tables(report: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """The evaluation tables of every view: ``(anchor, title, header, rows)`` for the summary,
+    per-class accuracy, slices, robustness and exemplars (tables without data are left out)."""
+    variants = evaluated_variants(report)
+    if not variants:
+        return []
+    tables = []
+    rows = []
+    for v in variants:
+        w = v.get("worst_class") or {}
+        rob = v.get("robustness") or {}
+        perts = list((rob.get("perturbations") or {}).values())
+        inv = v.get("invariance") or {}
+        ex = v.get("exemplars") or {}
+        fronts = ("mean" if v.get("pareto") else "") + (
+            ("+" if v.get("pareto") else "") + "worst class" if v.get("pareto_worst_class") else "")
+        rows.append([_row_label(v), _pct(v.get("accuracy")),
+                     f"{w['name']}: {_pct(w['accuracy'])} ({_pts(w['change'])})" if w else "-",
+                     _pct(v.get("worst_class_accuracy")),
+                     "-" if v.get("ece") is None else f"{v['ece']:.4f} (fp32 {v['ece_fp32']:.4f})",
+                     "-" if not perts else f"{_pct(_mean(p['accuracy'] for p in perts))} "
+                     f"(fp32 {_pct(_mean(p['fp32_accuracy'] for p in perts))})",
+                     _pct(_mean(inv.values())) if inv else "-",
+                     str(ex.get("count", "-")), fronts or "-"])
+    tables.append(("beyond", "Beyond top-1", ["variant", "accuracy", "worst class vs fp32 (change)",
+                   "lowest class accuracy", "ECE (15 bins)", "accuracy under perturbation, mean",
+                   "invariance, mean", "exemplars", "Pareto front on"], rows))
+    with_classes = [v for v in variants if v.get("per_class")]
+    if with_classes:
+        classes = {}
+        for v in with_classes:
+            for r in v["per_class"]:
+                classes.setdefault(r["class"], (r["name"], r["n"], r["fp32_accuracy"]))
+        header = ["class", "n", "fp32 (reference)"] + [_row_label(v) for v in with_classes]
+        body = []
+        for c in sorted(classes):
+            name, n, ref = classes[c]
+            cells = [name, str(n), _pct(ref)]
+            for v in with_classes:
+                r = next((r for r in v["per_class"] if r["class"] == c), None)
+                cells.append("-" if r is None else f"{_pct(r['accuracy'])} ({_pts(r['change'])})")
+            body.append(cells)
+        tables.append(("classes", "Per-class accuracy (change against fp32)", header, body))
+        kinds = []
+        for v in with_classes:
+            kinds += [k for k in (v.get("slices") or {}) if k not in kinds]
+        for kind in kinds:
+            names = []
+            for v in with_classes:
+                names += [s["slice"] for s in (v.get("slices") or {}).get(kind, []) if s["slice"] not in names]
+            body = []
+            for sname in names:
+                first = next(s for v in with_classes for s in (v.get("slices") or {}).get(kind, [])
+                             if s["slice"] == sname)
+                cells = [sname, str(first["n"]), _pct(first["fp32_accuracy"])]
+                for v in with_classes:
+                    s = next((s for s in (v.get("slices") or {}).get(kind, []) if s["slice"] == sname), None)
+                    cells.append("-" if s is None or s["accuracy"] is None else
+                                 f"{_pct(s['accuracy'])} ({_pts(s['accuracy'] - s['fp32_accuracy'])})")
+                body.append(cells)
+            tables.append((f"slices-{kind}", f"Slice: {kind}", [kind, "n", "fp32 (reference)"]
+                           + [_row_label(v) for v in with_classes], body))
+    robust = [v for v in variants if v.get("robustness")]
+    if robust:
+        perts = []
+        for v in robust:
+            perts += [p for p in v["robustness"]["perturbations"] if p not in perts]
+        body = []
+        for v in robust:
+            ps = v["robustness"]["perturbations"]
+            cells = [_row_label(v), str(v["robustness"]["samples"]), _pct(v["robustness"].get("clean_accuracy"))]
+            for p in perts:
+                d = ps.get(p)
+                cells.append("-" if d is None else
+                             f"{_pct(d['accuracy'])} (fp32 {_pct(d['fp32_accuracy'])}); inv {_pct(d['invariance'])}"
+                             if d["accuracy"] is not None else f"inv {_pct(d['invariance'])}")
+            body.append(cells)
+        tables.append(("robustness", "Robustness: accuracy under perturbation (fp32 on the same inputs); "
+                       "invariance = agreement with its own clean predictions",
+                       ["variant", "samples", "clean"] + perts, body))
+    ex = [v for v in variants if v.get("exemplars")]
+    if ex:
+        body = [[_row_label(v), str(v["exemplars"]["count"]),
+                 ", ".join(f"{k}: {n}" for k, n in sorted(v["exemplars"]["per_class"].items(),
+                                                          key=lambda kv: -kv[1])) or "-",
+                 v["exemplars"].get("file") or "-"] for v in ex]
+        tables.append(("exemplars", "Compression-identified exemplars (inputs where the variant's "
+                       "top-1 differs from fp32's)", ["variant", "count", "per class", "file"], body))
+    return tables
+
+
+def reliability_figure(report: dict):
+    """Reliability diagrams, one panel per evaluated variant: accuracy against confidence per
+    bin (bars), the diagonal of perfect calibration, and the ECE in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for v in evaluated_variants(report) if v.get("calibration")]
+    n = max(len(variants), 1)
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.1 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, v in zip(axes.flat, variants):
+        ax.axis("on")
+        cal = v["calibration"]
+        width = 1.0 / cal["bins"]
+        centers = [(i + 0.5) * width for i in range(cal["bins"])]
+        filled = [i for i, n in enumerate(cal["count"]) if n]  # empty bins have nothing to draw
+        xs = [centers[i] for i in filled]
+        acc = [cal["accuracy"][i] for i in filled]
+        conf = [cal["confidence"][i] for i in filled]
+        ax.bar(xs, acc, width=width * 0.95, color="tab:blue", alpha=0.75, label="accuracy")
+        ax.bar(xs, [abs(c - a) for a, c in zip(acc, conf)], bottom=[min(a, c) for a, c in zip(acc, conf)],
+               width=width * 0.95, color="tab:red", alpha=0.3, label="gap to mean confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{_row_label(v)}\nECE {v['ece']:.4f} (fp32 {v['ece_fp32']:.4f})", fontsize=8)
+        ax.set_xlabel("confidence", fontsize=7)
+        ax.set_ylabel("accuracy", fontsize=7)
+        ax.tick_params(labelsize=6)
+    if variants:
+        axes.flat[0].legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_png_bytes(report: dict) -> bytes | None:
+    """The reliability diagrams as PNG bytes; ``None`` when no variant has calibration data."""
+    import matplotlib.pyplot as plt
+
+    if not any(v.get("calibration") for v in evaluated_variants(report)):
+        return None
+    fig = reliability_figure(report)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def beyond_markdown(report: dict) -> list[str]:
+    """The evaluation sections of report.md (links to reliability.png and the thumbnail sheets,
+    which sit beside it in the study folder)."""
+    tables = beyond_tables(report)
+    if not tables:
+        return []
+    lines = []
+    for anchor, title, header, rows in tables:
+        lines += ["", f"## {title}", "", "| " + " | ".join(_md(h) for h in header) + " |",
+                  "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
+        if anchor == "beyond":
+            lines += ["", "Worst class: the class with the largest drop against fp32. ECE: expected "
+                      "calibration error; reliability diagrams in `reliability.png`."]
+    sheets = [(v, v["exemplars"]["thumbnails"]) for v in evaluated_variants(report)
+              if (v.get("exemplars") or {}).get("thumbnails")]
+    if sheets:
+        lines += ["", "### Exemplar thumbnails", ""]
+        lines += [f"![{_row_label(v)}]({path})" for v, path in sheets]
+    return lines
+
+
+def beyond_html(report: dict, base_dir: str | os.PathLike | None) -> tuple[list[str], str]:
+    """The evaluation sections of index.html and their nav links; the reliability diagrams and
+    the exemplar thumbnail sheets (read from ``base_dir``, the study folder) are embedded as
+    data URIs, so the page still needs no other file."""
+    e = html.escape
+    tables = beyond_tables(report)
+    if not tables:
+        return [], ""
+    nav, parts = [], []
+    for anchor, title, header, rows in tables:
+        if anchor == "beyond":
+            nav.append('<a href="#beyond">beyond top-1</a>')
+        elif anchor in ("classes", "robustness", "exemplars"):
+            nav.append(f'<a href="#{anchor}">{anchor}</a>')
+        head = "".join(f"<th>{e(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+        parts.append(f'<h2 id="{e(anchor)}">{e(title)}</h2><table><tr>{head}</tr>{body}</table>')
+        if anchor == "beyond":
+            png = reliability_png_bytes(report)
+            if png:
+                nav.append('<a href="#calibration">calibration</a>')
+                parts.append('<h2 id="calibration">Calibration: reliability diagrams</h2><p><img src="data:image/png;base64,'
+                             + base64.b64encode(png).decode("ascii")
+                             + '" alt="reliability diagram per variant" style="max-width:100%"></p>')
+    if base_dir is not None:
+        for v in evaluated_variants(report):
+            path = (v.get("exemplars") or {}).get("thumbnails")
+            if path and (Path(base_dir) / path).is_file():
+                data = base64.b64encode((Path(base_dir) / path).read_bytes()).decode("ascii")
+                parts.append(f"<h3>{e(_row_label(v))}: {v['exemplars']['count']} exemplars</h3>"
+                             f'<p><img src="data:image/png;base64,{data}" alt="exemplar thumbnails of '
+                             f'{e(_row_label(v))}" style="max-width:100%"></p>')
+    return nav, "\n".join(parts)

@@ -57,7 +57,7 @@ def _jsonable(value: Any) -> Any:
 def recipe_fingerprint(recipe: Recipe) -> str:
     """What must match for a previous run's results to be reused."""
     data = {"model": recipe.model, "weights": recipe.weights, "task": recipe.task, "input_shape": recipe.input_shape,
-            "seed": recipe.seed, "train": recipe.train, "bench": recipe.bench,
+            "seed": recipe.seed, "train": recipe.train, "bench": recipe.bench, "evaluate": recipe.evaluate,
             "variants": {k: [(s.name, _jsonable(s.config)) for s in v] for k, v in recipe.variants.items()},
             "targets": [(t.runtime, t.target, _jsonable(t.build)) for t in recipe.targets]}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -145,10 +145,15 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
     if onnx_model:
         base = loaded.prepare(out / "base-model", log)
         reference = _onnx_outputs(base, task.test.x)
+        fp32_outputs = lambda x: _onnx_outputs(base, x)  # noqa: E731
     else:
         base = _base_model(loaded.module, task, recipe, out, log)
         reference = reference_outputs(base, task.test.x)
-    study = _Study(recipe, task, base, example, reference, bench, out, log, nproc)
+        fp32_outputs = lambda x: reference_outputs(base, x)  # noqa: E731
+    from .evaluate import EvaluateConfig, Evaluation
+
+    evaluation = Evaluation(task, reference, fp32_outputs, EvaluateConfig(**recipe.evaluate), out=out)
+    study = _Study(recipe, task, base, example, reference, bench, out, log, nproc, evaluation)
 
     keys = [(name, t) for name in recipe.variants for t in recipe.targets]
     failed = 0
@@ -312,8 +317,10 @@ def _slug(name: str) -> str:
 class _Study:
     """Builds variants (sharing step prefixes in memory) and measures them on targets."""
 
-    def __init__(self, recipe, task, base, example, reference, bench, out: Path, log, nproc: int):
+    def __init__(self, recipe, task, base, example, reference, bench, out: Path, log, nproc: int,
+                 evaluation=None):
         self.recipe, self.task, self.base, self.example = recipe, task, base, example
+        self.evaluation = evaluation
         self.reference, self.bench, self.out, self.log = reference, bench, out, log
         self.data = StepData(example=example, task=task, teacher=base, nproc=nproc)
         self.models: dict = {(): base}   # step-prefix key -> module or the exception it raised
@@ -394,4 +401,4 @@ class _Study:
             name=name, steps=steps, runtime=target.runtime,
             target=runtime_target(target.runtime, target.build), runner=runner, run_artifact=run_art,
             model=model, fp32_onnx=self._fp32_onnx(folder, art), task=self.task,
-            reference=self.reference, example=self.example, bench=self.bench)
+            reference=self.reference, example=self.example, bench=self.bench, evaluation=self.evaluation)

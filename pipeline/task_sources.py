@@ -8,7 +8,7 @@ no arguments. It may declare any of the keywords ``seed``, ``input_shape``, ``da
 with the same keys; ``calibration`` is accepted for ``calib``)::
 
     TaskData(train=..., calib=..., test=..., val=None, metric=None, num_classes=None,
-             name=None, model="", classes=())
+             name=None, model="", classes=(), groups=None)
 
 Each split is one of: a ``Split``; an array or tensor of inputs (unlabelled); a *tuple*
 ``(x, y)`` of arrays or tensors (``y`` may be None); a ``torch.utils.data.Dataset`` whose items
@@ -18,6 +18,10 @@ generator) of batches ``(x, y)`` or ``x``. Everything is materialised once into 
 for integer class labels (N,), ``mse`` for float targets and ``agreement`` without targets;
 ``num_classes`` to the largest label + 1. Inputs are one sample per row, without the batch-1
 axis of the model's input shape: ``x.shape[1:] == input_shape[1:]``.
+
+``groups`` (optional) is one value per *test* sample (integers or strings: a site, a device, a
+skin tone, an age band): the report gives accuracy per group next to fp32's for every variant
+(``edgeopt.pipeline.evaluate``), so a compressed model that fails one group shows it.
 
 Example:
     >>> import numpy as np
@@ -64,6 +68,7 @@ class TaskData:
     name: str | None = None
     model: str = ""
     classes: tuple = ()
+    groups: Any = None  # one value per test sample: the task's own slices in the report
 
 
 def spec_kind(spec: str) -> str:
@@ -193,9 +198,19 @@ def task_from_data(data: TaskData, default_name: str, seed: int = 0, where: str 
         if data.num_classes < num_classes:
             raise InputError(f"{where}: num_classes is {data.num_classes} but a label is {num_classes - 1}")
         num_classes = data.num_classes
+    groups = None
+    if data.groups is not None:
+        groups = _numpy(data.groups, f"{where}: groups") if not isinstance(data.groups, (list, tuple)) \
+            else np.asarray(data.groups)
+        if groups.ndim != 1 or len(groups) != len(splits["test"]):
+            raise InputError(f"{where}: groups must hold one value per test sample ({len(splits['test'])}), "
+                             f"got shape {groups.shape}")
+        if not (np.issubdtype(groups.dtype, np.integer) or groups.dtype.kind in "UOb"):
+            raise InputError(f"{where}: groups must be integers or strings, got {groups.dtype}")
+        groups = groups.astype(str) if groups.dtype.kind == "O" else groups
     return Task(data.name or default_name, metric, (1, *shapes["test"]), num_classes,
                 splits["train"], splits["val"], splits["calib"], splits["test"], model=data.model or "",
-                classes=tuple(data.classes))
+                classes=tuple(data.classes), test_groups=groups)
 
 
 def to_split(value, what: str):

@@ -86,6 +86,9 @@ class Task:
     test: Split
     model: str = field(default="digits_cnn")  # the zoo model the task is built for ("" if none)
     classes: tuple = ()  # class names, index = label, when the task knows them
+    # One group value per test sample (a user task's own slices: site, device, age band, ...),
+    # reported per group by edgeopt.pipeline.evaluate; None when the task declares none.
+    test_groups: np.ndarray | None = None
 
     @property
     def labelled(self) -> bool:
@@ -234,8 +237,9 @@ def limit_task(task: Task, limit: int | None) -> Task:
         return task
     import dataclasses
 
-    return dataclasses.replace(task, **{s: getattr(task, s).head(limit)
-                                        for s in ("train", "val", "calib", "test")})
+    groups = None if task.test_groups is None else task.test_groups[:limit]
+    return dataclasses.replace(task, test_groups=groups, **{s: getattr(task, s).head(limit)
+                                                            for s in ("train", "val", "calib", "test")})
 
 
 def _random(seed: int, shape: tuple) -> Task:

@@ -138,3 +138,23 @@ def raises():
 
 def not_a_module():
     return "a string"
+
+
+def tiny_image_task(seed: int = 0):
+    """Three classes of 8x8 one-channel images (a bright square in one of three places, plus
+    noise), with a ``groups`` array on the test split: the smallest image task with slices."""
+    from edgeopt.pipeline.task_sources import TaskData
+
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, 3, n)
+        x = rng.normal(0.0, 0.5, (n, 1, 8, 8)).astype(np.float32)
+        for i, c in enumerate(y):
+            x[i, 0, 1 + 2 * c:4 + 2 * c, 2:6] += 2.0
+        return x, y.astype(np.int64)
+
+    test = make(60)
+    return TaskData(train=make(240), calib=make(16)[0], test=test, val=make(30),
+                    classes=("top", "middle", "bottom"),
+                    groups=np.where(np.arange(60) % 2 == 0, "even", "odd"))

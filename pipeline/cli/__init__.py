@@ -9,6 +9,7 @@ Example:
     $ edgeopt demo --out build/demo
     $ edgeopt export zoo:resnet18 --out build/resnet18.onnx
     $ edgeopt bench build/resnet18.onnx --runtime onnxruntime --threads 2
+    $ edgeopt shadow build/int8 --champion build/fp32 --inputs logs/today.npy --max-disagreement 0.01
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import sys
 
 from edgeopt.core.errors import CheckFailed, InputError
 
-from . import bench, check, compile, compress, demo, export, run
+from . import bench, check, compile, compress, demo, export, run, shadow
 from .common import EPILOG
 
 #: The commands, in the order ``--help`` lists them.
-COMMANDS = (demo, export, compress, compile, bench, run, check)
+COMMANDS = (demo, export, compress, compile, bench, run, check, shadow)
 
 #: Errors that mean "the input was wrong" (exit 2): the message names the path or value.
 INPUT_ERRORS = (InputError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,

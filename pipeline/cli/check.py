@@ -25,6 +25,13 @@ def add_parser(sub):
     k.add_argument("--max-metric-drop", type=float, default=None,
                    help="allowed change of the task's metric in its worse direction, in its own units "
                    "(default: not gated)")
+    k.add_argument("--max-class-drop", type=float, default=None,
+                   help="allowed drop of any one class's accuracy, as a fraction (default: not gated)")
+    k.add_argument("--max-ece-increase", type=float, default=None,
+                   help="allowed rise of the expected calibration error (default: not gated)")
+    k.add_argument("--max-robust-drop", type=float, default=None,
+                   help="allowed drop of accuracy under any one perturbation, as a fraction "
+                   "(default: not gated)")
     k.set_defaults(func=run)
     return k
 
@@ -34,7 +41,8 @@ def run(args) -> int:
     from edgeopt.pipeline.gate import Thresholds, compare, format_rows, load_report
 
     t = Thresholds(args.max_latency_regression, args.max_size_regression, args.max_accuracy_drop,
-                   args.max_agreement_drop, args.max_metric_drop)
+                   args.max_agreement_drop, args.max_metric_drop, args.max_class_drop,
+                   args.max_ece_increase, args.max_robust_drop)
     rows = compare(load_report(args.report), load_report(args.baseline, "baseline"), t)
     print(format_rows(rows, t))
     bad = [r for r in rows if r["regressions"]]
