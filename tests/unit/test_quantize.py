@@ -59,11 +59,11 @@ def test_fallback_keeps_sensitive_node_in_float_until_budget_holds(tmp_path):
 
     r = quantize(fp32, calib, QuantizeConfig(calibration="minmax", per_channel=False, min_agreement=0.99),
                  tmp_path / "fallback.onnx", eval_data=held_out)
-    assert r.float_nodes, "the fallback names the nodes it kept in float"
+    assert r.metrics["nodes_in_float"], "the fallback names the nodes it kept in float"
     steps = r.record["metrics"]["fallback"]
     assert steps[0]["agreement"] == pytest.approx(plain_agreement)
     assert steps[-1]["agreement"] >= 0.99
-    assert r.record["metrics"]["nodes_in_float"] == r.float_nodes
+    assert r.record["metrics"]["nodes_in_float"] == r.metrics["nodes_in_float"]
     final = fidelity(ref, runner_outputs(load(r.path), held_out)).agreement
     assert final >= 0.99
 
