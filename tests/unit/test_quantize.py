@@ -102,7 +102,7 @@ def test_model_without_quantizable_op(tmp_path):
 
 
 def test_config_validation_and_budget_without_data(conv_onnx, tmp_path):
-    with pytest.raises(ValueError, match="calibration must be one of minmax, entropy, percentile; got 'kl'"):
+    with pytest.raises(ValueError, match="method must be one of minmax, entropy, percentile; got 'kl'"):
         QuantizeConfig(calibration="kl")
     with pytest.raises(ValueError, match="max_accuracy_drop must be in \\[0, 1\\)"):
         QuantizeConfig(max_accuracy_drop=5)
