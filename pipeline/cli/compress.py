@@ -161,8 +161,20 @@ def _quantize(args, config) -> int:
     print(f"wrote {result.path}: {m['size_bytes_before']:,} -> {m['size_bytes_after']:,} bytes "
           f"({m['size_ratio']:.2f}x), {m['compute_nodes_quantized']}/{m['compute_nodes_total']} "
           f"compute nodes int8")
+    for a in m.get("attempts", []):
+        how = "+".join(a["transforms"]) or "plain"
+        acc = f"accuracy {a['accuracy'] * 100:.2f}%, " if "accuracy" in a else ""
+        print(f"  tried {a['method']} ({how}): {acc}agreement {a['agreement'] * 100:.2f}%")
+    if m.get("transforms"):
+        print("transforms: " + ", ".join(m["transforms"]))
     if m["nodes_in_float"]:
         print("kept in float: " + ", ".join(m["nodes_in_float"]))
+    if m.get("layers"):
+        from edgeopt.compress.quant_debug import format_layers
+
+        print(f"costliest quantized layers ({len(m['layers'])} measured on calibration data):")
+        for line in format_layers(m["layers"], config.debug_layers):
+            print(line)
     return 0
 
 
