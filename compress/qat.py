@@ -487,3 +487,70 @@ def _learned_weights(qdq: Path, matched: dict, float_inits: dict) -> None:
                 set_init(bdq.input[0], np.round(b / bscale).astype(np.int32))
                 set_init(bdq.input[1], bscale.reshape(numpy_helper.to_array(inits[bdq.input[1]]).shape))
     onnx.save(model, str(qdq))
+
+
+def quantize_or_qat(model, fp32, config, data, *, calibration: Any, eval_data: Any,
+                    qat_config: QATConfig | None = None, teacher=None, out: str | os.PathLike,
+                    example_inputs: Any = None, progress: Progress = None) -> StepResult:
+    """The accuracy-aware int8 flow, cheapest method first, stopping at the first that meets the
+    budget of ``config`` (a ``QuantizeConfig`` with ``max_accuracy_drop`` or ``min_agreement``):
+    plain PTQ, PTQ with the transforms, the per-layer fallback (up to ``max_float_nodes``), all
+    inside ``quantize``; then, when those miss, QAT of ``model`` on the training ``data``.
+
+    Args:
+        model: the fp32 torch module (QAT fine-tunes a copy; default teacher).
+        fp32: its exported ONNX model (file, artifact folder or export ``StepResult``).
+        config: the ``QuantizeConfig`` with the budget.
+        data: labelled training data for QAT (a task, a split or ``(x, y)``).
+        calibration, eval_data: as for ``quantize``; the budget is judged on ``eval_data``.
+        qat_config: the QAT settings (default ``QATConfig()``).
+        out: where the chosen int8 model is written.
+
+    Returns:
+        the chosen method's ``StepResult``; ``metrics["attempts"]`` lists every attempt with its
+        accuracy, and ``metrics["budget_met"]`` says whether the last one met the budget.
+    """
+    from .fidelity import runner_outputs
+    from .quantize import BudgetMissed, QuantizeConfig, _Scorer, quantize
+
+    if not isinstance(config, QuantizeConfig) or not config.has_budget:
+        raise InputError("quantize_or_qat needs a QuantizeConfig with max_accuracy_drop or min_agreement")
+    say = reporter(progress)
+    try:
+        r = quantize(fp32, config, calibration, out=out, eval_data=eval_data, progress=progress)
+        r.record["metrics"]["budget_met"] = True
+        return r
+    except BudgetMissed as e:
+        attempts = list(e.attempts)
+        say(f"post-training quantization missed the budget; quantization-aware training next")
+    from edgeopt.runtimes.artifact import model_input
+
+    fp32_path = model_input(fp32, "onnx", "quantize_or_qat")[0]
+    score = _Scorer(fp32_path, eval_data, config)
+    module, carried = unwrap(model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.flow-", dir=out.parent) as tmp:
+        r = qat(model, qat_config, data,
+                teacher=teacher if teacher is not None else copy.deepcopy(module).eval(),
+                calibration=calibration.x if hasattr(calibration, "x") else calibration,
+                out=Path(tmp) / "qat.onnx", example_inputs=example_inputs, progress=progress)
+        s = score(r.path)
+        attempts.append({"method": "qat", "transforms": [], **s})
+        r.record["metrics"].update(attempts=attempts, budget_met=score.meets(s))
+        # written once the attempts are known: the manifest holds the whole record
+        if out.suffix == ".onnx":
+            from edgeopt.core.files import file_mode
+
+            os.chmod(r.path, file_mode())
+            os.replace(r.path, out)
+            output: Any = out
+        else:
+            from edgeopt.runtimes.artifact import write_artifact
+            from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
+
+            inputs, outputs = onnx_io(load_onnx(r.path))
+            output = write_artifact(out, lambda d: os.replace(r.path, d / "model.onnx"), format="onnx",
+                                    files=["model.onnx"], inputs=inputs, outputs=outputs,
+                                    history=[*carried, r.record])
+    return StepResult(output, r.record, carried)

@@ -84,6 +84,8 @@ class QuantizeConfig:
         try_transforms: with a budget, try equalize, then bias correction, then SmoothQuant
             (Linear models with LayerNorm) before keeping layers in float; stops at the first
             attempt that meets the budget.
+        max_float_nodes: the fallback keeps at most this many compute nodes in float (each one
+            gives back int8 speed); past it the budget counts as missed (then ``qat`` is next).
         debug_layers: run the per-layer debugger (static QDQ) and name this many costliest
             layers in the record and on the command line; 0 turns it off.
     """
@@ -105,6 +107,7 @@ class QuantizeConfig:
     smooth_quant: bool = False
     smooth_quant_alpha: float = 0.5
     try_transforms: bool = True
+    max_float_nodes: int | None = None
     debug_layers: int = 5
 
     def __post_init__(self):
@@ -136,6 +139,8 @@ class QuantizeConfig:
             raise InputError(f"max_calibration_samples must be >= 1; got {self.max_calibration_samples!r}")
         if not (0 <= self.smooth_quant_alpha <= 1):
             raise InputError(f"smooth_quant_alpha must be in [0, 1]; got {self.smooth_quant_alpha!r}")
+        if self.max_float_nodes is not None and self.max_float_nodes < 0:
+            raise InputError(f"max_float_nodes must be >= 0; got {self.max_float_nodes!r}")
         if self.debug_layers < 0:
             raise InputError(f"debug_layers must be >= 0; got {self.debug_layers!r}")
         if self.mode == "dynamic" and (self.equalize or self.bias_correction or self.smooth_quant):
@@ -261,8 +266,16 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
             else:
                 chosen = best[0]
                 quantizer = prepare(chosen)
-                candidate, excluded, steps = _fallback(quantizer, score, quantizer(excluded), excluded,
-                                                       config, say)
+                try:
+                    candidate, excluded, steps = _fallback(quantizer, score, quantizer(excluded), excluded,
+                                                           config, say)
+                except BudgetMissed as e:
+                    last = e.steps[-1]
+                    e.attempts = [*attempts, {"method": "fallback", "transforms": list(chosen),
+                                              "nodes_in_float": last["nodes_in_float"],
+                                              **{k: v for k, v in last.items()
+                                                 if k in ("accuracy", "agreement", "accuracy_drop")}}]
+                    raise
                 attempts.append({"method": "fallback", "transforms": list(chosen),
                                  "nodes_in_float": list(excluded), **{k: v for k, v in steps[-1].items()
                                                                        if k in ("accuracy", "agreement", "accuracy_drop")}})
@@ -617,6 +630,8 @@ def _fallback(quantize_with: _Quantizer, score: _Scorer, candidate: Path, exclud
         s = score(quantize_with([*excluded, name]))
         gains.append((score.objective(s) - base, name))
     gains.sort(key=lambda g: -g[0])
+    if config.max_float_nodes is not None:
+        gains = gains[:max(config.max_float_nodes - len(excluded), 0)]
     for gain, name in gains:
         excluded = [*excluded, name]
         candidate = quantize_with(excluded)
@@ -625,10 +640,19 @@ def _fallback(quantize_with: _Quantizer, score: _Scorer, candidate: Path, exclud
         say(f"kept {name} in float (sensitivity {gain:+.4f}): {_describe(s)}")
         if score.meets(s):
             return candidate, excluded, steps
-    raise InputError(
+    raise BudgetMissed(
         f"no assignment meets the budget (max_accuracy_drop={config.max_accuracy_drop}, "
-        f"min_agreement={config.min_agreement}): with all {len(excluded)} compute nodes in float "
-        f"the model scores {_describe(steps[-1])}")
+        f"min_agreement={config.min_agreement}): with {len(excluded)} compute nodes in float "
+        f"the model scores {_describe(steps[-1])}", steps)
+
+
+class BudgetMissed(InputError):
+    """No post-training attempt met the accuracy budget (``steps``: the fallback's records)."""
+
+    def __init__(self, message: str, steps: list):
+        super().__init__(message)
+        self.steps = steps
+        self.attempts: list = []  # every attempt of ``quantize`` (set on the way out)
 
 
 def _describe(s: dict) -> str:

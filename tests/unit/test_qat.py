@@ -109,3 +109,27 @@ def test_cli_compress_qat(tmp_path):
     assert "layers with learned int8 scales" in r.stdout and (tmp_path / "q" / "model.onnx").is_file()
     bad = edgeopt_cli("compress", "qat", "zoo:digits_cnn", "--task", "nope", "--out", tmp_path / "b")
     assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr
+
+
+def test_accuracy_aware_flow_ends_in_qat_when_ptq_misses(tmp_path):
+    """Plain int8 of the outlier MLP misses a tight agreement budget, no layer may stay in float,
+    so the flow goes on to QAT and records every attempt, cheapest first."""
+    from edgeopt.compress import QuantizeConfig
+    from edgeopt.compress.qat import quantize_or_qat
+    from helpers import OutlierMLP, outlier_samples
+
+    model = OutlierMLP().eval()
+    fp32 = eoc.export(model, None, outlier_samples(1)[0], out=tmp_path / "fp32.onnx").path
+    x = outlier_samples(256, seed=1).reshape(256, 8)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).argmax(1).numpy()
+    held = outlier_samples(64, seed=2).reshape(64, 8)
+    r = quantize_or_qat(model, fp32, QuantizeConfig(method="minmax", per_channel=False, min_agreement=0.999,
+                                                    max_float_nodes=0),
+                        Split(x, y), calibration=x[:64], eval_data=held, out=tmp_path / "best",
+                        qat_config=QATConfig(epochs=1, batch_size=32, lr=1e-3))
+    methods = [a["method"] for a in r.metrics["attempts"]]
+    assert methods[0] == "ptq" and methods[-2] == "fallback" and methods[-1] == "qat"
+    assert all("agreement" in a for a in r.metrics["attempts"])
+    assert isinstance(r.metrics["budget_met"], bool)
+    assert r.artifact.history[-1]["metrics"]["attempts"][-1]["method"] == "qat"
