@@ -131,7 +131,7 @@ def _fake_quant_modules():
             return (q - z) * s
 
         def qparams(self) -> tuple[float, int]:
-            return float(self.scale.abs()) + 1e-8, int(min(max(round(float(self.zero_point)), 0), 255))
+            return float(self.scale.detach().abs()) + 1e-8, int(min(max(round(float(self.zero_point.detach())), 0), 255))
 
     class WeightQuant(nn.Module):
         """int8 symmetric fake quantization ([-127, 127]) with learned per-channel scales."""
