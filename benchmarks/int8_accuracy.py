@@ -210,19 +210,25 @@ def main(argv=None) -> int:
     p.add_argument("--qat-lr", type=float, default=1e-4)
     p.add_argument("--json", type=Path, default=CACHE / "int8_accuracy.json")
     p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    p.add_argument("--from-json", nargs="*", type=Path, default=None,
+                   help="build the table from earlier --json outputs (one run per model, e.g. run in "
+                   "parallel) instead of measuring")
     args = p.parse_args(argv)
-    import torch
+    if args.from_json:
+        rows = [r for f in args.from_json for r in json.loads(f.read_text())]
+    else:
+        import torch
 
-    torch.set_num_threads(2)
-    data = load_data(args.data)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            row = bench_model(name, data, Path(tmp), args)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=1))
+        torch.set_num_threads(2)
+        data = load_data(args.data)
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in args.models.split(","):
+                row = bench_model(name, data, Path(tmp), args)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1))
     text = table(rows)
     print(text)
     if args.record:
@@ -230,9 +236,10 @@ def main(argv=None) -> int:
 
         from results import RESULTS
 
-        command = ("`.venv/bin/python benchmarks/int8_accuracy.py --data DIR "
-                   + " ".join(a for a in (argv or sys.argv[1:]) if not a.startswith("--data") and a != str(args.data))
-                   + "` (DIR: the folder of the Debian package dataset-fashion-mnist)")
+        command = (f"`.venv/bin/python benchmarks/int8_accuracy.py --data DIR --models {args.models} "
+                   f"--qat-samples {args.qat_samples} --qat-epochs {args.qat_epochs}` (DIR: the folder of the "
+                   "Debian package dataset-fashion-mnist; each model was run as its own process, in "
+                   "parallel, and the table assembled with --from-json)")
         with open(RESULTS, "a") as fh:
             fh.write(f"\n## int8 accuracy: edgeopt PTQ, accuracy-aware flow, NNCF ({dt.date.today().isoformat()})\n\n"
                      f"Command: {command}\n\nCPU: {cpu_name()}, batch 1, 2 threads; accuracies are top-1 "
