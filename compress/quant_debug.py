@@ -94,6 +94,8 @@ def collect(model: str | Path, feeds: list[dict], tmp: Path) -> dict[str, list[n
     for feed in feeds:
         for name, value in zip(names, session.run(names, feed)):
             out[name].append(value)
+        for name, value in feed.items():  # graph inputs: what the first layers read
+            out.setdefault(name, []).append(np.asarray(value))
     return out
 
 
