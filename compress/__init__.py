@@ -13,8 +13,9 @@ from .fidelity import Fidelity, fidelity
 from .history import history, last_record
 from .lowrank import LowRankConfig, lowrank
 from .prune import PruneConfig, prune
+from .qat import QATConfig, qat
 from .quantize import QuantizeConfig, QuantizeResult, quantize
 
-__all__ = ["DistillConfig", "Fidelity", "LowRankConfig", "PruneConfig", "QuantizeConfig",
+__all__ = ["DistillConfig", "Fidelity", "LowRankConfig", "PruneConfig", "QATConfig", "QuantizeConfig",
            "QuantizeResult", "count_flops", "count_params", "distill", "fidelity", "history",
-           "last_record", "lowrank", "model_stats", "onnx_flops", "prune", "quantize"]
+           "last_record", "lowrank", "model_stats", "onnx_flops", "prune", "qat", "quantize"]

@@ -50,6 +50,8 @@ TYPES = ("uint8", "int8")
 FORMATS = ("qdq", "qoperator")
 #: Ops whose quantization saves arithmetic; the fallback ranks these, and a model needs one.
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
+#: Pre-quantization transforms (``quant_transforms``), in the order they apply.
+TRANSFORMS = ("equalize", "smooth_quant", "bias_correction")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,21 @@ class QuantizeConfig:
         nodes_to_exclude: node names to keep in float from the start.
         calibration: the earlier name of ``method`` (still accepted; ``quantize``'s third
             argument, the calibration data, now owns the word).
+        equalize: cross-layer equalization of Conv pairs before quantizing (Relu/ReLU6-aware,
+            depthwise included; exact in float). Static mode.
+        bias_correction: subtract the mean output shift that int8 weights cause, measured on
+            the calibration data, from each layer's float bias, then quantize again. Static
+            QDQ mode.
+        smooth_quant: migrate per-channel activation outliers of LayerNorm outputs into the
+            following MatMul weights (SmoothQuant). Static mode.
+        smooth_quant_alpha: SmoothQuant's migration strength in [0, 1] (0.5 balances both).
+        try_transforms: with a budget, try equalize, then bias correction, then SmoothQuant
+            (Linear models with LayerNorm) before keeping layers in float; stops at the first
+            attempt that meets the budget.
+        max_float_nodes: the fallback keeps at most this many compute nodes in float (each one
+            gives back int8 speed); past it the budget counts as missed (then ``qat`` is next).
+        debug_layers: run the per-layer debugger (static QDQ) and name this many costliest
+            layers in the record and on the command line; 0 turns it off.
     """
 
     mode: str = "static"
@@ -85,6 +102,13 @@ class QuantizeConfig:
     max_calibration_samples: int | None = 256
     nodes_to_exclude: tuple = ()
     calibration: str | None = None
+    equalize: bool = False
+    bias_correction: bool = False
+    smooth_quant: bool = False
+    smooth_quant_alpha: float = 0.5
+    try_transforms: bool = True
+    max_float_nodes: int | None = None
+    debug_layers: int = 5
 
     def __post_init__(self):
         check_field_types(self)
@@ -113,6 +137,17 @@ class QuantizeConfig:
             raise InputError(f"percentile must be in (50, 100]; got {self.percentile!r}")
         if self.max_calibration_samples is not None and self.max_calibration_samples < 1:
             raise InputError(f"max_calibration_samples must be >= 1; got {self.max_calibration_samples!r}")
+        if not (0 <= self.smooth_quant_alpha <= 1):
+            raise InputError(f"smooth_quant_alpha must be in [0, 1]; got {self.smooth_quant_alpha!r}")
+        if self.max_float_nodes is not None and self.max_float_nodes < 0:
+            raise InputError(f"max_float_nodes must be >= 0; got {self.max_float_nodes!r}")
+        if self.debug_layers < 0:
+            raise InputError(f"debug_layers must be >= 0; got {self.debug_layers!r}")
+        if self.mode == "dynamic" and (self.equalize or self.bias_correction or self.smooth_quant):
+            raise InputError("equalize, bias_correction and smooth_quant need calibration data: "
+                             "use mode='static'")
+        if self.bias_correction and self.format != "qdq":
+            raise InputError("bias_correction reads the QDQ model's int8 weights: use format='qdq'")
         if self.activation_type == "int8" and self.weight_type == "uint8":
             raise InputError("activation_type int8 with weight_type uint8 is not supported by "
                              "onnxruntime; use uint8 activations with int8 weights (the fast pair)")
@@ -120,6 +155,11 @@ class QuantizeConfig:
     @property
     def has_budget(self) -> bool:
         return self.max_accuracy_drop is not None or self.min_agreement is not None
+
+    @property
+    def transforms(self) -> tuple:
+        """The transforms this config switches on, in the order they are applied."""
+        return tuple(t for t in TRANSFORMS if getattr(self, t))
 
 
 #: ``quantize`` returns the one step result type; the earlier name stays importable.
@@ -208,13 +248,52 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
             # Third-party files: old opsets and Constant-node weights are normalised first.
             prepared = prepare_onnx_file(model, tmp / "prepared.onnx")
             quant_pre_process(str(prepared), str(pre), skip_symbolic_shape=False)
-        quantizer = _Quantizer(pre, feeds, config, tmp)
+        prepare = _Prepared(pre, feeds, config, tmp)
         excluded = list(config.nodes_to_exclude)
-        candidate = quantizer(excluded)
-        steps = []
+        attempts, steps = [], []
+        chosen = config.transforms
         if config.has_budget:
             score = _Scorer(model, eval_data, config)
-            candidate, excluded, steps = _fallback(quantizer, score, candidate, excluded, config, say)
+            ladder = _ladder(config, pre)
+            best = None
+            for transforms in ladder:
+                quantizer = prepare(transforms)
+                candidate = quantizer(excluded)
+                s = score(candidate)
+                attempts.append({"method": "ptq", "transforms": list(transforms), **s})
+                say(f"int8 ({'+'.join(transforms) or 'plain'}): {_describe(s)}")
+                if best is None or score.objective(s) > score.objective(best[1]) + 1e-12:
+                    best = (transforms, s)
+                if score.meets(s):
+                    chosen = transforms
+                    break
+            else:
+                chosen = best[0]
+                quantizer = prepare(chosen)
+                try:
+                    candidate, excluded, steps = _fallback(quantizer, score, quantizer(excluded), excluded,
+                                                           config, say)
+                except BudgetMissed as e:
+                    last = e.steps[-1]
+                    e.attempts = [*attempts, {"method": "fallback", "transforms": list(chosen),
+                                              "nodes_in_float": last["nodes_in_float"],
+                                              **{k: v for k, v in last.items()
+                                                 if k in ("accuracy", "agreement", "accuracy_drop")}}]
+                    raise
+                attempts.append({"method": "fallback", "transforms": list(chosen),
+                                 "nodes_in_float": list(excluded), **{k: v for k, v in steps[-1].items()
+                                                                       if k in ("accuracy", "agreement", "accuracy_drop")}})
+        else:
+            quantizer = prepare(chosen)
+            candidate = quantizer(excluded)
+        debug = {}
+        if (config.debug_layers and config.mode == "static" and config.format == "qdq"
+                and _quantized_compute_nodes(candidate)):
+            from .quant_debug import debug_layers
+
+            layers = debug_layers(quantizer.pre, candidate, feeds)
+            debug = {"layers": layers, "costliest_layers": [r["node"] for r in layers[:config.debug_layers]]}
+            say("costliest quantized layers: " + ", ".join(debug["costliest_layers"]))
         before, after = Path(model).stat().st_size, candidate.stat().st_size
         quantized_nodes = _quantized_compute_nodes(candidate)
         record = {
@@ -228,6 +307,10 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
                 "compute_nodes_total": len(compute),
                 "nodes_in_float": excluded,
                 "fallback": steps,
+                "transforms": list(chosen),
+                "transform_details": prepare.details.get(tuple(chosen), {}),
+                "attempts": attempts,
+                **debug,
             },
         }
         if out.suffix == ".onnx":
@@ -401,6 +484,92 @@ class _Quantizer:
         return path
 
 
+def _ladder(config: QuantizeConfig, pre: Path) -> list[tuple]:
+    """The transform sets a budget search tries, cheapest first: the config's own, then adding
+    equalize, bias correction and (for graphs with LayerNormalization) SmoothQuant."""
+    ladder = [config.transforms]
+    if not config.try_transforms or config.mode != "static":
+        return ladder
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(pre), load_external_data=False).graph.node}
+    wanted = set(config.transforms)
+    steps = []
+    if "Conv" in ops:
+        steps.append("equalize")
+    if config.format == "qdq":
+        steps.append("bias_correction")
+    if "LayerNormalization" in ops:
+        steps.append("smooth_quant")
+    for t in steps:
+        if t not in wanted:
+            wanted.add(t)
+            ladder.append(tuple(x for x in TRANSFORMS if x in wanted))
+    return ladder
+
+
+class _Prepared:
+    """One ``_Quantizer`` per transform set, built on demand and kept (each calibrates once)."""
+
+    def __init__(self, pre: Path, feeds: list[dict], config: QuantizeConfig, tmp: Path):
+        self.pre, self.feeds, self.config, self.tmp = pre, feeds, config, tmp
+        self.quantizers: dict[tuple, _Quantizer] = {}
+        self.details: dict[tuple, dict] = {}
+
+    def __call__(self, transforms: tuple) -> "_Quantizer":
+        transforms = tuple(transforms)
+        if transforms in self.quantizers:
+            return self.quantizers[transforms]
+        import onnx
+
+        from . import quant_transforms as qt
+        from .quant_debug import collect
+
+        folder = self.tmp / ("-".join(transforms) or "plain")
+        folder.mkdir()
+        details: dict = {}
+        path = self.pre
+        model = None
+        samples = self.feeds[:_TRANSFORM_SAMPLES]
+        if "equalize" in transforms or "smooth_quant" in transforms:
+            model = onnx.load(str(path))
+            if "equalize" in transforms:
+                model, pairs = qt.equalize(model)
+                details["equalized_pairs"] = len(pairs)
+            if "smooth_quant" in transforms:
+                staged = folder / "staged.onnx"
+                onnx.save(model, str(staged))
+                model, smoothed = qt.smooth_quant(model, collect(staged, samples, folder),
+                                                  self.config.smooth_quant_alpha)
+                details["smoothed_layernorms"] = len(smoothed)
+            path = folder / "pre.onnx"
+            onnx.save(model, str(path))
+        if "bias_correction" in transforms:
+            first = _Quantizer(path, self.feeds, self.config, folder)
+            qdq = first([])
+            q_acts = collect(qdq, samples, folder)
+            corrected, names = qt.bias_correct(onnx.load(str(path)), onnx.load(str(qdq)), q_acts)
+            details["bias_corrected_layers"] = len(names)
+            path = folder / "pre-bias-corrected.onnx"
+            onnx.save(corrected, str(path))
+            sub = folder / "corrected"
+            sub.mkdir()
+            quantizer = _Quantizer(path, self.feeds, self.config, sub)
+            # the ranges barely move with the bias; calibrating again would double the cost
+            import shutil
+
+            shutil.copy(first.cache, quantizer.cache)
+        else:
+            quantizer = _Quantizer(path, self.feeds, self.config, folder)
+        self.quantizers[transforms] = quantizer
+        self.details[transforms] = details
+        return quantizer
+
+
+#: Samples the transforms measure statistics on (every tensor of each sample is held).
+_TRANSFORM_SAMPLES = 32
+
+
 class _Scorer:
     """Scores a candidate ONNX model against the fp32 model: accuracy or agreement."""
 
@@ -465,6 +634,8 @@ def _fallback(quantize_with: _Quantizer, score: _Scorer, candidate: Path, exclud
         s = score(quantize_with([*excluded, name]))
         gains.append((score.objective(s) - base, name))
     gains.sort(key=lambda g: -g[0])
+    if config.max_float_nodes is not None:
+        gains = gains[:max(config.max_float_nodes - len(excluded), 0)]
     for gain, name in gains:
         excluded = [*excluded, name]
         candidate = quantize_with(excluded)
@@ -473,10 +644,19 @@ def _fallback(quantize_with: _Quantizer, score: _Scorer, candidate: Path, exclud
         say(f"kept {name} in float (sensitivity {gain:+.4f}): {_describe(s)}")
         if score.meets(s):
             return candidate, excluded, steps
-    raise InputError(
+    raise BudgetMissed(
         f"no assignment meets the budget (max_accuracy_drop={config.max_accuracy_drop}, "
-        f"min_agreement={config.min_agreement}): with all {len(excluded)} compute nodes in float "
-        f"the model scores {_describe(steps[-1])}")
+        f"min_agreement={config.min_agreement}): with {len(excluded)} compute nodes in float "
+        f"the model scores {_describe(steps[-1])}", steps)
+
+
+class BudgetMissed(InputError):
+    """No post-training attempt met the accuracy budget (``steps``: the fallback's records)."""
+
+    def __init__(self, message: str, steps: list):
+        super().__init__(message)
+        self.steps = steps
+        self.attempts: list = []  # every attempt of ``quantize`` (set on the way out)
 
 
 def _describe(s: dict) -> str:

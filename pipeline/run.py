@@ -164,7 +164,7 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
             log(f"{where}: finished in an earlier run, kept")
             continue
         steps = recipe.variants[name]
-        if target.runtime == "torch" and any(s.kind.level == "onnx" for s in steps):
+        if target.runtime == "torch" and any(s.kind.final for s in steps):
             log(f"{where}: skipped: the torch runtime cannot run an ONNX-level step's output")
             state["done"][key] = None
         else:
@@ -361,6 +361,10 @@ class _Study:
                 for step in steps:
                     if step.kind.level == "onnx":
                         result = apply_step(step, result, self.data, out=folder / step.name)
+                    elif step.kind.level == "torch-to-onnx":
+                        # qat reads the variant's module (it trains it) and writes the ONNX
+                        # itself; the fp32 export above stays the variant's reference
+                        result = apply_step(step, model, self.data, out=folder / step.name)
                 self.onnx[name] = (model, result.artifact)
             except Exception as e:
                 self.onnx[name] = e

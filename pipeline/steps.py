@@ -6,12 +6,14 @@ steps up here and nowhere else. A ``Step`` is a step name with its validated con
 when a recipe is read; the runner applies it with ``apply_step``.
 
 Levels say where a step sits in a variant: ``torch`` steps (module in, module out) come first,
-then the variant is exported, then at most one ``onnx`` step (ONNX in, ONNX out).
+then the variant is exported, then at most one final step: an ``onnx`` step (ONNX in, ONNX out)
+or a ``torch-to-onnx`` step (the variant's module in, an ONNX artifact out: ``qat`` trains the
+module and writes the quantized ONNX itself).
 
 Example:
     >>> from edgeopt.pipeline.steps import STEPS, make_step
     >>> sorted(STEPS)
-    ['distill', 'lowrank', 'prune', 'quantize']
+    ['distill', 'lowrank', 'prune', 'qat', 'quantize']
     >>> step = make_step("prune", {"amount": 0.5})
     >>> step.config.amount, step.kind.level
     (0.5, 'torch')
@@ -46,7 +48,7 @@ class StepKind:
         name: the name used in recipes and on the command line.
         config_path, function_path: ``module:attribute`` of the config class and the function
             (imported on first use, so that reading a recipe does not import torch).
-        level: ``torch`` or ``onnx`` (see the module docstring).
+        level: ``torch``, ``onnx`` or ``torch-to-onnx`` (see the module docstring).
         summary: one line for ``--help`` and the docs.
         feed: the keyword arguments the step takes from a ``StepData``.
     """
@@ -61,6 +63,11 @@ class StepKind:
     @property
     def config(self) -> type:
         return _resolve(self.config_path)
+
+    @property
+    def final(self) -> bool:
+        """Whether the step ends a variant in an ONNX artifact (at most one per variant)."""
+        return self.level in ("onnx", "torch-to-onnx")
 
     @property
     def function(self) -> Callable:
@@ -88,6 +95,11 @@ def _quantize_data(config, data: StepData) -> dict:
     return {"calibration": task.calib, "eval_data": eval_data, "progress": data.progress}
 
 
+def _qat_data(config, data: StepData) -> dict:
+    return {"data": data.task, "teacher": data.teacher, "calibration": data.task.calib.x,
+            "example_inputs": data.example, "progress": data.progress}
+
+
 STEPS: dict[str, StepKind] = {kind.name: kind for kind in (
     StepKind("lowrank", "edgeopt.compress.lowrank:LowRankConfig", "edgeopt.compress.lowrank:lowrank",
              "torch", "low-rank factorization of Linear and convolution layers (SVD, Tucker-2, CP)",
@@ -101,9 +113,12 @@ STEPS: dict[str, StepKind] = {kind.name: kind for kind in (
     StepKind("quantize", "edgeopt.compress.quantize:QuantizeConfig", "edgeopt.compress.quantize:quantize",
              "onnx", "int8 post-training quantization of the exported ONNX model",
              _quantize_data),
+    StepKind("qat", "edgeopt.compress.qat:QATConfig", "edgeopt.compress.qat:qat",
+             "torch-to-onnx", "quantization-aware training (learned int8 scales), written as QDQ ONNX",
+             _qat_data),
 )}
 
-LEVELS = ("torch", "onnx")
+LEVELS = ("torch", "onnx", "torch-to-onnx")
 
 
 @dataclass(frozen=True)
@@ -166,10 +181,11 @@ def make_step(name: str, params: dict | None = None, line: int = 0) -> Step:
 
 
 def check_order(steps: list[Step]) -> None:
-    """Torch-level steps first, then at most one ONNX-level step; ``InputError`` otherwise."""
+    """Torch-level steps first, then at most one final step (``onnx`` or ``torch-to-onnx``
+    level); ``InputError`` otherwise."""
     seen_onnx = None
     for s in steps:
-        if s.kind.level == "onnx":
+        if s.kind.final:
             if seen_onnx is not None:
                 raise InputError(f"two ONNX-level steps ({seen_onnx!r} and {s.name!r}); at most one is allowed")
             seen_onnx = s.name

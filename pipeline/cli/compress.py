@@ -4,7 +4,8 @@ Every field of the step's config (``edgeopt.pipeline.steps``) is an option with 
 (``-`` for ``_``) and the help text of the config's docstring; an option not given leaves the
 config's own default. So the CLI, recipes and the Python API cannot drift apart.
 Torch-level steps read a torch MODEL and write an ONNX artifact folder (exported with the parity
-check); ``quantize`` reads and writes ONNX.
+check); ``quantize`` reads and writes ONNX; ``qat`` reads a torch MODEL and a labelled task
+(``--task``), fine-tunes it under fake quantization and writes the quantized ONNX.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from edgeopt.core.errors import InputError
 from .common import EPILOG, WEIGHTS_HELP, load_samples, refuse_existing_file_parent, say, torch_model
 
 #: Steps offered on the command line (distill needs a teacher and training data: recipes).
-CLI_STEPS = ("lowrank", "prune", "quantize")
+CLI_STEPS = ("lowrank", "prune", "quantize", "qat")
 #: Fields that are not options: deprecated spellings kept for Python callers.
 HIDDEN = {"quantize": {"calibration"}}
 #: Older flags that stay accepted: (flag, field, value it sets).
@@ -107,7 +108,15 @@ def add_parser(sub):
     for name in CLI_STEPS:
         kind = STEPS[name]
         p = steps.add_parser(name, epilog=EPILOG, help=kind.summary, description=kind.summary + ".")
-        if kind.level == "torch":
+        if kind.level == "torch-to-onnx":
+            p.add_argument("model", metavar="MODEL", help="zoo:NAME, module.path:factory or a .pt2 file "
+                           "(the trained fp32 model; with alpha > 0 it is also the teacher)")
+            p.add_argument("--out", required=True, help="output .onnx file, or a folder for an artifact")
+            p.add_argument("--task", required=True, help="built-in labelled task to train on (e.g. digits)")
+            p.add_argument("--input-shape", default=None, help="example input shape, e.g. 1,3,224,224")
+            p.add_argument("--calibration-data", default=None, metavar="task:NAME|FILE.npy",
+                           help="samples that initialize the ranges (default: the task's calibration split)")
+        elif kind.level == "torch":
             p.add_argument("model", metavar="MODEL", help="zoo:NAME, module.path:factory or a .pt2 file")
             p.add_argument("--out", required=True, help="output artifact folder (ONNX + manifest)")
             p.add_argument("--input-shape", default=None, help="example input shape, e.g. 1,3,224,224")
@@ -140,6 +149,8 @@ def run(args) -> int:
     refuse_existing_file_parent(args.out)
     if args.step == "quantize":
         return _quantize(args, config)
+    if args.step == "qat":
+        return _qat(args, config)
     return _torch_step(args, config)
 
 
@@ -162,8 +173,48 @@ def _quantize(args, config) -> int:
     print(f"wrote {result.path}: {m['size_bytes_before']:,} -> {m['size_bytes_after']:,} bytes "
           f"({m['size_ratio']:.2f}x), {m['compute_nodes_quantized']}/{m['compute_nodes_total']} "
           f"compute nodes int8")
+    for a in m.get("attempts", []):
+        how = "+".join(a["transforms"]) or "plain"
+        acc = f"accuracy {a['accuracy'] * 100:.2f}%, " if "accuracy" in a else ""
+        print(f"  tried {a['method']} ({how}): {acc}agreement {a['agreement'] * 100:.2f}%")
+    if m.get("transforms"):
+        print("transforms: " + ", ".join(m["transforms"]))
     if m["nodes_in_float"]:
         print("kept in float: " + ", ".join(m["nodes_in_float"]))
+    if m.get("layers"):
+        from edgeopt.compress.quant_debug import format_layers
+
+        print(f"costliest quantized layers ({len(m['layers'])} measured on calibration data):")
+        for line in format_layers(m["layers"], config.debug_layers):
+            print(line)
+    return 0
+
+
+def _qat(args, config) -> int:
+    import copy
+
+    from edgeopt.pipeline.steps import STEPS
+    from edgeopt.pipeline.tasks import load_task
+
+    task = load_task(args.task)  # an unknown task fails before the model is built
+    if not task.labelled:
+        raise InputError(f"qat trains on labels; task {args.task!r} has none")
+    module, x = torch_model(args.model, args.input_shape)
+    if tuple(x.shape[1:]) != tuple(task.input_shape[1:]):
+        raise InputError(f"task {args.task!r} has inputs of shape {tuple(task.input_shape)}; the model "
+                         f"takes {tuple(x.shape)} (give --input-shape or a model for this task)")
+    calibration = load_samples(args.calibration_data, "calib")
+    calibration = task.calib.x if calibration is None else getattr(calibration, "x", calibration)
+    teacher = copy.deepcopy(module).eval() if config.alpha > 0 else None
+    result = STEPS["qat"].function(module, config, task, teacher=teacher, calibration=calibration,
+                                   example_inputs=x, out=args.out, progress=say)
+    m = result.metrics
+    line = f"wrote {result.path}: {m['layers_with_learned_scales']} layers with learned int8 scales"
+    if "int8_val_accuracy" in m:
+        line += f", validation accuracy {m['int8_val_accuracy'] * 100:.2f}% (int8, onnxruntime)"
+    print(line)
+    if m["layers_calibrated"]:
+        print("calibrated instead: " + ", ".join(m["layers_calibrated"]))
     return 0
 
 

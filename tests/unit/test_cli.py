@@ -114,8 +114,10 @@ def test_compress_quantize_with_task_calibration(tmp_path):
                     "--method", "minmax", "--out", tmp_path / "int8")
     assert r.returncode == 0, r.stderr
     assert "compute nodes int8" in r.stdout
+    assert "costliest quantized layers" in r.stdout  # the per-layer debugger's ranking
     manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
     assert [h["name"] for h in manifest["history"]] == ["export", "quantize"]
+    assert manifest["history"][-1]["metrics"]["costliest_layers"]
 
 
 def test_compress_quantize_bad_inputs_exit_2(tmp_path):
@@ -128,7 +130,7 @@ def test_compress_quantize_bad_inputs_exit_2(tmp_path):
         (["--calibration-data", str(tmp_path / "empty.npy")], "calibration data is empty"),
         (["--calibration-data", str(tmp_path / "wrong.npy")], "calibration sample 0: input 'input' has shape (1, 1, 16, 16)"),
         ([], "static quantization needs --calibration-data"),
-        (["--calibration-data", "task:digits", "--method", "kl"], "method must be one of minmax, entropy, percentile"),
+        (["--calibration-data", "task:digits", "--method", "kl"], "method must be one of minmax, entropy, percentile; got 'kl'"),
     ]
     for extra, message in cases:
         r = edgeopt_cli("compress", "quantize", tmp_path / "m.onnx", "--out", tmp_path / "q.onnx", *extra)

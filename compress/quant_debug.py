@@ -1,0 +1,219 @@
+"""Per-layer quantization debugger: which quantized layers cost the most accuracy.
+
+For every quantized compute node (Conv, MatMul, Gemm, ConvTranspose) of a QDQ model, the
+node's output in the quantized model is compared with the same tensor of the float model on
+calibration data (onnxruntime's ``qdq_loss_debug`` saves and matches the tensors; tensor names
+survive quantization). Three numbers per layer:
+
+- ``sqnr_db``: SQNR of the layer's output against the float model's (the error accumulated up
+  to and including this layer);
+- ``input_sqnr_db``: the same for the layer's (dequantized) input, i.e. the error it inherits;
+- ``weight_sqnr_db``: SQNR of its int8 weights against the float weights.
+
+Noise-to-signal ratios of successive layers add up roughly, so the noise a layer *adds* is
+``10^(-sqnr/10) - 10^(-input_sqnr/10)`` (``added_noise``); layers are ranked by it, the first
+being the ones to keep in float or to fix first. Ranking by the output SQNR alone would blame
+every layer after the bad one.
+
+Example:
+    >>> import numpy as np, torch  # doctest: +SKIP
+    >>> import edgeopt.compile as eoc, edgeopt.compress as ec  # doctest: +SKIP
+    >>> from edgeopt.compress.quant_debug import debug_layers  # doctest: +SKIP
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval()  # doctest: +SKIP
+    >>> x = [np.random.rand(1, 1, 8, 8).astype("float32") for _ in range(8)]  # doctest: +SKIP
+    >>> fp32 = eoc.export(net, None, x[0], out="build/fp32.onnx").path  # doctest: +SKIP
+    >>> int8 = ec.quantize(fp32, None, x, out="build/int8.onnx").path  # doctest: +SKIP
+    >>> debug_layers(fp32, int8, x)[0]["node"]  # doctest: +SKIP
+    'node_Conv_0'
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeopt.core.errors import InputError
+
+_COMPUTE = ("Conv", "MatMul", "Gemm", "ConvTranspose")
+_DQ_SUFFIX = "_DequantizeLinear_Output"
+_Q_SUFFIX = "_quantized"
+_QIN_SUFFIX = "_QuantizeLinear_Input"
+
+
+def sqnr_db(reference: Sequence[np.ndarray], test: Sequence[np.ndarray]) -> float:
+    """``20 log10(|ref| / |ref - test|)`` over all samples; ``inf`` when identical."""
+    ref = np.concatenate([np.ravel(a) for a in reference]).astype(np.float64)
+    got = np.concatenate([np.ravel(a) for a in test]).astype(np.float64)
+    noise = float(np.linalg.norm(ref - got))
+    if noise == 0:
+        return math.inf
+    return 20.0 * math.log10(max(float(np.linalg.norm(ref)), 1e-30) / noise)
+
+
+def _nsr(db: float) -> float:
+    return 0.0 if math.isinf(db) else 10.0 ** (-db / 10.0)
+
+
+def collect(model: str | Path, feeds: list[dict], tmp: Path) -> dict[str, list[np.ndarray]]:
+    """Every float tensor of ``model`` on each feed (``{name: [one array per feed]}``).
+
+    Written here rather than with ``qdq_loss_debug.modify_model_output_intermediate_tensors``:
+    that one flattens every saved tensor, and bias correction and SmoothQuant need the channel
+    axis.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.load(str(model))
+    try:
+        m = onnx.shape_inference.infer_shapes(m)
+    except Exception:  # noqa: BLE001 - types of graph inputs/outputs and stored value_info suffice
+        pass
+    g = m.graph
+    typed = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+    existing = {o.name for o in g.output}
+    inits = {i.name for i in g.initializer}
+    for n in g.node:
+        for name in n.output:
+            if name and name not in existing and name not in inits and typed.get(name) == onnx.TensorProto.FLOAT:
+                g.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                existing.add(name)
+    augmented = tmp / f"debug-{Path(model).stem}-{len(list(tmp.iterdir()))}.onnx"
+    onnx.save(m, str(augmented))
+    options = ort.SessionOptions()
+    # optimizations would fuse away the very tensors asked for
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in feeds:
+        for name, value in zip(names, session.run(names, feed)):
+            out[name].append(value)
+        for name, value in feed.items():  # graph inputs: what the first layers read
+            out.setdefault(name, []).append(np.asarray(value))
+    return out
+
+
+def debug_layers(fp32: str | Path, qdq: str | Path, data: Any, *, max_samples: int = 16,
+                 float_acts: dict | None = None) -> list[dict]:
+    """Per-layer errors of the QDQ model ``qdq`` against ``fp32``, costliest layer first.
+
+    Args:
+        fp32: the float model the QDQ model was quantized from (tensor names must match: pass
+            the model ``quantize`` pre-processed, or the exported model it started from).
+        qdq: the quantized model (QDQ format).
+        data: calibration inputs (anything ``quantize`` accepts as calibration data).
+        max_samples: use at most this many samples (every tensor of every sample is held).
+        float_acts: the float model's tensors if already collected (``collect``).
+
+    Returns:
+        one dict per quantized compute node: ``node``, ``op``, ``output``, ``sqnr_db``,
+        ``input_sqnr_db``, ``weight_sqnr_db``, ``added_noise``, ``mean_abs_error``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeopt.runtimes.onnx_file import onnx_io
+
+    from .quantize import calibration_feeds
+
+    qmodel = onnx.load(str(qdq), load_external_data=False)
+    if not any(n.op_type == "DequantizeLinear" for n in qmodel.graph.node):
+        raise InputError(f"{str(qdq)!r} is not a QDQ model (no DequantizeLinear); the debugger "
+                         "compares QDQ models only (format='qdq')")
+    inputs, _ = onnx_io(qmodel)
+    feeds = calibration_feeds(data, inputs, max_samples)
+    with tempfile.TemporaryDirectory(prefix="edgeopt-qdebug-") as tmp:
+        tmp = Path(tmp)
+        if float_acts is None:
+            float_acts = collect(fp32, feeds, tmp)
+        q_acts = collect(qdq, feeds, tmp)
+    g = qmodel.graph
+    produced = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    fmodel = onnx.load(str(fp32), load_external_data=False)
+    finits = {i.name: i for i in fmodel.graph.initializer}
+
+    weights = dequantized_weights(qmodel)
+
+    def dequantized_weight(name: str):
+        dq = produced.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None, None
+        original = dq.input[0][:-len(_Q_SUFFIX)] if dq.input[0].endswith(_Q_SUFFIX) else dq.input[0]
+        return weights.get(original), original
+
+    layers = []
+    for n in g.node:
+        if n.op_type not in _COMPUTE:
+            continue
+        src = produced.get(n.input[0])
+        if src is None or src.op_type != "DequantizeLinear":
+            continue  # kept in float
+        out = n.output[0]
+        # what the next layers read: the output after its own QDQ (the quantizer drops a Relu
+        # that follows, so the raw output is pre-activation while the float tensor is not)
+        q_out = out + _DQ_SUFFIX if out + _DQ_SUFFIX in q_acts else out
+        if out.endswith(_QIN_SUFFIX):  # a graph output: its QDQ ends in the original name
+            out = q_out = out[:-len(_QIN_SUFFIX)]
+        if q_out not in q_acts or out not in float_acts:
+            continue
+        x_float_name = n.input[0][:-len(_DQ_SUFFIX)] if n.input[0].endswith(_DQ_SUFFIX) else src.input[0]
+        s_out = sqnr_db(float_acts[out], q_acts[q_out])
+        s_in = (sqnr_db(float_acts[x_float_name], q_acts[n.input[0]])
+                if x_float_name in float_acts and n.input[0] in q_acts else math.inf)
+        w_q, w_name = dequantized_weight(n.input[1]) if len(n.input) > 1 else (None, None)
+        s_w = math.inf
+        if w_q is not None and w_name in finits:
+            s_w = sqnr_db([numpy_helper.to_array(finits[w_name])], [w_q])
+        err = np.mean([np.mean(np.abs(a - b)) for a, b in zip(float_acts[out], q_acts[q_out])])
+        layers.append({"node": n.name, "op": n.op_type, "output": out,
+                       "sqnr_db": _finite(s_out), "input_sqnr_db": _finite(s_in),
+                       "weight_sqnr_db": _finite(s_w),
+                       "added_noise": max(_nsr(s_out) - _nsr(s_in), 0.0),
+                       "mean_abs_error": float(err)})
+    layers.sort(key=lambda r: -r["added_noise"])
+    return layers
+
+
+def dequantized_weights(qmodel) -> dict[str, np.ndarray]:
+    """``{float weight name: its dequantized int8 values}`` of a QDQ ``onnx.ModelProto``."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    out = {}
+    for dq in qmodel.graph.node:
+        if dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+        zp = (numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64)
+              if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale))
+        if scale.size > 1:
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        name = dq.input[0][:-len(_Q_SUFFIX)] if dq.input[0].endswith(_Q_SUFFIX) else dq.input[0]
+        out[name] = (w - zp) * scale
+    return out
+
+
+def _finite(db: float) -> float | None:
+    """JSON has no infinity: an exact match is recorded as ``None``."""
+    return None if math.isinf(db) else round(db, 3)
+
+
+def format_layers(layers: list[dict], top: int = 5) -> list[str]:
+    """Lines naming the ``top`` costliest layers (for the CLI and progress)."""
+    def db(v):
+        return "exact" if v is None else f"{v:.1f} dB"
+
+    return [f"  {r['node']} ({r['op']}): output SQNR {db(r['sqnr_db'])} (input {db(r['input_sqnr_db'])}, "
+            f"weights {db(r['weight_sqnr_db'])}), adds {r['added_noise']:.2e} noise/signal"
+            for r in layers[:top]]

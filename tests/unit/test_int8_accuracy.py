@@ -1,0 +1,220 @@
+"""int8 accuracy tools: equalization, bias correction, SmoothQuant, the per-layer debugger and
+the accuracy-aware attempts of ``quantize``."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgeopt.compile import export
+from edgeopt.compress import QuantizeConfig, quantize
+from edgeopt.compress import quant_transforms as qt
+from edgeopt.compress.fidelity import runner_outputs
+from edgeopt.compress.quant_debug import collect, debug_layers
+from edgeopt.core.errors import InputError
+from edgeopt.runtimes import load
+
+
+class Unbalanced(nn.Module):
+    """Conv-BN-ReLU6 -> depthwise-ReLU -> pointwise, with output channels of the first conv
+    scaled over three orders of magnitude and the depthwise conv scaling them back (so every
+    channel matters): what per-tensor int8 weights handle worst."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv2d(2, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.c1.weight.mul_(torch.logspace(-2, 1, 8).view(8, 1, 1, 1))
+            self.dw.weight.mul_(torch.logspace(1, -2, 8).view(8, 1, 1, 1))
+            self.bn.running_mean.uniform_(-0.1, 0.1)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        x = torch.clamp(self.bn(self.c1(x)), 0, 6)
+        return self.pw(torch.relu(self.dw(x)))
+
+
+def _samples(n, shape=(1, 2, 8, 8), seed=0, shift=0.0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(shape) + shift).astype(np.float32) for _ in range(n)]
+
+
+def _preprocessed(model, x, tmp_path):
+    from onnxruntime.quantization import quant_pre_process
+
+    fp32 = export(model.eval(), None, x, out=tmp_path / "fp32.onnx").path
+    pre = tmp_path / "pre.onnx"
+    quant_pre_process(str(fp32), str(pre))
+    return fp32, pre
+
+
+def _ranges(model, name):
+    from onnx import numpy_helper
+
+    w = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}[name]
+    return np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+
+
+def test_equalization_keeps_outputs_and_balances_weight_ranges(tmp_path):
+    xs = _samples(8)
+    _, pre = _preprocessed(Unbalanced(), xs[0], tmp_path)
+    before = onnx.load(str(pre))
+    after, pairs = qt.equalize(before)
+    assert len(pairs) == 2, "conv -> ReLU6 -> depthwise and depthwise -> ReLU -> pointwise"
+    assert {n.op_type for n in after.graph.node} >= {"Relu", "Min"}, "ReLU6 got its per-channel ceiling"
+    first = next(n for n in before.graph.node if n.op_type == "Conv").input[1]
+    r0, r1 = _ranges(before, first), _ranges(after, first)
+    assert r0.max() / r0.min() > 100 and r1.max() / r1.min() < r0.max() / r0.min() / 10
+    onnx.save(after, str(tmp_path / "eq.onnx"))
+    a, b = load(pre), load(tmp_path / "eq.onnx")
+    for x in xs:
+        np.testing.assert_allclose(b.run(x)[0], a.run(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_equalize_improves_per_tensor_int8(tmp_path):
+    xs = _samples(32)
+    fp32, _ = _preprocessed(Unbalanced(), xs[0], tmp_path)
+    held = np.concatenate(_samples(32, seed=9))
+    ref = runner_outputs(load(fp32), held)
+
+    def err(config, name):
+        r = quantize(fp32, config, xs, out=tmp_path / name)
+        return np.abs(runner_outputs(load(r.path), held) - ref).mean(), r
+
+    plain, _ = err(QuantizeConfig(per_channel=False, method="minmax"), "plain.onnx")
+    eq, r = err(QuantizeConfig(per_channel=False, method="minmax", equalize=True), "eq.onnx")
+    assert eq < plain / 2
+    assert r.metrics["transforms"] == ["equalize"] and r.metrics["transform_details"]["equalized_pairs"] == 2
+
+
+class Shifted(nn.Module):
+    """Positive inputs through a conv whose per-tensor int8 weights round small channels
+    off: a systematic (mean) output shift that bias correction removes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.c1 = nn.Conv2d(2, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 6, 1)
+        with torch.no_grad():
+            self.c2.weight.mul_(torch.logspace(-2.5, 0, 6).view(6, 1, 1, 1))
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.c1(x)))
+
+
+def test_bias_correction_reduces_the_mean_output_error(tmp_path):
+    xs = _samples(32, shift=1.0)
+    fp32, _ = _preprocessed(Shifted(), xs[0], tmp_path)
+    held = np.concatenate(_samples(32, seed=5, shift=1.0))
+    ref = runner_outputs(load(fp32), held)
+
+    def mean_error(config, name):
+        r = quantize(fp32, config, xs, out=tmp_path / name)
+        got = runner_outputs(load(r.path), held)
+        return np.abs((got - ref).mean(axis=(0, 2, 3))).mean(), r
+
+    base = QuantizeConfig(per_channel=False, method="minmax")
+    plain, _ = mean_error(base, "plain.onnx")
+    corrected, r = mean_error(QuantizeConfig(per_channel=False, method="minmax", bias_correction=True),
+                              "bc.onnx")
+    assert corrected < plain * 0.5
+    assert r.metrics["transform_details"]["bias_corrected_layers"] == 2
+
+
+class LNHead(nn.Module):
+    """LayerNorm -> Linear with one activation channel carrying outliers (what SmoothQuant is for)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.norm = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 8)
+        with torch.no_grad():
+            self.norm.weight[3] = 40.0
+
+    def forward(self, x):
+        return self.fc(self.norm(x))
+
+
+def test_smooth_quant_is_exact_in_float_and_moves_the_outlier(tmp_path):
+    xs = _samples(16, shape=(1, 5, 16))
+    _, pre = _preprocessed(LNHead(), xs[0], tmp_path)
+    model = onnx.load(str(pre))
+    acts = collect(pre, [{"input": x} for x in xs], tmp_path)
+    smoothed, names = qt.smooth_quant(model, acts, 0.5)
+    assert len(names) == 1
+    onnx.save(smoothed, str(tmp_path / "sq.onnx"))
+    for x in xs[:4]:
+        np.testing.assert_allclose(load(tmp_path / "sq.onnx").run(x)[0], load(pre).run(x)[0],
+                                   rtol=1e-4, atol=1e-4)
+    from onnx import numpy_helper
+
+    ln = next(n for n in smoothed.graph.node if n.op_type == "LayerNormalization")
+    gamma = {i.name: numpy_helper.to_array(i) for i in smoothed.graph.initializer}[ln.input[1]]
+    assert abs(gamma[3]) / np.median(np.abs(gamma)) < 40 / 2, "the outlier channel is smaller"
+
+
+class BadMiddle(nn.Module):
+    """Three convs; the middle one holds one huge weight on an input channel that is always
+    zero (after ReLU), so it carries no signal, yet per-tensor int8 rounds every other weight of
+    the layer to zero: the debugger must rank that layer first."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.a = nn.Conv2d(2, 8, 3, padding=1)
+        self.bad = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.a.bias[0] = -100.0  # channel 0 of a's output is always 0 after ReLU
+            self.bad.weight[:, 0] = 50.0
+
+    def forward(self, x):
+        return self.c(torch.relu(self.bad(torch.relu(self.a(x)))))
+
+
+def test_debugger_ranks_the_bad_layer_first_and_quantize_names_it(tmp_path):
+    xs = _samples(16)
+    fp32, _ = _preprocessed(BadMiddle(), xs[0], tmp_path)
+    r = quantize(fp32, QuantizeConfig(per_channel=False, method="minmax", debug_layers=2), xs,
+                 out=tmp_path / "q", progress=(lines := []).append)
+    layers = r.metrics["layers"]
+    bad = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"][1]
+    assert layers[0]["node"] == bad and r.metrics["costliest_layers"][0] == bad
+    assert len(r.metrics["costliest_layers"]) == 2 and len(layers) == 3
+    assert layers[0]["sqnr_db"] < 10 < layers[0]["input_sqnr_db"]
+    assert any(bad in ln for ln in lines)
+    assert r.artifact.history[-1]["metrics"]["costliest_layers"][0] == bad  # in the manifest
+    # the function on its own, and a refusal for a model that is not QDQ
+    assert debug_layers(fp32, r.path, xs)[0]["node"] == bad
+    with pytest.raises(InputError, match="not a QDQ model"):
+        debug_layers(fp32, fp32, xs)
+
+
+def test_budget_tries_transforms_before_the_fallback(tmp_path):
+    xs = _samples(32)
+    fp32, _ = _preprocessed(Unbalanced(), xs[0], tmp_path)
+    held = np.concatenate(_samples(64, seed=3))
+    r = quantize(fp32, QuantizeConfig(per_channel=False, method="minmax", min_agreement=0.999), xs,
+                 out=tmp_path / "q.onnx", eval_data=held)
+    attempts = r.metrics["attempts"]
+    assert attempts[0]["transforms"] == [] and attempts[0]["method"] == "ptq"
+    assert attempts[1]["transforms"] == ["equalize"]
+    assert all("agreement" in a for a in attempts)
+    final = attempts[-1]
+    assert final["agreement"] >= 0.999 or final["method"] == "fallback"
+
+
+def test_transform_config_errors():
+    with pytest.raises(InputError, match="smooth_quant_alpha must be in"):
+        QuantizeConfig(smooth_quant_alpha=1.5)
+    with pytest.raises(InputError, match="use mode='static'"):
+        QuantizeConfig(mode="dynamic", equalize=True)
+    with pytest.raises(InputError, match="equalize must be true or false"):
+        QuantizeConfig(equalize="yes")
