@@ -2,8 +2,8 @@
 
 Static mode: ORT pre-processing (symbolic shape inference, graph optimization that folds
 BatchNorm into Conv), activation calibration (MinMax / Entropy / Percentile) on the given data,
-QDQ format, per-channel int8 weights and uint8 activations by default: on this AVX-512 VNNI CPU
-U8S8 is the combination onnxruntime runs fast (TOOLCHAIN.md: S8S8 gave no speedup at all).
+QDQ format, per-channel int8 weights and uint8 activations by default: on AVX-512 VNNI CPUs
+U8S8 is the combination onnxruntime runs fast (S8S8 gave no speedup at all on ResNet-18).
 Dynamic mode quantizes weights ahead and activations at run time (no calibration), for
 MatMul-heavy models such as transformer encoders.
 
