@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgeopt-installed
 OUT    ?= build/demo
 
-.PHONY: demo test test-fast setup bench clean cross-tools native data
+.PHONY: demo test test-all test-fast setup bench clean cross-tools native data
 
 setup: $(STAMP)
 
@@ -22,13 +22,19 @@ $(STAMP): requirements/base.txt requirements/pretrained.txt pyproject.toml
 demo: $(STAMP) data
 	$(VENV)/bin/edgeopt demo --out $(OUT)
 
-# Everything CI runs (unit, cross and device tiers; GPU tests skip without a GPU).
+# What CI runs: the unit, cross and device tiers (GPU tests skip without a GPU), on both cores,
+# without the cases marked slow (each says why; `make test-all` runs them too).
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 test: $(STAMP) cross-tools data
-	$(PY) -m pytest -q tests
+	$(PYTEST) -m "not slow" tests
 
-# The edit-loop tier: unit tests not marked slow (each slow case says why it is slow).
+# Every test, slow ones included.
+test-all: $(STAMP) cross-tools data
+	$(PYTEST) tests
+
+# The edit-loop tier: unit tests that neither are slow nor start builds, servers or processes.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests/unit
+	$(PYTEST) -m "not slow and not integration" tests/unit
 
 # Fashion-MNIST (the demo's task; IDX files under /usr/share/datasets/fashion-mnist) from the
 # Debian package dataset-fashion-mnist. Installed when missing and apt-get can run; otherwise the

@@ -17,6 +17,8 @@ from edgeopt.pipeline.zoo import create
 from edgeopt.core.errors import InputError
 from helpers import edgeopt_cli
 
+pytestmark = pytest.mark.integration  # subprocesses, builds, servers or whole studies
+
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
@@ -62,6 +64,7 @@ import json, sys, torch
 import edgeopt.compress as ec
 from edgeopt.pipeline.tasks import load_task, torch_logits
 from edgeopt.pipeline.zoo import create
+
 torch.set_num_threads(1)
 task = load_task("digits")
 teacher = create("digits_cnn"); teacher.load_state_dict(torch.load(sys.argv[1]))

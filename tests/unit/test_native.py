@@ -19,7 +19,7 @@ from edgeopt.compile.native_build import runner_binary
 from helpers import edgeopt_cli, example_inputs, listing, tiny_conv_net
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake missing (make setup installs it)")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake missing (make setup installs it)")]
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from edgeopt.core.errors import InputError
 from edgeopt.pipeline.models import load_model
 from helpers import edgeopt_cli
 
+pytestmark = pytest.mark.integration  # subprocesses, builds, servers or whole studies
+
 MODELS = ["concat_residual", "se_residual", "tcn_conv1d"]
 LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d,
           torch.nn.LayerNorm)

@@ -15,6 +15,8 @@ from edgeopt.pipeline.tasks import Split
 from edgeopt.runtimes import load
 from helpers import edgeopt_cli, example_inputs, tiny_conv_net
 
+pytestmark = pytest.mark.integration  # subprocesses, builds, servers or whole studies
+
 
 class _Task:
     """The parts of a task qat reads: labelled train and val splits."""

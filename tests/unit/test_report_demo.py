@@ -241,6 +241,7 @@ def test_crowded_pareto_plot_labels_never_overlap(seed):
         plt.close(fig)
 
 
+@pytest.mark.slow  # the whole digits study (training, 5 variants, 3 runtimes, untuned TVM): minutes
 def test_digits_demo_writes_the_full_study(tmp_path, capsys):
     from edgeopt.pipeline.demo import DIGITS_RECIPE, run_demo
 

@@ -18,6 +18,8 @@ from edgeopt.pipeline.farm import free_port, start_local_farm
 from edgeopt.runtimes.rpc import benchmark_fleet, request_device
 from helpers import edgeopt_cli, example_inputs, tiny_conv_net
 
+pytestmark = pytest.mark.integration  # subprocesses, builds, servers or whole studies
+
 KEY = "edgeopt-test"
 
 pytest.importorskip("tornado")

@@ -14,6 +14,8 @@ from edgeopt.pipeline.recipe import parse_recipe
 from edgeopt.core.errors import InputError
 from helpers import REPO, edgeopt_cli
 
+pytestmark = pytest.mark.integration  # subprocesses, builds, servers or whole studies
+
 SMALL = """\
 model: zoo:digits_cnn
 task: digits

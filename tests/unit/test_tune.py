@@ -11,6 +11,8 @@ from edgeopt.runtimes import load
 from edgeopt.core.errors import InputError
 from helpers import edgeopt_cli
 
+pytestmark = pytest.mark.integration  # subprocesses, builds, servers or whole studies
+
 
 def test_tuned_build_then_warm_database_build(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
@@ -75,6 +77,7 @@ def test_structure_key_ignores_weights_and_depends_on_target():
 INTERRUPTED_TUNING = """
 import sys, numpy as np, torch
 from edgeopt.compile import TuneConfig, build
+
 build(sys.argv[1], "cpu", sys.argv[2], tune=TuneConfig(trials=400, db=sys.argv[3], cost_model="random",
       trials_per_round=4, trials_per_iter=4))
 """

@@ -9,6 +9,8 @@ import pytest
 
 from helpers import edgeopt_cli
 
+pytestmark = pytest.mark.integration  # subprocesses, builds, servers or whole studies
+
 MODEL = textwrap.dedent('''
     import torch
     from torch import nn

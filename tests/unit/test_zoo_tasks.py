@@ -44,6 +44,7 @@ def test_digits_splits_are_fixed_and_disjoint():
         load_task("mnist")
 
 
+@pytest.mark.slow  # 12 epochs of training; the runner's tests train small models on every run
 def test_digits_training_reaches_97_percent():
     task = load_task("digits")
     model = train(create("digits_cnn"), task, TrainConfig(), progress=False)
