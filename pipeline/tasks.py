@@ -301,8 +301,9 @@ def fashion_mnist_files(data_dir: str | os.PathLike | None = None) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """An IDX file (the MNIST format, optionally gzipped) as a uint8 array of its shape.
+def read_idx(path: str | os.PathLike, count: int | None = None) -> np.ndarray:
+    """An IDX file (the MNIST format, optionally gzipped) as a uint8 array of its shape; only the
+    first ``count`` items when given (a small subset reads a prefix of the stream, not 26 MB).
 
     Cached: studies and tests load the same 60,000 images more than once per process.
     """
@@ -310,40 +311,46 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
+            head = f.read(4)
+            # Header: two zero bytes, a type code (0x08 = unsigned byte), the number of
+            # dimensions, then one big-endian uint32 per dimension.
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08 or head[3] < 1:
+                raise InputError(f"{str(path)!r} is not an unsigned-byte IDX file (bad magic number)")
+            ndim = head[3]
+            raw = f.read(4 * ndim)
+            dims = tuple(int.from_bytes(raw[4 * i:4 * i + 4], "big") for i in range(len(raw) // 4))
+            if len(dims) != ndim:
+                raise InputError(f"{str(path)!r} is truncated: its IDX header is incomplete")
+            if count is not None:
+                dims = (min(count, dims[0]), *dims[1:])
+            expected = int(np.prod(dims))
+            data = f.read(expected)
+            trailing = f.read(1) if count is None else b""
     except (OSError, EOFError) as e:
         raise InputError(f"{str(path)!r} is not a readable IDX file: {e}") from None
-    # Header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then
-    # one big-endian uint32 per dimension.
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or data[3] < 1:
-        raise InputError(f"{str(path)!r} is not an unsigned-byte IDX file (bad magic number)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims))
-    if len(data) != expected:
-        raise InputError(f"{str(path)!r} is truncated or corrupt: {len(data)} bytes for an IDX "
-                         f"array of shape {dims} ({expected} bytes expected)")
-    array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    if len(data) != expected or trailing:
+        raise InputError(f"{str(path)!r} is truncated or corrupt: the IDX array of shape {dims} needs "
+                         f"{expected} bytes after the header")
+    array = np.frombuffer(data, dtype=np.uint8).reshape(dims)
     array.setflags(write=False)
     return array
 
 
 def _fashion_mnist(seed: int, data_dir, limit: int | None = None) -> Task:
     files = fashion_mnist_files(data_dir)
-    train_x, train_y = (read_idx(p) for p in files["train"])
-    test_x, test_y = (read_idx(p) for p in files["test"])
+    # A subset reads only the files' first images (their order is already shuffled by class).
+    n_train = None if limit is None else 3 * limit
+    n_test = limit
+    train_x, train_y = (read_idx(p, n_train) for p in files["train"])
+    test_x, test_y = (read_idx(p, n_test) for p in files["test"])
     if len(train_x) != len(train_y) or len(test_x) != len(test_y):
         raise InputError(f"Fashion-MNIST in {str(files['train'][0].parent)!r}: image and label "
                          "counts differ")
     # Validation (5,000) and calibration (256) come out of the official training set, stratified
     # and seeded; the official 10,000-image test set stays the test split.
     n_val, n_calib = 5000, 256
-    if limit is not None:  # keep the proportions of a small subset, at least one per split
-        n = min(len(train_y), 3 * limit)
-        keep = np.random.default_rng(seed).permutation(len(train_y))[:n]
-        train_x, train_y = train_x[keep], train_y[keep]
-        n_val = n_calib = max(1, min(limit, n // 4))
+    if limit is not None:  # a small subset: validation and calibration a quarter each
+        n_val = n_calib = max(1, min(limit, len(train_y) // 4))
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(train_y))
@@ -362,7 +369,7 @@ def _fashion_mnist(seed: int, data_dir, limit: int | None = None) -> Task:
     def split(x, y, i):
         return Split(np.ascontiguousarray(prep(x[i])), y[i].astype(np.int64))
 
-    test_idx = np.arange(len(test_y) if limit is None else min(limit, len(test_y)))
+    test_idx = np.arange(len(test_y))
     return Task("fashion_mnist", "top1", (1, 1, 28, 28), 10, split(train_x, train_y, train),
                 split(train_x, train_y, val), split(train_x, train_y, calib),
                 split(test_x, test_y, test_idx), model="fashion_cnn",

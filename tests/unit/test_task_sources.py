@@ -263,6 +263,7 @@ def test_idx_reader_checks_the_header(tmp_path):
         f.write(header + bytes(range(24)))
     a = read_idx(tmp_path / "ok-idx3-ubyte.gz")
     assert a.shape == (2, 3, 4) and a[1, 2, 3] == 23
+    assert read_idx(tmp_path / "ok-idx3-ubyte.gz", 1).shape == (1, 3, 4)  # a prefix only
     (tmp_path / "short").write_bytes(header + bytes(5))
     with pytest.raises(InputError, match="truncated or corrupt"):
         read_idx(tmp_path / "short")
