@@ -102,7 +102,9 @@ def test_interrupted_tuning_keeps_its_rounds_and_resumes(tmp_path):
         time.sleep(0.5)
     assert proc.poll() is None, "the 400-trial tuning should still be running"
     os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
-    proc.wait(timeout=120)
+    # MetaSchedule shuts its builder and runner worker pools down first; with the other test
+    # worker busy on the same two cores that took over 120 s once, so allow it 300 s
+    proc.wait(timeout=300)
     assert proc.returncode != 0 and not (tmp_path / "killed").exists(), "no half-written artifact"
     kept = records_in(db)
     assert kept >= 4
