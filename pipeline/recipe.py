@@ -48,7 +48,7 @@ TOP_KEYS = ("model", "weights", "task", "input_shape", "variants", "targets", "b
 #: (``edgeopt compile --tune-trials/--tune-timeout/--tuning-db``).
 TUNE_KEYS = {"tune_trials": (int,), "tune_timeout": (int, float), "tuning_db": (str,)}
 TARGET_KEYS = {"torch": ("runtime",), "onnxruntime": ("runtime",),
-               "tvm": ("runtime", "target", "int8", *TUNE_KEYS)}
+               "tvm": ("runtime", "target", "int8", "precision", "cuda_graph", *TUNE_KEYS)}
 BENCH_KEYS = ("warmup", "repeat", "threads")
 #: Keys of the ``evaluate`` section (``edgeopt.pipeline.evaluate.EvaluateConfig``) and their types.
 EVALUATE_KEYS = {"enabled": (bool,), "robustness": (bool,), "samples": (int,), "exemplars": (bool,),
@@ -283,13 +283,18 @@ def _build_config(target, entries: dict, err, scalar):
         import yaml
 
         int8 = yaml.safe_load(yaml.serialize(entries["int8"][1]))
+    options = {}
+    if "precision" in entries:
+        options["precision"] = scalar(entries["precision"][1], "'precision'", (str,))
+    if "cuda_graph" in entries:
+        options["cuda_graph"] = scalar(entries["cuda_graph"][1], "'cuda_graph'", (bool,))
     where = entries.get("target", entries["runtime"])[1]
     try:
         tuning = None
         if tune:
             tuning = TuneConfig(trials=tune.get("tune_trials", 0), timeout_s=tune.get("tune_timeout"),
                                 db=tune.get("tuning_db"))
-        return BuildConfig(target=target or "cpu", int8=int8, tune=tuning)
+        return BuildConfig(target=target or "cpu", int8=int8, tune=tuning, **options)
     except (InputError, FileNotFoundError) as e:
         raise err(where, str(e)) from None
 

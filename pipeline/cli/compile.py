@@ -19,6 +19,12 @@ def add_parser(sub):
                     "or a TVM target as JSON (default: cpu)")
     cp.add_argument("--out", required=True, help="output artifact folder")
     cp.add_argument("--no-int8", action="store_true", help="keep QDQ models in float arithmetic")
+    cp.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                    help="fp16: convs and matmuls in float16 on tensor cores (cuda targets only; "
+                    "inputs and outputs stay float32)")
+    cp.add_argument("--no-cuda-graph", action="store_true",
+                    help="cuda targets: launch each kernel on every call instead of replaying a "
+                    "captured CUDA graph")
     cp.add_argument("--tune-trials", type=nonneg_int, default=0,
                     help="MetaSchedule trials to have in the tuning database (default: 0, no tuning)")
     cp.add_argument("--bundle", metavar="DIR", default=None,
@@ -49,7 +55,8 @@ def run(args) -> int:
     if args.tune_trials or args.tuning_db:
         tune = TuneConfig(trials=args.tune_trials, timeout_s=args.tune_timeout, db=args.tuning_db,
                           tracker=args.tracker, key=args.key)
-    config = BuildConfig(target=args.target, int8=False if args.no_int8 else None, tune=tune)
+    config = BuildConfig(target=args.target, int8=False if args.no_int8 else None, tune=tune,
+                         precision=args.precision, cuda_graph=not args.no_cuda_graph)
     result = build(args.model, config, out=args.out, progress=say)
     art, last = result.artifact, result.record
     print(f"wrote {art.path} ({art.size_bytes():,} bytes) for {json.dumps(last['config']['target'])}"

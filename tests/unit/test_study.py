@@ -55,6 +55,17 @@ def test_malformed_recipes_name_key_and_line(text, message):
         parse_recipe(text, "r.yaml")
 
 
+def test_tvm_targets_take_precision_and_cuda_graph():
+    text = SMALL.replace("- runtime: onnxruntime",
+                         "- runtime: tvm\n    target: cuda\n    precision: fp16\n    cuda_graph: false")
+    build = parse_recipe(text, "r.yaml").targets[0].build
+    assert (build.precision, build.cuda_graph) == ("fp16", False)
+    with pytest.raises(InputError, match="line 14: precision 'fp16' needs a cuda target"):
+        parse_recipe(SMALL.replace("- runtime: onnxruntime", "- runtime: tvm\n    precision: fp16"), "r.yaml")
+    with pytest.raises(InputError, match="'cuda_graph' must be true or false"):
+        parse_recipe(SMALL.replace("- runtime: onnxruntime", "- runtime: tvm\n    cuda_graph: 3"), "r.yaml")
+
+
 def test_quantize_must_come_last():
     text = SMALL.replace("    - quantize: {calibration: minmax}\n", "").replace(
         "  pruned+kd+int8:\n", "  pruned+kd+int8:\n    - quantize: {}\n")
