@@ -55,7 +55,8 @@ COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
 TRANSFORMS = ("equalize", "smooth_quant", "bias_correction")
 #: The default calibration method. mean_minmax replaced entropy (2026-11-27): on the four
 #: Fashion-MNIST models of benchmarks/int8_accuracy.py its validation top-1 was higher on three
-#: (+0.4 to +1.3 points) and 0.1 lower on one, and it calibrates ~15x faster (no histograms).
+#: (+0.4 to +1.5 points) and 0.1 lower on one (benchmarks/RESULTS.md), and it calibrates ~15x
+#: faster (no histograms).
 _DEFAULT_METHOD = "mean_minmax"
 
 
