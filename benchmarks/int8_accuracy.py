@@ -6,14 +6,18 @@
 ``DIR`` holds Fashion-MNIST's four ``*-ubyte.gz`` IDX files (the Debian package
 ``dataset-fashion-mnist`` installs them). For each model of ``int8_models.py`` (trained once,
 cached under build/int8_bench/): fp32 top-1 (onnxruntime); edgeopt's default ``quantize``
-(entropy, per-channel, u8 activations); edgeopt's accuracy-aware flow (``quantize_or_qat``:
+(mean_minmax, per-channel, u8 activations; ``--method`` / ``--per-tensor`` pick another PTQ
+configuration for PTQ, the flow and QAT alike); edgeopt's accuracy-aware flow (``quantize_or_qat``:
 PTQ, then equalization / bias correction / SmoothQuant, then at most two layers in float, then
 QAT; budget 0.5 points on the 1,000 validation images); NNCF's ``quantize`` on the same ONNX
 with the same 256 calibration images and its ``quantize_with_accuracy_control`` (same budget,
 same validation images). Accuracies are on 2,000 test images. Latency: batch 1, 2 threads, the
 edgeopt models on onnxruntime and the NNCF models on OpenVINO, each as a ratio to onnxruntime
 fp32 measured in the same run. The per-layer debugger's costliest layers of the default PTQ
-model are kept in float to show what they cost (``debugger: top-k in float``).
+model are kept in float to show what they cost (``debugger: top-k in float``, k up to
+``--float-top``). Where that PTQ loses more than a point, a second table gives the loss, what QAT
+(same weight granularity) recovers, the debugger's costliest layers and what keeping them in
+float recovers. ``--no-nncf`` skips NNCF.
 """
 
 from __future__ import annotations
@@ -126,19 +130,24 @@ def bench_model(name, data, work: Path, args) -> dict:
     row = {"model": name}
     t0 = time.time()
     row["fp32"] = acc(logits_ort(fp32, test.x))
-    default = ec.quantize(fp32, ec.QuantizeConfig(), data.calib, out=d / "ptq.onnx")
+    ptq = {"per_channel": not args.per_tensor} | ({"method": args.method} if args.method else {})
+    row["ptq_config"] = ec.QuantizeConfig(**ptq).method + (", per-tensor weights" if args.per_tensor else "")
+    row["calibration_images"], row["epochs"] = len(data.calib), args.epochs
+    default = ec.quantize(fp32, ec.QuantizeConfig(**ptq), data.calib, out=d / "ptq.onnx")
     row["ptq"] = acc(logits_ort(default.path, test.x))
-    row["costliest"] = default.metrics["costliest_layers"][:3]
+    row["costliest"] = default.metrics["costliest_layers"][:max(3, args.float_top)]
     # what the debugger's top layers cost: keep them in float (measured, no search); only worth
-    # the two extra quantizations where PTQ lost something
-    for k in ((1, 2) if row["fp32"] - row["ptq"] > 0.005 else ()):
-        kept = ec.quantize(fp32, ec.QuantizeConfig(nodes_to_exclude=tuple(row["costliest"][:k])),
+    # the extra quantizations where PTQ lost something
+    for k in (range(1, args.float_top + 1) if row["fp32"] - row["ptq"] > 0.005 else ()):
+        kept = ec.quantize(fp32, ec.QuantizeConfig(**ptq, nodes_to_exclude=tuple(row["costliest"][:k])),
                            data.calib, out=d / f"ptq-top{k}.onnx")
         row[f"ptq_top{k}_float"] = acc(logits_ort(kept.path, test.x))
+    qat_config = ec.QATConfig(epochs=args.qat_epochs, max_train_samples=args.qat_samples, lr=args.qat_lr,
+                              per_channel=not args.per_tensor)
     flow = quantize_or_qat(
-        model, fp32, ec.QuantizeConfig(max_accuracy_drop=args.budget, max_float_nodes=2), Split(data.train.x, data.train.y),
-        calibration=data.calib, eval_data=data.val, out=d / "best.onnx",
-        qat_config=ec.QATConfig(epochs=args.qat_epochs, max_train_samples=args.qat_samples, lr=args.qat_lr))
+        model, fp32, ec.QuantizeConfig(**ptq, max_accuracy_drop=args.budget, max_float_nodes=2),
+        Split(data.train.x, data.train.y), calibration=data.calib, eval_data=data.val, out=d / "best.onnx",
+        qat_config=qat_config)
     row["best"] = acc(logits_ort(flow.path, test.x))
     row["attempts"] = [{k: a[k] for k in ("method", "transforms", "accuracy") if k in a}
                        | ({"nodes_in_float": len(a["nodes_in_float"])} if "nodes_in_float" in a else {})
@@ -147,15 +156,18 @@ def bench_model(name, data, work: Path, args) -> dict:
     row["budget_met"] = flow.metrics.get("budget_met", True)
     # QAT on its own, for the 'recovers at least half' check where PTQ loses more than a point
     if row["fp32"] - row["ptq"] > 0.01 and row["best_method"] != "qat":
-        q = ec.qat(model, ec.QATConfig(epochs=args.qat_epochs, max_train_samples=args.qat_samples, lr=args.qat_lr),
-                   Split(data.train.x, data.train.y), teacher=model, calibration=data.calib.x, out=d / "qat.onnx")
+        q = ec.qat(model, qat_config, Split(data.train.x, data.train.y), teacher=model, calibration=data.calib.x, out=d / "qat.onnx")
         row["qat"] = acc(logits_ort(q.path, test.x))
     elif row["best_method"] == "qat":
         row["qat"] = row["best"]
-    ptq_nncf, ac_nncf, note = nncf_models(fp32, data, d, args.budget)
-    row["nncf_ptq"] = acc(logits_ov(ptq_nncf, test.x))
-    row["nncf_ac"] = acc(logits_ov(ac_nncf, test.x)) if ac_nncf else None
-    row["nncf_ac_note"] = note
+    ptq_nncf = ac_nncf = None
+    row["nncf_ptq"] = row["nncf_ac"] = None
+    row["nncf_ac_note"] = "-"
+    if args.nncf:
+        ptq_nncf, ac_nncf, note = nncf_models(fp32, data, d, args.budget)
+        row["nncf_ptq"] = acc(logits_ov(ptq_nncf, test.x))
+        row["nncf_ac"] = acc(logits_ov(ac_nncf, test.x)) if ac_nncf else None
+        row["nncf_ac_note"] = note
     # latency, all in this one run: ratio to onnxruntime fp32
     x = test.x[:64]
     runs = {"fp32": ort_session(fp32), "ptq": ort_session(default.path), "best": ort_session(flow.path)}
@@ -192,9 +204,29 @@ def table(rows) -> str:
         out.append(
             f"| {r['model']} | {pct(r['fp32'])} | {pct(r['ptq'])} | {pct(r['best'])} ({how}) | "
             f"{pct(r.get('qat'))} | {pct(r.get('ptq_top1_float'))} / {pct(r.get('ptq_top2_float'))} | "
-            f"{pct(r['nncf_ptq'])} | {pct(r['nncf_ac']) if r['nncf_ac'] is not None else r['nncf_ac_note']} | "
+            f"{pct(r.get('nncf_ptq'))} | {pct(r['nncf_ac']) if r['nncf_ac'] is not None else r['nncf_ac_note']} | "
             f"{ratio(r, 'ptq')} / {ratio(r, 'best')} | {ratio(r, 'nncf_ptq')} / {ratio(r, 'nncf_ac')} | "
             f"{r['latency_ms']['fp32']:.3f} |")
+    return "\n".join(out)
+
+
+def loss_table(rows) -> str:
+    """Models whose PTQ lost more than a point: QAT's recovery and the debugger's layers in float."""
+    out = ["| model (fp32 epochs) | PTQ configuration | fp32 top-1 | PTQ top-1 | loss | QAT top-1 | "
+           "QAT recovers | debugger's costliest layers | those layers kept in float: top-1 (share of the loss recovered) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        loss = r["fp32"] - r["ptq"]
+        if loss <= 0.01:
+            continue
+        rec = lambda v: f"{(v - r['ptq']) / loss * 100:.0f}%"  # noqa: E731
+        kept = [(k, r[f"ptq_top{k}_float"]) for k in range(1, 10) if f"ptq_top{k}_float" in r]
+        out.append(
+            f"| {r['model']} ({r.get('epochs', '-')}) | {r.get('ptq_config', '-')}, {r.get('calibration_images', '-')} "
+            f"images | {r['fp32'] * 100:.2f} | {r['ptq'] * 100:.2f} | {loss * 100:.2f} | "
+            + (f"{r['qat'] * 100:.2f} | {rec(r['qat'])} | " if r.get("qat") is not None else "- | - | ")
+            + ", ".join(f"`{n}`" for n in r["costliest"][:max(len(kept), 1)]) + " | "
+            + "; ".join(f"top-{k}: {v * 100:.2f} ({rec(v)})" for k, v in kept) + " |")
     return "\n".join(out)
 
 
@@ -212,6 +244,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=4, help="fp32 training epochs")
     p.add_argument("--budget", type=float, default=0.005)
     p.add_argument("--calib", type=int, default=256, help="calibration images (edgeopt and NNCF alike)")
+    p.add_argument("--method", default=None, help="edgeopt PTQ calibration method (default: QuantizeConfig's)")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor int8 weights (PTQ, flow and QAT)")
+    p.add_argument("--float-top", type=int, default=2, help="keep the debugger's top 1..N layers in float")
+    p.add_argument("--no-nncf", dest="nncf", action="store_false", help="skip NNCF")
     p.add_argument("--qat-epochs", type=int, default=2)
     p.add_argument("--qat-samples", type=int, default=6000)
     p.add_argument("--qat-lr", type=float, default=1e-4)
@@ -237,6 +273,9 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
     text = table(rows)
+    losses = loss_table(rows)
+    if losses.count("\n") > 1:
+        text += "\n\n" + losses
     print(text)
     if args.record:
         import datetime as dt

@@ -130,7 +130,7 @@ def test_compress_quantize_bad_inputs_exit_2(tmp_path):
         (["--calibration-data", str(tmp_path / "empty.npy")], "calibration data is empty"),
         (["--calibration-data", str(tmp_path / "wrong.npy")], "calibration sample 0: input 'input' has shape (1, 1, 16, 16)"),
         ([], "static quantization needs --calibration-data"),
-        (["--calibration-data", "task:digits", "--method", "kl"], "method must be one of minmax, entropy, percentile; got 'kl'"),
+        (["--calibration-data", "task:digits", "--method", "kl"], "method must be one of minmax, entropy, percentile, mean_minmax; got 'kl'"),
     ]
     for extra, message in cases:
         r = edgeopt_cli("compress", "quantize", tmp_path / "m.onnx", "--out", tmp_path / "q.onnx", *extra)

@@ -23,7 +23,7 @@ def _calib(n=16):
     return [example_inputs(seed=s) for s in range(n)]
 
 
-@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile", "mean_minmax"])
 def test_static_int8_is_smaller_close_and_really_quantized(conv_onnx, tmp_path, method):
     r = quantize(conv_onnx, _calib(), QuantizeConfig(calibration=method), tmp_path / "q.onnx")
     g = onnx.load(str(r.path)).graph
@@ -38,6 +38,31 @@ def test_static_int8_is_smaller_close_and_really_quantized(conv_onnx, tmp_path, 
     f = fidelity(runner_outputs(load(conv_onnx), x), runner_outputs(load(r.path), x))
     assert f.sqnr_db > 20 and f.agreement >= 0.9
     assert listing(tmp_path) == ["q.onnx"]
+
+
+def _input_scale(path):
+    """Scale and zero point of the QuantizeLinear that quantizes the graph input."""
+    g = onnx.load(str(path)).graph
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    q = next(n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == g.input[0].name)
+    return float(init[q.input[1]]), int(init[q.input[2]])
+
+
+def test_mean_minmax_is_the_default_and_averages_per_sample_ranges(conv_onnx, tmp_path):
+    assert QuantizeConfig().method == "mean_minmax"
+    assert QuantizeConfig(calibration="entropy").method == "entropy"  # the earlier name still sets it
+    calib = _calib(16)
+    calib[3] = calib[3] * 20  # one outlier sample: minmax follows it, the mean barely does
+    mean = quantize(conv_onnx, QuantizeConfig(debug_layers=0), calib, out=tmp_path / "mean.onnx")
+    full = quantize(conv_onnx, QuantizeConfig(method="minmax", debug_layers=0), calib, out=tmp_path / "mm.onnx")
+    lo = min(float(np.mean([c.min() for c in calib])), 0.0)
+    hi = max(float(np.mean([c.max() for c in calib])), 0.0)
+    scale, zero = _input_scale(mean.path)
+    assert scale == pytest.approx((hi - lo) / 255, rel=1e-3)
+    assert zero == pytest.approx(round(-lo / scale), abs=1)
+    full_scale, _ = _input_scale(full.path)
+    assert full_scale == pytest.approx((max(c.max() for c in calib) - min(c.min() for c in calib)) / 255, rel=1e-3)
+    assert full_scale > 3 * scale
 
 
 def test_artifact_output_carries_history(conv_onnx, tmp_path):
@@ -103,7 +128,7 @@ def test_model_without_quantizable_op(tmp_path):
 
 
 def test_config_validation_and_budget_without_data(conv_onnx, tmp_path):
-    with pytest.raises(ValueError, match="method must be one of minmax, entropy, percentile; got .kl."):
+    with pytest.raises(ValueError, match="method must be one of minmax, entropy, percentile, mean_minmax; got .kl."):
         QuantizeConfig(calibration="kl")
     with pytest.raises(ValueError, match="max_accuracy_drop must be in \\[0, 1\\)"):
         QuantizeConfig(max_accuracy_drop=5)
