@@ -43,7 +43,7 @@ from edgeopt.core.errors import InputError
 from .steps import STEPS, Step, check_order, make_step
 
 TOP_KEYS = ("model", "weights", "task", "input_shape", "variants", "targets", "bench", "seed", "train",
-            "evaluate")
+            "evaluate", "search")
 #: Keys of a target entry per runtime; the tvm ones beyond ``target`` configure tuning
 #: (``edgeopt compile --tune-trials/--tune-timeout/--tuning-db``).
 TUNE_KEYS = {"tune_trials": (int,), "tune_timeout": (int, float), "tuning_db": (str,)}
@@ -87,6 +87,7 @@ class Recipe:
     source: str = "<recipe>"
     weights: str | None = None
     evaluate: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)  # the `search` section (edgeopt.pipeline.search.SearchSpace)
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -192,6 +193,18 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             evaluate[k.value] = scalar(v, f"'evaluate.{k.value}'", EVALUATE_KEYS[k.value])
         _check_config(EvaluateConfig, evaluate, top["evaluate"][1], err, "'evaluate'")
 
+    search = {}
+    if "search" in top:
+        from .search import SearchSpace
+
+        snode = top["search"][1]
+        for k, v in mapping(snode, "'search'"):
+            search[k.value] = yaml.safe_load(yaml.serialize(v))
+        try:
+            SearchSpace.from_dict(search)
+        except InputError as e:
+            raise err(snode, f"'search': {e}") from None
+
     variants = {}
     vnode = top["variants"][1]
     for k, v in mapping(vnode, "'variants'"):
@@ -237,7 +250,8 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             build = _build_config(target, entries, err, scalar)
         targets.append(Target(runtime, target, build))
     return Recipe(model=model, task=task, variants=variants, targets=targets, input_shape=input_shape,
-                  bench=bench, train=train, seed=seed, source=source, weights=weights, evaluate=evaluate)
+                  bench=bench, train=train, seed=seed, source=source, weights=weights, evaluate=evaluate,
+                  search=search)
 
 
 def _kind(node) -> str:

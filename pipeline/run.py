@@ -318,13 +318,49 @@ class _Study:
     """Builds variants (sharing step prefixes in memory) and measures them on targets."""
 
     def __init__(self, recipe, task, base, example, reference, bench, out: Path, log, nproc: int,
-                 evaluation=None):
+                 evaluation=None, cache: Path | None = None, latency: Callable | None = None):
+        """``cache``: a folder where torch-level step prefixes are kept on disk (keyed by the base
+        model's weights and the steps' configs) and where a variant's finished ONNX artifact is
+        reused, so another process (a resumed search) does not retrain; ``None`` keeps them in
+        memory only (``edgeopt run``). ``latency(runner, artifact, target)``: returns a
+        ``latency_ms`` report object in place of timing ``runner`` (``edgeopt.pipeline.search``
+        caches measurements with it)."""
         self.recipe, self.task, self.base, self.example = recipe, task, base, example
         self.evaluation = evaluation
         self.reference, self.bench, self.out, self.log = reference, bench, out, log
         self.data = StepData(example=example, task=task, teacher=base, nproc=nproc)
         self.models: dict = {(): base}   # step-prefix key -> module or the exception it raised
         self.onnx: dict = {}             # variant name -> (module, artifact) or exception
+        self.cache, self.latency = cache, latency
+        self.applied: list = []          # (step name, config) of every torch-level step computed here
+        self._base_digest = None
+
+    def prefix_digest(self, key: tuple) -> str:
+        """A torch-level step prefix's cache key: the base model's weights and the steps' configs."""
+        if self._base_digest is None:
+            h = hashlib.sha256(str(self.recipe.model).encode())
+            for name, tensor in sorted(self.base.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._base_digest = h.hexdigest()
+        return hashlib.sha256(json.dumps([self._base_digest, key]).encode()).hexdigest()[:20]
+
+    def _cached_step(self, key: tuple, step: Step, model):
+        import torch
+
+        path = self.cache / "steps" / f"{self.prefix_digest(key)}.pt" if self.cache else None
+        if path is not None and path.is_file():
+            # edgeopt's own file, written below: a whole module (steps change its structure)
+            return torch.load(path, weights_only=False)
+        self.applied.append(key[-1])
+        out = apply_step(step, model, self.data).output
+        if path is not None:
+            try:
+                with atomic_file(path) as tmp:
+                    torch.save(out, tmp)
+            except Exception as e:  # a module that cannot be pickled is kept in memory only
+                self.log(f"step cache: {step.name} result not saved ({type(e).__name__}: {e})")
+        return out
 
     def torch_model(self, steps: list[Step]):
         key: tuple = ()
@@ -335,7 +371,7 @@ class _Study:
             key = key + ((step.name, json.dumps(dataclasses.asdict(step.config), sort_keys=True, default=str)),)
             if key not in self.models:
                 try:
-                    self.models[key] = apply_step(step, model, self.data).output
+                    self.models[key] = self._cached_step(key, step, model)
                 except Exception as e:
                     self.models[key] = e  # every variant sharing this prefix fails the same way
             model = self.models[key]
@@ -348,6 +384,10 @@ class _Study:
         from edgeopt.compile import ExportConfig, export
         from edgeopt.core.result import StepResult
 
+        if name not in self.onnx and self.cache is not None:
+            kept = self._kept_artifact(name, steps)
+            if kept is not None:
+                self.onnx[name] = kept
         if name not in self.onnx:
             try:
                 folder = self.out / "variants" / _slug(name)
@@ -371,6 +411,21 @@ class _Study:
         if isinstance(self.onnx[name], Exception):
             raise self.onnx[name]
         return self.onnx[name]
+
+    def _kept_artifact(self, name: str, steps: list[Step]):
+        """A variant's final ONNX artifact written by an earlier process, or None."""
+        from edgeopt.runtimes.artifact import load_artifact
+
+        folder = self.out / "variants" / _slug(name)
+        final = [s.name for s in steps if s.kind.final]
+        where = folder / (final[0] if final else "onnx")
+        if not (where / "manifest.json").is_file() or not hasattr(self.base, "state_dict"):
+            return None
+        try:
+            art = load_artifact(where)
+        except Exception:
+            return None  # damaged: built again
+        return self.torch_model(steps), art
 
     def _fp32_onnx(self, folder: Path, art) -> Path:
         """The variant's float ONNX model (FLOPs are counted on it, not on the int8 graph)."""
@@ -401,8 +456,33 @@ class _Study:
 
             run_art = build(art, target.build, out=folder / _slug(target_label(target))).artifact
             runner = load(run_art, threads=threads)
+        if self.latency is not None:
+            runner = _TimedRunner(runner, lambda r: self.latency(r, art, target))
         return measure_entry(
             name=name, steps=steps, runtime=target.runtime,
             target=runtime_target(target.runtime, target.build), runner=runner, run_artifact=run_art,
             model=model, fp32_onnx=self._fp32_onnx(folder, art), task=self.task,
             reference=self.reference, example=self.example, bench=self.bench, evaluation=self.evaluation)
+
+
+class _TimedRunner:
+    """A runner whose ``benchmark`` answers from a function (a cache of earlier measurements)."""
+
+    def __init__(self, runner, latency: Callable):
+        self._runner, self._latency = runner, latency
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def benchmark(self, inputs, warmup: int = 10, repeat: int = 100):
+        report = self._latency(self._runner)
+
+        class _Stats:
+            @staticmethod
+            def to_report():
+                return dict(report)
+
+        class _Result:
+            latency = _Stats()
+
+        return _Result()

@@ -158,3 +158,10 @@ def tiny_image_task(seed: int = 0):
     return TaskData(train=make(240), calib=make(16)[0], test=test, val=make(30),
                     classes=("top", "middle", "bottom"),
                     groups=np.where(np.arange(60) % 2 == 0, "even", "odd"))
+
+
+def search_latency(runner, artifact, target) -> float:
+    """A deterministic stand-in for timing in search tests: ms from the artifact's size and
+    whether it is quantized (real timings are noisy, and the tests compare two runs exactly)."""
+    quantized = any(r.get("name") in ("quantize", "qat") for r in artifact.history)
+    return round(artifact.size_bytes() / 1e4 * (0.6 if quantized else 1.0), 6)

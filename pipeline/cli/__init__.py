@@ -19,11 +19,11 @@ import sys
 
 from edgeopt.core.errors import CheckFailed, InputError
 
-from . import bench, check, compile, compress, demo, export, run, shadow
+from . import bench, check, compile, compress, demo, export, run, search, shadow
 from .common import EPILOG
 
 #: The commands, in the order ``--help`` lists them.
-COMMANDS = (demo, export, compress, compile, bench, run, check, shadow)
+COMMANDS = (demo, export, compress, compile, bench, run, search, check, shadow)
 
 #: Errors that mean "the input was wrong" (exit 2): the message names the path or value.
 INPUT_ERRORS = (InputError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgeopt {args.command}: check failed: {_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        extra = "; finished work is kept in state.json and a re-run resumes" if args.command == "run" else ""
+        extra = {"run": "; finished work is kept in state.json and a re-run resumes",
+                 "search": "; finished trials are kept in search.journal and a re-run resumes"}.get(args.command, "")
         print(f"edgeopt {args.command}: interrupted{extra}", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, or a failure inside a library: one line, the details on --debug

@@ -76,11 +76,13 @@ def test_no_module_docstring_speaks_of_this_machine():
 
 def test_recipe_reference_lists_every_key():
     from edgeopt.pipeline.recipe import BENCH_KEYS, TARGET_KEYS, TOP_KEYS
+    from edgeopt.pipeline.search import QUANTIZE_CHOICES, SEARCH_KEYS
     from edgeopt.pipeline.steps import STEPS
     from edgeopt.pipeline.tasks import TrainConfig
 
     text = (REPO / "docs" / "recipes.md").read_text()
     keys = set(TOP_KEYS) | set(BENCH_KEYS) | {k for keys in TARGET_KEYS.values() for k in keys}
+    keys |= set(SEARCH_KEYS) | set(QUANTIZE_CHOICES)
     keys |= {f.name for f in dataclasses.fields(TrainConfig)}
     for name, kind in STEPS.items():
         assert f"`{name}`" in text

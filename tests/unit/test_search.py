@@ -1,0 +1,237 @@
+"""edgeopt search: constraints, the search section, exit codes, reuse, resumption, the outputs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeopt.core.errors import InputError
+from edgeopt.pipeline.recipe import parse_recipe
+from edgeopt.pipeline.search import SearchConstraints, SearchSpace, trial_steps, variant_name
+from helpers import REPO, edgeopt_cli, search_latency
+
+TINY = """\
+model: helpers:tiny_conv_net
+task: helpers:tiny_image_task
+train: {epochs: 2}
+variants: {fp32: []}
+targets: [{runtime: onnxruntime}]
+bench: {warmup: 1, repeat: 5, threads: 1}
+search:
+  prune: [0, 0.5]
+  lowrank: []
+  distill: {epochs: 1, patience: null}
+  quantize: [none, minmax, entropy]
+  startup_trials: 2
+"""
+TRIALS = 6
+DROP = 0.2
+
+
+# -- validation (no work) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_accuracy_drop": -0.01}, "max_accuracy_drop must be a number in \\[0, 1\\]"),
+    ({"max_accuracy_drop": 1.5}, "max_accuracy_drop must be a number in \\[0, 1\\]"),
+    ({"max_size_mb": "big"}, "max_size_mb must be a number"),
+    ({"max_latency_ms": True}, "max_latency_ms must be a number"),
+    ({"max_latency_ms": float("nan")}, "max_latency_ms must be a number >= 0"),
+])
+def test_constraints_validate_themselves(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        SearchConstraints(**kwargs)
+
+
+def test_constraint_violations_are_relative_for_latency_and_size():
+    c = SearchConstraints(max_accuracy_drop=0.01, max_size_mb=2.0, max_latency_ms=1.0)
+    assert c.violations(1.5, 1.0, 0.0) == [0.5, -0.5, -0.01]
+    assert SearchConstraints().violations(9.0, 9.0, 0.5) == []
+
+
+@pytest.mark.parametrize("section, message", [
+    ("search: {colour: blue}\n", "line 7: 'search': unknown key\\(s\\) \\['colour'\\]"),
+    ("search: {quantize: [int4]}\n", "unknown quantize choice\\(s\\) \\['int4'\\]"),
+    ("search: {prune: [0, 1.5]}\n", "a prune amount must be a number in \\[0, 0.99\\]"),
+    ("search: {distill: {lr: 0.1}}\n", "missing required parameter\\(s\\) \\['epochs'\\]"),
+    ("search: {sampler: cmaes}\n", "sampler must be one of tpe, nsga2"),
+    ("search: {prune: 0.5}\n", "prune must be a list"),
+])
+def test_malformed_search_section_names_key_and_line(section, message):
+    text = TINY.split("search:")[0] + section
+    with pytest.raises(InputError, match=message):
+        parse_recipe(text, "r.yaml")
+
+
+def test_default_space_points_are_valid_step_lists():
+    space = SearchSpace()
+    for params in ({"runtime": "onnxruntime", "prune": 0.5, "quantize": "entropy+eq"},
+                   {"runtime": "onnxruntime", "prune": 0.0, "lowrank": 1, "quantize": "qat"},
+                   {"runtime": "torch", "prune": 0.0, "lowrank": 0}):
+        steps = trial_steps(params, space, labelled_top1=True)
+        assert [s.kind.level for s in steps] == sorted((s.kind.level for s in steps),
+                                                        key=lambda lv: lv != "torch")
+    steps = trial_steps({"runtime": "onnxruntime", "prune": 0.5, "quantize": "entropy+eq"}, space, True)
+    assert variant_name({"prune": 0.5, "quantize": "entropy+eq"}, steps) == "prune0.5+kd+entropy+eq"
+    assert [s.name for s in steps] == ["prune", "distill", "quantize"]
+    assert steps[2].config.equalize and steps[2].config.bias_correction
+    # unlabelled tasks get no distillation
+    assert [s.name for s in trial_steps({"prune": 0.5}, space, False)] == ["prune"]
+
+
+def test_cli_malformed_constraints_exit_2_in_one_line(tmp_path):
+    (tmp_path / "r.yaml").write_text(TINY)
+    for args, words in ((["--max-accuracy-drop", "-0.1"], "max_accuracy_drop must be a number in [0, 1]"),
+                        (["--max-size-mb", "abc"], "--max-size-mb: expected a number, got 'abc'")):
+        r = edgeopt_cli("search", tmp_path / "r.yaml", "--out", tmp_path / "out", *args, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# -- a whole (tiny) search --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One uninterrupted search of the tiny space, with deterministic latencies."""
+    from edgeopt.pipeline.search import search
+
+    root = tmp_path_factory.mktemp("search")
+    (root / "r.yaml").write_text(TINY)
+    lines = []
+    result = search(root / "r.yaml", root / "out", constraints=SearchConstraints(max_accuracy_drop=DROP),
+                    trials=TRIALS, log=lines.append, measure_latency=search_latency)
+    return root, result, lines
+
+
+def _summary(result):
+    rows = [(r["variant"], r["state"], r.get("latency_ms"), r.get("size_mb"), r.get("quality"))
+            for r in result.trials if r["state"] in ("complete", "pruned")]
+    return rows, [r["variant"] for r in result.pareto], result.chosen and result.chosen["variant"]
+
+
+@pytest.mark.integration
+def test_search_writes_chosen_artifact_recipe_and_report(searched):
+    from edgeopt.pipeline.recipe import load_recipe
+    from edgeopt.runtimes import load
+    from edgeopt.runtimes.artifact import load_artifact
+
+    root, result, lines = searched
+    out = root / "out"
+    assert result.chosen is not None and result.chosen["feasible"]
+    assert sum(r["state"] in ("complete", "pruned") for r in result.trials) == TRIALS
+    assert sum(line.startswith("trial ") for line in lines) == TRIALS  # one progress line per trial
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["chosen"] == result.chosen["number"] and doc["pareto"]
+    feasible = [r for r in doc["trials"] if r.get("feasible") and "repeat_of" not in r]
+    best = min(feasible, key=lambda r: (r["latency_ms"], -r["quality"], r["size_mb"]))
+    assert best["number"] == doc["chosen"]
+
+    art = load_artifact(out / "chosen")  # checksums verified
+    names = [rec["name"] for rec in art.history]
+    assert names[:1] == ["prune"] and "distill" in names and "export" in names
+    runner = load(art, threads=1)
+    import numpy as np
+
+    assert runner.run(np.zeros((1, 1, 8, 8), np.float32))[0].shape == (1, 3)
+
+    recipe = load_recipe(out / "chosen-recipe.yaml")
+    assert list(recipe.variants) == [result.chosen["variant"]]
+    assert [s.to_dict() for s in recipe.variants[result.chosen["variant"]]] == result.chosen["steps"]
+    assert [t.runtime for t in recipe.targets] == ["onnxruntime"]
+
+    html = (out / "index.html").read_text()
+    assert 'id="search"' in html and html.count("data:image/png;base64,") >= 2
+    assert (out / "progress.png").stat().st_size > 0 and "## Search" in (out / "report.md").read_text()
+
+
+@pytest.mark.integration
+def test_trials_sharing_a_prefix_do_not_retrain(searched):
+    """prune0.5+kd, +minmax and +entropy share one pruned and distilled model: trained once."""
+    from edgeopt.pipeline.search import search
+
+    root, result, _ = searched
+    variants = {r["variant"] for r in result.trials if r["state"] == "complete"}
+    assert len([v for v in variants if v.startswith("prune0.5+kd")]) >= 2
+    assert result.steps_run.count("prune") == 1 and result.steps_run.count("distill") == 1
+    # another search in the same folder (other constraints: a new study) finds them on disk
+    again = search(root / "r.yaml", root / "out", constraints=SearchConstraints(max_accuracy_drop=0.5),
+                   trials=3, log=lambda line: None, measure_latency=search_latency)
+    assert again.steps_run == []
+
+
+@pytest.mark.integration
+def test_nothing_feasible_exits_1_with_the_closest(searched, tmp_path):
+    root, _, _ = searched
+    r = edgeopt_cli("search", root / "r.yaml", "--out", root / "out", "--max-latency-ms", "0.000001",
+                    "--trials", "3", cwd=REPO / "tests")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "no variant meets the constraints; the closest:" in r.stdout
+    assert 1 <= sum(line.startswith("  trial ") for line in r.stdout.splitlines()) <= 3
+    assert "latency" in r.stdout and "> 1e-06 ms" in r.stdout
+    assert not (root / "out" / "chosen-recipe.yaml").exists()
+
+
+KILLED = """\
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from helpers import search_latency
+from edgeopt.pipeline.search import SearchConstraints, search
+
+calls = [0]
+
+def latency(runner, artifact, target):
+    calls[0] += 1
+    if calls[0] == 3:  # in the middle of the third measured trial: no clean-up at all
+        os.kill(os.getpid(), signal.SIGKILL)
+    return search_latency(runner, artifact, target)
+
+search({recipe!r}, {out!r}, constraints=SearchConstraints(max_accuracy_drop={drop}), trials={trials},
+       log=lambda line: print(line, flush=True), measure_latency=latency)
+"""
+
+
+@pytest.mark.integration
+def test_killed_search_resumes_to_the_uninterrupted_result(searched, tmp_path):
+    """Killed (SIGKILL) in the middle of a trial, then run again: the finished trials are kept,
+    none is measured again, and the end is the uninterrupted run's. Latencies come from a
+    deterministic function (``measure_latency``): timing noise, not the resume logic, would
+    otherwise make the two runs' objective values and so the sampler's choices differ."""
+    from edgeopt.pipeline.run import _slug
+    from edgeopt.pipeline.search import search
+
+    root, reference, _ = searched
+    (tmp_path / "r.yaml").write_text(TINY)
+    out = tmp_path / "out"
+    for base in (root / "out" / "work").glob("*/base-model"):  # the trained base model, to save time
+        shutil.copytree(base, out / "work" / base.parent.name / "base-model")
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED.format(tests=str(REPO / "tests"), recipe=str(tmp_path / "r.yaml"), out=str(out),
+                                    drop=DROP, trials=TRIALS))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "tests"))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == -9, proc.stdout + proc.stderr
+    finished = [line.split(":")[1].strip().split(" on ")[0] for line in proc.stdout.splitlines()
+                if line.startswith("trial ") and ("feasible" in line or "pruned" in line)]
+    assert len(finished) >= 2, proc.stdout
+
+    measured = []
+
+    def latency(runner, artifact, target):
+        measured.append(str(artifact.path))
+        return search_latency(runner, artifact, target)
+
+    lines = []
+    resumed = search(tmp_path / "r.yaml", out, constraints=SearchConstraints(max_accuracy_drop=DROP),
+                     trials=TRIALS, log=lines.append, measure_latency=latency)
+    assert any("interrupted in an earlier run; asked again" in line for line in lines)
+    again = {r["variant"] for r in resumed.trials if r["number"] in resumed.ran}
+    assert not again & set(finished), "a finished trial was run again"
+    assert not any(f"/{_slug(v)}/" in p for p in measured for v in finished)
+    assert _summary(resumed) == _summary(reference)
+    assert resumed.chosen["params"] == reference.chosen["params"]
