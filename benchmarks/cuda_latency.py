@@ -189,6 +189,25 @@ def run(folder: Path, warmup: int, repeat: int) -> dict:
     return rows
 
 
+def run_artifact(folder: Path, warmup: int, repeat: int) -> dict:
+    """An artifact written by ``edgeopt compile --target cuda``, through edgeopt's own runner
+    (``edgeopt.runtimes.load``), against onnxruntime's output stored beside it."""
+    os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    sys.path.insert(0, str(folder.parent / "r18" / "site"))
+    from edgeopt.runtimes import load
+
+    x, reference = np.load(folder / "input.npy"), np.load(folder / "reference.npy")
+    rows = {}
+    for art in sorted(p for p in folder.iterdir() if (p / "manifest.json").exists()):
+        runner = load(art)
+        got = runner.run(x)[0]
+        err = float(np.max(np.abs(got - reference)) / np.max(np.abs(reference)))
+        ms = runner.benchmark(x, warmup=warmup, repeat=repeat).latency.median_ms
+        rows[f"edgeopt-{folder.name}-{art.name}"] = {"ms": ms, "max_rel_err": err}
+        print(f"edgeopt artifact {folder.name}/{art.name}: {ms:.3f} ms, max relative error {err:.2e}", flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -200,11 +219,16 @@ def main(argv=None) -> None:
     r.add_argument("--warmup", type=int, default=50)
     r.add_argument("--repeat", type=int, default=200)
     r.add_argument("--json", type=Path)
+    r.add_argument("--artifacts", type=Path, action="append", default=[],
+                   help="a folder of edgeopt cuda artifacts with input.npy and reference.npy, run "
+                   "through edgeopt.runtimes (edgeopt installed on the GPU machine)")
     args = ap.parse_args(argv)
     if args.command == "prepare":
         prepare(args.out, args.arch)
     else:
         rows = run(args.folder, args.warmup, args.repeat)
+        for folder in args.artifacts:
+            rows.update(run_artifact(folder, args.warmup, args.repeat))
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import CheckFailed, InputError
 
 COST_MODELS = ("xgb", "random")
 #: Seconds per measured candidate before any round has been timed: ~1.5 s for ResNet-18's
@@ -92,6 +92,10 @@ class TuneConfig:
             raise InputError(f"build_timeout_s must be > 0, got {self.build_timeout_s!r}")
         if self.cost_model not in COST_MODELS:
             raise InputError(f"cost_model must be one of {', '.join(COST_MODELS)}, got {self.cost_model!r}")
+
+
+class TuningFailed(CheckFailed):
+    """Tuning stopped on an error inside MetaSchedule; the database keeps its checked records."""
 
 
 def structure_key(mod, spec: dict) -> str:
@@ -206,6 +210,11 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     db = Path(config.db) if config.db else default_db_root() / f"{structure_key(mod, spec)}"
     db.mkdir(parents=True, exist_ok=True)
     target = tvm.target.Target(spec)
+    from .tuning_db import check_database
+
+    # a database another build or a killed run left with a record that does not replay would
+    # stop MetaSchedule from loading any of it: set such records aside first
+    check_database(db, log)
     before = records_in(db)
     tasks = ms.relax_integration.extract_tasks(mod, target)
     per_task = config.max_trials_per_task or max(8, config.trials // max(1, len(tasks)))
@@ -241,13 +250,26 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
         log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
             f"({len(tasks)} tasks, {time.perf_counter() - t0:.0f} s)")
         _drop_unnamed_handlers(ms_logger)
-        ms.relax_integration.tune_relax(
-            mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=step,
-            max_trials_per_task=per_task, num_trials_per_iter=per_iter,
-            cost_model=config.cost_model,
-            strategy=ms.search_strategy.EvolutionarySearch(population_size=config.population),
-            runner=runner,
-            builder=ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.build_timeout_s))
+        try:
+            ms.relax_integration.tune_relax(
+                mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=step,
+                max_trials_per_task=per_task, num_trials_per_iter=per_iter,
+                cost_model=config.cost_model,
+                strategy=ms.search_strategy.EvolutionarySearch(population_size=config.population),
+                runner=runner,
+                builder=ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.build_timeout_s))
+        except KeyboardInterrupt:
+            check_database(db, log)  # a line cut short by the interrupt must not spoil the rest
+            raise
+        except Exception as e:
+            kept = check_database(db, log)["records"]
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+            raise TuningFailed(
+                f"tuning failed in round {rounds + 1}: {lines[-1] if lines else type(e).__name__}; "
+                f"the database {db} keeps {kept} checked records: build again to continue from them, "
+                "or pass --tuning-db with a new folder") from None
+        # this round's records are checked now, while they are the only new ones
+        check_database(db, log)
         rounds += 1
         new = records_in(db)
         if new == done:  # every task reached its cap: nothing more to measure

@@ -231,7 +231,11 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
     cuda = spec.get("kind") == "cuda"
     if config.precision == "fp16":
         # float32 accumulation keeps a 512-channel reduction within fp16's 11-bit mantissa
-        mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
+        try:
+            mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
+        except Exception as e:  # TVM's pass stops at some imported graphs (a Clip lowered to TIR)
+            raise InputError(f"TVM's fp16 conversion (ToMixedPrecision) failed on this model: "
+                             f"{_last_line(e)[:200]}; build it with precision fp32") from None
     if cuda:
         # dlight (TVM's GPU schedules) has no conv rule: an NCHW conv falls to its Fallback
         # schedule, while an NHWC conv is an implicit GEMM its Matmul rule tiles through shared
@@ -251,12 +255,15 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
         # the CUDA compile callback reads the arch from the current target
         if tune is not None:
             from .tune import tune as run_tuning
+            from .tuning_db import canonical_block_names
 
             prepack = tune.weight_prepack and spec.get("kind") == "llvm"
             mod = tvm.transform.Sequential([
                 relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero"),
                 # Marks weight buffers as free to re-layout, so schedules may pick a blocked layout.
                 *([relax.transform.AttachAttrLayoutFreeBuffers()] if prepack else [])])(mod)
+            # kernels shared with other models must carry the same block names in the database
+            mod = canonical_block_names(mod)
             db, tuning = run_tuning(mod, spec, tune, log)
             mod = relax.transform.MetaScheduleApplyDatabase(str(db))(mod)
             if prepack:

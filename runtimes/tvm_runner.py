@@ -46,6 +46,8 @@ class TvmRunner(Runner):
         if threads is not None:
             # Affinity mode 1 ("big cores"): all cores on a homogeneous CPU.
             tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
+        if device == "cuda":
+            _load_cuda_runtime(tvm)
         self.device = tvm.cpu(0) if device == "cpu" else tvm.cuda(0)
         # Before loading: without a driver the library's CUDA module cannot even be loaded, and
         # TVM's own message ("a loader of that name is not registered") says nothing useful.
@@ -77,6 +79,20 @@ class TvmRunner(Runner):
 
     def _to_numpy(self, value: Any) -> np.ndarray:
         return value.numpy()
+
+
+def _load_cuda_runtime(tvm) -> None:
+    """Load TVM's CUDA device API (``libtvm_runtime_cuda.so``), which ``import tvm`` leaves out:
+    with the runtime-only TVM a GPU machine carries, ``tvm.cuda(0)`` does not exist without it."""
+    import ctypes
+    from pathlib import Path
+
+    library = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    if library.exists():
+        try:
+            ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+        except OSError:  # no driver or CUDA runtime here: _cuda_usable reports it
+            pass
 
 
 def _cuda_usable(device) -> bool:
