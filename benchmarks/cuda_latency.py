@@ -126,8 +126,13 @@ def _time(fn, warmup: int, repeat: int, sync) -> float:
 
 def _zoo_create(root: Path):
     """``edgeopt.pipeline.zoo.create`` from a checkout that is not installed (the GPU machine)."""
+    import importlib.util
     import types
 
+    if importlib.util.find_spec("edgeopt") is not None:  # installed: the real package
+        from edgeopt.pipeline.zoo import create
+
+        return create
     for name, folder in (("edgeopt", None), ("edgeopt.core", "core"), ("edgeopt.pipeline", "pipeline")):
         if name not in sys.modules:
             module = types.ModuleType(name)

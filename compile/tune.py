@@ -207,15 +207,17 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     runner = "local"
     if config.tracker:
         runner = rpc_runner(config.tracker, config.key, log)
-    db = Path(config.db) if config.db else default_db_root() / f"{structure_key(mod, spec)}"
+    key = structure_key(mod, spec)
+    db = Path(config.db) if config.db else default_db_root() / key
     db.mkdir(parents=True, exist_ok=True)
     target = tvm.target.Target(spec)
-    from .tuning_db import check_database
+    from .tuning_db import check_database, model_trials, set_model_trials
 
     # a database another build or a killed run left with a record that does not replay would
     # stop MetaSchedule from loading any of it: set such records aside first
     check_database(db, log)
-    before = records_in(db)
+    # the budget counts this model's trials, not every record of a database shared with others
+    before = model_trials(db, key)
     tasks = ms.relax_integration.extract_tasks(mod, target)
     per_task = config.max_trials_per_task or max(8, config.trials // max(1, len(tasks)))
     t0 = time.perf_counter()
@@ -250,6 +252,7 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
         log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
             f"({len(tasks)} tasks, {time.perf_counter() - t0:.0f} s)")
         _drop_unnamed_handlers(ms_logger)
+        in_db = records_in(db)
         try:
             ms.relax_integration.tune_relax(
                 mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=step,
@@ -260,6 +263,7 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
                 builder=ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.build_timeout_s))
         except KeyboardInterrupt:
             check_database(db, log)  # a line cut short by the interrupt must not spoil the rest
+            set_model_trials(db, key, done + max(0, records_in(db) - in_db))
             raise
         except Exception as e:
             kept = check_database(db, log)["records"]
@@ -271,10 +275,11 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
         # this round's records are checked now, while they are the only new ones
         check_database(db, log)
         rounds += 1
-        new = records_in(db)
-        if new == done:  # every task reached its cap: nothing more to measure
+        added = max(0, records_in(db) - in_db)
+        set_model_trials(db, key, done + added)
+        if added == 0:  # every task reached its cap: nothing more to measure
             break
-        done = new
-    summary = {"db": str(db), "trials_before": before, "trials_after": records_in(db),
+        done += added
+    summary = {"db": str(db), "trials_before": before, "trials_after": done, "db_records": records_in(db),
                "rounds": rounds, "seconds": round(time.perf_counter() - t0, 1), "tasks": len(tasks)}
     return db, summary

@@ -112,6 +112,30 @@ def check_database(db: str | os.PathLike, log: Callable[[str], None] = lambda s:
     return {"records": len(kept), "workloads": len(keep_workloads), "rejected": len(rejected)}
 
 
+#: Trials each model (by ``tune.structure_key``) has measured into this database.
+LEDGER = "edgeopt_trials.json"
+
+
+def model_trials(db: str | os.PathLike, key: str) -> int:
+    """Trials the model ``key`` has measured into ``db``; a database edgeopt has not kept a ledger
+    for counts as that model's alone (the default folder holds one model structure)."""
+    db = Path(db)
+    ledger = db / LEDGER
+    if ledger.exists():
+        return int(json.loads(ledger.read_text()).get(key, 0))
+    f = db / RECORDS
+    return sum(1 for line in f.open() if line.strip()) if f.exists() else 0
+
+
+def set_model_trials(db: str | os.PathLike, key: str, trials: int) -> None:
+    from edgeopt.core.files import write_json_atomic
+
+    db = Path(db)
+    ledger = json.loads((db / LEDGER).read_text()) if (db / LEDGER).exists() else {}
+    ledger[key] = int(trials)
+    write_json_atomic(db / LEDGER, ledger)
+
+
 #: A block name that carries a Relax variable's name (``lv108_red``: the reduction of ``lv108``).
 _VAR_IN_NAME = re.compile(r"(?<![A-Za-z0-9])lv[0-9]+")
 _BLOCK = re.compile(r'T\.sblock\("([^"]*)"\)')

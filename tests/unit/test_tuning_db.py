@@ -66,6 +66,16 @@ def test_records_that_do_not_replay_are_set_aside_and_the_rest_loads(tmp_path):
     assert check_database(db) == {"records": 2, "workloads": 1, "rejected": 1}
 
 
+def test_trials_are_counted_per_model_in_a_shared_database(tmp_path):
+    from edgeopt.compile.tuning_db import model_trials, set_model_trials
+
+    db = _database(tmp_path / "db")
+    assert model_trials(db, "a") == 3, "without a ledger the database is one model's"
+    set_model_trials(db, "a", 3)
+    set_model_trials(db, "b", 5)
+    assert (model_trials(db, "a"), model_trials(db, "b"), model_trials(db, "c")) == (3, 5, 0)
+
+
 def test_a_folder_without_a_database_is_fine(tmp_path):
     assert check_database(tmp_path) == {"records": 0, "workloads": 0, "rejected": 0}
 
@@ -121,12 +131,15 @@ def test_one_database_shared_by_fp32_pruned_int8_and_another_model(tmp_path):
                                 torch.nn.Linear(32, 4)).eval()
     mlp = export(other, ExportConfig(), x, out=tmp_path / "mlp")
     db = tmp_path / "db"
-    total = 0
     for name, onnx_model in [("fp32", fp32), ("pruned", pruned), ("int8", int8), ("mlp", mlp), ("fp32-again", fp32)]:
-        total += 8
-        config = BuildConfig(tune=TuneConfig(trials=total, db=str(db), cost_model="random",
+        config = BuildConfig(tune=TuneConfig(trials=8, db=str(db), cost_model="random",
                                              trials_per_round=8, trials_per_iter=4))
         built = build(onnx_model, config, out=tmp_path / f"tvm-{name}")
+        tuning = built.record["metrics"]["tuning"]
+        if name == "fp32-again":  # its 8 trials are in the shared database already
+            assert tuning["rounds"] == 0 and tuning["trials_before"] >= 8
+        else:  # the others' records do not count towards this model's budget
+            assert tuning["trials_before"] == 0 and tuning["trials_after"] >= 8, (name, tuning)
         reference = load(onnx_model.artifact.path).run(x)[0]
         got = load(built.artifact).run(x)[0]
         tolerance = 1e-4 if name != "int8" else 0.1  # int8: TVM's integer path against ORT's
