@@ -79,7 +79,7 @@ def test_console_script_help_lists_commands():
     r = edgeopt_cli("--help")
     assert r.returncode == 0
     names = [c.__name__.rsplit(".", 1)[1] for c in COMMANDS]
-    assert set(names) == {"demo", "export", "compress", "compile", "bench", "run", "check", "shadow"}
+    assert set(names) == {"demo", "export", "compress", "compile", "bench", "run", "search", "check", "shadow"}
     for cmd in names:
         assert cmd in r.stdout
         sub = edgeopt_cli(cmd, "--help")
