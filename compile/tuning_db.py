@@ -117,12 +117,15 @@ LEDGER = "edgeopt_trials.json"
 
 
 def model_trials(db: str | os.PathLike, key: str) -> int:
-    """Trials the model ``key`` has measured into ``db``; a database edgeopt has not kept a ledger
-    for counts as that model's alone (the default folder holds one model structure)."""
+    """Trials the model ``key`` has measured into ``db``. A database whose ledger names no other
+    model (the default folder holds one model structure) counts every record as this model's,
+    so records of a round cut short before the ledger was written still count."""
     db = Path(db)
     ledger = db / LEDGER
     if ledger.exists():
-        return int(json.loads(ledger.read_text()).get(key, 0))
+        counts = json.loads(ledger.read_text())
+        if not set(counts) <= {key}:  # shared: other models' records are not this one's trials
+            return int(counts.get(key, 0))
     f = db / RECORDS
     return sum(1 for line in f.open() if line.strip()) if f.exists() else 0
 
