@@ -79,6 +79,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-size-mb", type=float, default=None)
     p.add_argument("--max-latency-ms", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop-asking-at", default=None, metavar="HH:MM",
+                   help="UTC wall-clock time after which the search asks no new trial: the budget is cut "
+                        "to end there when the reference run leaves less than --budget-minutes")
     a = p.parse_args(argv)
     out = Path(a.out or f"build/search-bench-{Path(a.recipe).stem}")
     constraints = SearchConstraints(a.max_accuracy_drop, a.max_size_mb, a.max_latency_ms)
@@ -89,8 +92,20 @@ def main(argv=None) -> int:
     ref_minutes = (time.monotonic() - t0) / 60
     weights = out / "reference" / "base-model" / "state_dict.pt"
     searched = dataclasses.replace(recipe, weights=str(weights)) if weights.is_file() else recipe
+    budget = a.budget_minutes
+    if a.stop_asking_at:
+        import datetime as dt
+
+        now = dt.datetime.now(dt.timezone.utc)
+        h, m = (int(x) for x in a.stop_asking_at.split(":"))
+        end = now.replace(hour=h, minute=m, second=0, microsecond=0)
+        left = (end - now).total_seconds() / 60
+        if left < budget:
+            print(f"search_bench: budget cut from {budget:g} to {max(left, 0.1):.1f} min (--stop-asking-at "
+                  f"{a.stop_asking_at} UTC)", flush=True)
+            budget = max(left, 0.1)
     t1 = time.monotonic()
-    result = search(searched, out / "search", constraints=constraints, budget_minutes=a.budget_minutes,
+    result = search(searched, out / "search", constraints=constraints, budget_minutes=budget,
                     seed=a.seed)
     search_minutes = (time.monotonic() - t1) / 60
 
@@ -114,7 +129,8 @@ def main(argv=None) -> int:
     c = result.chosen
     lines = [f"recipe: {a.recipe}; constraints: "
              + (", ".join(f"{k}={v:g}" for k, v in constraints.to_dict().items() if v is not None) or "none"),
-             f"reference run: {ref_minutes:.1f} min; search: {search_minutes:.1f} min, {len(result.trials)} trials "
+             f"reference run: {ref_minutes:.1f} min; search (budget {budget:.1f} min): {search_minutes:.1f} min, "
+             f"{len(result.trials)} trials "
              f"({sum(r['state'] == 'pruned' for r in result.trials)} pruned), stopped after {result.stopped}",
              "", "| | variant | runtime | median ms | size MB | " + ("accuracy" if labelled else "agreement")
              + " | meets constraints |", "|---|---|---|---|---|---|---|"]
@@ -166,7 +182,7 @@ def main(argv=None) -> int:
     print(text)
     (out / "comparison.md").write_text(text + "\n")
     (out / "comparison.json").write_text(json.dumps({"chosen": c, "best_reference": best and best["name"] + "/" + best["runtime"],
-                                                     "search_minutes": search_minutes, "reference_minutes": ref_minutes,
+                                                     "search_minutes": search_minutes, "reference_minutes": ref_minutes, "budget_minutes": budget,
                                                      "head_to_head": h2h},
                                                     indent=1, default=str))
     return 0
