@@ -8,6 +8,10 @@ classification task, else top-1 agreement with the fp32 model on the task's held
 The space comes from the recipe's optional ``search`` section (``SearchSpace``; every key in
 docs/recipes.md).
 
+Warm start (``warm_start``, on by default): the recipe's own ``variants`` that are points of the
+space (``warm_start_points``) are enqueued before any sampled trial, so the hand-written points
+are always measured; each trial records its ``origin`` (``recipe:<variant>`` or ``sampler``).
+
 The optimizer is Optuna's multi-objective TPE (``TPESampler`` with ``constraints_func``):
 
 - the space is small, categorical and conditional (low-rank is tried only without pruning,
@@ -37,7 +41,8 @@ the Pareto set and the choice), ``chosen/`` (the chosen artifact folder, its man
 whole history), ``chosen-recipe.yaml`` (an ordinary recipe that ``edgeopt run`` reproduces it
 with), and the report (``report.json``, ``report.md``, ``index.html`` with the trade-off plot
 and ``progress.png``: objective values over trials). The chosen trial is the feasible one with
-the lowest latency (ties: higher quality, then smaller size).
+the highest quality among those within ``choose_tolerance`` (3%) of the lowest latency
+(then lower latency, then smaller size).
 
 Example:
     >>> from edgeopt.pipeline.search import SearchConstraints, SearchSpace
@@ -157,6 +162,12 @@ class SearchSpace:
         startup_trials: random trials before the sampler models the results.
         prune_margin: a trial whose torch-level drop exceeds ``max_accuracy_drop`` by this much
             (a fraction) is pruned before export, quantization and timing.
+        warm_start: before sampling, enqueue the recipe's own ``variants`` (on each of its
+            targets) that are points of this space, so that the hand-written variants are always
+            measured and the sampler explores from them (``warm_start_points``).
+        choose_tolerance: latencies within this fraction of the lowest feasible one count as
+            equal when choosing: the chosen trial is the most accurate of those (timing noise
+            must not buy a few microseconds with accuracy).
     """
 
     prune: tuple = (0.0, 0.25, 0.5, 0.75)
@@ -168,6 +179,8 @@ class SearchSpace:
     sampler: str = "tpe"
     startup_trials: int = 8
     prune_margin: float = 0.02
+    warm_start: bool = True
+    choose_tolerance: float = 0.03
 
     def __post_init__(self):
         from .steps import make_step
@@ -201,6 +214,7 @@ class SearchSpace:
         if self.startup_trials < 0:
             raise InputError(f"startup_trials must be an integer >= 0, got {self.startup_trials!r}")
         _number("prune_margin", self.prune_margin, 0.0, 1.0)
+        _number("choose_tolerance", self.choose_tolerance, 0.0, 1.0)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SearchSpace":
@@ -292,6 +306,61 @@ def variant_name(params: dict, steps: list) -> str:
     return "+".join(parts) or "fp32"
 
 
+def space_points(space: SearchSpace, runtimes: list[str], labelled_top1: bool) -> list[dict]:
+    """Every point of the space (the parameters ``suggest`` can answer), runtime-major."""
+    choices = [q for q in space.quantize if q != "qat" or labelled_top1]
+    points = []
+    for runtime in runtimes:
+        for amount in space.prune:
+            lows = list(range(len(space.lowrank) + 1)) if amount == 0 and space.lowrank else [None]
+            for low in lows:
+                quants = choices if runtime != "torch" and choices != ["none"] else [None]
+                for q in quants:
+                    params = {"runtime": runtime, "prune": amount}
+                    if low is not None:
+                        params["lowrank"] = low
+                    if q is not None:
+                        params["quantize"] = q
+                    points.append(params)
+    return points
+
+
+def _steps_key(steps: list) -> str:
+    """Compare step lists by what they do (the quantize debugger's ``debug_layers`` is not)."""
+    out = []
+    for s in steps:
+        d = s.to_dict() if hasattr(s, "to_dict") else dict(s)
+        (name, params), = d.items()
+        params = {k: v for k, v in params.items() if not (name == "quantize" and k == "debug_layers")}
+        out.append({name: params})
+    return json.dumps(out, sort_keys=True, default=str)
+
+
+def warm_start_points(variants: dict, space: SearchSpace, runtimes: list[str],
+                      labelled_top1: bool) -> tuple[list[tuple[str, dict]], list[str]]:
+    """The recipe's hand-written ``variants`` that are points of ``space``, on each runtime:
+    ``([("recipe:<variant>", params), ...], [why each other one is left out])``, in the recipe's
+    order (variant-major). A variant is a point when the steps the search would build for some
+    parameters are the variant's steps (same parameters; the distillation the search adds after
+    pruning or low-rank must be the recipe's); quantized variants are points only off torch
+    (the recipe does not quantize on torch either)."""
+    points = space_points(space, runtimes, labelled_top1)
+    keyed = [(p, _steps_key(trial_steps(p, space, labelled_top1))) for p in points]
+    found, skipped = [], []
+    for vname, steps in variants.items():
+        key = _steps_key(steps)
+        off_torch = any(s.kind.level != "torch" for s in steps)
+        for runtime in runtimes:
+            if runtime == "torch" and off_torch:
+                continue
+            match = next((p for p, k in keyed if p["runtime"] == runtime and k == key), None)
+            if match is None:
+                skipped.append(f"{vname} on {runtime}")
+            else:
+                found.append((f"recipe:{vname}", match))
+    return found, skipped
+
+
 def space_size(space: SearchSpace, runtimes: list[str], labelled_top1: bool) -> int:
     structures = len([a for a in space.prune if a]) + ((1 + len(space.lowrank)) if 0.0 in space.prune else 0)
     quant = len([q for q in space.quantize if q != "qat" or labelled_top1])
@@ -354,7 +423,7 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
 
     Args:
         recipe: a recipe file or ``Recipe`` (its ``search`` section is the space; its
-            ``variants`` are not used).
+            ``variants`` that are points of the space are the warm start).
         target: one of the recipe's target labels (``onnxruntime``, ``torch``, ``tvm-cpu``) or
             runtimes to search on; ``None`` or ``all``: every target of the recipe is a choice.
         budget_minutes: stop asking new trials after this much wall-clock time of this call (the
@@ -412,8 +481,10 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plain = dataclasses.replace(recipe, variants={}, targets=list(recipe.targets), search={})
-    work_fp = _digest([recipe_fingerprint(plain), space.to_dict()])
-    study_fp = _digest([work_fp, constraints.to_dict(), seed, labels])
+    work_fp = _digest([recipe_fingerprint(plain), {k: v for k, v in space.to_dict().items() if k not in ("warm_start", "choose_tolerance")}])
+    warm, not_expressed = (warm_start_points(recipe.variants, space, labels, labelled_top1) if space.warm_start
+                           else ([], []))
+    study_fp = _digest([work_fp, constraints.to_dict(), seed, labels] + ([warm] if warm else []))
     work = out / "work" / work_fp
     base = _base_model(loaded.module, task, recipe, work, log)
     reference = reference_outputs(base, task.test.x)
@@ -480,6 +551,10 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         log(f"search: resuming: {len(held)} finished trial(s) kept from an earlier run")
     log(f"search: {total} distinct candidates on {', '.join(labels)}; fp32 quality {base_quality:.4f}; "
         f"constraints {({k: v for k, v in constraints.to_dict().items() if v is not None}) or 'none'}")
+    if space.warm_start:
+        log(f"search: warm start: {len(warm)} of the recipe's variants first"
+            + (" (" + ", ".join(o[len("recipe:"):] + " on " + p["runtime"] for o, p in warm) + ")" if warm else "")
+            + (f"; not points of the space, skipped: {', '.join(not_expressed)}" if not_expressed else ""))
 
     t0 = time.monotonic()
     ran: list[int] = []
@@ -500,6 +575,13 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         if budget_minutes is not None and time.monotonic() - t0 >= budget_minutes * 60:
             stopped = f"budget of {budget_minutes:g} min"
             break
+        # warm start: the next recipe variant not yet answered (finished, or failed with an error;
+        # one a kill interrupted is asked again), enqueued just before the ask that pops it
+        answered = {(t.user_attrs.get("origin"), t.params.get("runtime")) for t in study.get_trials(deepcopy=False)
+                    if t.state in finished_states or (t.state == TrialState.FAIL and "error" in t.user_attrs)}
+        pending = next(((o, p) for o, p in warm if (o, p["runtime"]) not in answered), None)
+        if pending is not None:
+            study.enqueue_trial(pending[1], user_attrs={"origin": pending[0]})
         study.sampler = make_sampler(len(done))
         trial = study.ask()
         params = suggest(trial, space, labels, labelled_top1)
@@ -508,7 +590,9 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         tgt = targets[labels.index(params["runtime"])]
         earlier = next((t for t in done if t.user_attrs.get("variant") == vname
                         and t.user_attrs.get("runtime") == params["runtime"]), None)
-        info = {"variant": vname, "runtime": params["runtime"], "steps": [s.to_dict() for s in steps]}
+        origin = trial.user_attrs.get("origin") or "sampler"
+        info = {"variant": vname, "runtime": params["runtime"], "steps": [s.to_dict() for s in steps],
+                "origin": origin}
         for k, v in info.items():
             trial.set_user_attr(k, v)
         if earlier is not None:  # the same candidate again: answered from the earlier trial
@@ -538,7 +622,7 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
                            f" + margin {space.prune_margin * 100:g}")
                     trial.set_user_attr("why", why)
                     study.tell(trial, state=TrialState.PRUNED)
-                    log(f"trial {trial.number}: {vname} on {params['runtime']}: pruned ({why})")
+                    log(f"trial {trial.number}: {vname} on {params['runtime']}: pruned ({why}) [{origin}]")
                     continue
             entry = study_runner.measure(vname, steps, tgt)
         except (KeyboardInterrupt, SystemExit):
@@ -558,7 +642,7 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         feasible = all(v <= 0 for v in violations)
         attrs = {"latency_ms": latency, "size_mb": size_mb, "quality": q, "accuracy": entry.get("accuracy"),
                  "agreement": entry.get("agreement"), "accuracy_drop": drop, "constraints": violations,
-                 "feasible": feasible, "artifact": entry["artifact"], "seconds": round(time.monotonic() - start, 1),
+                 "feasible": feasible, "latency": entry["latency_ms"], "artifact": entry["artifact"], "seconds": round(time.monotonic() - start, 1),
                  "entry": entry}
         if not feasible:
             attrs["why"] = _why(constraints, latency, size_mb, drop)
@@ -568,7 +652,7 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         log(f"trial {trial.number}: {vname} on {params['runtime']}: {latency:.3f} ms, {size_mb:.3f} MB, "
             f"quality {q:.4f} (drop {drop * 100:+.2f} points): "
             + ("feasible" if feasible else f"infeasible ({attrs['why']})")
-            + f" [{attrs['seconds']:.0f} s]")
+            + f" [{attrs['seconds']:.0f} s] [{origin}]")
         _write(out, study, constraints, space, seed, base_quality, base_accuracy, labels, "running")
 
     result = _finish(out, study, recipe, targets, labels, constraints, space, seed, base_quality, base_accuracy,
@@ -591,8 +675,9 @@ def _why(c: SearchConstraints, latency, size_mb, drop) -> str:
 
 # -- output -----------------------------------------------------------------------------------
 
-_ROW_KEYS = ("variant", "runtime", "steps", "latency_ms", "size_mb", "quality", "accuracy", "agreement",
-             "accuracy_drop", "constraints", "feasible", "why", "error", "repeat_of", "seconds", "artifact")
+_ROW_KEYS = ("variant", "runtime", "origin", "steps", "latency_ms", "size_mb", "quality", "accuracy", "agreement",
+             "accuracy_drop", "constraints", "feasible", "why", "error", "repeat_of", "seconds", "latency",
+             "artifact")
 
 
 def _rows(study) -> list[dict]:
@@ -604,13 +689,17 @@ def _rows(study) -> list[dict]:
     return rows
 
 
-def _choose(rows: list[dict]) -> tuple[list[dict], dict | None, list[dict]]:
-    """(Pareto set of the feasible trials, the chosen trial, the closest infeasible ones)."""
+def _choose(rows: list[dict], tolerance: float = 0.0) -> tuple[list[dict], dict | None, list[dict]]:
+    """(Pareto set of the feasible trials, the chosen trial, the closest infeasible ones). The
+    chosen trial: among the feasible trials within ``tolerance`` (relative) of the lowest
+    latency, the one of highest quality (then lower latency, then smaller size)."""
     measured = [r for r in rows if r["state"] == "complete" and "repeat_of" not in r]
     feasible = [r for r in measured if r.get("feasible")]
     flags = _pareto([(r["latency_ms"], r["size_mb"], r["quality"]) for r in feasible])
     pareto = sorted((r for r, f in zip(feasible, flags) if f), key=lambda r: r["latency_ms"])
-    chosen = min(feasible, key=lambda r: (r["latency_ms"], -r["quality"], r["size_mb"]), default=None)
+    fastest = min((r["latency_ms"] for r in feasible), default=None)
+    near = [r for r in feasible if r["latency_ms"] <= fastest * (1.0 + tolerance)] if feasible else []
+    chosen = min(near, key=lambda r: (-r["quality"], r["latency_ms"], r["size_mb"]), default=None)
     candidates = [r for r in rows if r["state"] in ("complete", "pruned") and "repeat_of" not in r]
     closest = sorted(candidates, key=lambda r: (sum(max(v, 0.0) for v in r.get("constraints") or []),
                                                 r.get("latency_ms") or math.inf))[:3]
@@ -620,7 +709,7 @@ def _choose(rows: list[dict]) -> tuple[list[dict], dict | None, list[dict]]:
 def _write(out: Path, study, constraints, space, seed, base_quality, base_accuracy, labels,
            stopped: str, extra: dict | None = None) -> dict:
     rows = _rows(study)
-    pareto, chosen, closest = _choose(rows)
+    pareto, chosen, closest = _choose(rows, space.choose_tolerance)
     doc = {"schema": 1, "study": study.study_name, "seed": seed, "targets": labels,
            "constraints": constraints.to_dict(), "space": space.to_dict(),
            "objectives": {"latency_ms": "minimize", "size_mb": "minimize", "quality": "maximize"},
@@ -719,11 +808,12 @@ def _progress_png(rows: list[dict]) -> bytes:
 
 
 def _fmt_row(r: dict) -> str:
+    origin = f" [{r['origin']}]" if r.get("origin") else ""
     if r["state"] == "pruned":
-        return f"trial {r['number']}: {r.get('variant')} on {r.get('runtime')}: pruned ({r.get('why')})"
+        return f"trial {r['number']}: {r.get('variant')} on {r.get('runtime')}: pruned ({r.get('why')}){origin}"
     return (f"trial {r['number']}: {r.get('variant')} on {r.get('runtime')}: {r['latency_ms']:.3f} ms, "
             f"{r['size_mb']:.3f} MB, quality {r['quality']:.4f}"
-            + (f" ({r['why']})" if r.get("why") else ""))
+            + (f" ({r['why']})" if r.get("why") else "") + origin)
 
 
 def _finish(out: Path, study, recipe, targets, labels, constraints, space, seed, base_quality, base_accuracy,
@@ -735,7 +825,7 @@ def _finish(out: Path, study, recipe, targets, labels, constraints, space, seed,
     from .report import make_report, markdown, write_report
 
     rows = _rows(study)
-    pareto, chosen, closest = _choose(rows)
+    pareto, chosen, closest = _choose(rows, space.choose_tolerance)
     paths = {"search": out / SEARCH_JSON, "journal": out / JOURNAL}
     if chosen is not None:
         src = Path(chosen["artifact"])

@@ -128,7 +128,9 @@ def test_search_writes_chosen_artifact_recipe_and_report(searched):
     doc = json.loads((out / "search.json").read_text())
     assert doc["chosen"] == result.chosen["number"] and doc["pareto"]
     feasible = [r for r in doc["trials"] if r.get("feasible") and "repeat_of" not in r]
-    best = min(feasible, key=lambda r: (r["latency_ms"], -r["quality"], r["size_mb"]))
+    fastest = min(r["latency_ms"] for r in feasible)
+    near = [r for r in feasible if r["latency_ms"] <= fastest * 1.03]  # choose_tolerance
+    best = min(near, key=lambda r: (-r["quality"], r["latency_ms"], r["size_mb"]))
     assert best["number"] == doc["chosen"]
 
     art = load_artifact(out / "chosen")  # checksums verified
@@ -235,3 +237,62 @@ def test_killed_search_resumes_to_the_uninterrupted_result(searched, tmp_path):
     assert not any(f"/{_slug(v)}/" in p for p in measured for v in finished)
     assert _summary(resumed) == _summary(reference)
     assert resumed.chosen["params"] == reference.chosen["params"]
+
+
+WARM = TINY.replace("variants: {fp32: []}", """variants:
+  int8: [{quantize: {method: minmax}}]
+  pruned+kd: [{prune: {amount: 0.5, scope: local}}, {distill: {epochs: 1, patience: null}}]
+  pruned30: [{prune: {amount: 0.3, scope: local}}]
+  fp32: []""")
+
+
+def test_warm_start_points_are_the_recipe_variants_the_space_expresses():
+    from edgeopt.pipeline.search import warm_start_points
+
+    recipe = parse_recipe(WARM.replace("targets: [{runtime: onnxruntime}]",
+                                       "targets: [{runtime: torch}, {runtime: onnxruntime}]"), "r.yaml")
+    space = SearchSpace.from_dict(recipe.search)
+    warm, skipped = warm_start_points(recipe.variants, space, ["torch", "onnxruntime"], labelled_top1=True)
+    assert warm == [("recipe:int8", {"runtime": "onnxruntime", "prune": 0.0, "quantize": "minmax"}),
+                    ("recipe:pruned+kd", {"runtime": "torch", "prune": 0.5}),
+                    ("recipe:pruned+kd", {"runtime": "onnxruntime", "prune": 0.5, "quantize": "none"}),
+                    ("recipe:fp32", {"runtime": "torch", "prune": 0.0}),
+                    ("recipe:fp32", {"runtime": "onnxruntime", "prune": 0.0, "quantize": "none"})]
+    assert skipped == ["pruned30 on torch", "pruned30 on onnxruntime"]  # 0.3 is not a prune choice
+    # without distillation in the space, a pruned+kd variant is no point of it
+    nokd = SearchSpace.from_dict({**recipe.search, "distill": False})
+    assert "pruned+kd on torch" in warm_start_points(recipe.variants, nokd, ["torch"], True)[1]
+
+
+@pytest.mark.integration
+def test_warm_start_measures_the_recipe_variants_first(searched, tmp_path):
+    """The recipe's expressible variants are the first trials, in the recipe's order, with their
+    origin in search.json; sampled trials follow; the inexpressible one is logged as skipped."""
+    from edgeopt.pipeline.search import search
+
+    root, plain, _ = searched
+    assert plain.trials[0]["origin"] == "recipe:fp32" and plain.trials[0]["variant"] == "fp32"
+    (tmp_path / "r.yaml").write_text(WARM)
+    out = tmp_path / "out"
+    shutil.copytree(root / "out" / "work", out / "work")  # same base model and step cache: no training
+    lines = []
+    result = search(tmp_path / "r.yaml", out, constraints=SearchConstraints(max_accuracy_drop=DROP),
+                    trials=5, log=lines.append, measure_latency=search_latency)
+    rows = json.loads((out / "search.json").read_text())["trials"]
+    assert [(r["origin"], r["variant"]) for r in rows[:3]] == [
+        ("recipe:int8", "minmax"), ("recipe:pruned+kd", "prune0.5+kd"), ("recipe:fp32", "fp32")]
+    assert all(r["state"] in ("complete", "pruned") for r in rows[:3])
+    assert {r["origin"] for r in rows[3:]} == {"sampler"} and len(result.trials) >= 5
+    assert any("warm start: 3 of the recipe's variants first" in line and "skipped: pruned30 on onnxruntime" in line
+               for line in lines)
+    assert "[recipe:int8]" in (out / "report.md").read_text() or result.chosen["origin"] != "recipe:int8"
+
+
+def test_choice_prefers_accuracy_among_latencies_within_tolerance():
+    from edgeopt.pipeline.search import _choose
+
+    rows = [{"number": i, "state": "complete", "feasible": True, "latency_ms": ms, "size_mb": 1.0, "quality": q}
+            for i, (ms, q) in enumerate([(1.00, 0.90), (1.02, 0.92), (1.10, 0.95)])]
+    assert _choose(rows, 0.03)[1]["number"] == 1  # 2% slower, 2 points better
+    assert _choose(rows, 0.0)[1]["number"] == 0
+    assert _choose(rows, 0.2)[1]["number"] == 2
