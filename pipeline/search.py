@@ -81,6 +81,7 @@ from edgeopt.core.files import write_json_atomic, write_text_atomic
 #: name -> QuantizeConfig parameters; "none" leaves the model in float, "qat" trains int8 scales.
 QUANTIZE_CHOICES = {
     "none": None,
+    "mean_minmax": {"method": "mean_minmax", "per_channel": True},
     "minmax": {"method": "minmax", "per_channel": True},
     "entropy": {"method": "entropy", "per_channel": True},
     "percentile": {"method": "percentile", "per_channel": True},
@@ -154,7 +155,7 @@ class SearchSpace:
             unpruned models ([] turns low-rank off).
         distill: ``DistillConfig`` parameters of the recovery step that follows pruning or
             low-rank on labelled classification tasks; ``false``: no recovery.
-        quantize: the quantization choices (``QUANTIZE_CHOICES``: none, minmax, entropy,
+        quantize: the quantization choices (``QUANTIZE_CHOICES``: none, mean_minmax, minmax, entropy,
             percentile, minmax+eq, entropy+eq (cross-layer equalization and bias correction),
             qat (labelled tasks only)).
         qat: ``QATConfig`` parameters of the ``qat`` choice.
