@@ -77,6 +77,8 @@ CASES = [
     (["compile", "{d}/fp32.onnx", "--target", "cpu9", "--out", OUT], "unknown target 'cpu9'"),
     (["compile", "{d}/fp32.onnx", "--target", "{{\"kind\": ", "--out", OUT], "malformed"),
     (["compile", "{d}/missing.onnx", "--out", OUT], "does not exist"),
+    (["compile", "{d}/fp32.onnx", "--precision", "fp16", "--out", OUT], "precision 'fp16' needs a cuda target"),
+    (["compile", "{d}/fp32.onnx", "--precision", "bf16", "--out", OUT], "invalid choice: 'bf16'"),
     (["compile", "{d}/fp32.onnx", "--tracker", "127.0.0.1:9190", "--out", OUT], "--tracker and --key go together"),
     (["bench", "{d}/fp32.onnx", "--runtime", "tflite"], "unknown runtime 'tflite'"),
     (["bench", "{d}/missing.onnx"], "does not exist"),
