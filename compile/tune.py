@@ -203,7 +203,8 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    load_tensor_intrinsics(spec.get("kind", "llvm"))
+    kind = spec.get("kind", "llvm")
+    load_tensor_intrinsics(kind)
     runner = "local"
     if config.tracker:
         runner = rpc_runner(config.tracker, config.key, log)
@@ -215,7 +216,7 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
 
     # a database another build or a killed run left with a record that does not replay would
     # stop MetaSchedule from loading any of it: set such records aside first
-    check_database(db, log)
+    check_database(db, log, kind)
     # the budget counts this model's trials, not every record of a database shared with others
     before = model_trials(db, key)
     tasks = ms.relax_integration.extract_tasks(mod, target)
@@ -262,18 +263,18 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
                 runner=runner,
                 builder=ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.build_timeout_s))
         except KeyboardInterrupt:
-            check_database(db, log)  # a line cut short by the interrupt must not spoil the rest
+            check_database(db, log, kind)  # a line cut short by the interrupt must not spoil the rest
             set_model_trials(db, key, done + max(0, records_in(db) - in_db))
             raise
         except Exception as e:
-            kept = check_database(db, log)["records"]
+            kept = check_database(db, log, kind)["records"]
             lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
             raise TuningFailed(
                 f"tuning failed in round {rounds + 1}: {lines[-1] if lines else type(e).__name__}; "
                 f"the database {db} keeps {kept} checked records: build again to continue from them, "
                 "or pass --tuning-db with a new folder") from None
         # this round's records are checked now, while they are the only new ones
-        check_database(db, log)
+        check_database(db, log, kind)
         rounds += 1
         added = max(0, records_in(db) - in_db)
         set_model_trials(db, key, done + added)

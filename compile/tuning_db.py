@@ -46,13 +46,15 @@ def _last_line(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def check_database(db: str | os.PathLike, log: Callable[[str], None] = lambda s: None) -> dict:
+def check_database(db: str | os.PathLike, log: Callable[[str], None] = lambda s: None,
+                   kind: str = "llvm") -> dict:
     """Replay every record of the database folder ``db``; set aside those that fail.
 
     Returns ``{"records": kept, "workloads": n, "rejected": set aside now}``. A folder without a
     database is fine (nothing to check). Raises ``InputError`` when a workload line other than a
     cut-short last one cannot be read (records point at workloads by line number, so it cannot be
-    dropped): the message says how to start a fresh database.
+    dropped): the message says how to start a fresh database. ``kind`` is the target kind the
+    database was tuned for (its tensor intrinsics are registered before replaying).
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -67,7 +69,9 @@ def check_database(db: str | os.PathLike, log: Callable[[str], None] = lambda s:
 
     from .tune import load_tensor_intrinsics
 
-    load_tensor_intrinsics("llvm")  # traces of tensorized candidates name the x86/ARM intrinsics
+    # traces of tensorized candidates name the target's intrinsics (x86/ARM for llvm, wmma for cuda):
+    # unregistered, every such record would fail to replay and be set aside wrongly
+    load_tensor_intrinsics(kind)
     workload_lines = workloads_file.read_text().splitlines() if workloads_file.exists() else []
     workloads: list = []
     keep_workloads: list[str] = []
