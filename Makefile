@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgeopt-installed
 OUT    ?= build/demo
 
-.PHONY: demo test test-all test-fast setup bench clean cross-tools native data
+.PHONY: demo test test-all test-fast setup bench clean cross-tools native data onednn
 
 setup: $(STAMP)
 
@@ -19,17 +19,17 @@ $(STAMP): requirements/base.txt requirements/pretrained.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-demo: $(STAMP) data
+demo: $(STAMP) data onednn
 	$(VENV)/bin/edgeopt demo --out $(OUT)
 
 # What CI runs: the unit, cross and device tiers (GPU tests skip without a GPU), on both cores,
 # without the cases marked slow (each says why; `make test-all` runs them too).
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
-test: $(STAMP) cross-tools data
+test: $(STAMP) cross-tools data onednn
 	$(PYTEST) -m "not slow" tests
 
 # Every test, slow ones included.
-test-all: $(STAMP) cross-tools data
+test-all: $(STAMP) cross-tools data onednn
 	$(PYTEST) tests
 
 # The edit-loop tier: unit tests that neither are slow nor start builds, servers or processes.
@@ -45,6 +45,15 @@ data:
 	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
 	  echo "warning: could not install dataset-fashion-mnist; the demo runs the digits study and Fashion-MNIST tests skip"
+
+# oneDNN (libdnnl-dev) and cmake: the kernel plugin TVM artifacts call for convolutions and matmuls
+# on x86-64 (BuildConfig kernels "auto"/"onednn"). Without them, builds use TVM's own kernels.
+ONEDNN_HEADER := /usr/include/oneapi/dnnl/dnnl.hpp
+onednn:
+	@test -f $(ONEDNN_HEADER) && command -v cmake >/dev/null || \
+	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libdnnl-dev cmake >/dev/null; } || \
+	  echo "warning: could not install libdnnl-dev and cmake; TVM builds use TVM's own (slow untuned) kernels"
 
 # The aarch64 cross compiler (ARM builds), qemu-user (running them here) and cmake (the native
 # runner). Installed when missing and apt-get can run; otherwise those tests skip with the reason.

@@ -22,6 +22,23 @@ from edgeopt.runtimes.artifact import Artifact, load_artifact
 from edgeopt.runtimes.native import artifact_arch
 
 
+def plugin_dependencies(art: Artifact) -> list[Path]:
+    """The shared libraries the artifact's kernel plugins link beyond libc and TVM (found with
+    ``ldd`` here): oneDNN and its OpenMP runtime for the oneDNN plugin."""
+    import subprocess
+
+    found: dict[str, Path] = {}
+    for name in art.manifest.get("plugins", []):
+        r = subprocess.run(["ldd", str(art.path / name)], capture_output=True, text=True)
+        for line in r.stdout.splitlines():
+            parts = line.split("=>")
+            if len(parts) == 2 and parts[1].strip().startswith("/"):
+                lib = Path(parts[1].split("(")[0].strip())
+                if any(k in lib.name for k in ("dnnl", "gomp", "OpenCL")):
+                    found[lib.name] = lib
+    return sorted(found.values())
+
+
 def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, log=lambda s: None) -> Path:
     """Write ``out``: ``model/`` (the artifact), ``edgeopt-run``, ``lib/`` and ``README.txt``.
 
@@ -53,6 +70,8 @@ def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, 
         shutil.copy2(binary, tmp / "edgeopt-run")
         (tmp / "lib").mkdir()
         for lib in tvm_runtime_libs(tvm_root):
+            shutil.copy2(lib, tmp / "lib" / lib.name)
+        for lib in plugin_dependencies(art):  # e.g. libdnnl.so.2: the device need not install it
             shutil.copy2(lib, tmp / "lib" / lib.name)
         threads = target.get("num-cores") or 4
         (tmp / "README.txt").write_text(

@@ -1,4 +1,4 @@
-"""Build tooling for the native runner ``edgeopt-run``: its CMake build and the aarch64 TVM runtime.
+"""Build tooling for native code: the runner ``edgeopt-run``, the oneDNN kernel plugin, the aarch64 TVM runtime.
 
 The runner's C++ sources ship with ``edgeopt.runtimes`` (``runtimes/native/``: a device can build
 them with CMake alone); ``edgeopt.runtimes.native`` only runs a built runner. This module builds
@@ -7,7 +7,8 @@ a cache folder the first time, and again only when the sources, the architecture
 runtime they link change. For ARM, ``fetch_aarch64_runtime()`` downloads the aarch64
 ``apache-tvm`` / ``apache-tvm-ffi`` wheels of the installed versions with pip and unpacks the
 runtime libraries and headers the cross build links against (a setup step: ``make test`` runs
-``python -m edgeopt.compile.native_build fetch-aarch64``).
+``python -m edgeopt.compile.native_build fetch-aarch64``). ``onednn_plugin()`` builds
+``runtimes/onednn`` (the kernels of ``BuildConfig(kernels="onednn")``) the same way.
 
 Example:
     >>> from edgeopt.compile.native_build import runner_binary  # doctest: +SKIP
@@ -173,12 +174,21 @@ def runner_binary(arch: str = "host", log: Callable[[str], None] = lambda s: Non
     binary = build_dir / "edgeopt-run"
     if binary.exists():
         return binary
-    tmp = make_temp_dir(build_dir)
-    configure = ["cmake", "-S", str(sources), "-B", str(tmp), "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DEDGEOPT_TVM_ROOT={tvm_root}"]
+    configure = [f"-DEDGEOPT_TVM_ROOT={tvm_root}"]
     if arch == "aarch64":
         configure.append(f"-DCMAKE_TOOLCHAIN_FILE={sources / 'aarch64-linux-gnu.cmake'}")
     log(f"building the native runner ({arch}) in {build_dir}")
+    _cmake_build(sources, build_dir, configure)
+    return binary
+
+
+def _cmake_build(sources: Path, build_dir: Path, configure_args: list[str]) -> None:
+    """Configure and build ``sources`` with CMake into ``build_dir``, through a temporary sibling
+    folder renamed into place when complete (a concurrent build of the same key keeps whichever
+    finished first)."""
+    tmp = make_temp_dir(build_dir)
+    configure = ["cmake", "-S", str(sources), "-B", str(tmp), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DPython3_EXECUTABLE={sys.executable}", *configure_args]
     try:
         for cmd in (configure, ["cmake", "--build", str(tmp), "--parallel", "2"]):
             r = subprocess.run(cmd, capture_output=True, text=True)
@@ -188,7 +198,49 @@ def runner_binary(arch: str = "host", log: Callable[[str], None] = lambda s: Non
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return binary
+
+
+ONEDNN_PLUGIN = "libedgeopt_onednn.so"
+ONEDNN_HEADER = Path("/usr/include/oneapi/dnnl/dnnl.hpp")
+
+
+def onednn_plugin_sources() -> Path:
+    """The oneDNN kernel plugin's sources (``runtimes/onednn``: CMakeLists.txt and the C++ file)."""
+    return source_dir().parent / "onednn"
+
+
+def onednn_available() -> str | None:
+    """None when the oneDNN plugin can be built here, else why not (naming the fix)."""
+    import platform
+
+    if platform.machine() != "x86_64":
+        return f"the oneDNN plugin is built for x86-64 hosts; this one is {platform.machine()}"
+    if shutil.which("cmake") is None:
+        return "building the oneDNN plugin needs cmake (apt-get install cmake)"
+    if not ONEDNN_HEADER.exists():
+        return "building the oneDNN plugin needs oneDNN (Debian/Ubuntu: apt-get install libdnnl-dev)"
+    return None
+
+
+def onednn_plugin(log: Callable[[str], None] = lambda s: None) -> Path:
+    """Path of ``libedgeopt_onednn.so`` (the oneDNN kernel plugin), built with CMake if needed
+    into a cache folder keyed by its sources and the TVM versions.
+
+    Raises:
+        InputError: the plugin cannot be built here (no cmake, no oneDNN, not x86-64).
+    """
+    missing = onednn_available()
+    if missing:
+        raise InputError(missing)
+    tvm_root = host_tvm_root()
+    sources = onednn_plugin_sources()
+    build_dir = cache_root("onednn", build_key("host", tvm_root, sources))
+    plugin = build_dir / ONEDNN_PLUGIN
+    if plugin.exists():
+        return plugin
+    log(f"building the oneDNN plugin in {build_dir}")
+    _cmake_build(sources, build_dir, [f"-DEDGEOPT_TVM_ROOT={tvm_root}"])
+    return plugin
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,10 +254,13 @@ def main(argv: list[str] | None = None) -> int:
                                          "prints the folder they are in")
     b = sub.add_parser("build", help="build edgeopt-run and print its path")
     b.add_argument("arch", nargs="?", default="host", choices=ARCHES)
+    sub.add_parser("onednn", help="build the oneDNN kernel plugin and print its path")
     args = p.parse_args(argv)
     try:
         if args.command == "fetch-aarch64":
             print(fetch_aarch64_runtime(log=lambda s: print(s, file=sys.stderr)))
+        elif args.command == "onednn":
+            print(onednn_plugin(log=lambda s: print(s, file=sys.stderr)))
         else:
             print(runner_binary(args.arch, log=lambda s: print(s, file=sys.stderr)))
     except InputError as e:

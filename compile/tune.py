@@ -227,7 +227,9 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     # MetaSchedule's own logging is very chatty at INFO; progress is reported per round instead.
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
     ms_logger.setLevel(logging.WARNING)
-    while done < config.trials:
+    if not tasks:
+        log("tuning: nothing to tune (every kernel of this build comes from a library)")
+    while tasks and done < config.trials:
         if config.timeout_s is not None and time.perf_counter() - t0 >= config.timeout_s:
             log(f"tuning: wall-clock budget of {config.timeout_s:.0f} s spent")
             break

@@ -2,9 +2,11 @@
 
 ONNX -> ``relax.frontend.onnx.from_onnx`` (weights bound as constants) -> ``tvm.compile`` ->
 ``export_library`` -> artifact folder with ``model.so`` and a manifest holding the target.
-Without tuning (``BuildConfig(tune=None)``) TVM's CPU code is slow (two orders of magnitude
-behind onnxruntime on ResNet-18), which the benchmarks report as it is; ``tune=TuneConfig(...)``
-takes schedules from MetaSchedule and its persisted database.
+Where convolutions and matmuls come from is ``BuildConfig.kernels``: TVM's own kernels are slow
+untuned (two orders of magnitude behind onnxruntime on ResNet-18) and need MetaSchedule
+(``tune=TuneConfig(...)``, a persisted database); on x86-64 CPUs the default ``auto`` runs them
+on oneDNN through edgeopt's plugin (``edgeopt.compile.onednn_offload``), which the artifact
+carries, and when a build is tuned it times both and keeps the faster.
 
 Example:
     >>> import edgeopt.compile as eoc  # doctest: +SKIP
@@ -39,6 +41,19 @@ def unsupported_ops(onnx_model) -> list[tuple[str, str]]:
             if n.op_type not in known]
 
 
+KERNELS = ("auto", "tvm", "onednn")
+
+
+def is_x86_cpu(spec: dict) -> bool:
+    """True for an LLVM target that builds x86-64 code (the host's, or an x86-64 triple)."""
+    import platform
+
+    if spec.get("kind") != "llvm":
+        return False
+    triple = spec.get("mtriple") or ""
+    return triple.startswith("x86_64") if triple else platform.machine() == "x86_64"
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """What to build for.
@@ -58,6 +73,13 @@ class BuildConfig:
         cuda_graph: on cuda targets, capture the model's kernel launches into CUDA graphs that are
             replayed on every call (``relax.transform.RewriteCUDAGraph``): at batch 1 a GPU is
             bound by launch overhead, not arithmetic. Ignored on CPU targets.
+        kernels: where float32 convolutions and matmuls with constant weights come from on an
+            x86-64 CPU target: ``tvm`` (TVM's kernels, tuned when ``tune`` is set), ``onednn``
+            (oneDNN through edgeopt's plugin, with bias, residual add and activation fused; TVM
+            keeps the rest of the model; needs libdnnl-dev and cmake at build time), or
+            ``auto``: oneDNN for an untuned build, and for a tuned one both builds timed on this
+            host, the faster kept (the record names the choice and both latencies). Without
+            oneDNN, and on other targets, ``auto`` means ``tvm``.
     """
 
     target: Any = "cpu"
@@ -65,6 +87,7 @@ class BuildConfig:
     tune: Any = None
     precision: str = "fp32"
     cuda_graph: bool = True
+    kernels: str = "auto"
 
     def __post_init__(self):
         from edgeopt.core.config import check_field_types
@@ -82,6 +105,11 @@ class BuildConfig:
         if self.precision == "fp16" and spec.get("kind") != "cuda":
             raise InputError(f"precision 'fp16' needs a cuda target; {spec.get('kind')!r} runs fp32 "
                              "(or int8: quantize the model first)")
+        if self.kernels not in KERNELS:
+            raise InputError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
+        if self.kernels == "onednn" and not is_x86_cpu(spec):
+            raise InputError("kernels 'onednn' needs an x86-64 CPU target (oneDNN's kernels); "
+                             f"this target is {spec.get('kind')!r} {spec.get('mtriple', '')}".rstrip())
 
     @property
     def spec(self) -> dict:
@@ -152,26 +180,92 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
         raise InputError(f"TVM's ONNX frontend failed on {str(model)!r}: {_last_line(e)}") from None
     if int8 is None:
         int8 = any(n.op_type == "QuantizeLinear" for n in onnx_model.graph.node)
-    rewritten = 0
-    if int8:
-        from .int8_rewrite import rewrite_qdq_to_int8
-
-        mod, rewritten = rewrite_qdq_to_int8(mod)
-    executable, tuning = compile_module(mod, spec, config, log)
+    kernels, why = kernel_source(spec, config)
+    export = {"cc": tools.compiler} if tools.compiler else {}
+    if kernels == "measure":
+        executable, details, kernels, why = _faster_of_both(mod, spec, config, inputs, outputs, export,
+                                                            log, int8)
+    else:
+        executable, details = compile_module(mod, spec, config, log, kernels=kernels, int8=int8)
+    rewritten = details.pop("int8_ops", 0)
+    plugins = [_plugin(log)] if kernels == "onednn" else []
 
     def fill(tmp: Path) -> None:
-        # Debug sections are a third of an untuned int8 library and of no use on a device.
-        kwargs = {"cc": tools.compiler} if tools.compiler else {}
-        executable.export_library(str(tmp / "model.so"), options=["-Wl,--strip-debug"], **kwargs)
+        import shutil
+
+        _export(executable, tmp / "model.so", export)
+        for plugin in plugins:  # the artifact carries the kernels it calls
+            shutil.copy2(plugin, tmp / plugin.name)
 
     record = {"name": "compile", "config": {"target": spec, "tuned": tune is not None, "int8": bool(int8),
                                             "tune_trials": tune.trials if tune else 0,
                                             "precision": config.precision,
-                                            "cuda_graph": config.cuda_graph and spec.get("kind") == "cuda"},
-              "metrics": {"int8_ops": rewritten, **({"tuning": tuning} if tuning else {})}}
-    artifact = write_artifact(out, fill, format="tvm", files=["model.so"], inputs=inputs,
-                              outputs=outputs, target=spec, history=[*history, record])
+                                            "cuda_graph": config.cuda_graph and spec.get("kind") == "cuda",
+                                            "kernels": config.kernels},
+              "metrics": {"int8_ops": rewritten, "kernels": kernels, "kernels_why": why, **details}}
+    names = [p.name for p in plugins]
+    artifact = write_artifact(out, fill, format="tvm", files=["model.so", *names], inputs=inputs,
+                              outputs=outputs, target=spec, history=[*history, record],
+                              extra={"plugins": names} if names else None)
     return StepResult(artifact, record, history)
+
+
+def _export(executable, path: Path, export: dict) -> None:
+    # Debug sections are a third of an untuned int8 library and of no use on a device.
+    executable.export_library(str(path), options=["-Wl,--strip-debug"], **export)
+
+
+def _plugin(log) -> Path:
+    from .native_build import onednn_plugin
+
+    return onednn_plugin(log=log)
+
+
+def kernel_source(spec: dict, config: BuildConfig) -> tuple[str, str]:
+    """(``tvm`` | ``onednn`` | ``measure``, why) for a build: what ``config.kernels`` means on
+    ``spec`` and this machine."""
+    if config.kernels == "tvm":
+        return "tvm", "asked for"
+    if config.kernels == "onednn":
+        return "onednn", "asked for"
+    if not is_x86_cpu(spec):
+        return "tvm", f"oneDNN runs on x86-64 CPUs; the target is {spec.get('kind')}"
+    from .native_build import onednn_available
+
+    missing = onednn_available()
+    if missing:
+        return "tvm", missing
+    if config.tune is None:
+        return "onednn", "untuned: TVM's own CPU kernels are two orders of magnitude slower"
+    import platform
+
+    if (spec.get("mtriple") or "x86_64").split("-")[0] != platform.machine():
+        return "onednn", "tuned, but the target cannot run on this host to compare"
+    return "measure", ""
+
+
+def _faster_of_both(mod, spec, config, inputs, outputs, export, log, int8):
+    """Build ``mod`` with TVM's tuned kernels and with oneDNN's, time both here, keep the faster:
+    (executable, details, kernels, why)."""
+    import tempfile
+
+    from edgeopt.runtimes.tvm_runner import TvmRunner
+
+    built, times = {}, {}
+    with tempfile.TemporaryDirectory(prefix="edgeopt-kernels-") as tmp:
+        for kernels in ("tvm", "onednn"):
+            executable, details = compile_module(mod, spec, config, log, kernels=kernels, int8=int8)
+            library = Path(tmp) / f"{kernels}.so"
+            _export(executable, library, export)
+            plugins = [_plugin(log)] if kernels == "onednn" else []
+            runner = TvmRunner(library, inputs, outputs, plugins=plugins)
+            times[kernels] = runner.benchmark(runner.example_inputs(), warmup=5, repeat=30).latency.median_ms
+            built[kernels] = (executable, details)
+            log(f"kernels {kernels}: {times[kernels]:.3f} ms")
+    best = min(times, key=times.get)
+    executable, details = built[best]
+    others = ", ".join(f"{k} {v:.3f} ms" for k, v in times.items())
+    return executable, {**details, "kernel_times_ms": times}, best, f"faster on this host ({others})"
 
 
 def cuda_pipeline(target, tensor_cores: bool):
@@ -214,12 +308,17 @@ def cuda_pipeline(target, tensor_cores: bool):
     return _pipeline
 
 
-def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, tensor_cores: bool | None = None):
-    """Lower a Relax module imported from ONNX for ``spec``: (executable, tuning summary or None).
+def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, tensor_cores: bool | None = None,
+                   kernels: str = "tvm", int8: bool = False):
+    """Lower a Relax module imported from ONNX for ``spec``: (executable, details), where details
+    holds ``tuning`` (a summary) when tuned, ``library_ops`` when ``kernels`` is ``onednn``, and
+    ``int8_ops`` (ops computed in integers) when ``int8``: QDQ chains become oneDNN int8 calls,
+    or TVM int8 arithmetic (``edgeopt.compile.int8_rewrite``) where oneDNN does not take them.
 
     The one compile path of ``build`` (and of benchmarks that build the same way with the weights
-    as inputs): inference-only decompositions, fp16 on cuda when asked, MetaSchedule schedules when
-    ``config.tune`` is set, CUDA graphs on cuda targets, then ``tvm.compile``. ``tensor_cores``
+    as inputs): inference-only decompositions, convs and matmuls to oneDNN when ``kernels`` is
+    ``onednn``, fp16 on cuda when asked, MetaSchedule schedules when ``config.tune`` is set (for
+    what TVM keeps), CUDA graphs on cuda targets, then ``tvm.compile``. ``tensor_cores``
     (``None``: on for fp16 cuda builds) picks ``cuda_pipeline``'s tensor-core rule: ResNet-18
     fp16 on an H200 went from 1.62 to 0.80 ms with it (``benchmarks/cuda_latency.py``).
     """
@@ -227,7 +326,19 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
     from tvm import relax
 
     tune = config.tune
+    details: dict = {}
     mod = relax.transform.DecomposeOpsForInference()(mod)
+    details["int8_ops"] = 0
+    if kernels == "onednn":
+        from .onednn_offload import offload_to_onednn
+
+        mod, details["library_ops"] = offload_to_onednn(mod, int8=bool(int8))
+        details["int8_ops"] = details["library_ops"]["conv2d_q"] + details["library_ops"]["matmul_q"]
+    if int8:
+        from .int8_rewrite import rewrite_qdq_to_int8
+
+        mod, rewritten = rewrite_qdq_to_int8(mod)
+        details["int8_ops"] += rewritten
     cuda = spec.get("kind") == "cuda"
     if config.precision == "fp16":
         # float32 accumulation keeps a 512-channel reduction within fp16's 11-bit mantissa
@@ -246,7 +357,6 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
         from .cuda_host import prepare_cuda_build
 
         prepare_cuda_build()
-    tuning = None
     # CPU builds keep the caller's PassContext; cuda ones add the CUDA-graph switch to it
     context = (tvm.transform.PassContext(opt_level=tvm.transform.PassContext.current().opt_level,
                                          config={"relax.backend.use_cuda_graph": config.cuda_graph})
@@ -264,7 +374,7 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
                 *([relax.transform.AttachAttrLayoutFreeBuffers()] if prepack else [])])(mod)
             # kernels shared with other models must carry the same block names in the database
             mod = canonical_block_names(mod)
-            db, tuning = run_tuning(mod, spec, tune, log)
+            db, details["tuning"] = run_tuning(mod, spec, tune, log)
             mod = relax.transform.MetaScheduleApplyDatabase(str(db))(mod)
             if prepack:
                 # The weights are constants of the module, so the layout transforms split out of
@@ -275,7 +385,7 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
             tensor_cores = config.precision == "fp16"
         pipeline = cuda_pipeline(tvm_target, tensor_cores) if cuda else "default"
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
-    return executable, tuning
+    return executable, details
 
 
 def _last_line(e: Any) -> str:

@@ -48,7 +48,7 @@ TOP_KEYS = ("model", "weights", "task", "input_shape", "variants", "targets", "b
 #: (``edgeopt compile --tune-trials/--tune-timeout/--tuning-db``).
 TUNE_KEYS = {"tune_trials": (int,), "tune_timeout": (int, float), "tuning_db": (str,)}
 TARGET_KEYS = {"torch": ("runtime",), "onnxruntime": ("runtime",),
-               "tvm": ("runtime", "target", "int8", "precision", "cuda_graph", *TUNE_KEYS)}
+               "tvm": ("runtime", "target", "int8", "precision", "cuda_graph", "kernels", *TUNE_KEYS)}
 BENCH_KEYS = ("warmup", "repeat", "threads")
 #: Keys of the ``evaluate`` section (``edgeopt.pipeline.evaluate.EvaluateConfig``) and their types.
 EVALUATE_KEYS = {"enabled": (bool,), "robustness": (bool,), "samples": (int,), "exemplars": (bool,),
@@ -302,6 +302,8 @@ def _build_config(target, entries: dict, err, scalar):
         options["precision"] = scalar(entries["precision"][1], "'precision'", (str,))
     if "cuda_graph" in entries:
         options["cuda_graph"] = scalar(entries["cuda_graph"][1], "'cuda_graph'", (bool,))
+    if "kernels" in entries:
+        options["kernels"] = scalar(entries["kernels"][1], "'kernels'", (str,))
     where = entries.get("target", entries["runtime"])[1]
     try:
         tuning = None

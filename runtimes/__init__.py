@@ -83,7 +83,9 @@ def _open(fmt: str, runtime: str, path: Path, artifact: Artifact | None, threads
     from .tvm_runner import TvmRunner
     _check_host_can_run(artifact)
     device = options.pop("device", "cuda" if (artifact.manifest.get("target") or {}).get("kind") == "cuda" else "cpu")
-    return TvmRunner(path, artifact.inputs, artifact.outputs, device=device, threads=threads, **options)
+    plugins = [artifact.path / name for name in artifact.manifest.get("plugins", [])]
+    return TvmRunner(path, artifact.inputs, artifact.outputs, device=device, threads=threads,
+                     plugins=plugins, **options)
 
 
 def _check_host_can_run(artifact: Artifact) -> None:

@@ -35,6 +35,9 @@ def add_parser(sub):
     cp.add_argument("--key", default=None, help="device key at the tracker, for --tracker")
     cp.add_argument("--tune-timeout", type=float, default=None,
                     help="stop tuning after this many seconds; what was measured is kept")
+    cp.add_argument("--kernels", choices=("auto", "tvm", "onednn"), default="auto",
+                    help="convolutions and matmuls on x86-64: oneDNN through edgeopt's plugin, TVM's "
+                    "own kernels, or auto (oneDNN untuned; tuned, the faster of both timed here)")
     cp.add_argument("--tuning-db", default=None,
                     help="tuning database folder (default: ~/.cache/edgeopt/tuning/<model>-<target>)")
     cp.set_defaults(func=run)
@@ -56,11 +59,13 @@ def run(args) -> int:
         tune = TuneConfig(trials=args.tune_trials, timeout_s=args.tune_timeout, db=args.tuning_db,
                           tracker=args.tracker, key=args.key)
     config = BuildConfig(target=args.target, int8=False if args.no_int8 else None, tune=tune,
-                         precision=args.precision, cuda_graph=not args.no_cuda_graph)
+                         precision=args.precision, cuda_graph=not args.no_cuda_graph, kernels=args.kernels)
     result = build(args.model, config, out=args.out, progress=say)
     art, last = result.artifact, result.record
     print(f"wrote {art.path} ({art.size_bytes():,} bytes) for {json.dumps(last['config']['target'])}"
-          + (f"; {last['metrics']['int8_ops']} ops in int8" if last["metrics"].get("int8_ops") else ""))
+          + (f"; {last['metrics']['int8_ops']} ops in int8" if last["metrics"].get("int8_ops") else "")
+          + (f"; kernels: {last['metrics']['kernels']} ({last['metrics']['kernels_why']})"
+             if last["metrics"].get("kernels") else ""))
     if args.bundle:
         from edgeopt.compile.bundle import make_bundle
 

@@ -16,6 +16,7 @@
 // The .npy reader/writer and the ELF header check are written here by hand: the format is small
 // and fixed, and a C++ dependency for it would have to be built for every target as well.
 
+#include <dlfcn.h>
 #include <tvm/ffi/any.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/map.h>
@@ -241,6 +242,7 @@ struct Spec {
 
 struct Manifest {
   std::string library;
+  std::vector<std::string> plugins;  // kernel libraries the model calls (e.g. the oneDNN plugin)
   std::vector<Spec> inputs, outputs;
 };
 
@@ -282,6 +284,11 @@ Manifest ReadManifest(const std::string& folder) {
     auto files = Get(obj, "files", path).cast<ffi::json::Array>();
     if (files.empty()) throw InputError(path + " lists no files");
     m.library = folder + "/" + std::string(files[0].cast<ffi::String>());
+    auto plugins = obj.find(ffi::String("plugins"));
+    if (plugins != obj.end()) {
+      for (const ffi::Any& name : (*plugins).second.cast<ffi::json::Array>())
+        m.plugins.push_back(folder + "/" + std::string(name.cast<ffi::String>()));
+    }
     auto io = Get(obj, "io", path).cast<ffi::json::Object>();
     m.inputs = ParseSpecs(Get(io, "inputs", path), path);
     m.outputs = ParseSpecs(Get(io, "outputs", path), path);
@@ -476,10 +483,23 @@ int Run(const Options& o) {
     }
   }
   CheckLibrary(m.library);
+  for (const std::string& plugin : m.plugins) {
+    CheckLibrary(plugin);
+    // RTLD_GLOBAL: the plugin registers the TVM global functions the model calls
+    if (dlopen(plugin.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr)
+      throw InputError("cannot load kernel plugin '" + plugin + "': " + dlerror());
+  }
+  if (!m.plugins.empty()) {
+    // TVM pins the calling thread when it sizes its pool and the plugin's OpenMP threads would
+    // inherit that one core; as the Python runner does, leave thread placement to the OS.
+    setenv("TVM_BIND_THREADS", "0", 0);
+  }
 
   if (o.threads > 0) {
     // Affinity mode 1 ("big cores"): every core of a homogeneous CPU; as the Python runner does.
     ffi::Function::GetGlobalRequired("runtime.config_threadpool")(1, o.threads);
+    if (auto set_threads = ffi::Function::GetGlobal("edgeopt.onednn.set_threads"))
+      (*set_threads)(static_cast<int64_t>(o.threads));
   }
   ffi::Module lib = ffi::Module::LoadFromFile(m.library);
   auto load_exec = lib->GetFunction("vm_load_executable");

@@ -1,0 +1,152 @@
+"""TVM artifacts with oneDNN kernels against onnxruntime and OpenVINO, fp32 and int8, in one run.
+
+For each zoo model: export fp32 ONNX; quantize it with edgeopt's default (u8 activations, s8
+per-channel weights, mean-minmax calibration on seeded random inputs: a speed benchmark, the
+models have random weights); quantize the same ONNX with NNCF (same calibration inputs) for
+OpenVINO; build TVM artifacts with ``kernels: onednn`` (no tuning) from the fp32 and the int8
+ONNX. Then time every runner in blocks, interleaved over rounds (2 threads, batch 1), and
+report each median as a ratio to onnxruntime fp32 (and the int8 ones to onnxruntime int8).
+Parity: TVM fp32 against onnxruntime fp32 (relative), TVM int8 against onnxruntime int8 (in
+output quantization steps).
+
+    .venv/bin/python benchmarks/kernels_latency.py --models resnet18,mobilenetv2,tiny_vit --record
+
+Needs OpenVINO and NNCF: ``.venv/bin/python -m pip install -r requirements/bench.txt -c requirements/base.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from results import record
+
+
+def prepare(model: str, work: Path, calib_n: int, log) -> dict:
+    import onnx
+    import torch
+
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.export import ExportConfig, export
+    from edgeopt.compress.quantize import QuantizeConfig, quantize
+    from edgeopt.pipeline.models import load_model
+
+    loaded = load_model(f"zoo:{model}", seed=0)
+    shape = tuple(loaded.input_shape)
+    fp32 = work / f"{model}.onnx"
+    export(loaded.module.eval(), ExportConfig(), torch.randn(*shape), out=fp32)
+    calib = np.random.default_rng(0).standard_normal((calib_n, *shape[1:])).astype(np.float32)
+    int8 = work / f"{model}-int8.onnx"
+    quantize(fp32, QuantizeConfig(), [calib[i:i + 1] for i in range(calib_n)], out=int8)
+    log(f"{model}: NNCF")
+    import nncf
+
+    onnx_model = onnx.load(str(fp32))
+    name = onnx_model.graph.input[0].name
+    nncf_int8 = work / f"{model}-nncf.onnx"
+    onnx.save(nncf.quantize(onnx_model, nncf.Dataset([{name: calib[i:i + 1]} for i in range(calib_n)]),
+                            subset_size=calib_n), str(nncf_int8))
+    log(f"{model}: TVM builds")
+    tvm_fp32 = build(fp32, BuildConfig(target="cpu", kernels="onednn"), out=work / "tvm-fp32")
+    tvm_int8 = build(int8, BuildConfig(target="cpu", kernels="onednn"), out=work / "tvm-int8")
+    return {"fp32": fp32, "int8": int8, "nncf": nncf_int8, "tvm_fp32": tvm_fp32, "tvm_int8": tvm_int8,
+            "shape": shape}
+
+
+def runners(paths: dict, threads: int) -> dict:
+    import openvino as ov
+
+    from edgeopt.runtimes import load
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+
+    def ov_run(path, **hints):
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {**config, **hints})
+        return lambda x: compiled(x[0])[0]
+
+    def edgeopt_run(art, **options):
+        r = load(art, threads=threads, **options)
+        return lambda x: r.run(x)[0]
+
+    # onnxruntime without spinning: several sessions share two cores in one process
+    return {
+        "onnxruntime fp32": edgeopt_run(paths["fp32"], spin=False),
+        "TVM + oneDNN fp32": edgeopt_run(paths["tvm_fp32"].artifact),
+        # OpenVINO runs "fp32" models in bf16 on CPUs with AVX-512 BF16 unless told otherwise
+        "OpenVINO fp32": ov_run(paths["fp32"], INFERENCE_PRECISION_HINT="f32"),
+        "OpenVINO default (bf16)": ov_run(paths["fp32"]),
+        "onnxruntime int8": edgeopt_run(paths["int8"], spin=False),
+        "TVM + oneDNN int8": edgeopt_run(paths["tvm_int8"].artifact),
+        "OpenVINO int8 (NNCF)": ov_run(paths["nncf"]),
+    }
+
+
+def time_all(run: dict, x, rounds: int, repeat: int) -> dict:
+    medians = {k: [] for k in run}
+    for _ in range(rounds):
+        for name, fn in run.items():
+            for _ in range(5):
+                fn(x)
+            samples = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                fn(x)
+                samples.append((time.perf_counter() - t) * 1e3)
+            medians[name].append(float(np.median(samples)))
+    return {k: float(np.median(v)) for k, v in medians.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="resnet18,mobilenetv2,tiny_vit")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--calibration", type=int, default=16)
+    p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+    from edgeopt.compile.int8_rewrite import output_step
+
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    rows = []
+    for model in args.models.split(","):
+        with tempfile.TemporaryDirectory(prefix="edgeopt-kernels-") as tmp:
+            paths = prepare(model, Path(tmp), args.calibration, log)
+            run = runners(paths, args.threads)
+            x = [np.random.default_rng(1).standard_normal(paths["shape"]).astype(np.float32)]
+            ref32, ref8 = run["onnxruntime fp32"](x), run["onnxruntime int8"](x)
+            rel = float(np.abs(run["TVM + oneDNN fp32"](x) - ref32).max() / np.abs(ref32).max())
+            steps = float(np.abs(run["TVM + oneDNN int8"](x) - ref8).max() / output_step(paths["int8"]))
+            ms = time_all(run, x, args.rounds, args.repeat)
+            ops = paths["tvm_int8"].record["metrics"]["library_ops"]
+            rows.append((model, ms, rel, steps, ops))
+            log(f"{model}: {ms}")
+    header = ("| model | runtime | median ms | x onnxruntime fp32 | x onnxruntime int8 |\n"
+              "| --- | --- | ---: | ---: | ---: |\n")
+    lines = []
+    for model, ms, rel, steps, ops in rows:
+        for name, v in ms.items():
+            int8_ratio = f"{v / ms['onnxruntime int8']:.2f}" if "int8" in name else ""
+            lines.append(f"| {model} | {name} | {v:.3f} | {v / ms['onnxruntime fp32']:.2f} | {int8_ratio} |")
+    parity = "\n".join(f"- {model}: TVM fp32 vs onnxruntime fp32 max relative error {rel:.1e}; TVM int8 vs "
+                       f"onnxruntime int8 max difference {steps:.2f} output quantization steps; int8 build "
+                       f"offloaded {ops}" for model, _, rel, steps, ops in rows)
+    body = header + "\n".join(lines) + "\n\nParity:\n" + parity + "\n"
+    print(body)
+    if args.record:
+        record(f"TVM + oneDNN kernels vs onnxruntime and OpenVINO, batch 1, {args.threads} threads",
+               body, note=f"CPU: {platform.processor() or platform.machine()}, {args.threads} threads; "
+                          f"medians of {args.rounds} interleaved rounds of {args.repeat} runs; untuned TVM "
+                          "builds (`kernels: onednn`), no tuning time.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

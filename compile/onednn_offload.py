@@ -1,0 +1,603 @@
+"""Relax rewrite: convolutions and matmuls with constant weights -> oneDNN kernels.
+
+``BuildConfig(kernels="onednn")`` compiles a model whose convolutions and dense matmuls run on
+oneDNN (the kernel library under OpenVINO and PyTorch's CPU backend) through edgeopt's plugin
+(``runtimes/onednn``), while TVM keeps everything else: elementwise ops, pooling, layout
+transforms and memory planning. Untuned TVM has no fast CPU schedule for a conv (ResNet-18:
+1.5 s), and tuning takes half an hour per model; the library is fast at once.
+
+The pass
+
+1. turns the importer's ``Clip`` (two ``call_tir`` kernels TVM cannot see through) back into
+   Relax ``maximum`` / ``minimum`` ops (``clip_as_relax_ops``), so layouts propagate through it;
+2. converts every conv to NHWC (oneDNN's native activation layout for fp32 and int8 on AVX-512;
+   the transposes sit at the model's edges and fold into constant weights);
+3. replaces each chain
+
+       conv2d|matmul(x, W const) [+ bias const] [+ residual] [-> relu | clip(lo, hi) | gelu]
+
+   by one ``call_dps_packed("edgeopt.onednn.conv2d" | "edgeopt.onednn.matmul", ...)`` with the
+   bias, the residual sum and the activation fused as oneDNN post-ops; an intermediate value
+   used anywhere else ends the chain there.
+
+Example:
+    >>> from edgeopt.compile.onednn_offload import offload_to_onednn  # doctest: +SKIP
+    >>> mod, counts = offload_to_onednn(mod)  # doctest: +SKIP
+    >>> counts  # doctest: +SKIP
+    {'conv2d': 20, 'matmul': 1}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CONV = "edgeopt.onednn.conv2d"
+MATMUL = "edgeopt.onednn.matmul"
+_NONE, _RELU, _CLIP, _GELU = 0, 1, 2, 3
+_FLOAT_OUT = ("float32", "", "None", "void")  # an unset out_dtype means the input dtype
+
+
+def offload_to_onednn(mod, int8: bool = True):
+    """Return ``(new_mod, counts)`` for a Relax module from ``from_onnx``: counts of the ops
+    offloaded, ``conv2d`` / ``matmul`` / ``batch_matmul`` (float32) and ``conv2d_q`` /
+    ``matmul_q`` (int8). ``int8=False`` keeps a QDQ model's float semantics (its convs run
+    on oneDNN in float32 with the dequantized weights)."""
+    from tvm import relax
+
+    mod = clip_as_relax_ops(mod)
+    mod = to_nhwc(mod)
+    counts = {"conv2d": 0, "matmul": 0, "batch_matmul": 0, "conv2d_q": 0, "matmul_q": 0}
+    # int8 first: the QDQ chains still hold the int8 weights (constant folding would turn
+    # dequantize(Wq) into float weights)
+    if int8:
+        mod = _rewrite(mod, _plan_int8, counts)
+    # weights and biases become plain constants; the transposes ConvertLayout duplicated merge
+    mod = relax.transform.FoldConstant()(mod)
+    mod = relax.transform.EliminateCommonSubexpr()(mod)
+    mod = _rewrite(mod, _plan, counts)
+    return relax.transform.DeadCodeElimination()(mod), counts
+
+
+def _rewrite(mod, planner, counts):
+    from tvm import relax
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            plans = planner(func)
+            if plans:
+                mod[gv] = _make_rewriter()(mod, plans).visit_expr(func)
+                for plan in plans.values():
+                    counts[plan.kind] += 1
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def to_nhwc(mod):
+    """Convert every conv to NHWC (weights stay OIHW: the plugin reorders them once).
+
+    TVM has no layout rule for ``quantize`` / ``dequantize``, so ConvertLayout would put a
+    transpose around each of them in a QDQ model. When every quantization of an activation is
+    per-tensor (a scalar scale: any layout is right), the conversion runs with the elementwise
+    rule for them (borrowed from ReLU for the call and restored afterwards)."""
+    import tvm
+    from tvm import relax
+
+    convert = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OIHW"]})
+    if not _activations_quantized_per_tensor(mod):
+        return convert(mod)
+    rule = tvm.ir.Op.get("relax.nn.relu").get_attr("FRelaxInferLayout")
+    ops = [tvm.ir.Op.get(name) for name in ("relax.quantize", "relax.dequantize")]
+    if any(op.get_attr("FRelaxInferLayout") is not None for op in ops):  # a TVM with its own rule
+        return convert(mod)
+    try:
+        for op in ops:
+            op.set_attr("FRelaxInferLayout", rule)
+        return convert(mod)
+    finally:
+        for op in ops:
+            op.reset_attr("FRelaxInferLayout")
+
+
+def _activations_quantized_per_tensor(mod) -> bool:
+    from tvm import relax
+
+    found = False
+    for _, func in mod.functions_items():
+        if not isinstance(func, relax.Function):
+            continue
+        values = _values(func)
+        for value in values.values():
+            if _op_name(value) in ("relax.quantize", "relax.dequantize"):
+                if _eval_const(value.args[0], values) is not None:
+                    continue  # a weight: its layout never changes
+                scale = _eval_const(value.args[1], values)
+                if scale is None or scale.size != 1:
+                    return False
+                found = True
+    return found
+
+
+def _values(func) -> dict:
+    from tvm import relax
+
+    return {b.var: b.value for block in func.body.blocks for b in block.bindings
+            if isinstance(b, relax.VarBinding)}
+
+
+def _eval_const(expr, values, depth: int = 0):
+    """numpy value of a constant expression the importer leaves unfolded (a constant, or
+    dequantize / reshape / permute_dims / astype / NaN-guard ``where`` of one), else None."""
+    from tvm import relax
+
+    if depth > 8:
+        return None
+    if isinstance(expr, relax.Var):
+        if expr not in values:
+            return None
+        expr = values[expr]
+    if isinstance(expr, _Constant()):
+        return expr.value.numpy()
+    name = _op_name(expr)
+    if name is None:
+        return None
+    args = [_eval_const(a, values, depth + 1) if not isinstance(a, relax.ShapeExpr) else a for a in expr.args]
+    if name == "relax.dequantize" and all(a is not None for a in args[:3]):
+        x, scale, zp = args[:3]
+        axis = int(expr.attrs.axis) % max(x.ndim, 1)
+        shape = [1] * x.ndim
+        if scale.size > 1:
+            shape[axis] = scale.size
+        return ((x.astype(np.float64) - zp.reshape(shape if zp.size > 1 else ()).astype(np.float64))
+                * scale.reshape(shape if scale.size > 1 else ()).astype(np.float64)).astype(np.float32)
+    if name == "relax.reshape" and args[0] is not None:
+        return args[0].reshape([int(d) for d in expr.args[1].values])
+    if name == "relax.permute_dims" and args[0] is not None:
+        axes = expr.attrs.axes
+        return np.transpose(args[0], None if axes is None else [int(a) for a in axes])
+    if name == "relax.astype" and args[0] is not None:
+        return args[0].astype(str(expr.attrs.dtype))
+    if name == "relax.where" and args[2] is not None:
+        return args[2]  # where(isnan(c), inf, c): the importer's NaN guard on Clip bounds
+    return None
+
+
+# -- Clip --------------------------------------------------------------------------------------
+def clip_as_relax_ops(mod):
+    """Rewrite ``call_tir(maximum|minimum, (x, scalar constant))`` (how TVM's ONNX importer
+    lowers ``Clip``) into ``relax.op.maximum`` / ``minimum``: layout conversion, mixed precision
+    and fusion see Relax ops, while a ``call_tir`` pins its NCHW layout and dtype."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    def elementwise_kind(gv) -> str | None:
+        try:
+            prim = mod[gv]
+        except Exception:
+            return None
+        text = prim.script() if hasattr(prim, "script") else ""
+        for kind in ("maximum", "minimum"):
+            if f'T.sblock("T_{kind}")' in text and text.count("T.sblock(") <= 2:
+                return kind
+        return None
+
+    @mutator
+    class ClipOps(PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"):
+                return call
+            kind = elementwise_kind(call.args[0])
+            args = call.args[1]
+            if kind is None or not isinstance(args, relax.Tuple) or len(args.fields) != 2:
+                return call
+            x, bound = args.fields
+            value = _eval_const(bound, self.values)  # arrives as where(isnan(c), inf, c)
+            if value is None or value.size != 1:
+                return call
+            op = relax.op.maximum if kind == "maximum" else relax.op.minimum
+            return op(x, relax.const(value.reshape(()), str(value.dtype)))
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mutator_ = ClipOps(mod)
+            mutator_.values = _values(func)
+            mod[gv] = mutator_.visit_expr(func)
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+# -- planning ------------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    """One fused oneDNN call that replaces the chain ending at its binding's variable."""
+
+    kind: str  # conv2d | matmul | conv2d_q | matmul_q
+    src: object
+    weight: np.ndarray
+    params: list
+    out_shape: list
+    bias: np.ndarray | None = None
+    residual: object = None
+    activation: int = _NONE
+    lo: float = 0.0
+    hi: float = 0.0
+    members: list = field(default_factory=list)
+    scales: np.ndarray | None = None  # int8: per output channel, src * weight / out scale
+    zero_points: tuple = (0, 0)  # int8: src, out
+    out_dtype: str = "float32"
+    other: object = None  # batch_matmul: the second operand
+
+
+def _op_name(value) -> str | None:
+    import tvm
+
+    if isinstance(value, tvm.ir.expr.Call) and isinstance(value.op, tvm.ir.Op):
+        return value.op.name
+    return None
+
+
+def _const(expr, values):
+    """The numpy value of a constant (directly or through a variable bound to one), else None."""
+    return _eval_const(expr, values)
+
+
+def _shape(expr) -> list | None:
+    try:
+        return [int(d) for d in expr.ty.shape]
+    except Exception:
+        return None
+
+
+def _dtype(expr) -> str | None:
+    return getattr(getattr(expr, "ty", None), "dtype", None)
+
+
+def _uses(func):
+    """(bindings, values, only_user) of ``func``: ``only_user(var)`` is the one variable whose
+    binding uses ``var``, or None when it has several users or is the function's result."""
+    from tvm import relax
+    from tvm.relax.analysis import free_vars
+
+    bindings = [b for block in func.body.blocks for b in block.bindings
+                if isinstance(b, relax.VarBinding)]
+    values = {b.var: b.value for b in bindings}
+    users: dict = {}
+    for b in bindings:
+        for v in free_vars(b.value):
+            users.setdefault(v, []).append(b.var)
+    for v in free_vars(func.body.body):  # the function's result counts as a use
+        users.setdefault(v, []).append(None)
+
+    def only_user(var):
+        found = users.get(var, [])
+        return found[0] if len(found) == 1 and found[0] is not None else None
+
+    return bindings, values, only_user
+
+
+def _plan_int8(func) -> dict:
+    """{quantize variable: _Plan} for every QDQ chain
+    ``quantize(act(conv2d|matmul(dequantize(xq), dequantize(Wq const)) + bias), sy, zy)``
+    with per-tensor activation scales and int8 weights (per channel or per tensor)."""
+    bindings, values, only_user = _uses(func)
+
+    def scalar(expr):
+        v = _eval_const(expr, values)
+        return None if v is None or v.size != 1 else float(v.reshape(()))
+
+    def through(var, expected_user):  # an intermediate value used by the next op only
+        return only_user(var) is not None and only_user(var).same_as(expected_user)
+
+    plans = {}
+    for b in bindings:
+        q = b.value
+        if _op_name(q) != "relax.quantize" or str(q.attrs.out_dtype) not in ("uint8", "int8"):
+            continue
+        sy, zy = scalar(q.args[1]), scalar(q.args[2])
+        if sy is None or zy is None:
+            continue
+        members, node, user = [b.var], q.args[0], b.var
+        activation, lo, hi = _NONE, 0.0, 0.0
+        value = values.get(node)
+        name = _op_name(value)
+        if name in ("relax.nn.relu", "relax.minimum", "relax.maximum") and through(node, user):
+            if name == "relax.minimum":
+                inner = value.args[0]
+                top = scalar(value.args[1])
+                inner_value = values.get(inner)
+                if (top is None or _op_name(inner_value) != "relax.maximum" or not through(inner, node)
+                        or scalar(inner_value.args[1]) != 0.0):
+                    continue
+                activation, lo, hi = _CLIP, 0.0, top / sy
+                members += [node, inner]
+                user, node = inner, inner_value.args[0]
+            elif name == "relax.maximum":
+                if scalar(value.args[1]) != 0.0:
+                    continue
+                activation = _RELU
+                members.append(node)
+                user, node = node, value.args[0]
+            else:
+                activation = _RELU
+                members.append(node)
+                user, node = node, value.args[0]
+            value, name = values.get(node), _op_name(values.get(node))
+        bias = None
+        if name == "relax.add" and through(node, user):
+            a, c = value.args
+            for core, other in ((a, c), (c, a)):
+                bias = _eval_const(other, values)
+                if bias is not None and _op_name(values.get(core)) in ("relax.nn.conv2d", "relax.matmul"):
+                    members.append(node)
+                    user, node = node, core
+                    break
+                bias = None
+            if bias is None:
+                continue
+            value, name = values.get(node), _op_name(values.get(node))
+        if name not in ("relax.nn.conv2d", "relax.matmul") or not through(node, user):
+            continue
+        members.append(node)
+        plan = _int8_core(node, value, name, values, scalar)
+        if plan is None:
+            continue
+        sx, zx, w, sw = plan.pop("sx"), plan.pop("zx"), plan.pop("w"), plan.pop("sw")
+        channels = w.shape[0] if name == "relax.nn.conv2d" else w.shape[1]
+        if bias is not None:
+            if bias.size != channels:
+                continue
+            bias = np.round(bias.reshape(channels).astype(np.float64) / (sx * sw)).astype(np.int32)
+        out_shape = _shape(b.var)
+        if out_shape is None:
+            continue
+        kind = "conv2d_q" if name == "relax.nn.conv2d" else "matmul_q"
+        plans[b.var] = _Plan(kind, plan["src"], w, plan["params"], out_shape,
+                             bias=bias if bias is not None else np.zeros(channels, np.int32),
+                             activation=activation, lo=lo, hi=hi, members=members,
+                             scales=(sx * sw / sy).astype(np.float32), zero_points=(int(zx), int(zy)),
+                             out_dtype=str(q.attrs.out_dtype))
+    return plans
+
+
+def _int8_core(var, value, name, values, scalar) -> dict | None:
+    """The int8 operands of ``conv2d|matmul(dequantize(xq, sx, zx), dequantize(Wq, sw, 0))``:
+    {src, sx, zx, w (int8; OIHW or (K, N)), sw (per output channel), params} or None."""
+    x, weight = value.args
+    dq = values.get(x)
+    axes = None
+    if _op_name(dq) == "relax.permute_dims" and isinstance(dq.args[0], _Var()):
+        # the model's input edge: dequantize (NCHW) -> transpose -> conv; transpose the int8
+        axes = [int(a) for a in dq.attrs.axes]
+        dq = values.get(dq.args[0])
+    if _op_name(dq) != "relax.dequantize" or _dtype(dq.args[0]) not in ("uint8", "int8"):
+        return None
+    sx, zx = scalar(dq.args[1]), scalar(dq.args[2])
+    if sx is None or zx is None or _shape(dq.args[0]) is None:
+        return None
+    transposed = False
+    wdq = values.get(weight)
+    if name == "relax.matmul" and _op_name(wdq) == "relax.permute_dims" and \
+            [int(a) for a in wdq.attrs.axes] == [1, 0]:
+        transposed, wdq = True, values.get(wdq.args[0])  # Gemm with transB: W is (N, K)
+    if _op_name(wdq) != "relax.dequantize":
+        return None
+    w = _eval_const(wdq.args[0], values)
+    scale, zp = _eval_const(wdq.args[1], values), _eval_const(wdq.args[2], values)
+    if w is None or scale is None or zp is None or w.dtype != np.int8 or np.any(zp != 0):
+        return None
+    if name == "relax.nn.conv2d":
+        a = value.attrs
+        if a.data_layout != "NHWC" or a.kernel_layout != "OIHW" or a.out_layout != "NHWC" or w.ndim != 4:
+            return None
+        channels, axis = w.shape[0], 0
+        params = [*(int(s) for s in a.strides), *(int(p) for p in a.padding),
+                  *(int(d) for d in a.dilation), int(a.groups), _NONE]
+    else:
+        if w.ndim != 2 or len(_shape(dq.args[0])) < 2:
+            return None
+        axis = 0 if transposed else 1
+        channels = w.shape[axis]
+        params = [_NONE]
+    if scale.size == 1:
+        sw = np.full(channels, float(scale.reshape(())), np.float64)
+    elif scale.size == channels and int(wdq.attrs.axis) % w.ndim == axis:
+        sw = scale.reshape(channels).astype(np.float64)
+    else:
+        return None
+    if name == "relax.matmul" and transposed:
+        w = np.ascontiguousarray(w.T)
+    src = dq.args[0] if axes is None else ("permute_dims", dq.args[0], axes)
+    return {"src": src, "sx": sx, "zx": zx, "w": w, "sw": sw, "params": params}
+
+
+def _plan(func) -> dict:
+    """{chain-end variable: _Plan} for every offloadable conv / matmul of ``func``."""
+    bindings, values, only_user = _uses(func)
+
+    plans = {}
+    claimed = set()  # every op belongs to one chain (two convs may meet in one residual add)
+    for b in bindings:
+        plan = _start(b.var, b.value, values)
+        if plan is None:
+            continue
+        end = b.var
+        plan.members.append(end)
+        stage = 0 if plan.kind != "batch_matmul" else 3  # nothing fused into a batch matmul  # 0: after the op, 1: after the bias, 2: after the residual, 3: activated
+        while stage < 3:
+            user = only_user(end)
+            if user is None or user in claimed:
+                break
+            value = values[user]
+            name = _op_name(value)
+            step = _extend(plan, end, value, name, stage, values, only_user)
+            if step is None:
+                break
+            stage, end = step[0], step[1] if len(step) > 1 and step[1] is not None else user
+            plan.members.append(end)
+        claimed.update(plan.members)
+        plans[end] = plan
+    return plans
+
+
+def _start(var, value, values) -> _Plan | None:
+    name = _op_name(value)
+    if name == "relax.nn.conv2d":
+        a = value.attrs
+        x, w = value.args
+        weight = _const(w, values)
+        if (a.data_layout != "NHWC" or a.kernel_layout != "OIHW" or a.out_layout != "NHWC"
+                or weight is None or weight.dtype != np.float32 or _dtype(x) != "float32"
+                or str(a.out_dtype) not in _FLOAT_OUT):
+            return None
+        shape = _shape(var)
+        if shape is None or _shape(x) is None:
+            return None
+        dil = [int(d) for d in a.dilation]
+        params = [*(int(s) for s in a.strides), *(int(p) for p in a.padding), *dil, int(a.groups), _NONE]
+        return _Plan("conv2d", x, weight, params, shape)
+    if name == "relax.matmul":
+        x, w = value.args
+        weight = _const(w, values)
+        shapes = [_shape(x), _shape(w), _shape(var)]
+        if (weight is None and None not in shapes and len(set(map(len, shapes))) == 1
+                and len(shapes[0]) >= 3 and shapes[0][:-2] == shapes[1][:-2]
+                and _dtype(x) == _dtype(w) == "float32" and str(value.attrs.out_dtype) in _FLOAT_OUT):
+            plan = _Plan("batch_matmul", x, None, [], shapes[2])
+            plan.other = w
+            return plan
+        if (weight is None or weight.ndim != 2 or weight.dtype != np.float32 or _dtype(x) != "float32"
+                or str(value.attrs.out_dtype) not in _FLOAT_OUT):
+            return None
+        shape = _shape(var)
+        if shape is None or _shape(x) is None or len(_shape(x)) < 2:
+            return None
+        return _Plan("matmul", x, weight, [_NONE], shape)
+    return None
+
+
+def _extend(plan: _Plan, end, value, name, stage, values, only_user):
+    """Fuse the next op of the chain into ``plan``; (new stage, new end or None) or None to stop."""
+    channels = plan.out_shape[-1]
+    if name == "relax.add" and stage < 2:
+        a, b = value.args
+        other = b if a.same_as(end) else a
+        const = _const(other, values)
+        if const is not None:
+            if stage != 0 or const.size != channels or const.shape[-1:] != (channels,):
+                return None
+            plan.bias = const.astype(np.float32).reshape(channels)
+            return 1, None
+        if _shape(other) == plan.out_shape and _dtype(other) == "float32" and not other.same_as(end):
+            plan.residual = other
+            return 2, None
+        return None
+    if name == "relax.nn.relu":
+        plan.activation = _RELU
+        return 3, None
+    if name == "relax.nn.gelu":
+        plan.activation = _GELU
+        return 3, None
+    if name == "relax.maximum":
+        a, b = value.args
+        lo = _const(b if a.same_as(end) else a, values)
+        if lo is None or lo.size != 1 or float(lo.reshape(())) != 0.0:
+            return None
+        plan.activation = _RELU
+        # max(x, 0) then min(., hi) is ReLU6-style clip
+        user = only_user(_binding_var(values, value))
+        if user is not None and _op_name(values[user]) == "relax.minimum":
+            c, d = values[user].args
+            hi = _const(d if c.same_as(_binding_var(values, value)) else c, values)
+            if hi is not None and hi.size == 1:
+                plan.activation, plan.lo, plan.hi = _CLIP, 0.0, float(hi.reshape(()))
+                plan.members.append(_binding_var(values, value))
+                return 3, user
+        return 3, None
+    return None
+
+
+def _binding_var(values, value):
+    for var, v in values.items():
+        if v.same_as(value):
+            return var
+    return None
+
+
+# -- rewriting -----------------------------------------------------------------------------------
+def _make_rewriter():
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class OneDnnCalls(PyExprMutator):
+        def __init__(self, mod, plans):
+            super().__init__(mod)
+            self.plans = plans
+
+        def visit_var_binding_(self, binding):
+            plan = self.plans.get(binding.var)
+            if plan is None:
+                return super().visit_var_binding_(binding)
+            if plan.kind.endswith("_q"):
+                params = list(plan.params)
+                params[-1] = plan.activation
+                args = [relax.ShapeExpr([*params, *plan.zero_points]),
+                        relax.prim_value(float(plan.lo), "float64"),
+                        relax.prim_value(float(plan.hi), "float64"),
+                        self.source(plan.src), relax.const(plan.weight, "int8"),
+                        relax.const(plan.bias, "int32"), relax.const(plan.scales, "float32")]
+                call = relax.call_dps_packed(f"edgeopt.onednn.{plan.kind}", args,
+                                             out_ty=relax.TensorType(plan.out_shape, plan.out_dtype))
+                return self.emit_for(binding, call)
+            if plan.kind == "batch_matmul":
+                call = relax.call_dps_packed(
+                    "edgeopt.onednn.batch_matmul", [self.visit_expr(plan.src), self.visit_expr(plan.other)],
+                    out_ty=relax.TensorType(plan.out_shape, "float32"))
+                return self.emit_for(binding, call)
+            if plan.kind == "conv2d":
+                params = list(plan.params)
+                params[-1] = plan.activation
+                bias_len = plan.out_shape[-1]
+            else:
+                params = [plan.activation]
+                bias_len = plan.out_shape[-1]
+            bias = plan.bias if plan.bias is not None else np.zeros(bias_len, np.float32)
+            args = [relax.ShapeExpr(params),
+                    relax.prim_value(float(plan.lo), "float64"),
+                    relax.prim_value(float(plan.hi), "float64"),
+                    self.visit_expr(plan.src), relax.const(plan.weight, "float32"),
+                    relax.const(bias, "float32")]
+            if plan.residual is not None:
+                args.append(self.visit_expr(plan.residual))
+            call = relax.call_dps_packed(CONV if plan.kind == "conv2d" else MATMUL, args,
+                                         out_ty=relax.TensorType(plan.out_shape, "float32"))
+            return self.emit_for(binding, call)
+
+        def source(self, src):
+            if isinstance(src, tuple):  # ("permute_dims", tensor, axes)
+                return self.builder_.emit(relax.op.permute_dims(self.visit_expr(src[1]), src[2]))
+            return self.visit_expr(src)
+
+        def emit_for(self, binding, call):
+            # a chain may end in the dataflow block's output, which must stay visible after it
+            if isinstance(binding.var, relax.DataflowVar):
+                new_var = self.builder_.emit(call)
+            else:
+                new_var = self.builder_.emit_output(call)
+            self.set_var_remap(binding.var, new_var)
+
+    return OneDnnCalls
+
+
+def _Var():
+    from tvm import relax
+
+    return relax.Var
+
+
+def _Constant():
+    import tvm
+
+    return tvm.ir.expr.Constant

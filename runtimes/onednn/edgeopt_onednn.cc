@@ -1,0 +1,425 @@
+// edgeopt's oneDNN kernel plugin: convolutions and matmuls of a TVM artifact run on oneDNN.
+//
+// A TVM artifact built with `BuildConfig(kernels="onednn")` calls these functions through Relax's
+// `call_dps_packed` (destination passing: the output buffer is the last argument); TVM keeps the
+// rest of the model (elementwise ops, pooling, memory planning). Loading this library registers
+// the functions as TVM globals, so it must be loaded (RTLD_GLOBAL) before the artifact's model.so:
+// `edgeopt.runtimes` and the native runner `edgeopt-run` do it from the artifact's manifest.
+//
+// Functions (int64 parameters travel as one shape, floats as two scalars):
+//   edgeopt.onednn.conv2d(p, lo, hi, src, weight, bias, [residual,] out)
+//       fp32, src/out NHWC, weight OIHW (grouped: O, I/G, KH, KW), bias (O).
+//       p = [stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w,
+//            groups, activation]; activation 0 none, 1 relu, 2 clip(lo, hi).
+//       With a residual: out = act(conv(src) + bias + residual).
+//   edgeopt.onednn.matmul(p, lo, hi, src, weight, bias, [residual,] out)
+//       fp32, src (..., K), weight (K, N), bias (N), out (..., N); p = [activation] with
+//       3 gelu (erf) added to the codes above.
+//   edgeopt.onednn.conv2d_q(p, lo, hi, src, weight, bias, scales, out)
+//   edgeopt.onednn.matmul_q(p, lo, hi, src, weight, bias, scales, out)
+//       int8: src uint8/int8 (NHWC, or (..., K)), weight int8 (OIHW / (K, N)), bias int32 in the
+//       accumulator's units (scale src_scale * weight_scale), scales float32 per output channel
+//       (src_scale * weight_scale / out_scale), out uint8/int8: the QDQ chain
+//       quantize(act(dequantize(src) (*) dequantize(weight) + bias)) in integer arithmetic.
+//       p = conv2d's 10 (or matmul's 1) parameters, then src and out zero points; lo and hi
+//       are the clip bounds in output units.
+//   edgeopt.onednn.batch_matmul(a, b, out)
+//       fp32 (..., M, K) x (..., K, N) with equal batch dimensions, both operands computed at
+//       run time (attention's query x key and scores x value).
+//   edgeopt.onednn.set_threads(n): the OpenMP threads oneDNN runs on (the runners' --threads).
+//   edgeopt.onednn.version(): the plugin's interface version, checked when an artifact loads.
+//
+// Primitives and the weights reordered into oneDNN's blocked layouts are created on the first
+// call and cached per shape, parameters and weight buffer: weights are the artifact's
+// constants, whose buffers live as long as the loaded model.
+#include <dlpack/dlpack.h>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <tvm/ffi/container/shape.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/function.h>
+#include <tvm/ffi/reflection/registry.h>
+
+#include <omp.h>
+
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+dnnl::engine& engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+dnnl::stream& stream() {
+  static dnnl::stream s(engine());
+  return s;
+}
+
+struct Cached {
+  dnnl::primitive primitive;
+  memory::desc src, dst, bias;
+  memory weights;  // reordered once into the primitive's layout
+};
+
+std::mutex cache_mutex;
+std::unordered_map<std::string, std::shared_ptr<Cached>>& cache() {
+  static std::unordered_map<std::string, std::shared_ptr<Cached>> c;
+  return c;
+}
+
+void check(bool ok, const std::string& what) {
+  if (!ok) TVM_FFI_THROW(ValueError) << "edgeopt oneDNN plugin: " << what;
+}
+
+dt dtype_of(const DLTensor* t, const char* name) {
+  check(t->device.device_type == kDLCPU, std::string(name) + " must be on the CPU");
+  if (t->dtype.lanes == 1 && t->dtype.code == kDLFloat && t->dtype.bits == 32) return dt::f32;
+  if (t->dtype.lanes == 1 && t->dtype.code == kDLUInt && t->dtype.bits == 8) return dt::u8;
+  if (t->dtype.lanes == 1 && t->dtype.code == kDLInt && t->dtype.bits == 8) return dt::s8;
+  if (t->dtype.lanes == 1 && t->dtype.code == kDLInt && t->dtype.bits == 32) return dt::s32;
+  check(false, std::string(name) + " has an unsupported dtype");
+  return dt::undef;
+}
+
+void check_f32(const DLTensor* t, const char* name) {
+  check(t->dtype.code == kDLFloat && t->dtype.bits == 32 && t->dtype.lanes == 1,
+        std::string(name) + " must be float32");
+  check(t->device.device_type == kDLCPU, std::string(name) + " must be on the CPU");
+}
+
+// The fields of a tensor argument (the view's shape stays owned by the caller during the call).
+DLTensor tensor_arg(const tvm::ffi::PackedArgs& args, int i) {
+  auto view = args[i].cast<tvm::ffi::TensorView>();
+  DLTensor t{};
+  t.data = view.data_ptr();
+  t.device = view.device();
+  t.ndim = view.ndim();
+  t.dtype = view.dtype();
+  t.shape = const_cast<int64_t*>(view.shape().data());
+  t.byte_offset = view.byte_offset();
+  return t;
+}
+
+void* data_of(const DLTensor* t) { return static_cast<char*>(t->data) + t->byte_offset; }
+
+size_t bytes_of(const DLTensor* t) {
+  size_t n = (t->dtype.bits * t->dtype.lanes + 7) / 8;
+  for (int i = 0; i < t->ndim; ++i) n *= static_cast<size_t>(t->shape[i]);
+  return n;
+}
+
+dnnl::post_ops post_ops(bool residual, int64_t activation, float lo, float hi) {
+  dnnl::post_ops ops;
+  if (residual) ops.append_sum(1.0f);  // dst holds the residual when the primitive runs
+  if (activation == 1) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+  if (activation == 2) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_clip, lo, hi);
+  if (activation == 3) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+  return ops;
+}
+
+std::string key_of(const char* kind, const tvm::ffi::Shape& p, float lo, float hi,
+                   const std::vector<const DLTensor*>& tensors, bool residual) {
+  std::ostringstream k;
+  k << kind << '|' << residual << '|' << lo << '|' << hi;
+  for (int64_t v : p) k << ',' << v;
+  for (const DLTensor* t : tensors) {
+    k << '|';
+    for (int i = 0; i < t->ndim; ++i) k << t->shape[i] << 'x';
+  }
+  k << '@' << data_of(tensors[1]);  // the weight buffer
+  return k.str();
+}
+
+memory reorder_weights(const memory::desc& user, void* data, const memory::desc& wanted) {
+  memory source(user, engine(), data);
+  if (user == wanted) return source;
+  memory target(wanted, engine());
+  dnnl::reorder(source, target).execute(stream(), source, target);
+  stream().wait();
+  return target;
+}
+
+std::shared_ptr<Cached> conv_primitive(const tvm::ffi::Shape& p, float lo, float hi, const DLTensor* src,
+                                       const DLTensor* weight, const DLTensor* out, bool residual) {
+  check(p.size() == 10, "conv2d takes 10 integer parameters");
+  check(src->ndim == 4 && weight->ndim == 4 && out->ndim == 4, "conv2d takes 4-D tensors");
+  const int64_t n = src->shape[0], h = src->shape[1], w = src->shape[2], c = src->shape[3];
+  const int64_t o = weight->shape[0], kh = weight->shape[2], kw = weight->shape[3];
+  const int64_t oh = out->shape[1], ow = out->shape[2], groups = p[8];
+  check(out->shape[3] == o && c == weight->shape[1] * groups, "conv2d shapes do not agree");
+  memory::desc src_md({n, c, h, w}, dt::f32, tag::nhwc);
+  memory::desc dst_md({n, o, oh, ow}, dt::f32, tag::nhwc);
+  memory::desc bias_md({o}, dt::f32, tag::x);
+  memory::dims wdims = groups == 1 ? memory::dims{o, c, kh, kw}
+                                   : memory::dims{groups, o / groups, c / groups, kh, kw};
+  memory::desc user_w(wdims, dt::f32, groups == 1 ? tag::oihw : tag::goihw);
+  memory::desc any_w(wdims, dt::f32, tag::any);
+  dnnl::convolution_forward::desc d(
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md, any_w,
+      bias_md, dst_md, {p[0], p[1]}, {p[6] - 1, p[7] - 1}, {p[2], p[3]}, {p[4], p[5]});
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(post_ops(residual, p[9], lo, hi));
+  dnnl::convolution_forward::primitive_desc pd(d, attr, engine());
+  auto cached = std::make_shared<Cached>();
+  cached->primitive = dnnl::convolution_forward(pd);
+  cached->src = src_md;
+  cached->dst = dst_md;
+  cached->bias = bias_md;
+  cached->weights = reorder_weights(user_w, data_of(weight), pd.weights_desc());
+  return cached;
+}
+
+std::shared_ptr<Cached> matmul_primitive(const tvm::ffi::Shape& p, float lo, float hi, const DLTensor* src,
+                                         const DLTensor* weight, const DLTensor* out, bool residual) {
+  check(p.size() == 1, "matmul takes 1 integer parameter");
+  check(weight->ndim == 2 && src->ndim >= 2, "matmul takes (..., K) x (K, N)");
+  int64_t m = 1;
+  for (int i = 0; i < src->ndim - 1; ++i) m *= src->shape[i];
+  const int64_t k = src->shape[src->ndim - 1], nn = weight->shape[1];
+  check(weight->shape[0] == k && out->shape[out->ndim - 1] == nn, "matmul shapes do not agree");
+  memory::desc src_md({m, k}, dt::f32, tag::ab);
+  memory::desc dst_md({m, nn}, dt::f32, tag::ab);
+  memory::desc bias_md({1, nn}, dt::f32, tag::ab);
+  memory::desc user_w({k, nn}, dt::f32, tag::ab);
+  memory::desc any_w({k, nn}, dt::f32, tag::any);
+  dnnl::matmul::desc d(src_md, any_w, bias_md, dst_md);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(post_ops(residual, p[0], lo, hi));
+  dnnl::matmul::primitive_desc pd(d, attr, engine());
+  auto cached = std::make_shared<Cached>();
+  cached->primitive = dnnl::matmul(pd);
+  cached->src = src_md;
+  cached->dst = dst_md;
+  cached->bias = bias_md;
+  cached->weights = reorder_weights(user_w, data_of(weight), pd.weights_desc());
+  return cached;
+}
+
+// int8: (p, lo, hi, src, weight, bias, scales, out); p ends with the src and out zero points.
+dnnl::primitive_attr quant_attr(const tvm::ffi::Shape& p, size_t n_params, int64_t activation, float lo, float hi,
+                                const DLTensor* scales, int scale_mask) {
+  check(p.size() == n_params + 2, "int8 kernels take their parameters plus two zero points");
+  dnnl::primitive_attr attr;
+  const float* s = static_cast<const float*>(data_of(scales));
+  std::vector<float> values(s, s + scales->shape[0]);
+  attr.set_output_scales(values.size() == 1 ? 0 : scale_mask, values);
+  if (p[n_params] != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {static_cast<int32_t>(p[n_params])});
+  if (p[n_params + 1] != 0) attr.set_zero_points(DNNL_ARG_DST, 0, {static_cast<int32_t>(p[n_params + 1])});
+  attr.set_post_ops(post_ops(false, activation, lo, hi));
+  return attr;
+}
+
+std::shared_ptr<Cached> conv_q_primitive(const tvm::ffi::Shape& p, float lo, float hi, const DLTensor* src,
+                                         const DLTensor* weight, const DLTensor* out, const DLTensor* scales) {
+  check(src->ndim == 4 && weight->ndim == 4 && out->ndim == 4, "conv2d_q takes 4-D tensors");
+  const int64_t n = src->shape[0], h = src->shape[1], w = src->shape[2], c = src->shape[3];
+  const int64_t o = weight->shape[0], kh = weight->shape[2], kw = weight->shape[3];
+  const int64_t oh = out->shape[1], ow = out->shape[2], groups = p[8];
+  check(out->shape[3] == o && c == weight->shape[1] * groups, "conv2d_q shapes do not agree");
+  memory::desc src_md({n, c, h, w}, dtype_of(src, "src"), tag::nhwc);
+  memory::desc dst_md({n, o, oh, ow}, dtype_of(out, "out"), tag::nhwc);
+  memory::desc bias_md({o}, dt::s32, tag::x);
+  memory::dims wdims = groups == 1 ? memory::dims{o, c, kh, kw}
+                                   : memory::dims{groups, o / groups, c / groups, kh, kw};
+  memory::desc user_w(wdims, dt::s8, groups == 1 ? tag::oihw : tag::goihw);
+  memory::desc any_w(wdims, dt::s8, tag::any);
+  dnnl::convolution_forward::desc d(
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md, any_w,
+      bias_md, dst_md, {p[0], p[1]}, {p[6] - 1, p[7] - 1}, {p[2], p[3]}, {p[4], p[5]});
+  dnnl::primitive_attr attr = quant_attr(p, 10, p[9], lo, hi, scales, 1 << 1);
+  dnnl::convolution_forward::primitive_desc pd(d, attr, engine());
+  auto cached = std::make_shared<Cached>();
+  cached->primitive = dnnl::convolution_forward(pd);
+  cached->src = src_md;
+  cached->dst = dst_md;
+  cached->bias = bias_md;
+  cached->weights = reorder_weights(user_w, data_of(weight), pd.weights_desc());
+  return cached;
+}
+
+std::shared_ptr<Cached> matmul_q_primitive(const tvm::ffi::Shape& p, float lo, float hi, const DLTensor* src,
+                                           const DLTensor* weight, const DLTensor* out, const DLTensor* scales) {
+  check(weight->ndim == 2 && src->ndim >= 2, "matmul_q takes (..., K) x (K, N)");
+  int64_t m = 1;
+  for (int i = 0; i < src->ndim - 1; ++i) m *= src->shape[i];
+  const int64_t k = src->shape[src->ndim - 1], nn = weight->shape[1];
+  check(weight->shape[0] == k && out->shape[out->ndim - 1] == nn, "matmul_q shapes do not agree");
+  memory::desc src_md({m, k}, dtype_of(src, "src"), tag::ab);
+  memory::desc dst_md({m, nn}, dtype_of(out, "out"), tag::ab);
+  memory::desc bias_md({1, nn}, dt::s32, tag::ab);
+  memory::desc user_w({k, nn}, dt::s8, tag::ab);
+  memory::desc any_w({k, nn}, dt::s8, tag::any);
+  dnnl::matmul::desc d(src_md, any_w, bias_md, dst_md);
+  dnnl::primitive_attr attr = quant_attr(p, 1, p[0], lo, hi, scales, 1 << 1);
+  dnnl::matmul::primitive_desc pd(d, attr, engine());
+  auto cached = std::make_shared<Cached>();
+  cached->primitive = dnnl::matmul(pd);
+  cached->src = src_md;
+  cached->dst = dst_md;
+  cached->bias = bias_md;
+  cached->weights = reorder_weights(user_w, data_of(weight), pd.weights_desc());
+  return cached;
+}
+
+using QuantFactory = std::shared_ptr<Cached> (*)(const tvm::ffi::Shape&, float, float, const DLTensor*,
+                                                 const DLTensor*, const DLTensor*, const DLTensor*);
+
+void run_q(const char* kind, QuantFactory factory, tvm::ffi::PackedArgs args) {
+  check(args.size() == 8, std::string(kind) + " takes 8 arguments");
+  auto p = args[0].cast<tvm::ffi::Shape>();
+  float lo = static_cast<float>(args[1].cast<double>()), hi = static_cast<float>(args[2].cast<double>());
+  const DLTensor src_t = tensor_arg(args, 3), weight_t = tensor_arg(args, 4), bias_t = tensor_arg(args, 5);
+  const DLTensor scales_t = tensor_arg(args, 6);
+  DLTensor out_t = tensor_arg(args, 7);
+  check(dtype_of(&weight_t, "weight") == dt::s8, "weight must be int8");
+  check(dtype_of(&bias_t, "bias") == dt::s32, "bias must be int32");
+  check(dtype_of(&scales_t, "scales") == dt::f32 && scales_t.ndim == 1, "scales must be a float32 vector");
+  std::shared_ptr<Cached> cached;
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    std::string key = key_of(kind, p, lo, hi, {&src_t, &weight_t, &out_t}, false) + "#" +
+                      std::to_string(reinterpret_cast<uintptr_t>(data_of(&scales_t))) + "#" +
+                      std::to_string(static_cast<int>(dtype_of(&src_t, "src"))) + "#" +
+                      std::to_string(static_cast<int>(dtype_of(&out_t, "out")));
+    auto found = cache().find(key);
+    if (found == cache().end()) {
+      try {
+        cached = factory(p, lo, hi, &src_t, &weight_t, &out_t, &scales_t);
+      } catch (const dnnl::error& e) {
+        TVM_FFI_THROW(RuntimeError) << "edgeopt oneDNN plugin: no " << kind << " primitive for "
+                                    << key << ": " << e.what();
+      }
+      cache().emplace(key, cached);
+    } else {
+      cached = found->second;
+    }
+  }
+  memory src_mem(cached->src, engine(), data_of(&src_t));
+  memory dst_mem(cached->dst, engine(), data_of(&out_t));
+  memory bias_mem(cached->bias, engine(), data_of(&bias_t));
+  cached->primitive.execute(stream(), {{DNNL_ARG_SRC, src_mem},
+                                       {DNNL_ARG_WEIGHTS, cached->weights},
+                                       {DNNL_ARG_BIAS, bias_mem},
+                                       {DNNL_ARG_DST, dst_mem}});
+  stream().wait();
+}
+
+void batch_matmul(tvm::ffi::PackedArgs args) {
+  check(args.size() == 3, "batch_matmul takes 3 arguments");
+  const DLTensor a = tensor_arg(args, 0), b = tensor_arg(args, 1);
+  DLTensor out = tensor_arg(args, 2);
+  check_f32(&a, "a");
+  check_f32(&b, "b");
+  check_f32(&out, "out");
+  check(a.ndim >= 3 && b.ndim == a.ndim && out.ndim == a.ndim, "batch_matmul takes equal-rank tensors");
+  int64_t batch = 1;
+  for (int i = 0; i < a.ndim - 2; ++i) {
+    check(a.shape[i] == b.shape[i], "batch_matmul needs equal batch dimensions");
+    batch *= a.shape[i];
+  }
+  const int64_t m = a.shape[a.ndim - 2], k = a.shape[a.ndim - 1], n = b.shape[b.ndim - 1];
+  check(b.shape[b.ndim - 2] == k, "batch_matmul shapes do not agree");
+  memory::desc a_md({batch, m, k}, dt::f32, tag::abc), b_md({batch, k, n}, dt::f32, tag::abc);
+  memory::desc c_md({batch, m, n}, dt::f32, tag::abc);
+  std::shared_ptr<Cached> cached;
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    std::string key = "bmm|" + std::to_string(batch) + "x" + std::to_string(m) + "x" + std::to_string(k) +
+                      "x" + std::to_string(n);
+    auto found = cache().find(key);
+    if (found == cache().end()) {
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), engine());
+      cached = std::make_shared<Cached>();
+      cached->primitive = dnnl::matmul(pd);
+      cache().emplace(key, cached);
+    } else {
+      cached = found->second;
+    }
+  }
+  memory a_mem(a_md, engine(), data_of(&a)), b_mem(b_md, engine(), data_of(&b));
+  memory c_mem(c_md, engine(), data_of(&out));
+  cached->primitive.execute(stream(), {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
+  stream().wait();
+}
+
+using Factory = std::shared_ptr<Cached> (*)(const tvm::ffi::Shape&, float, float, const DLTensor*,
+                                            const DLTensor*, const DLTensor*, bool);
+
+// (p, lo, hi, src, weight, bias, [residual,] out)
+void run(const char* kind, Factory factory, tvm::ffi::PackedArgs args) {
+  check(args.size() == 7 || args.size() == 8, std::string(kind) + " takes 7 or 8 arguments");
+  auto p = args[0].cast<tvm::ffi::Shape>();
+  float lo = static_cast<float>(args[1].cast<double>()), hi = static_cast<float>(args[2].cast<double>());
+  const bool residual = args.size() == 8;
+  const DLTensor src_t = tensor_arg(args, 3), weight_t = tensor_arg(args, 4), bias_t = tensor_arg(args, 5);
+  const DLTensor res_t = residual ? tensor_arg(args, 6) : DLTensor{};
+  DLTensor out_t = tensor_arg(args, args.size() - 1);
+  const DLTensor *src = &src_t, *weight = &weight_t, *bias = &bias_t, *res = &res_t;
+  DLTensor* out = &out_t;
+  check_f32(src, "src");
+  check_f32(weight, "weight");
+  check_f32(bias, "bias");
+  check_f32(out, "out");
+  std::shared_ptr<Cached> cached;
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    std::string key = key_of(kind, p, lo, hi, {src, weight, out}, residual);
+    auto found = cache().find(key);
+    if (found == cache().end()) {
+      try {
+        cached = factory(p, lo, hi, src, weight, out, residual);
+      } catch (const dnnl::error& e) {
+        TVM_FFI_THROW(RuntimeError) << "edgeopt oneDNN plugin: no " << kind << " primitive for "
+                                    << key << ": " << e.what();
+      }
+      cache().emplace(key, cached);
+    } else {
+      cached = found->second;
+    }
+  }
+  if (residual) {
+    check_f32(res, "residual");
+    check(bytes_of(res) == bytes_of(out), "residual and output differ in size");
+    if (data_of(res) != data_of(out)) std::memcpy(data_of(out), data_of(res), bytes_of(out));
+  }
+  memory src_mem(cached->src, engine(), data_of(src));
+  memory dst_mem(cached->dst, engine(), data_of(out));
+  memory bias_mem(cached->bias, engine(), data_of(bias));
+  cached->primitive.execute(stream(), {{DNNL_ARG_SRC, src_mem},
+                                       {DNNL_ARG_WEIGHTS, cached->weights},
+                                       {DNNL_ARG_BIAS, bias_mem},
+                                       {DNNL_ARG_DST, dst_mem}});
+  stream().wait();
+}
+
+}  // namespace
+
+constexpr int64_t kVersion = 1;
+
+TVM_FFI_STATIC_INIT_BLOCK() {
+  // Two artifacts may each carry a copy of this library: the first copy loaded serves both.
+  if (tvm::ffi::Function::GetGlobal("edgeopt.onednn.version").has_value()) return;
+  tvm::ffi::reflection::GlobalDef()
+      .def("edgeopt.onednn.version", []() { return kVersion; })
+      .def("edgeopt.onednn.set_threads", [](int64_t n) { omp_set_num_threads(static_cast<int>(n)); })
+      .def_packed("edgeopt.onednn.conv2d",
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run("conv2d", conv_primitive, args); })
+      .def_packed("edgeopt.onednn.matmul",
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run("matmul", matmul_primitive, args); })
+      .def_packed("edgeopt.onednn.batch_matmul",
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { batch_matmul(args); })
+      .def_packed("edgeopt.onednn.conv2d_q",
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run_q("conv2d_q", conv_q_primitive, args); })
+      .def_packed("edgeopt.onednn.matmul_q",
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run_q("matmul_q", matmul_q_primitive, args); });
+}

@@ -1,0 +1,199 @@
+"""oneDNN kernels in TVM artifacts (``BuildConfig(kernels=...)``, ``compile/onednn_offload.py``,
+``runtimes/onednn``): what is offloaded, parity with onnxruntime, how artifacts carry the plugin.
+
+The models are odd on purpose: grouped and depthwise convs, a ReLU6 clip, a residual add that
+joins two conv branches, a dilated conv, a Conv1d (not offloaded: TVM keeps it), a GELU MLP over
+tokens, two outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgeopt.core.errors import InputError
+
+pytestmark = pytest.mark.integration
+
+
+def _onednn_missing():
+    from edgeopt.compile.native_build import onednn_available
+
+    return onednn_available()
+
+
+needs_onednn = pytest.mark.skipif(_onednn_missing() is not None, reason=str(_onednn_missing()))
+
+
+class OddNet(torch.nn.Module):
+    """Convs of every kind the plugin takes, a residual join of two conv branches, a Conv1d and a
+    token MLP; two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.dw = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.grouped = torch.nn.Conv2d(16, 32, 3, padding=2, dilation=2, groups=4)
+        self.skip = torch.nn.Conv2d(16, 32, 1, bias=False)
+        self.conv1d = torch.nn.Conv1d(32, 8, 3, padding=1)
+        self.fc1 = torch.nn.Linear(32, 48)
+        self.fc2 = torch.nn.Linear(48, 5)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.stem(x))
+        x = torch.relu(self.dw(x))
+        y = torch.relu(self.grouped(x) + self.skip(x))          # two convs joined by a residual add
+        seq = self.conv1d(y.flatten(2))                           # (1, 8, 64): stays in TVM
+        tokens = y.flatten(2).transpose(1, 2)                     # (1, 64, 32)
+        logits = self.fc2(torch.nn.functional.gelu(self.fc1(tokens))).mean(1)
+        return logits, seq
+
+
+@pytest.fixture(scope="module")
+def odd_onnx(tmp_path_factory):
+    from edgeopt.compile.export import ExportConfig, export
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("odd") / "odd.onnx"
+    export(OddNet().eval(), ExportConfig(), torch.randn(1, 3, 16, 16), out=path)
+    return path
+
+
+def _parity(artifact, onnx_path, **load_options):
+    from edgeopt.runtimes import load
+
+    tvm_runner = load(artifact, **load_options)
+    ort = load(onnx_path)
+    x = ort.example_inputs(seed=3)
+    for got, want in zip(tvm_runner.run(x), ort.run(x)):
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
+
+@needs_onednn
+def test_onednn_build_offloads_convs_and_matmuls_and_matches_onnxruntime(odd_onnx, tmp_path):
+    from edgeopt.compile import BuildConfig, build
+
+    result = build(odd_onnx, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
+    metrics = result.record["metrics"]
+    assert metrics["kernels"] == "onednn"
+    # stem, dw, grouped + skip (two chains: the add joins them), fc1, fc2; the Conv1d stays in TVM
+    assert metrics["library_ops"] == {"conv2d": 4, "matmul": 2, "batch_matmul": 0, "conv2d_q": 0,
+                                      "matmul_q": 0}
+    art = result.artifact
+    assert art.manifest["plugins"] == ["libedgeopt_onednn.so"]
+    assert (art.path / "libedgeopt_onednn.so").exists()
+    _parity(art, odd_onnx, threads=2)
+
+
+@needs_onednn
+def test_native_runner_loads_the_artifact_plugin(odd_onnx, tmp_path):
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.runtimes import load
+
+    art = build(odd_onnx, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art").artifact
+    native, python = load(art, runtime="native", threads=2), load(art)
+    x = python.example_inputs(seed=1)
+    for a, b in zip(native.run(x), python.run(x)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_onednn
+def test_bundle_ships_onednn_with_the_plugin(odd_onnx, tmp_path):
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.bundle import make_bundle
+
+    art = build(odd_onnx, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art").artifact
+    bundle = make_bundle(art, tmp_path / "bundle")
+    assert (bundle / "model" / "libedgeopt_onednn.so").exists()
+    assert any(p.name.startswith("libdnnl") for p in (bundle / "lib").iterdir())
+
+
+@needs_onednn
+def test_auto_uses_onednn_untuned_and_tvm_kernels_stay_plugin_free(odd_onnx, tmp_path):
+    from edgeopt.compile import BuildConfig, build
+
+    auto = build(odd_onnx, BuildConfig(target="cpu"), out=tmp_path / "auto")
+    assert auto.record["metrics"]["kernels"] == "onednn"
+    assert "untuned" in auto.record["metrics"]["kernels_why"]
+    own = build(odd_onnx, BuildConfig(target="cpu", kernels="tvm"), out=tmp_path / "tvm")
+    assert own.record["metrics"]["kernels"] == "tvm"
+    assert "plugins" not in own.artifact.manifest
+    assert own.artifact.manifest["files"] == ["model.so"]
+
+
+def test_kernels_is_checked_when_the_config_is_made():
+    from edgeopt.compile import BuildConfig
+    from edgeopt.compile.tvm_build import kernel_source
+
+    with pytest.raises(InputError, match="kernels must be one of auto, tvm, onednn"):
+        BuildConfig(kernels="mkl")
+    with pytest.raises(InputError, match="needs an x86-64 CPU target"):
+        BuildConfig(target="arm", kernels="onednn")
+    with pytest.raises(InputError, match="needs an x86-64 CPU target"):
+        BuildConfig(target="cuda", kernels="onednn")
+    assert kernel_source(BuildConfig(target="arm").spec, BuildConfig(target="arm"))[0] == "tvm"
+    assert kernel_source(BuildConfig(target="cuda").spec, BuildConfig(target="cuda"))[0] == "tvm"
+
+
+def test_clip_as_relax_ops_turns_the_importers_clip_into_relax_ops(tmp_path):
+    """TVM's ONNX importer lowers Clip to two call_tir kernels that pin NCHW; the pass makes
+    them Relax maximum/minimum ops (which layouts and fusion see through), same numbers."""
+    import onnx
+    from onnx import TensorProto, helper
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgeopt.compile.onednn_offload import clip_as_relax_ops
+
+    graph = helper.make_graph(
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], "clip",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3])],
+        [helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]), helper.make_tensor("hi", TensorProto.FLOAT, [], [6.0])])
+    mod = clip_as_relax_ops(from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
+    text = mod["main"].script()
+    assert "call_tir" not in text and "R.maximum" in text and "R.minimum" in text
+
+
+class Int8Net(torch.nn.Module):
+    """Strided, depthwise and grouped convs, a residual, ReLU6, a classifier (a quantized output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.dw = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.grouped = torch.nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.fc = torch.nn.Linear(16 * 8 * 8, 7)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.stem(x))
+        x = torch.relu(self.grouped(torch.relu(self.dw(x))) + x)
+        return self.fc(x.flatten(1))
+
+
+@needs_onednn
+def test_int8_qdq_chains_run_as_onednn_int8_within_one_output_step(tmp_path):
+    """A QDQ model (edgeopt's default int8: u8 activations, s8 per-channel weights) becomes
+    oneDNN u8s8 calls whose outputs match onnxruntime's int8 within one quantization step."""
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.int8_rewrite import output_step
+    from edgeopt.compress.quantize import QuantizeConfig, quantize
+    from edgeopt.runtimes import load
+
+    from edgeopt.compile.export import ExportConfig, export
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "int8net.onnx"
+    export(Int8Net().eval(), ExportConfig(), torch.randn(1, 3, 16, 16), out=fp32)
+    calib = np.random.default_rng(0).standard_normal((8, 1, 3, 16, 16)).astype(np.float32)
+    int8 = tmp_path / "int8net-int8.onnx"
+    quantize(fp32, QuantizeConfig(), list(calib), out=int8)
+    result = build(int8, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
+    ops = result.record["metrics"]["library_ops"]
+    assert ops["conv2d_q"] >= 3 and ops["matmul_q"] >= 1
+    assert result.record["metrics"]["int8_ops"] == ops["conv2d_q"] + ops["matmul_q"]
+    tvm_runner, ort = load(result.artifact), load(int8)
+    x = ort.example_inputs(seed=2)
+    got, want = tvm_runner.run(x)[0], ort.run(x)[0]
+    assert np.abs(got - want).max() <= output_step(int8) * 1.001
