@@ -177,6 +177,13 @@ class RpcRunner(Runner):
         sess = device.session
         remote_name = f"edgeopt-{artifact.manifest.get('sha256', {}).get(artifact.model_file.name, 'model')[:16]}.so"
         try:
+            # kernel plugins first: loading one registers the functions the model calls
+            self._plugins = []
+            for name in artifact.manifest.get("plugins", []):
+                digest = artifact.manifest.get("sha256", {}).get(name, "plugin")[:16]
+                remote_plugin = f"edgeopt-{digest}-{name}"
+                sess.upload(str(artifact.path / name), target=remote_plugin)
+                self._plugins.append(sess.load_module(remote_plugin))
             sess.upload(str(artifact.model_file), target=remote_name)
             lib = sess.load_module(remote_name)
             if threads:
