@@ -197,3 +197,13 @@ def test_int8_qdq_chains_run_as_onednn_int8_within_one_output_step(tmp_path):
     x = ort.example_inputs(seed=2)
     got, want = tvm_runner.run(x)[0], ort.run(x)[0]
     assert np.abs(got - want).max() <= output_step(int8) * 1.001
+
+
+def test_compile_cli_rejects_onednn_for_a_non_x86_target_in_one_line(odd_onnx, tmp_path):
+    from tests.helpers import edgeopt_cli
+
+    r = edgeopt_cli("compile", odd_onnx, "--target", "arm", "--kernels", "onednn", "--out", tmp_path / "a")
+    assert r.returncode == 2
+    assert "kernels 'onednn' needs an x86-64 CPU target" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
