@@ -48,7 +48,8 @@ def offload_to_onednn(mod, int8: bool = True):
 
     mod = clip_as_relax_ops(mod)
     mod = to_nhwc(mod)
-    counts = {"conv2d": 0, "matmul": 0, "batch_matmul": 0, "conv2d_q": 0, "matmul_q": 0}
+    counts = {"conv2d": 0, "matmul": 0, "batch_matmul": 0, "layer_norm": 0, "softmax": 0,
+              "conv2d_q": 0, "matmul_q": 0}
     # int8 first: the QDQ chains still hold the int8 weights (constant folding would turn
     # dequantize(Wq) into float weights)
     if int8:
@@ -273,7 +274,46 @@ def _uses(func):
         found = users.get(var, [])
         return found[0] if len(found) == 1 and found[0] is not None else None
 
+    only_user.users = users  # every user of a variable (None: the function's result)
     return bindings, values, only_user
+
+
+def _erf_gelu(end, values, only_user):
+    """The variables of ``end * (0.5 * (erf(end / sqrt(2)) + 1))`` (how ONNX exporters write
+    GELU) when ``end`` feeds nothing else: (intermediates, result) or None."""
+    users = only_user.users.get(end, [])
+    if len(users) != 2 or None in users:
+        return None
+
+    def is_scalar(expr, target):
+        v = _eval_const(expr, values)
+        return v is not None and v.size == 1 and abs(float(v.reshape(())) - target) < 1e-4
+
+    for div in users:
+        value = values[div]
+        scaled = ((_op_name(value) == "relax.divide" and value.args[0].same_as(end)
+                   and is_scalar(value.args[1], 2 ** 0.5))
+                  or (_op_name(value) == "relax.multiply" and value.args[0].same_as(end)
+                      and is_scalar(value.args[1], 2 ** -0.5)))
+        if not scaled:
+            continue
+        erf = only_user(div)
+        if erf is None or _op_name(values[erf]) != "relax.erf":
+            return None
+        add = only_user(erf)
+        if add is None or _op_name(values[add]) != "relax.add" or not any(
+                is_scalar(a, 1.0) for a in values[add].args):
+            return None
+        half = only_user(add)
+        if half is None or _op_name(values[half]) != "relax.multiply" or not any(
+                is_scalar(a, 0.5) for a in values[half].args):
+            return None
+        result = only_user(half)
+        other = [u for u in users if not u.same_as(div)][0]
+        if result is None or not result.same_as(other) or _op_name(values[result]) != "relax.multiply":
+            return None
+        return [div, erf, add, half], result
+    return None
 
 
 def _plan_int8(func) -> dict:
@@ -423,8 +463,16 @@ def _plan(func) -> dict:
             continue
         end = b.var
         plan.members.append(end)
-        stage = 0 if plan.kind != "batch_matmul" else 3  # nothing fused into a batch matmul  # 0: after the op, 1: after the bias, 2: after the residual, 3: activated
+        # nothing is fused into a batch matmul, a layer norm or a softmax
+        stage = 0 if plan.kind in ("conv2d", "matmul") else 3  # 0: after the op, 1: after the bias, 2: after the residual, 3: activated
         while stage < 3:
+            gelu = _erf_gelu(end, values, only_user) if stage < 2 and plan.kind == "matmul" else None
+            if gelu is not None and not any(v in claimed for v in [*gelu[0], gelu[1]]):
+                plan.activation = _GELU
+                plan.members += gelu[0]
+                end, stage = gelu[1], 3
+                plan.members.append(end)
+                break
             user = only_user(end)
             if user is None or user in claimed:
                 break
@@ -456,6 +504,22 @@ def _start(var, value, values) -> _Plan | None:
         dil = [int(d) for d in a.dilation]
         params = [*(int(s) for s in a.strides), *(int(p) for p in a.padding), *dil, int(a.groups), _NONE]
         return _Plan("conv2d", x, weight, params, shape)
+    if name == "relax.nn.layer_norm":
+        x, gamma, beta = value.args
+        a = value.attrs
+        shape, g, bt = _shape(x), _const(gamma, values), _const(beta, values)
+        if (shape is None or _dtype(x) != "float32" or g is None or bt is None
+                or [int(i) % len(shape) for i in a.axes] != [len(shape) - 1]
+                or g.size != shape[-1] or bt.size != shape[-1] or not (a.center and a.scale)):
+            return None
+        plan = _Plan("layer_norm", x, None, [], _shape(var))
+        plan.lo, plan.other = float(a.epsilon), (g.astype(np.float32).reshape(-1), bt.astype(np.float32).reshape(-1))
+        return plan
+    if name == "relax.nn.softmax":
+        shape = _shape(value.args[0])
+        if shape is None or _dtype(value.args[0]) != "float32" or int(value.attrs.axis) % len(shape) != len(shape) - 1:
+            return None
+        return _Plan("softmax", value.args[0], None, [], _shape(var))
     if name == "relax.matmul":
         x, w = value.args
         weight = _const(w, values)
@@ -550,6 +614,18 @@ def _make_rewriter():
                         relax.const(plan.bias, "int32"), relax.const(plan.scales, "float32")]
                 call = relax.call_dps_packed(f"edgeopt.onednn.{plan.kind}", args,
                                              out_ty=relax.TensorType(plan.out_shape, plan.out_dtype))
+                return self.emit_for(binding, call)
+            if plan.kind == "layer_norm":
+                gamma, beta = plan.other
+                call = relax.call_dps_packed(
+                    "edgeopt.onednn.layer_norm",
+                    [relax.prim_value(plan.lo, "float64"), self.visit_expr(plan.src),
+                     relax.const(gamma, "float32"), relax.const(beta, "float32")],
+                    out_ty=relax.TensorType(plan.out_shape, "float32"))
+                return self.emit_for(binding, call)
+            if plan.kind == "softmax":
+                call = relax.call_dps_packed("edgeopt.onednn.softmax", [self.visit_expr(plan.src)],
+                                             out_ty=relax.TensorType(plan.out_shape, "float32"))
                 return self.emit_for(binding, call)
             if plan.kind == "batch_matmul":
                 call = relax.call_dps_packed(

@@ -26,6 +26,10 @@
 //   edgeopt.onednn.batch_matmul(a, b, out)
 //       fp32 (..., M, K) x (..., K, N) with equal batch dimensions, both operands computed at
 //       run time (attention's query x key and scores x value).
+//   edgeopt.onednn.layer_norm(eps, src, gamma, beta, out)
+//       fp32 layer normalization over the last axis with scale and shift.
+//   edgeopt.onednn.softmax(src, out)
+//       fp32 softmax over the last axis.
 //   edgeopt.onednn.set_threads(n): the OpenMP threads oneDNN runs on (the runners' --threads).
 //   edgeopt.onednn.version(): the plugin's interface version, checked when an artifact loads.
 //
@@ -42,6 +46,7 @@
 #include <omp.h>
 
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -352,6 +357,66 @@ void batch_matmul(tvm::ffi::PackedArgs args) {
   stream().wait();
 }
 
+// (rows, last) of a tensor: oneDNN sees every leading axis as one
+std::pair<int64_t, int64_t> rows_and_last(const DLTensor& t) {
+  int64_t rows = 1;
+  for (int i = 0; i < t.ndim - 1; ++i) rows *= t.shape[i];
+  return {rows, t.shape[t.ndim - 1]};
+}
+
+std::shared_ptr<Cached> cached_or(const std::string& key, const std::function<std::shared_ptr<Cached>()>& make) {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto found = cache().find(key);
+  if (found != cache().end()) return found->second;
+  auto made = make();
+  cache().emplace(key, made);
+  return made;
+}
+
+void layer_norm(tvm::ffi::PackedArgs args) {
+  check(args.size() == 5, "layer_norm takes 5 arguments");
+  const float eps = static_cast<float>(args[0].cast<double>());
+  const DLTensor src = tensor_arg(args, 1), gamma = tensor_arg(args, 2), beta = tensor_arg(args, 3);
+  DLTensor out = tensor_arg(args, 4);
+  for (const DLTensor* t : std::initializer_list<const DLTensor*>{&src, &gamma, &beta, &out})
+    check_f32(t, "layer_norm operand");
+  auto [rows, last] = rows_and_last(src);
+  memory::desc md({rows, last}, dt::f32, tag::ab), cmd({last}, dt::f32, tag::x);
+  auto cached = cached_or("ln|" + std::to_string(rows) + "x" + std::to_string(last) + "|" + std::to_string(eps), [&] {
+    dnnl::layer_normalization_forward::desc d(dnnl::prop_kind::forward_inference, md, eps,
+                                              dnnl::normalization_flags::use_scale |
+                                                  dnnl::normalization_flags::use_shift);
+    dnnl::layer_normalization_forward::primitive_desc pd(d, engine());
+    auto c = std::make_shared<Cached>();
+    c->primitive = dnnl::layer_normalization_forward(pd);
+    return c;
+  });
+  memory s(md, engine(), data_of(&src)), d(md, engine(), data_of(&out));
+  memory g(cmd, engine(), data_of(&gamma)), b(cmd, engine(), data_of(&beta));
+  cached->primitive.execute(stream(), {{DNNL_ARG_SRC, s}, {DNNL_ARG_DST, d}, {DNNL_ARG_SCALE, g}, {DNNL_ARG_SHIFT, b}});
+  stream().wait();
+}
+
+void softmax(tvm::ffi::PackedArgs args) {
+  check(args.size() == 2, "softmax takes 2 arguments");
+  const DLTensor src = tensor_arg(args, 0);
+  DLTensor out = tensor_arg(args, 1);
+  check_f32(&src, "src");
+  check_f32(&out, "out");
+  auto [rows, last] = rows_and_last(src);
+  memory::desc md({rows, last}, dt::f32, tag::ab);
+  auto cached = cached_or("softmax|" + std::to_string(rows) + "x" + std::to_string(last), [&] {
+    dnnl::softmax_forward::primitive_desc pd(
+        dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, md, 1), engine());
+    auto c = std::make_shared<Cached>();
+    c->primitive = dnnl::softmax_forward(pd);
+    return c;
+  });
+  memory s(md, engine(), data_of(&src)), d(md, engine(), data_of(&out));
+  cached->primitive.execute(stream(), {{DNNL_ARG_SRC, s}, {DNNL_ARG_DST, d}});
+  stream().wait();
+}
+
 using Factory = std::shared_ptr<Cached> (*)(const tvm::ffi::Shape&, float, float, const DLTensor*,
                                             const DLTensor*, const DLTensor*, bool);
 
@@ -416,6 +481,10 @@ TVM_FFI_STATIC_INIT_BLOCK() {
                   [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run("conv2d", conv_primitive, args); })
       .def_packed("edgeopt.onednn.matmul",
                   [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run("matmul", matmul_primitive, args); })
+      .def_packed("edgeopt.onednn.layer_norm",
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { layer_norm(args); })
+      .def_packed("edgeopt.onednn.softmax",
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { softmax(args); })
       .def_packed("edgeopt.onednn.batch_matmul",
                   [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { batch_matmul(args); })
       .def_packed("edgeopt.onednn.conv2d_q",

@@ -79,8 +79,8 @@ def test_onednn_build_offloads_convs_and_matmuls_and_matches_onnxruntime(odd_onn
     metrics = result.record["metrics"]
     assert metrics["kernels"] == "onednn"
     # stem, dw, grouped + skip (two chains: the add joins them), fc1, fc2; the Conv1d stays in TVM
-    assert metrics["library_ops"] == {"conv2d": 4, "matmul": 2, "batch_matmul": 0, "conv2d_q": 0,
-                                      "matmul_q": 0}
+    assert metrics["library_ops"] == {"conv2d": 4, "matmul": 2, "batch_matmul": 0, "layer_norm": 0,
+                                      "softmax": 0, "conv2d_q": 0, "matmul_q": 0}
     art = result.artifact
     assert art.manifest["plugins"] == ["libedgeopt_onednn.so"]
     assert (art.path / "libedgeopt_onednn.so").exists()
@@ -207,3 +207,42 @@ def test_compile_cli_rejects_onednn_for_a_non_x86_target_in_one_line(odd_onnx, t
     assert "kernels 'onednn' needs an x86-64 CPU target" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists()
+
+
+class TinyAttention(torch.nn.Module):
+    """Pre-norm self-attention and a GELU MLP over 10 tokens, as a ViT block writes them."""
+
+    def __init__(self, dim=24, heads=3):
+        super().__init__()
+        self.heads, self.norm1, self.norm2 = heads, torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+        self.fc1, self.fc2 = torch.nn.Linear(dim, 2 * dim), torch.nn.Linear(2 * dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
+@needs_onednn
+def test_attention_block_runs_on_onednn_with_gelu_fused(tmp_path):
+    """Layer norms, softmax and both attention matmuls go to oneDNN; the exporter's erf-GELU
+    becomes the matmul's post-op (no erf left for TVM); outputs match onnxruntime."""
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.export import ExportConfig, export
+    from edgeopt.compile.onednn_offload import offload_to_onednn
+
+    torch.manual_seed(0)
+    path = tmp_path / "attn.onnx"
+    export(TinyAttention().eval(), ExportConfig(), torch.randn(1, 10, 24), out=path)
+    mod, counts = offload_to_onednn(from_onnx(onnx.load(str(path)), keep_params_in_input=False))
+    assert counts["layer_norm"] == 2 and counts["softmax"] == 1 and counts["batch_matmul"] == 2
+    assert counts["matmul"] == 4
+    assert "R.erf" not in mod["main"].script()
+    art = build(path, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art").artifact
+    _parity(art, path, threads=2)
