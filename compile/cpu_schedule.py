@@ -65,6 +65,8 @@ def _schedule_block(sch, block, min_parallel: int) -> bool:
     kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
     extents = [int(sch.get(loop).extent) for loop in loops]
     if all(k == 0 for k in kinds) and len(loops) == len(kinds):  # spatial only (0: data parallel)
+        if not _contiguous(sch.get(block)):
+            return False  # a transpose: vectorized, its reads become gathers (12x slower)
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         total = 1
         for e in extents:
@@ -92,4 +94,24 @@ def _schedule_block(sch, block, min_parallel: int) -> bool:
         return False
     outer = sch.fuse(*loops[:spatial]) if spatial > 1 else loops[0]
     sch.parallel(outer)
+    return True
+
+
+def _contiguous(block) -> bool:
+    """True when every read of ``block`` walks its innermost axis with the write's innermost index
+    (or reads one element there: a broadcast): the inner loop then vectorizes into plain loads."""
+    import tvm
+
+    if len(block.writes) != 1 or not block.writes[0].region:
+        return False
+    inner = block.writes[0].region[-1].min
+    for read in block.reads:
+        if not read.region:
+            continue  # a scalar
+        last = read.region[-1]
+        if isinstance(last.extent, tvm.tirx.IntImm) and int(last.extent) == 1 and \
+                isinstance(last.min, tvm.tirx.IntImm):
+            continue  # broadcast along the inner axis
+        if not tvm.ir.structural_equal(last.min, inner):
+            return False
     return True
