@@ -67,3 +67,48 @@ def test_arm_artifact_needs_emulation_here(tmp_path):
     bundle = make_bundle(arm, tmp_path / "bundle")
     for f in ("edgeopt-run", "lib/libtvm_runtime.so", "lib/libtvm_ffi.so"):
         assert (bundle / f).read_bytes()[18] == EM_AARCH64, f
+
+
+class _Mlp(__import__("torch").nn.Module):
+    def __init__(self):
+        import torch
+
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(64, 128), torch.nn.Linear(128, 10)
+
+    def forward(self, x):
+        import torch
+
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None, reason="needs aarch64-linux-gnu-objdump")
+def test_int8_build_for_a_dotprod_board_uses_sdot_and_matches_x86_under_qemu(tmp_path):
+    """On a board with the dot-product extension (arm:cortex-a76: +dotprod) the int8 library's
+    matmuls compile to SDOT (LLVM vectorizes the int8 x int8 -> int32 reductions into it); without
+    the extension they do not. Its outputs under qemu match the x86 build within one step."""
+    import torch
+
+    from edgeopt.compile import BuildConfig
+    from edgeopt.compile.int8_rewrite import output_step
+    from edgeopt.compress import QuantizeConfig, quantize
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    fp32 = export(_Mlp().eval(), torch.randn(1, 64), tmp_path / "mlp.onnx").path
+    q = tmp_path / "mlp-int8.onnx"
+    quantize(fp32, QuantizeConfig(), [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(8)], out=q)
+
+    def disassembly(art):
+        return subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(art.model_file)],
+                              capture_output=True, text=True, check=True).stdout
+
+    dotprod = build(q, BuildConfig(target="arm:cortex-a76"), out=tmp_path / "a76").artifact
+    plain = build(q, BuildConfig(target="arm"), out=tmp_path / "arm").artifact
+    assert dotprod.history[-1]["metrics"]["int8_ops"] == 2
+    assert "\tsdot\t" in disassembly(dotprod)
+    assert "\tsdot\t" not in disassembly(plain)
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    x86 = build(q, BuildConfig(target="cpu"), out=tmp_path / "x86").artifact
+    got = load(dotprod, runtime="native", emulate="qemu").run(x)[0]
+    assert np.max(np.abs(got - load(x86).run(x)[0])) <= output_step(q) * 1.001
