@@ -84,7 +84,8 @@ def to_nhwc(mod):
     import tvm
     from tvm import relax
 
-    convert = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OIHW"]})
+    convert = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OIHW"],
+                                             "relax.nn.conv1d": ["NWC", "OIW"]})
     if not _activations_quantized_per_tensor(mod):
         return convert(mod)
     rule = tvm.ir.Op.get("relax.nn.relu").get_attr("FRelaxInferLayout")
@@ -138,7 +139,9 @@ def _eval_const(expr, values, depth: int = 0):
             return None
         expr = values[expr]
     if isinstance(expr, _Constant()):
-        return expr.value.numpy()
+        value = expr.value
+        # a tensor constant holds a tvm Tensor; some imported scalars hold a plain number
+        return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
     name = _op_name(expr)
     if name is None:
         return None
@@ -228,6 +231,7 @@ class _Plan:
     zero_points: tuple = (0, 0)  # int8: src, out
     out_dtype: str = "float32"
     other: object = None  # batch_matmul: the second operand
+    call_shape: list | None = None  # conv1d: the 4-D shape the plugin writes (height 1)
 
 
 def _op_name(value) -> str | None:
@@ -504,6 +508,19 @@ def _start(var, value, values) -> _Plan | None:
         dil = [int(d) for d in a.dilation]
         params = [*(int(s) for s in a.strides), *(int(p) for p in a.padding), *dil, int(a.groups), _NONE]
         return _Plan("conv2d", x, weight, params, shape)
+    if name == "relax.nn.conv1d":  # as a conv2d of height 1
+        a = value.attrs
+        x, w = value.args
+        weight, shape, xs = _const(w, values), _shape(var), _shape(x)
+        if (a.data_layout != "NWC" or a.kernel_layout != "OIW" or a.out_layout != "NWC"
+                or weight is None or weight.dtype != np.float32 or _dtype(x) != "float32"
+                or str(a.out_dtype) not in _FLOAT_OUT or shape is None or xs is None):
+            return None
+        left, right = (int(p) for p in a.padding)
+        params = [1, int(a.strides[0]), 0, left, 0, right, 1, int(a.dilation[0]), int(a.groups), _NONE]
+        plan = _Plan("conv2d", ("reshape", x, [xs[0], 1, xs[1], xs[2]]), weight[:, :, None, :], params, shape)
+        plan.call_shape = [shape[0], 1, shape[1], shape[2]]
+        return plan
     if name == "relax.nn.layer_norm":
         x, gamma, beta = value.args
         a = value.attrs
@@ -643,15 +660,19 @@ def _make_rewriter():
             args = [relax.ShapeExpr(params),
                     relax.prim_value(float(plan.lo), "float64"),
                     relax.prim_value(float(plan.hi), "float64"),
-                    self.visit_expr(plan.src), relax.const(plan.weight, "float32"),
+                    self.source(plan.src), relax.const(plan.weight, "float32"),
                     relax.const(bias, "float32")]
             if plan.residual is not None:
-                args.append(self.visit_expr(plan.residual))
+                args.append(self.visit_expr(plan.residual))  # the plugin reads it as bytes
             call = relax.call_dps_packed(CONV if plan.kind == "conv2d" else MATMUL, args,
-                                         out_ty=relax.TensorType(plan.out_shape, "float32"))
+                                         out_ty=relax.TensorType(plan.call_shape or plan.out_shape, "float32"))
+            if plan.call_shape is not None:
+                call = relax.op.reshape(self.builder_.emit(call), plan.out_shape)
             return self.emit_for(binding, call)
 
         def source(self, src):
+            if isinstance(src, tuple) and src[0] == "reshape":  # ("reshape", tensor, shape)
+                return self.builder_.emit(relax.op.reshape(self.visit_expr(src[1]), src[2]))
             if isinstance(src, tuple):  # ("permute_dims", tensor, axes)
                 return self.builder_.emit(relax.op.permute_dims(self.visit_expr(src[1]), src[2]))
             return self.visit_expr(src)

@@ -188,6 +188,8 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
     else:
         executable, details = compile_module(mod, spec, config, log, kernels=kernels, int8=int8)
     rewritten = details.pop("int8_ops", 0)
+    if kernels == "onednn" and not any(details.get("library_ops", {}).values()):
+        kernels, why = "tvm", "oneDNN takes none of this model's ops"  # no plugin to carry
     plugins = [_plugin(log)] if kernels == "onednn" else []
 
     def fill(tmp: Path) -> None:
@@ -264,6 +266,8 @@ def _faster_of_both(mod, spec, config, inputs, outputs, export, log, int8):
             log(f"kernels {kernels}: {times[kernels]:.3f} ms")
     best = min(times, key=times.get)
     executable, details = built[best]
+    # the tuning record that matters is the TVM build's: it is what the database learned
+    details = {**details, "tuning": built["tvm"][1].get("tuning")}
     others = ", ".join(f"{k} {v:.3f} ms" for k, v in times.items())
     return executable, {**details, "kernel_times_ms": times}, best, f"faster on this host ({others})"
 

@@ -65,7 +65,18 @@ class Target:
 
     @property
     def label(self) -> str:
-        return self.runtime if self.runtime != "tvm" else f"tvm-{self.target_name}"
+        """``onnxruntime``, ``torch``, or ``tvm-<target>[-<kernels>][-fp16][-nograph]``: the second
+        half of a row's key and the name of its artifact folder; build options that change the
+        artifact are part of it, so two targets never share a build."""
+        if self.runtime != "tvm":
+            return self.runtime
+        label = f"tvm-{self.target_name}"
+        b = self.build
+        if b is not None:
+            label += f"-{b.kernels}" if getattr(b, "kernels", "auto") != "auto" else ""
+            label += "-fp16" if getattr(b, "precision", "fp32") == "fp16" else ""
+            label += "-nograph" if getattr(b, "cuda_graph", True) is False else ""
+        return label
 
     @property
     def target_name(self) -> str:
@@ -248,7 +259,12 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         build = None
         if runtime == "tvm":
             build = _build_config(target, entries, err, scalar)
-        targets.append(Target(runtime, target, build))
+        made = Target(runtime, target, build)
+        same = [i for i, other in enumerate(targets) if other.label == made.label]
+        if same:
+            raise err(t, f"targets {same[0] + 1} and {len(targets) + 1} are both {made.label!r}: give them "
+                      "different target, kernels or precision settings, or drop one")
+        targets.append(made)
     return Recipe(model=model, task=task, variants=variants, targets=targets, input_shape=input_shape,
                   bench=bench, train=train, seed=seed, source=source, weights=weights, evaluate=evaluate,
                   search=search)

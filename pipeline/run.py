@@ -64,12 +64,8 @@ def recipe_fingerprint(recipe: Recipe) -> str:
 
 
 def target_label(target: Target) -> str:
-    """``onnxruntime``, ``torch``, or ``tvm-<target>``: the second half of a row's key."""
-    if target.runtime != "tvm":
-        return target.runtime
-    t = target.target
-    name = "cpu" if t is None else t if isinstance(t, str) else t.get("kind", "custom")
-    return f"tvm-{name}"
+    """The second half of a row's key (``Target.label``)."""
+    return target.label
 
 
 def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,

@@ -44,7 +44,7 @@ class OddNet(torch.nn.Module):
         x = torch.nn.functional.relu6(self.stem(x))
         x = torch.relu(self.dw(x))
         y = torch.relu(self.grouped(x) + self.skip(x))          # two convs joined by a residual add
-        seq = self.conv1d(y.flatten(2))                           # (1, 8, 64): stays in TVM
+        seq = self.conv1d(y.flatten(2))                           # (1, 8, 64)
         tokens = y.flatten(2).transpose(1, 2)                     # (1, 64, 32)
         logits = self.fc2(torch.nn.functional.gelu(self.fc1(tokens))).mean(1)
         return logits, seq
@@ -78,8 +78,9 @@ def test_onednn_build_offloads_convs_and_matmuls_and_matches_onnxruntime(odd_onn
     result = build(odd_onnx, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
     metrics = result.record["metrics"]
     assert metrics["kernels"] == "onednn"
-    # stem, dw, grouped + skip (two chains: the add joins them), fc1, fc2; the Conv1d stays in TVM
-    assert metrics["library_ops"] == {"conv2d": 4, "matmul": 2, "batch_matmul": 0, "layer_norm": 0,
+    # stem, dw, grouped + skip (two chains: the add joins them), the Conv1d (as a conv of height
+    # 1), fc1 (with its GELU), fc2
+    assert metrics["library_ops"] == {"conv2d": 5, "matmul": 2, "batch_matmul": 0, "layer_norm": 0,
                                       "softmax": 0, "conv2d_q": 0, "matmul_q": 0}
     art = result.artifact
     assert art.manifest["plugins"] == ["libedgeopt_onednn.so"]
@@ -157,7 +158,8 @@ def test_clip_as_relax_ops_turns_the_importers_clip_into_relax_ops(tmp_path):
 
 
 class Int8Net(torch.nn.Module):
-    """Strided, depthwise and grouped convs, a residual, ReLU6, a classifier (a quantized output)."""
+    """Strided, depthwise and grouped convs, a residual, ReLU6, Hardswish (its HardSigmoid carries
+    scalar constants), a classifier (a quantized output)."""
 
     def __init__(self):
         super().__init__()
@@ -168,7 +170,7 @@ class Int8Net(torch.nn.Module):
 
     def forward(self, x):
         x = torch.nn.functional.relu6(self.stem(x))
-        x = torch.relu(self.grouped(torch.relu(self.dw(x))) + x)
+        x = torch.relu(self.grouped(torch.nn.functional.hardswish(self.dw(x))) + x)
         return self.fc(x.flatten(1))
 
 
@@ -246,3 +248,30 @@ def test_attention_block_runs_on_onednn_with_gelu_fused(tmp_path):
     assert "R.erf" not in mod["main"].script()
     art = build(path, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art").artifact
     _parity(art, path, threads=2)
+
+
+def test_a_model_onednn_does_not_take_carries_no_plugin(tmp_path):
+    """Only elementwise ops: nothing for oneDNN, so the artifact is a plain TVM one."""
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.export import ExportConfig, export
+
+    class Gate(torch.nn.Module):
+        def forward(self, x):
+            return x * torch.sigmoid(x) + 1.0
+
+    path = tmp_path / "gate.onnx"
+    export(Gate().eval(), ExportConfig(), torch.randn(1, 8, 4), out=path)
+    result = build(path, BuildConfig(target="cpu"), out=tmp_path / "art")
+    assert result.record["metrics"]["kernels"] == "tvm"
+    assert "plugins" not in result.artifact.manifest
+    _parity(result.artifact, path)
+
+
+def test_recipe_targets_differing_in_kernels_are_two_builds_and_duplicates_are_refused(tmp_path):
+    from edgeopt.pipeline.recipe import parse_recipe
+
+    base = "model: zoo:digits_cnn\ntask: digits\nvariants: {fp32: []}\ntargets:\n"
+    two = parse_recipe(base + "  - {runtime: tvm, target: cpu}\n  - {runtime: tvm, target: cpu, kernels: tvm}\n")
+    assert [t.label for t in two.targets] == ["tvm-cpu", "tvm-cpu-tvm"]
+    with pytest.raises(InputError, match="targets 1 and 2 are both 'tvm-cpu'"):
+        parse_recipe(base + "  - {runtime: tvm, target: cpu}\n  - {runtime: tvm, target: cpu}\n")
