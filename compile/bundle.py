@@ -86,5 +86,4 @@ def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"wrote the deployment bundle {out}")
-    return out
+    return out  # the caller reports it (the CLI with the command to run on the device)

@@ -17,6 +17,7 @@
 // and fixed, and a C++ dependency for it would have to be built for every target as well.
 
 #include <dlfcn.h>
+#include <filesystem>
 #include <tvm/ffi/any.h>
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/map.h>
@@ -529,6 +530,9 @@ int Run(const Options& o) {
   }
 
   if (!o.outputs_dir.empty()) {
+    std::error_code made;
+    std::filesystem::create_directories(o.outputs_dir, made);  // a missing folder is created
+    if (made) throw InputError("cannot create --outputs folder '" + o.outputs_dir + "': " + made.message());
     std::vector<ffi::Tensor> outs = Flatten(ret);
     for (size_t i = 0; i < outs.size(); ++i) {
       std::string name = i < m.outputs.size() ? m.outputs[i].name : "output_" + std::to_string(i);

@@ -143,6 +143,10 @@ def test_inputs_that_disagree_with_the_manifest_are_refused(cpu_artifact, tmp_pa
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = run_binary(binary, cpu_artifact.path, "--repeat", "0")
     assert r.returncode == 2 and "--repeat expects an integer >= 1" in r.stderr
+    # a missing --outputs folder is created, not an error
+    r = run_binary(binary, cpu_artifact.path, "--repeat", "1", "--outputs", tmp_path / "new" / "outs")
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "new" / "outs").glob("0_*.npy"))
 
 
 def test_emulation_is_only_for_foreign_artifacts(cpu_artifact):
