@@ -70,6 +70,11 @@ class TvmRunner(Runner):
         except Exception as e:
             raise InputError(f"TVM cannot load {str(library)!r}: {str(e).splitlines()[-1]}") from None
         self.vm = VirtualMachine(lib, self.device)
+        if plugins:
+            import weakref
+
+            # the plugin holds this model's weights with its cached primitives: release them with it
+            weakref.finalize(self, _clear_plugin_caches)
         self._main = self.vm["main"]
         self._sync = device != "cpu"
         self._tvm = tvm
@@ -123,6 +128,14 @@ def load_plugin(path: str | os.PathLike, threads: int | None = None) -> None:
         set_threads = tvm.get_global_func("edgeopt.onednn.set_threads", allow_missing=True)
         if set_threads is not None:
             set_threads(int(threads))
+
+
+def _clear_plugin_caches() -> None:
+    import tvm
+
+    clear = tvm.get_global_func("edgeopt.onednn.clear_cache", allow_missing=True)
+    if clear is not None:
+        clear()
 
 
 def _load_cuda_runtime(tvm) -> None:

@@ -30,11 +30,13 @@
 //       fp32 layer normalization over the last axis with scale and shift.
 //   edgeopt.onednn.softmax(src, out)
 //       fp32 softmax over the last axis.
+//   edgeopt.onednn.clear_cache(): drop every cached primitive and held weight (a runner calls it
+//       when it closes, so weights of unloaded models are not kept alive).
 //   edgeopt.onednn.set_threads(n): the OpenMP threads oneDNN runs on (the runners' --threads).
 //   edgeopt.onednn.version(): the plugin's interface version, checked when an artifact loads.
 //
 // Primitives and the weights reordered into oneDNN's blocked layouts are created on the first
-// call and cached per shape, parameters and weight buffer: weights are the artifact's
+// call and cached per weight buffer, parameters and shapes: weights are the artifact's
 // constants, whose buffers live as long as the loaded model.
 #include <dlpack/dlpack.h>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -74,7 +76,34 @@ struct Cached {
   dnnl::primitive primitive;
   memory::desc src, dst, bias;
   memory weights;  // reordered once into the primitive's layout
+  // The weight tensor itself: while it is held, its buffer cannot be freed and its address
+  // reused by another model's weights (which would find this entry's reordered copy).
+  tvm::ffi::Optional<tvm::ffi::Tensor> source;
 };
+
+// Per weight buffer (a model's constant: stable while the model is loaded), the primitives made
+// for it with their signature (kind, parameters, shapes, dtypes): a lookup builds a few integers,
+// no string, on every call.
+using Signature = std::vector<int64_t>;
+std::unordered_map<const void*, std::vector<std::pair<Signature, std::shared_ptr<Cached>>>>& by_weight() {
+  static std::unordered_map<const void*, std::vector<std::pair<Signature, std::shared_ptr<Cached>>>> c;
+  return c;
+}
+
+Signature signature_of(int64_t kind, const tvm::ffi::Shape& p, float lo, float hi,
+                       std::initializer_list<const DLTensor*> tensors, int64_t extra) {
+  Signature sig{kind, extra, static_cast<int64_t>(p.size())};
+  sig.insert(sig.end(), p.begin(), p.end());
+  int32_t bits[2];
+  std::memcpy(&bits[0], &lo, 4);
+  std::memcpy(&bits[1], &hi, 4);
+  sig.push_back((static_cast<int64_t>(bits[0]) << 32) ^ static_cast<uint32_t>(bits[1]));
+  for (const DLTensor* t : tensors) {
+    sig.push_back(t->ndim * 1000 + t->dtype.code * 100 + t->dtype.bits);
+    sig.insert(sig.end(), t->shape, t->shape + t->ndim);
+  }
+  return sig;
+}
 
 std::mutex cache_mutex;
 std::unordered_map<std::string, std::shared_ptr<Cached>>& cache() {
@@ -292,21 +321,21 @@ void run_q(const char* kind, QuantFactory factory, tvm::ffi::PackedArgs args) {
   std::shared_ptr<Cached> cached;
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
-    std::string key = key_of(kind, p, lo, hi, {&src_t, &weight_t, &out_t}, false) + "#" +
-                      std::to_string(reinterpret_cast<uintptr_t>(data_of(&scales_t))) + "#" +
-                      std::to_string(static_cast<int>(dtype_of(&src_t, "src"))) + "#" +
-                      std::to_string(static_cast<int>(dtype_of(&out_t, "out")));
-    auto found = cache().find(key);
-    if (found == cache().end()) {
+    Signature sig = signature_of(kind[0] == 'c' ? 3 : 4, p, lo, hi, {&src_t, &weight_t, &out_t},
+                                 static_cast<int64_t>(reinterpret_cast<uintptr_t>(data_of(&scales_t))));
+    auto& entries = by_weight()[data_of(&weight_t)];
+    for (auto& entry : entries)
+      if (entry.first == sig) cached = entry.second;
+    if (!cached) {
       try {
         cached = factory(p, lo, hi, &src_t, &weight_t, &out_t, &scales_t);
       } catch (const dnnl::error& e) {
         TVM_FFI_THROW(RuntimeError) << "edgeopt oneDNN plugin: no " << kind << " primitive for "
-                                    << key << ": " << e.what();
+                                    << key_of(kind, p, lo, hi, {&src_t, &weight_t, &out_t}, false)
+                                    << ": " << e.what();
       }
-      cache().emplace(key, cached);
-    } else {
-      cached = found->second;
+      cached->source = args[4].try_cast<tvm::ffi::Tensor>();
+      entries.emplace_back(std::move(sig), cached);
     }
   }
   memory src_mem(cached->src, engine(), data_of(&src_t));
@@ -438,18 +467,19 @@ void run(const char* kind, Factory factory, tvm::ffi::PackedArgs args) {
   std::shared_ptr<Cached> cached;
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
-    std::string key = key_of(kind, p, lo, hi, {src, weight, out}, residual);
-    auto found = cache().find(key);
-    if (found == cache().end()) {
+    Signature sig = signature_of(kind[0] == 'c' ? 1 : 2, p, lo, hi, {src, weight, out}, residual);
+    auto& entries = by_weight()[data_of(weight)];
+    for (auto& entry : entries)
+      if (entry.first == sig) cached = entry.second;
+    if (!cached) {
       try {
         cached = factory(p, lo, hi, src, weight, out, residual);
       } catch (const dnnl::error& e) {
         TVM_FFI_THROW(RuntimeError) << "edgeopt oneDNN plugin: no " << kind << " primitive for "
-                                    << key << ": " << e.what();
+                                    << key_of(kind, p, lo, hi, {src, weight, out}, residual) << ": " << e.what();
       }
-      cache().emplace(key, cached);
-    } else {
-      cached = found->second;
+      cached->source = args[4].try_cast<tvm::ffi::Tensor>();
+      entries.emplace_back(std::move(sig), cached);
     }
   }
   if (residual) {
@@ -476,6 +506,13 @@ TVM_FFI_STATIC_INIT_BLOCK() {
   if (tvm::ffi::Function::GetGlobal("edgeopt.onednn.version").has_value()) return;
   tvm::ffi::reflection::GlobalDef()
       .def("edgeopt.onednn.version", []() { return kVersion; })
+      .def("edgeopt.onednn.clear_cache",
+           []() {
+             // every primitive and held weight: a model loaded later makes its own again
+             std::lock_guard<std::mutex> lock(cache_mutex);
+             by_weight().clear();
+             cache().clear();
+           })
       .def("edgeopt.onednn.set_threads", [](int64_t n) { omp_set_num_threads(static_cast<int>(n)); })
       .def_packed("edgeopt.onednn.conv2d",
                   [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run("conv2d", conv_primitive, args); })

@@ -275,3 +275,26 @@ def test_recipe_targets_differing_in_kernels_are_two_builds_and_duplicates_are_r
     assert [t.label for t in two.targets] == ["tvm-cpu", "tvm-cpu-tvm"]
     with pytest.raises(InputError, match="targets 1 and 2 are both 'tvm-cpu'"):
         parse_recipe(base + "  - {runtime: tvm, target: cpu}\n  - {runtime: tvm, target: cpu}\n")
+
+
+@needs_onednn
+def test_models_of_the_same_shapes_loaded_one_after_another_keep_their_own_weights(tmp_path):
+    """The plugin caches reordered weights per weight buffer: a model loaded after another was
+    released must not find the first one's weights at a reused address."""
+    import gc
+
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.export import ExportConfig, export
+    from edgeopt.runtimes import load
+
+    x = [np.ones((1, 3, 8, 8), np.float32)]
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                    torch.nn.Linear(8 * 6 * 6, 4)).eval()
+        path = tmp_path / f"m{seed}.onnx"
+        export(model, ExportConfig(), torch.randn(1, 3, 8, 8), out=path)
+        runner = load(build(path, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / f"a{seed}").artifact)
+        np.testing.assert_allclose(runner.run(x)[0], load(path).run(x)[0], rtol=1e-5, atol=1e-6)
+        del runner
+        gc.collect()
