@@ -26,6 +26,9 @@ def main(argv=None) -> None:
     ap.add_argument("--minutes", type=float, default=3.0, help="tuning time per build")
     ap.add_argument("--trials", type=int, default=2000, help="trial budget per model (time stops first)")
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep --out and its database; build only the models whose artifact is missing "
+                         "(continues a sequence that was stopped)")
     args = ap.parse_args(argv)
 
     from edgeopt.compile import BuildConfig, ExportConfig, TuneConfig, build, export
@@ -34,7 +37,7 @@ def main(argv=None) -> None:
     from edgeopt.pipeline.zoo import create
     from edgeopt.runtimes import load
 
-    if args.out.exists():
+    if args.out.exists() and not args.resume:
         shutil.rmtree(args.out)
     db = args.out / "db"
     rng = np.random.default_rng(0)
@@ -51,13 +54,16 @@ def main(argv=None) -> None:
     models["mobilenetv2 fp32"] = export(create("mobilenetv2"), ExportConfig(), x, out=args.out / "mnv2")
     rows = []
     for name, onnx_model in models.items():
+        folder = args.out / f"tvm-{name.replace(' ', '-').replace('%', '')}"
+        if args.resume and (folder / "manifest.json").exists():
+            print(f"{name}: built in the earlier run, kept")
+            continue
         t0 = time.perf_counter()
         # TVM's own kernels: the sequence is about the shared tuning database (kernels "auto" would
         # also build and time a oneDNN variant of every model)
         config = BuildConfig(tune=TuneConfig(trials=args.trials, timeout_s=args.minutes * 60, db=str(db)),
                              kernels="tvm")
-        built = build(onnx_model, config, out=args.out / f"tvm-{name.replace(' ', '-').replace('%', '')}",
-                      progress=print)
+        built = build(onnx_model, config, out=folder, progress=print)
         tuning = built.record["metrics"]["tuning"]
         ref = load(onnx_model.artifact.path).run(x)[0]
         got = load(built.artifact).run(x)[0]
