@@ -247,11 +247,38 @@ def _const(expr, values):
     return _eval_const(expr, values)
 
 
+class _Sym:
+    """A symbolic dimension (a dynamic batch): compared structurally, never as a number."""
+
+    def __init__(self, expr):
+        self.expr = expr
+
+    def __eq__(self, other):
+        import tvm_ffi
+
+        return isinstance(other, _Sym) and tvm_ffi.structural_equal(self.expr, other.expr)
+
+    def __hash__(self):
+        return 0
+
+
 def _shape(expr) -> list | None:
+    """The dimensions of a tensor: ints, and ``_Sym`` for symbolic ones (a dynamic batch)."""
+    import tvm
+
     try:
-        return [int(d) for d in expr.ty.shape]
+        return [int(d) if isinstance(d, tvm.tirx.IntImm) else _Sym(d) for d in expr.ty.shape]
     except Exception:
         return None
+
+
+def _exprs(shape: list) -> list:
+    """Back to what Relax takes: ints and the symbolic expressions."""
+    return [d.expr if isinstance(d, _Sym) else d for d in shape]
+
+
+def _static_channels(shape) -> bool:
+    return shape is not None and len(shape) > 0 and isinstance(shape[-1], int)
 
 
 def _dtype(expr) -> str | None:
@@ -393,7 +420,7 @@ def _plan_int8(func) -> dict:
                 continue
             bias = np.round(bias.reshape(channels).astype(np.float64) / (sx * sw)).astype(np.int32)
         out_shape = _shape(b.var)
-        if out_shape is None:
+        if not _static_channels(out_shape):
             continue
         kind = "conv2d_q" if name == "relax.nn.conv2d" else "matmul_q"
         plans[b.var] = _Plan(kind, plan["src"], w, plan["params"], out_shape,
@@ -503,7 +530,7 @@ def _start(var, value, values) -> _Plan | None:
                 or str(a.out_dtype) not in _FLOAT_OUT):
             return None
         shape = _shape(var)
-        if shape is None or _shape(x) is None:
+        if not _static_channels(shape) or _shape(x) is None:
             return None
         dil = [int(d) for d in a.dilation]
         params = [*(int(s) for s in a.strides), *(int(p) for p in a.padding), *dil, int(a.groups), _NONE]
@@ -514,7 +541,7 @@ def _start(var, value, values) -> _Plan | None:
         weight, shape, xs = _const(w, values), _shape(var), _shape(x)
         if (a.data_layout != "NWC" or a.kernel_layout != "OIW" or a.out_layout != "NWC"
                 or weight is None or weight.dtype != np.float32 or _dtype(x) != "float32"
-                or str(a.out_dtype) not in _FLOAT_OUT or shape is None or xs is None):
+                or str(a.out_dtype) not in _FLOAT_OUT or not _static_channels(shape) or xs is None):
             return None
         left, right = (int(p) for p in a.padding)
         params = [1, int(a.strides[0]), 0, left, 0, right, 1, int(a.dilation[0]), int(a.groups), _NONE]
@@ -525,7 +552,7 @@ def _start(var, value, values) -> _Plan | None:
         x, gamma, beta = value.args
         a = value.attrs
         shape, g, bt = _shape(x), _const(gamma, values), _const(beta, values)
-        if (shape is None or _dtype(x) != "float32" or g is None or bt is None
+        if (not _static_channels(shape) or _dtype(x) != "float32" or g is None or bt is None
                 or [int(i) % len(shape) for i in a.axes] != [len(shape) - 1]
                 or g.size != shape[-1] or bt.size != shape[-1] or not (a.center and a.scale)):
             return None
@@ -551,7 +578,7 @@ def _start(var, value, values) -> _Plan | None:
                 or str(value.attrs.out_dtype) not in _FLOAT_OUT):
             return None
         shape = _shape(var)
-        if shape is None or _shape(x) is None or len(_shape(x)) < 2:
+        if not _static_channels(shape) or _shape(x) is None or len(_shape(x)) < 2:
             return None
         return _Plan("matmul", x, weight, [_NONE], shape)
     return None
@@ -630,7 +657,7 @@ def _make_rewriter():
                         self.source(plan.src), relax.const(plan.weight, "int8"),
                         relax.const(plan.bias, "int32"), relax.const(plan.scales, "float32")]
                 call = relax.call_dps_packed(f"edgeopt.onednn.{plan.kind}", args,
-                                             out_ty=relax.TensorType(plan.out_shape, plan.out_dtype))
+                                             out_ty=relax.TensorType(_exprs(plan.out_shape), plan.out_dtype))
                 return self.emit_for(binding, call)
             if plan.kind == "layer_norm":
                 gamma, beta = plan.other
@@ -638,16 +665,16 @@ def _make_rewriter():
                     "edgeopt.onednn.layer_norm",
                     [relax.prim_value(plan.lo, "float64"), self.visit_expr(plan.src),
                      relax.const(gamma, "float32"), relax.const(beta, "float32")],
-                    out_ty=relax.TensorType(plan.out_shape, "float32"))
+                    out_ty=relax.TensorType(_exprs(plan.out_shape), "float32"))
                 return self.emit_for(binding, call)
             if plan.kind == "softmax":
                 call = relax.call_dps_packed("edgeopt.onednn.softmax", [self.visit_expr(plan.src)],
-                                             out_ty=relax.TensorType(plan.out_shape, "float32"))
+                                             out_ty=relax.TensorType(_exprs(plan.out_shape), "float32"))
                 return self.emit_for(binding, call)
             if plan.kind == "batch_matmul":
                 call = relax.call_dps_packed(
                     "edgeopt.onednn.batch_matmul", [self.visit_expr(plan.src), self.visit_expr(plan.other)],
-                    out_ty=relax.TensorType(plan.out_shape, "float32"))
+                    out_ty=relax.TensorType(_exprs(plan.out_shape), "float32"))
                 return self.emit_for(binding, call)
             if plan.kind == "conv2d":
                 params = list(plan.params)
@@ -665,14 +692,14 @@ def _make_rewriter():
             if plan.residual is not None:
                 args.append(self.visit_expr(plan.residual))  # the plugin reads it as bytes
             call = relax.call_dps_packed(CONV if plan.kind == "conv2d" else MATMUL, args,
-                                         out_ty=relax.TensorType(plan.call_shape or plan.out_shape, "float32"))
+                                         out_ty=relax.TensorType(_exprs(plan.call_shape or plan.out_shape), "float32"))
             if plan.call_shape is not None:
-                call = relax.op.reshape(self.builder_.emit(call), plan.out_shape)
+                call = relax.op.reshape(self.builder_.emit(call), _exprs(plan.out_shape))
             return self.emit_for(binding, call)
 
         def source(self, src):
             if isinstance(src, tuple) and src[0] == "reshape":  # ("reshape", tensor, shape)
-                return self.builder_.emit(relax.op.reshape(self.visit_expr(src[1]), src[2]))
+                return self.builder_.emit(relax.op.reshape(self.visit_expr(src[1]), _exprs(src[2])))
             if isinstance(src, tuple):  # ("permute_dims", tensor, axes)
                 return self.builder_.emit(relax.op.permute_dims(self.visit_expr(src[1]), src[2]))
             return self.visit_expr(src)

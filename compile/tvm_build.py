@@ -312,26 +312,6 @@ def cuda_pipeline(target, tensor_cores: bool):
     return _pipeline
 
 
-def cpu_pipeline(target):
-    """TVM's CPU pipeline plus ``edgeopt.compile.cpu_schedule``: the kernels an untuned build
-    keeps beside a kernel library (elementwise ops, quantize/dequantize, pooling) run vectorized
-    instead of as scalar loops."""
-    import tvm
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from .cpu_schedule import parallel_cpu_schedule
-
-    @tvm.transform.module_pass(opt_level=0)
-    def _pipeline(mod, _ctx):
-        with target:
-            return tvm.transform.Sequential(
-                cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-                + [parallel_cpu_schedule()] + cpu.dataflow_lower_passes(target)
-                + cpu.finalize_passes(target))(mod)
-
-    return _pipeline
-
-
 def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, tensor_cores: bool | None = None,
                    kernels: str = "tvm", int8: bool = False):
     """Lower a Relax module imported from ONNX for ``spec``: (executable, details), where details
@@ -407,12 +387,7 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
                                                 relax.transform.FoldConstant()])(mod)
         if tensor_cores is None:
             tensor_cores = config.precision == "fp16"
-        if cuda:
-            pipeline = cuda_pipeline(tvm_target, tensor_cores)
-        elif kernels == "onednn" and tune is None:
-            pipeline = cpu_pipeline(tvm_target)
-        else:
-            pipeline = "default"
+        pipeline = cuda_pipeline(tvm_target, tensor_cores) if cuda else "default"
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     return executable, details
 

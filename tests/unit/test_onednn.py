@@ -298,3 +298,22 @@ def test_models_of_the_same_shapes_loaded_one_after_another_keep_their_own_weigh
         np.testing.assert_allclose(runner.run(x)[0], load(path).run(x)[0], rtol=1e-5, atol=1e-6)
         del runner
         gc.collect()
+
+
+@needs_onednn
+def test_a_dynamic_batch_model_is_offloaded_and_runs_any_batch(tmp_path):
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.export import ExportConfig, export
+    from edgeopt.runtimes import load
+
+    torch.manual_seed(0)
+    path = tmp_path / "dyn.onnx"
+    export(Int8Net().eval(), ExportConfig(dynamic_batch=True), torch.randn(1, 3, 16, 16), out=path)
+    result = build(path, BuildConfig(target="cpu"), out=tmp_path / "art")
+    assert result.record["metrics"]["library_ops"]["conv2d"] == 3
+    runner, ort = load(result.artifact), load(path)
+    for batch in (1, 3):
+        x = [np.random.default_rng(batch).standard_normal((batch, 3, 16, 16)).astype(np.float32)]
+        got, want = runner.run(x)[0], ort.run(x)[0]
+        assert got.shape == (batch, 7)
+        assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
