@@ -242,11 +242,6 @@ def _op_name(value) -> str | None:
     return None
 
 
-def _const(expr, values):
-    """The numpy value of a constant (directly or through a variable bound to one), else None."""
-    return _eval_const(expr, values)
-
-
 class _Sym:
     """A symbolic dimension (a dynamic batch): compared structurally, never as a number."""
 
@@ -524,7 +519,7 @@ def _start(var, value, values) -> _Plan | None:
     if name == "relax.nn.conv2d":
         a = value.attrs
         x, w = value.args
-        weight = _const(w, values)
+        weight = _eval_const(w, values)
         if (a.data_layout != "NHWC" or a.kernel_layout != "OIHW" or a.out_layout != "NHWC"
                 or weight is None or weight.dtype != np.float32 or _dtype(x) != "float32"
                 or str(a.out_dtype) not in _FLOAT_OUT):
@@ -538,7 +533,7 @@ def _start(var, value, values) -> _Plan | None:
     if name == "relax.nn.conv1d":  # as a conv2d of height 1
         a = value.attrs
         x, w = value.args
-        weight, shape, xs = _const(w, values), _shape(var), _shape(x)
+        weight, shape, xs = _eval_const(w, values), _shape(var), _shape(x)
         if (a.data_layout != "NWC" or a.kernel_layout != "OIW" or a.out_layout != "NWC"
                 or weight is None or weight.dtype != np.float32 or _dtype(x) != "float32"
                 or str(a.out_dtype) not in _FLOAT_OUT or not _static_channels(shape) or xs is None):
@@ -551,7 +546,7 @@ def _start(var, value, values) -> _Plan | None:
     if name == "relax.nn.layer_norm":
         x, gamma, beta = value.args
         a = value.attrs
-        shape, g, bt = _shape(x), _const(gamma, values), _const(beta, values)
+        shape, g, bt = _shape(x), _eval_const(gamma, values), _eval_const(beta, values)
         if (not _static_channels(shape) or _dtype(x) != "float32" or g is None or bt is None
                 or [int(i) % len(shape) for i in a.axes] != [len(shape) - 1]
                 or g.size != shape[-1] or bt.size != shape[-1] or not (a.center and a.scale)):
@@ -566,7 +561,7 @@ def _start(var, value, values) -> _Plan | None:
         return _Plan("softmax", value.args[0], None, [], _shape(var))
     if name == "relax.matmul":
         x, w = value.args
-        weight = _const(w, values)
+        weight = _eval_const(w, values)
         shapes = [_shape(x), _shape(w), _shape(var)]
         if (weight is None and None not in shapes and len(set(map(len, shapes))) == 1
                 and len(shapes[0]) >= 3 and shapes[0][:-2] == shapes[1][:-2]
@@ -590,7 +585,7 @@ def _extend(plan: _Plan, end, value, name, stage, values, only_user):
     if name == "relax.add" and stage < 2:
         a, b = value.args
         other = b if a.same_as(end) else a
-        const = _const(other, values)
+        const = _eval_const(other, values)
         if const is not None:
             if stage != 0 or const.size != channels or const.shape[-1:] != (channels,):
                 return None
@@ -608,7 +603,7 @@ def _extend(plan: _Plan, end, value, name, stage, values, only_user):
         return 3, None
     if name == "relax.maximum":
         a, b = value.args
-        lo = _const(b if a.same_as(end) else a, values)
+        lo = _eval_const(b if a.same_as(end) else a, values)
         if lo is None or lo.size != 1 or float(lo.reshape(())) != 0.0:
             return None
         plan.activation = _RELU
@@ -616,7 +611,7 @@ def _extend(plan: _Plan, end, value, name, stage, values, only_user):
         user = only_user(_binding_var(values, value))
         if user is not None and _op_name(values[user]) == "relax.minimum":
             c, d = values[user].args
-            hi = _const(d if c.same_as(_binding_var(values, value)) else c, values)
+            hi = _eval_const(d if c.same_as(_binding_var(values, value)) else c, values)
             if hi is not None and hi.size == 1:
                 plan.activation, plan.lo, plan.hi = _CLIP, 0.0, float(hi.reshape(()))
                 plan.members.append(_binding_var(values, value))
