@@ -502,9 +502,7 @@ def _plan(func) -> dict:
             user = only_user(end)
             if user is None or user in claimed:
                 break
-            value = values[user]
-            name = _op_name(value)
-            step = _extend(plan, end, value, name, stage, values, only_user)
+            step = _extend(plan, end, user, stage, values, only_user)
             if step is None:
                 break
             stage, end = step[0], step[1] if len(step) > 1 and step[1] is not None else user
@@ -579,8 +577,11 @@ def _start(var, value, values) -> _Plan | None:
     return None
 
 
-def _extend(plan: _Plan, end, value, name, stage, values, only_user):
-    """Fuse the next op of the chain into ``plan``; (new stage, new end or None) or None to stop."""
+def _extend(plan: _Plan, end, user, stage, values, only_user):
+    """Fuse ``user`` (the one op using ``end``) into ``plan``: (new stage, new end or None: the
+    chain ends at ``user``) or None to stop before it."""
+    value = values[user]
+    name = _op_name(value)
     channels = plan.out_shape[-1]
     if name == "relax.add" and stage < 2:
         a, b = value.args
@@ -608,22 +609,15 @@ def _extend(plan: _Plan, end, value, name, stage, values, only_user):
             return None
         plan.activation = _RELU
         # max(x, 0) then min(., hi) is ReLU6-style clip
-        user = only_user(_binding_var(values, value))
-        if user is not None and _op_name(values[user]) == "relax.minimum":
-            c, d = values[user].args
-            hi = _eval_const(d if c.same_as(_binding_var(values, value)) else c, values)
+        top = only_user(user)
+        if top is not None and _op_name(values[top]) == "relax.minimum":
+            c, d = values[top].args
+            hi = _eval_const(d if c.same_as(user) else c, values)
             if hi is not None and hi.size == 1:
                 plan.activation, plan.lo, plan.hi = _CLIP, 0.0, float(hi.reshape(()))
-                plan.members.append(_binding_var(values, value))
-                return 3, user
+                plan.members.append(user)
+                return 3, top
         return 3, None
-    return None
-
-
-def _binding_var(values, value):
-    for var, v in values.items():
-        if v.same_as(value):
-            return var
     return None
 
 
