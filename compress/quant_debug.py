@@ -11,9 +11,16 @@ survive quantization). Three numbers per layer:
 - ``weight_sqnr_db``: SQNR of its int8 weights against the float weights.
 
 Noise-to-signal ratios of successive layers add up roughly, so the noise a layer *adds* is
-``10^(-sqnr/10) - 10^(-input_sqnr/10)`` (``added_noise``); layers are ranked by it, the first
-being the ones to keep in float or to fix first. Ranking by the output SQNR alone would blame
-every layer after the bad one.
+``10^(-sqnr/10) - 10^(-input_sqnr/10)`` (``added_noise``). Ranking by the output SQNR alone
+would blame every layer after the bad one.
+
+What a layer costs the *model* is measured directly as well (AIMET's per-layer analysis, "one
+layer in float at a time"): the quantized graph is edited so that this one node reads float
+inputs and float weights, and the share of the model's output error (noise power of the graph
+outputs against the float model) that disappears is its ``float_gain``. Layers are ranked by it
+(``added_noise`` breaks ties): the first are the ones to keep in float. ``float_share`` measures
+a set of layers together: when the top layers' share is small, the loss is spread over the model
+(typically activation ranges clipped everywhere: a calibration method, not a layer, is the fix).
 
 Example:
     >>> import numpy as np, torch  # doctest: +SKIP
@@ -99,8 +106,20 @@ def collect(model: str | Path, feeds: list[dict], tmp: Path) -> dict[str, list[n
     return out
 
 
+def debug_summary(fp32: str | Path, qdq: str | Path, data: Any, top: int = 5, **options) -> dict:
+    """The debugger's record: ``layers`` (``debug_layers``), ``costliest_layers`` (the ``top``
+    first names) and ``costliest_float_share`` (the share of the output error those layers
+    remove when they run in float together; None when the gains were not measured)."""
+    probe: list = []
+    layers = debug_layers(fp32, qdq, data, _probe=probe, **options)
+    names = [r["node"] for r in layers[:top]]
+    share = round(probe[0].share(names), 4) if probe and names else None
+    return {"layers": layers, "costliest_layers": names, "costliest_float_share": share}
+
+
 def debug_layers(fp32: str | Path, qdq: str | Path, data: Any, *, max_samples: int = 16,
-                 float_acts: dict | None = None) -> list[dict]:
+                 float_acts: dict | None = None, float_gain: bool = True,
+                 gain_samples: int = 64, _probe: list | None = None) -> list[dict]:
     """Per-layer errors of the QDQ model ``qdq`` against ``fp32``, costliest layer first.
 
     Args:
@@ -110,10 +129,15 @@ def debug_layers(fp32: str | Path, qdq: str | Path, data: Any, *, max_samples: i
         data: calibration inputs (anything ``quantize`` accepts as calibration data).
         max_samples: use at most this many samples (every tensor of every sample is held).
         float_acts: the float model's tensors if already collected (``collect``).
+        float_gain: measure each layer's ``float_gain`` (one extra onnxruntime session per
+            layer) and rank by it; False ranks by ``added_noise`` alone.
+        gain_samples: samples the float gains are measured on (only the graph outputs are
+            held, so more than ``max_samples``: 16 left the ranking of a ResNet's layers noisy).
 
     Returns:
         one dict per quantized compute node: ``node``, ``op``, ``output``, ``sqnr_db``,
-        ``input_sqnr_db``, ``weight_sqnr_db``, ``added_noise``, ``mean_abs_error``.
+        ``input_sqnr_db``, ``weight_sqnr_db``, ``added_noise``, ``mean_abs_error`` and
+        ``float_gain`` (None when not measured).
     """
     import onnx
     from onnx import numpy_helper
@@ -176,9 +200,153 @@ def debug_layers(fp32: str | Path, qdq: str | Path, data: Any, *, max_samples: i
                        "sqnr_db": _finite(s_out), "input_sqnr_db": _finite(s_in),
                        "weight_sqnr_db": _finite(s_w),
                        "added_noise": max(_nsr(s_out) - _nsr(s_in), 0.0),
-                       "mean_abs_error": float(err)})
-    layers.sort(key=lambda r: -r["added_noise"])
+                       "mean_abs_error": float(err), "float_gain": None})
+    if float_gain and layers:
+        probe = _FloatProbe(fp32, qmodel, calibration_feeds(data, inputs, max(gain_samples, 1)))
+        for r in layers:
+            r["float_gain"] = round(probe.share([r["node"]]), 4)
+        if _probe is not None:
+            _probe.append(probe)
+    layers.sort(key=lambda r: (-(r["float_gain"] or 0.0), -r["added_noise"]))
     return layers
+
+
+def float_share(fp32: str | Path, qdq: str | Path, data: Any, nodes: Sequence[str], *,
+                max_samples: int = 64) -> float:
+    """Share of the QDQ model's output error removed when ``nodes`` run in float together.
+
+    1.0: those layers are the whole loss; near 0: the loss is elsewhere or spread. Measured on
+    ``data`` (calibration inputs) against ``fp32`` (the model ``qdq`` was quantized from).
+    """
+    import onnx
+
+    from edgeopt.runtimes.onnx_file import onnx_io
+
+    from .quantize import calibration_feeds
+
+    qmodel = onnx.load(str(qdq), load_external_data=False)
+    feeds = calibration_feeds(data, onnx_io(qmodel)[0], max_samples)
+    return _FloatProbe(fp32, qmodel, feeds).share(nodes)
+
+
+class _FloatProbe:
+    """Output error of a QDQ model with chosen compute nodes edited back to float."""
+
+    def __init__(self, fp32, qmodel, feeds: list[dict]):
+        import onnx
+
+        self.fmodel = onnx.load(str(fp32), load_external_data=False)
+        self.qmodel, self.feeds = qmodel, feeds
+        self.outputs = [o.name for o in qmodel.graph.output]
+        self.ref = _run(self.fmodel, feeds, self.outputs)
+        self.base = self._noise(_run(qmodel, feeds, self.outputs))
+
+    def _noise(self, got: list[list[np.ndarray]]) -> float:
+        """Noise-to-signal power of the graph outputs, summed over outputs."""
+        return sum(_nsr(sqnr_db(r, g)) for r, g in zip(self.ref, got))
+
+    def share(self, nodes: Sequence[str]) -> float:
+        if self.base == 0:
+            return 0.0
+        edited = in_float(self.qmodel, self.fmodel, set(nodes))
+        return (self.base - self._noise(_run(edited, self.feeds, self.outputs))) / self.base
+
+
+def _run(model, feeds: list[dict], names: list[str]) -> list[list[np.ndarray]]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    out: list[list[np.ndarray]] = [[] for _ in names]
+    for feed in feeds:
+        for i, value in enumerate(session.run(names, feed)):
+            out[i].append(value)
+    return out
+
+
+def in_float(qmodel, fmodel, nodes: set):
+    """A copy of the QDQ ``qmodel`` in which the compute ``nodes`` read float inputs and weights.
+
+    Weights and biases come from ``fmodel`` (the float model ``qmodel`` was quantized from);
+    activations are read before their QuantizeLinear. Where the quantizer absorbed a Relu or
+    Clip into the quantized range (the float tensor then holds pre-activation values), the
+    activation is put back in front of the float node. ``quantize`` applies it to its
+    ``nodes_to_exclude`` (onnxruntime's exclusion keeps float weights but still feeds the node
+    a quantized input); the debugger applies it to measure a layer without quantizing again.
+    """
+    import copy
+
+    import onnx
+
+    m = copy.deepcopy(qmodel)
+    g = m.graph
+    produced = {o: n for n in g.node for o in n.output}
+    f_produced = {o: n for n in fmodel.graph.node for o in n.output}
+    f_inits = {i.name: i for i in fmodel.graph.initializer}
+    have = {i.name for i in g.initializer}
+    nodes_out, added = [], {}
+
+    def float_init(name: str) -> str | None:
+        if name not in f_inits:
+            return None
+        new = name + "_in_float"
+        if new not in added and new not in have:
+            t = copy.deepcopy(f_inits[name])
+            t.name = new
+            added[new] = t
+        return new
+
+    for n in g.node:
+        if n.name in nodes:
+            for i, name in enumerate(n.input):
+                dq = produced.get(name)
+                if dq is None or dq.op_type != "DequantizeLinear":
+                    continue
+                src = dq.input[0]
+                if src in have:  # a quantized weight or bias
+                    original = src[:-len(_Q_SUFFIX)] if src.endswith(_Q_SUFFIX) else src
+                    new = float_init(original) or float_init(name)
+                    if new is not None:
+                        n.input[i] = new
+                    continue
+                q = produced.get(src)
+                if q is None or q.op_type != "QuantizeLinear":
+                    continue
+                x = q.input[0]
+                f_op, q_op = f_produced.get(x), produced.get(x)
+                if (f_op is not None and f_op.op_type in ("Relu", "Clip")
+                        and (q_op is None or q_op.op_type != f_op.op_type)):
+                    act = x + "_act_in_float"
+                    if act not in produced:
+                        extra = [float_init(a) or a for a in f_op.input[1:]]
+                        nodes_out.append(onnx.helper.make_node(f_op.op_type, [x, *extra], [act],
+                                                               name=act + "_node"))
+                        produced[act] = nodes_out[-1]
+                    x = act
+                n.input[i] = x
+        nodes_out.append(n)
+    del g.node[:]
+    g.node.extend(nodes_out)
+    g.initializer.extend(added.values())
+    return drop_unused(m)
+
+
+def drop_unused(m):
+    """Remove, in place, the nodes and initializers nothing reads any more (a QuantizeLinear /
+    DequantizeLinear pair whose only reader went back to float); returns ``m``."""
+    g = m.graph
+    while True:
+        read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if not any(o in read for o in n.output if o)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for t in [t for t in g.initializer if t.name not in read]:
+        g.initializer.remove(t)
+    return m
 
 
 def dequantized_weights(qmodel) -> dict[str, np.ndarray]:
@@ -214,6 +382,20 @@ def format_layers(layers: list[dict], top: int = 5) -> list[str]:
     def db(v):
         return "exact" if v is None else f"{v:.1f} dB"
 
-    return [f"  {r['node']} ({r['op']}): output SQNR {db(r['sqnr_db'])} (input {db(r['input_sqnr_db'])}, "
-            f"weights {db(r['weight_sqnr_db'])}), adds {r['added_noise']:.2e} noise/signal"
+    def gain(v):
+        return "" if v is None else f"in float it removes {v * 100:.0f}% of the output error; "
+
+    return [f"  {r['node']} ({r['op']}): {gain(r.get('float_gain'))}output SQNR {db(r['sqnr_db'])} "
+            f"(input {db(r['input_sqnr_db'])}, weights {db(r['weight_sqnr_db'])})"
             for r in layers[:top]]
+
+
+def share_line(share: float | None, count: int) -> str | None:
+    """What keeping the named layers in float would buy, and what to do when it is little."""
+    if share is None or count == 0:
+        return None
+    line = f"the {count} named layers in float together remove {share * 100:.0f}% of the output error"
+    if share < 0.5:
+        line += ("; the error is spread over the model (activation ranges rather than a few "
+                 "layers): try another calibration method, per-channel weights or QAT")
+    return line

@@ -416,6 +416,11 @@ def describe_record(rec: dict) -> str:
         if "nodes_in_float" in m:
             kept = list(m["nodes_in_float"] or [])
             parts.append("kept in float: " + (_listing(kept) if kept else "none"))
+        if m.get("costliest_layers"):
+            share = m.get("costliest_float_share")
+            parts.append("costliest layers (debugger): " + _listing(list(m["costliest_layers"]))
+                         + (f" (in float together they remove {share * 100:.0f}% of the output error)"
+                            if share is not None else ""))
     elif name == "export":
         if "opset" in m:
             parts.append(f"opset {m['opset']}")

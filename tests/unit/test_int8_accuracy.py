@@ -11,7 +11,7 @@ from edgeopt.compile import export
 from edgeopt.compress import QuantizeConfig, quantize
 from edgeopt.compress import quant_transforms as qt
 from edgeopt.compress.fidelity import runner_outputs
-from edgeopt.compress.quant_debug import collect, debug_layers
+from edgeopt.compress.quant_debug import collect, debug_layers, float_share, in_float
 from edgeopt.core.errors import InputError
 from edgeopt.runtimes import load
 
@@ -189,12 +189,77 @@ def test_debugger_ranks_the_bad_layer_first_and_quantize_names_it(tmp_path):
     assert layers[0]["node"] == bad and r.metrics["costliest_layers"][0] == bad
     assert len(r.metrics["costliest_layers"]) == 2 and len(layers) == 3
     assert layers[0]["sqnr_db"] < 10 < layers[0]["input_sqnr_db"]
+    # measured on the model's output: the bad layer alone in float removes most of its error,
+    # the others next to nothing, and the record says what the named layers remove together
+    assert layers[0]["float_gain"] > 0.8 > 0.2 > max(r["float_gain"] for r in layers[1:])
+    assert r.metrics["costliest_float_share"] >= layers[0]["float_gain"]
     assert any(bad in ln for ln in lines)
+    assert any("remove" in ln and "% of the output error" in ln for ln in lines)
     assert r.artifact.history[-1]["metrics"]["costliest_layers"][0] == bad  # in the manifest
     # the function on its own, and a refusal for a model that is not QDQ
     assert debug_layers(fp32, r.path, xs)[0]["node"] == bad
     with pytest.raises(InputError, match="not a QDQ model"):
         debug_layers(fp32, fp32, xs)
+
+
+@pytest.mark.parametrize("net", [BadMiddle, Unbalanced])
+def test_layers_edited_back_to_float_compute_what_the_float_model_computes(net, tmp_path):
+    """``in_float``: nodes read float inputs and weights again, with the ReLU / ReLU6 the
+    quantizer folded into a quantized range put back (without it the float node would read
+    negative pre-activations)."""
+    import onnxruntime as ort
+
+    xs = _samples(8)
+    fp32, pre = _preprocessed(net(), xs[0], tmp_path)
+    q = quantize(fp32, QuantizeConfig(per_channel=False, method="minmax", debug_layers=0), xs,
+                 out=tmp_path / "q.onnx").path
+    qmodel, fmodel = onnx.load(str(q)), onnx.load(str(pre))
+    convs = {n.name for n in qmodel.graph.node if n.op_type == "Conv"}
+    assert len(convs) == 3
+
+    def run(model, x):
+        s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+    for x in xs[:3]:
+        want, quantized = run(fmodel, x), run(qmodel, x)
+        np.testing.assert_array_equal(run(in_float(qmodel, fmodel, set()), x), quantized)
+        got = run(in_float(qmodel, fmodel, convs), x)
+        # only the graph output's own quantize-dequantize is left: within one of its steps
+        step = float(np.ptp(want)) / 255
+        assert np.abs(got - want).max() <= step * 1.01 < np.abs(quantized - want).max()
+    assert float_share(pre, q, xs, sorted(convs)) > 0.9
+    assert abs(float_share(pre, q, xs, [])) < 1e-9
+
+
+def test_a_layer_kept_in_float_reads_float_activations(tmp_path):
+    """``nodes_to_exclude``: the node runs in float end to end (onnxruntime alone would keep its
+    weights in float but still feed it the dequantized activation); the Q/DQ pair nothing else
+    reads is gone, and keeping the debugger's costliest layer in float removes its error."""
+    import onnxruntime as ort
+
+    xs = _samples(16)
+    fp32, pre = _preprocessed(BadMiddle(), xs[0], tmp_path)
+    bad = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"][1]
+    plain = quantize(fp32, QuantizeConfig(per_channel=False, method="minmax", debug_layers=0), xs,
+                     out=tmp_path / "plain.onnx").path
+    kept = quantize(fp32, QuantizeConfig(per_channel=False, method="minmax", nodes_to_exclude=(bad,),
+                                         debug_layers=0), xs, out=tmp_path / "kept.onnx")
+    g = onnx.load(str(kept.path)).graph
+    produced = {o: n.op_type for n in g.node for o in n.output}
+    node = next(n for n in g.node if n.name == bad)
+    assert [produced.get(i) for i in node.input[:2]] == ["Relu", None]  # float activation, float weight
+    assert kept.metrics["compute_nodes_quantized"] == 2 and kept.metrics["nodes_in_float"] == [bad]
+    counts = [sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(p)).graph.node) for p in (plain, kept.path)]
+    assert counts[1] < counts[0]
+
+    def err(path):
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        f = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"])
+        name = s.get_inputs()[0].name
+        return max(float(np.abs(s.run(None, {name: x})[0] - f.run(None, {name: x})[0]).max()) for x in xs[:4])
+
+    assert err(kept.path) < err(plain) / 4
 
 
 def test_budget_tries_transforms_before_the_fallback(tmp_path):
