@@ -182,7 +182,9 @@ def debug_layers(fp32: str | Path, qdq: str | Path, data: Any, *, max_samples: i
         out = n.output[0]
         # what the next layers read: the output after its own QDQ (the quantizer drops a Relu
         # that follows, so the raw output is pre-activation while the float tensor is not)
-        q_out = out + _DQ_SUFFIX if out + _DQ_SUFFIX in q_acts else out
+        # (where a consumer kept in float dropped that QDQ, the activation the quantizer had
+        # folded into it was put back as ``<out>_act_in_float``: compare that)
+        q_out = next((name for name in (out + _DQ_SUFFIX, out + "_act_in_float") if name in q_acts), out)
         if out.endswith(_QIN_SUFFIX):  # a graph output: its QDQ ends in the original name
             out = q_out = out[:-len(_QIN_SUFFIX)]
         if q_out not in q_acts or out not in float_acts:

@@ -78,7 +78,10 @@ class QuantizeConfig:
         format: "qdq" (QuantizeLinear/DequantizeLinear pairs) or "qoperator" (QLinearConv ...).
         percentile: the percentile for "percentile" calibration.
         max_calibration_samples: use at most this many calibration samples.
-        nodes_to_exclude: node names to keep in float from the start.
+        nodes_to_exclude: node names to keep in float from the start (they read float
+            inputs and weights); a name that matches no node is an error, and a name that
+            pre-processing fused (``node_MatMul_1`` -> ``node_MatMul_1/MatMulAddFusion``)
+            stands for the fused node.
         calibration: the earlier name of ``method`` (still accepted; ``quantize``'s third
             argument, the calibration data, now owns the word).
         equalize: cross-layer equalization of Conv pairs before quantizing (Relu/ReLU6-aware,
@@ -258,7 +261,7 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
             prepared = prepare_onnx_file(model, tmp / "prepared.onnx")
             quant_pre_process(str(prepared), str(pre), skip_symbolic_shape=False)
         prepare = _Prepared(pre, feeds, config, tmp)
-        excluded = list(config.nodes_to_exclude)
+        excluded = _node_names(pre, config.nodes_to_exclude, model)
         attempts, steps = [], []
         chosen = config.transforms
         if config.has_budget:
@@ -335,6 +338,37 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
     return StepResult(output, record, carried)
 
 
+def _node_names(pre: Path, names: Sequence[str], model: Any) -> list[str]:
+    """``nodes_to_exclude`` as node names of the pre-processed model ``pre``.
+
+    Pre-processing fuses some nodes and renames them (``node_MatMul_1`` becomes
+    ``node_MatMul_1/MatMulAddFusion``): a name that starts one fused name stands for it. A name
+    that matches nothing is an error rather than an exclusion that silently does nothing.
+    """
+    import onnx
+
+    if not names:
+        return []
+    nodes = [n for n in onnx.load(str(pre), load_external_data=False).graph.node]
+    known = {n.name for n in nodes}
+    out = []
+    for name in names:
+        fused = [k for k in known if k.startswith(f"{name}/")]
+        if name in known:
+            out.append(name)
+        elif len(fused) == 1:
+            out.append(fused[0])
+        else:
+            compute = [n.name for n in nodes if n.op_type in COMPUTE_OPS]
+            raise InputError(
+                f"nodes_to_exclude: {str(model)!r} has no node named {name!r}"
+                + (f" (it is ambiguous: {', '.join(sorted(fused)[:4])})" if fused else "")
+                + f"; its compute nodes are {', '.join(compute[:6])}"
+                + (f" and {len(compute) - 6} more" if len(compute) > 6 else "")
+                + " (the debugger's costliest_layers use these names)")
+    return list(dict.fromkeys(out))
+
+
 def _has_labels(data: Any) -> bool:
     if data is None:
         return False
@@ -355,7 +389,16 @@ def calibration_feeds(data: Any, inputs: Sequence[TensorSpec], limit: int | None
     if hasattr(data, "x") and not isinstance(data, np.ndarray):
         data = data.x
     names = [s.name for s in inputs]
-    if isinstance(data, np.ndarray):
+    if isinstance(data, dict):  # {input name: stacked array}, e.g. a .npz
+        if set(data) != set(names):
+            raise InputError(f"calibration data holds arrays {sorted(data)}; the model takes inputs {names}")
+        split = {spec.name: _split_batch(np.asarray(data[spec.name]), spec) for spec in inputs}
+        counts = {len(v) for v in split.values()}
+        if len(counts) != 1:
+            raise InputError("calibration arrays hold different numbers of samples: "
+                             + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+        samples = [{k: v[i] for k, v in split.items()} for i in range(counts.pop())]
+    elif isinstance(data, np.ndarray):
         samples = _split_batch(data, inputs[0])
     else:
         samples = list(data)

@@ -42,8 +42,9 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def load_samples(spec: str | None, split: str):
-    """``task:NAME`` -> that task's split; ``FILE.npy`` -> the array (never unpickled)."""
+def load_samples(spec: str | None, split: str, inputs_by_name: bool = False):
+    """``task:NAME`` -> that task's split; ``FILE.npy`` -> the array (never unpickled);
+    with ``inputs_by_name``, ``FILE.npz`` -> ``{input name: array}`` (a model with several inputs)."""
     import numpy as np
 
     if spec is None:
@@ -55,8 +56,15 @@ def load_samples(spec: str | None, split: str):
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"data file {spec!r} does not exist")
+    if inputs_by_name and path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {name: npz[name] for name in npz.files}
+        except ValueError as e:
+            raise InputError(f"data file {spec!r} holds something other than plain arrays: {e}") from None
     if path.suffix != ".npy":
-        raise InputError(f"data {spec!r}: expected task:NAME or a .npy file")
+        raise InputError(f"data {spec!r}: expected task:NAME or a .npy file"
+                         + (" (or a .npz with one array per model input)" if inputs_by_name else ""))
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:

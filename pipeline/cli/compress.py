@@ -126,9 +126,10 @@ def add_parser(sub):
         else:
             p.add_argument("model", metavar="MODEL.onnx", help="fp32 ONNX file or artifact folder")
             p.add_argument("--out", required=True, help="output .onnx file, or a folder for an artifact")
-            p.add_argument("--calibration-data", default=None, metavar="task:NAME|FILE.npy",
-                           help="calibration inputs: a built-in task's calibration split, or a .npy "
-                           "array of samples (N, ...) matching the model input (static mode)")
+            p.add_argument("--calibration-data", default=None, metavar="task:NAME|FILE.npy|FILE.npz",
+                           help="calibration inputs: a built-in task's calibration split, a .npy "
+                           "array of samples (N, ...) matching the model input, or a .npz with one "
+                           "such array per model input, named as the inputs (static mode)")
             p.add_argument("--eval-data", default=None, metavar="task:NAME|FILE.npy",
                            help="data a budget (max-accuracy-drop, min-agreement) is measured on: a "
                            "task's validation split (with labels), or a .npy of inputs (agreement only)")
@@ -163,9 +164,9 @@ def _quantize(args, config) -> int:
         raise InputError("--max-accuracy-drop needs labels: give --eval-data task:NAME, or use "
                          "--min-agreement with a .npy of inputs")
     if config.mode == "static" and args.calibration_data is None:
-        raise InputError("static quantization needs --calibration-data (task:NAME or FILE.npy); "
+        raise InputError("static quantization needs --calibration-data (task:NAME, FILE.npy or FILE.npz); "
                          "or use --mode dynamic")
-    calibration = load_samples(args.calibration_data, "calib")
+    calibration = load_samples(args.calibration_data, "calib", inputs_by_name=True)
     eval_data = load_samples(args.eval_data, "val")
     result = STEPS["quantize"].function(args.model, config, calibration, out=args.out, eval_data=eval_data,
                                          progress=say)

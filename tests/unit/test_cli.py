@@ -131,6 +131,7 @@ def test_compress_quantize_bad_inputs_exit_2(tmp_path):
         (["--calibration-data", str(tmp_path / "wrong.npy")], "calibration sample 0: input 'input' has shape (1, 1, 16, 16)"),
         ([], "static quantization needs --calibration-data"),
         (["--calibration-data", "task:digits", "--method", "kl"], "method must be one of minmax, entropy, percentile, mean_minmax; got 'kl'"),
+        (["--calibration-data", "task:digits", "--nodes-to-exclude", "node_nope"], "has no node named 'node_nope'; its compute nodes are"),
     ]
     for extra, message in cases:
         r = edgeopt_cli("compress", "quantize", tmp_path / "m.onnx", "--out", tmp_path / "q.onnx", *extra)
@@ -138,6 +139,41 @@ def test_compress_quantize_bad_inputs_exit_2(tmp_path):
         assert message in r.stderr, (extra, r.stderr)
         assert not (tmp_path / "q.onnx").exists()
     assert listing(tmp_path) == ["empty.npy", "m.onnx", "wrong.npy"]
+
+
+def test_compress_quantize_two_inputs_from_npz(tmp_path):
+    """A model with two inputs takes its calibration data as a .npz, one array per input."""
+    import numpy as np
+    import torch
+
+    from edgeopt.compile import export
+
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc, self.head = torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(6, 4), torch.nn.Linear(8, 3)
+
+        def forward(self, image, vector):
+            return self.head(torch.cat([self.conv(image).mean((2, 3)), torch.relu(self.fc(vector))], 1))
+
+    x = (torch.randn(1, 1, 8, 8), torch.randn(1, 6))
+    fp32 = export(TwoInputs().eval(), None, x, out=tmp_path / "two.onnx").path
+    import onnx
+
+    names = [i.name for i in onnx.load(str(fp32)).graph.input]
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", **{names[0]: rng.standard_normal((16, 1, 8, 8)).astype(np.float32),
+                                        names[1]: rng.standard_normal((16, 6)).astype(np.float32)})
+    np.savez(tmp_path / "wrong.npz", other=np.zeros((4, 6), np.float32))
+    r = edgeopt_cli("compress", "quantize", fp32, "--calibration-data", tmp_path / "calib.npz",
+                    "--out", tmp_path / "q.onnx")
+    assert r.returncode == 0, r.stderr
+    assert "compute nodes int8" in r.stdout and (tmp_path / "q.onnx").exists()
+    r = edgeopt_cli("compress", "quantize", fp32, "--calibration-data", tmp_path / "wrong.npz",
+                    "--out", tmp_path / "q2.onnx")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert f"calibration data holds arrays ['other']; the model takes inputs {names}" in r.stderr
+    assert not (tmp_path / "q2.onnx").exists()
 
 
 def test_compile_cli_targets_and_bad_inputs(tmp_path):

@@ -260,6 +260,31 @@ def test_a_layer_kept_in_float_reads_float_activations(tmp_path):
         return max(float(np.abs(s.run(None, {name: x})[0] - f.run(None, {name: x})[0]).max()) for x in xs[:4])
 
     assert err(kept.path) < err(plain) / 4
+    # the layer feeding the float one lost its output QDQ: the debugger compares its output after
+    # the ReLU put back, as before (not the pre-activation values)
+    first = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"][0]
+    before, after = ({r["node"]: r for r in debug_layers(pre, p, xs, float_gain=False)}[first]
+                     for p in (plain, kept.path))
+    assert after["sqnr_db"] is None or after["sqnr_db"] > before["sqnr_db"] - 3
+    # a name that matches no node is refused, not silently ignored
+    with pytest.raises(InputError, match="has no node named 'conv9'; its compute nodes are"):
+        quantize(fp32, QuantizeConfig(nodes_to_exclude=("conv9",), debug_layers=0), xs, out=tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_name_fused_by_preprocessing_stands_for_the_fused_node(tmp_path):
+    """onnxruntime's pre-processing fuses MatMul + Add into a Gemm named ``<matmul>/MatMulAddFusion``:
+    the exported model's MatMul name still excludes it."""
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    xs = [np.random.default_rng(i).standard_normal((1, 8)).astype(np.float32) for i in range(8)]
+    fp32, pre = _preprocessed(net, xs[0], tmp_path)
+    fused = [n.name for n in onnx.load(str(pre)).graph.node if n.name.endswith("/MatMulAddFusion")]
+    if not fused:
+        pytest.skip("this exporter/onnxruntime pair does not fuse MatMul + Add")
+    r = quantize(fp32, QuantizeConfig(nodes_to_exclude=(fused[0].split("/")[0],), debug_layers=0), xs,
+                 out=tmp_path / "q.onnx")
+    assert r.metrics["nodes_in_float"] == [fused[0]]
+    assert r.metrics["compute_nodes_quantized"] == r.metrics["compute_nodes_total"] - 1
 
 
 def test_budget_tries_transforms_before_the_fallback(tmp_path):

@@ -66,7 +66,8 @@ HISTORY = [
     {"name": "export", "config": {}, "metrics": {"opset": 17, "size_bytes": 90000, "parity": {"max_rel": 1e-6}}},
     {"name": "quantize", "config": {}, "metrics": {
         "size_bytes_before": 90000, "size_bytes_after": 30000, "size_ratio": 0.33, "compute_nodes_quantized": 5,
-        "compute_nodes_total": 6, "nodes_in_float": ["/fc2/Gemm"], "fallback": []}},
+        "compute_nodes_total": 6, "nodes_in_float": ["/fc2/Gemm"], "fallback": [],
+        "costliest_layers": ["/conv2/Conv", "/fc1/Gemm"], "costliest_float_share": 0.62}},
 ]
 
 
@@ -145,6 +146,7 @@ def test_markdown_names_model_recipe_machine_and_what_steps_changed():
                   "prune(amount=0.5) -> lowrank -> quantize",
                   "params 155.90k -> 39.43k (-75%)", "FLOPs 5.30M -> 1.40M (-74%)", "conv1 32->16",
                   "fc1 [12] of [64]", "kept in float: /fc2/Gemm", "5 of 6 compute nodes quantized",
+                  "costliest layers (debugger): /conv2/Conv, /fc1/Gemm (in float together they remove 62%",
                   "size 87.9 KB -> 29.3 KB (-67%)",
                   "against fp32/onnxruntime (no steps): params 10 -> 5 (-50%); FLOPs 2.00M -> 1.00M (-50%); "
                   "size 1000 B -> 400 B (-60%)"):
