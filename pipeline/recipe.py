@@ -48,7 +48,7 @@ TOP_KEYS = ("model", "weights", "task", "input_shape", "variants", "targets", "b
 #: (``edgeopt compile --tune-trials/--tune-timeout/--tuning-db``).
 TUNE_KEYS = {"tune_trials": (int,), "tune_timeout": (int, float), "tuning_db": (str,)}
 TARGET_KEYS = {"torch": ("runtime",), "onnxruntime": ("runtime",),
-               "tvm": ("runtime", "target", "int8", "precision", "cuda_graph", "kernels", *TUNE_KEYS)}
+               "tvm": ("runtime", "target", "int8", "precision", "cuda_graph", "kernels", "fast_math", *TUNE_KEYS)}
 BENCH_KEYS = ("warmup", "repeat", "threads")
 #: Keys of the ``evaluate`` section (``edgeopt.pipeline.evaluate.EvaluateConfig``) and their types.
 EVALUATE_KEYS = {"enabled": (bool,), "robustness": (bool,), "samples": (int,), "exemplars": (bool,),
@@ -76,6 +76,7 @@ class Target:
             label += f"-{b.kernels}" if getattr(b, "kernels", "auto") != "auto" else ""
             label += "-fp16" if getattr(b, "precision", "fp32") == "fp16" else ""
             label += "-nograph" if getattr(b, "cuda_graph", True) is False else ""
+            label += "-exactmath" if getattr(b, "fast_math", True) is False else ""
         return label
 
     @property
@@ -320,6 +321,8 @@ def _build_config(target, entries: dict, err, scalar):
         options["cuda_graph"] = scalar(entries["cuda_graph"][1], "'cuda_graph'", (bool,))
     if "kernels" in entries:
         options["kernels"] = scalar(entries["kernels"][1], "'kernels'", (str,))
+    if "fast_math" in entries:
+        options["fast_math"] = scalar(entries["fast_math"][1], "'fast_math'", (bool,))
     where = entries.get("target", entries["runtime"])[1]
     try:
         tuning = None

@@ -25,6 +25,9 @@ def add_parser(sub):
     cp.add_argument("--no-cuda-graph", action="store_true",
                     help="cuda targets: launch each kernel on every call instead of replaying a "
                     "captured CUDA graph")
+    cp.add_argument("--exact-math", action="store_true",
+                    help="CPU targets: erf, exp and tanh as exact C library calls instead of "
+                    "vectorized polynomial approximations (within 1e-6)")
     cp.add_argument("--tune-trials", type=nonneg_int, default=0,
                     help="MetaSchedule trials to have in the tuning database (default: 0, no tuning)")
     cp.add_argument("--bundle", metavar="DIR", default=None,
@@ -59,7 +62,8 @@ def run(args) -> int:
         tune = TuneConfig(trials=args.tune_trials, timeout_s=args.tune_timeout, db=args.tuning_db,
                           tracker=args.tracker, key=args.key)
     config = BuildConfig(target=args.target, int8=False if args.no_int8 else None, tune=tune,
-                         precision=args.precision, cuda_graph=not args.no_cuda_graph, kernels=args.kernels)
+                         precision=args.precision, cuda_graph=not args.no_cuda_graph, kernels=args.kernels,
+                         fast_math=not args.exact_math)
     result = build(args.model, config, out=args.out, progress=say)
     art, last = result.artifact, result.record
     print(f"wrote {art.path} ({art.size_bytes():,} bytes) for {json.dumps(last['config']['target'])}"

@@ -1,0 +1,47 @@
+"""CPU builds compute erf / exp / tanh as vectorizable polynomials (``BuildConfig.fast_math``):
+outputs stay within float32 parity of onnxruntime; ``fast_math=False`` keeps the exact calls."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgeopt.compile import BuildConfig, build, export
+from edgeopt.core.errors import InputError
+from edgeopt.runtimes import load
+
+
+class Transcendental(nn.Module):
+    """GELU (erf) on the input itself (not after a matmul oneDNN would fuse it into), softmax
+    (exp), tanh and sigmoid, over values from -12 to 12."""
+
+    def forward(self, x):
+        a = nn.functional.gelu(x)
+        b = torch.softmax(x, dim=-1)
+        c = torch.tanh(x) + torch.sigmoid(x)
+        return a, b, c
+
+
+@pytest.mark.integration
+def test_fast_math_matches_onnxruntime_and_can_be_turned_off(tmp_path):
+    x = torch.linspace(-12, 12, 4 * 96).reshape(4, 96)
+    fp32 = export(Transcendental().eval(), None, x, out=tmp_path / "m.onnx").path
+    ref = load(fp32).run([x.numpy()])
+    ops = {n.op_type for n in onnx.load(str(fp32)).graph.node}
+    assert "Erf" in ops and "Softmax" in ops and "Tanh" in ops
+    errors = {}
+    for fast in (True, False):
+        b = build(fp32, BuildConfig(target="cpu", kernels="tvm", fast_math=fast), out=tmp_path / f"tvm-{fast}")
+        assert b.record["config"]["fast_math"] is fast
+        library = (b.artifact.path / "model.so").read_bytes()
+        assert (b"fast_erf" in library) is fast and (b"fast_tanh" in library) is fast
+        got = load(b.artifact).run([x.numpy()])
+        errors[fast] = max(float(np.abs(g - r).max()) for g, r in zip(got, ref))
+    assert errors[True] < 2e-6, errors
+    assert errors[False] < 1e-6, errors
+
+
+def test_fast_math_is_a_bool():
+    with pytest.raises(InputError, match="fast_math"):
+        BuildConfig(target="cpu", fast_math="yes")
