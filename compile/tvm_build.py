@@ -80,10 +80,11 @@ class BuildConfig:
             ``auto``: oneDNN for an untuned build, and for a tuned one both builds timed on this
             host, the faster kept (the record names the choice and both latencies). Without
             oneDNN, and on other targets, ``auto`` means ``tvm``.
-        fast_math: CPU targets compute erf, exp and tanh (GELU, softmax, sigmoid-like ops TVM
-            keeps) as TVM's polynomial approximations, which vectorize, instead of calls into the
-            C library one element at a time (``relax.transform.FastMathTransform``; within 1e-6
-            of the exact functions); False keeps the exact calls.
+        fast_math: CPU targets compute erf and tanh (the model's Erf / Tanh nodes: GELU, Mish,
+            tanh-GELU) as TVM's polynomial approximations, which vectorize, instead of TVM's
+            default lowering (erf: a C library call per element); within 1e-6 of the exact
+            functions (``edgeopt.compile.fast_math``). exp is left exact. False keeps the
+            default lowering.
     """
 
     target: Any = "cpu"
@@ -351,9 +352,9 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
         details["int8_ops"] += rewritten
     cuda = spec.get("kind") == "cuda"
     if spec.get("kind") == "llvm" and config.fast_math:
-        # erf / exp / tanh as polynomials TVM can vectorize instead of calls into libm, one
-        # element at a time (erf alone was 0.25 of the ViT int8 artifact's 1.49 ms)
-        mod = relax.transform.FastMathTransform()(mod)
+        from .fast_math import fast_erf_tanh
+
+        mod = fast_erf_tanh(mod)
     if config.precision == "fp16":
         # float32 accumulation keeps a 512-channel reduction within fp16's 11-bit mantissa
         try:

@@ -26,8 +26,8 @@ def add_parser(sub):
                     help="cuda targets: launch each kernel on every call instead of replaying a "
                     "captured CUDA graph")
     cp.add_argument("--exact-math", action="store_true",
-                    help="CPU targets: erf, exp and tanh as exact C library calls instead of "
-                    "vectorized polynomial approximations (within 1e-6)")
+                    help="CPU targets: erf and tanh in TVM's default lowering (erf: a C library "
+                    "call per element) instead of vectorized polynomials (within 1e-6)")
     cp.add_argument("--tune-trials", type=nonneg_int, default=0,
                     help="MetaSchedule trials to have in the tuning database (default: 0, no tuning)")
     cp.add_argument("--bundle", metavar="DIR", default=None,

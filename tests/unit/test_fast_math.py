@@ -1,5 +1,6 @@
-"""CPU builds compute erf / exp / tanh as vectorizable polynomials (``BuildConfig.fast_math``):
-outputs stay within float32 parity of onnxruntime; ``fast_math=False`` keeps the exact calls."""
+"""CPU builds compute erf / tanh as vectorizable polynomials (``BuildConfig.fast_math``):
+outputs stay within float32 parity of onnxruntime; exp stays exact (TVM's fast exp overflows
+early); ``fast_math=False`` keeps TVM's default lowering."""
 
 import numpy as np
 import onnx
@@ -20,7 +21,8 @@ class Transcendental(nn.Module):
         a = nn.functional.gelu(x)
         b = torch.softmax(x, dim=-1)
         c = torch.tanh(x) + torch.sigmoid(x)
-        return a, b, c
+        e = torch.exp(x + 76.5)  # up to exp(88.5): finite in float32, inf with TVM's fast exp
+        return a, b, c, e / e.sum(-1, keepdim=True)
 
 
 @pytest.mark.integration
@@ -36,8 +38,10 @@ def test_fast_math_matches_onnxruntime_and_can_be_turned_off(tmp_path):
         assert b.record["config"]["fast_math"] is fast
         library = (b.artifact.path / "model.so").read_bytes()
         assert (b"fast_erf" in library) is fast and (b"fast_tanh" in library) is fast
+        assert b"fast_exp" not in library
         got = load(b.artifact).run([x.numpy()])
-        errors[fast] = max(float(np.abs(g - r).max()) for g, r in zip(got, ref))
+        assert all(np.isfinite(g).all() for g in got)
+        errors[fast] = max(float(np.abs(g - r).max() / max(np.abs(r).max(), 1.0)) for g, r in zip(got, ref))
     assert errors[True] < 2e-6, errors
     assert errors[False] < 1e-6, errors
 
