@@ -110,16 +110,15 @@ def debug_summary(fp32: str | Path, qdq: str | Path, data: Any, top: int = 5, **
     """The debugger's record: ``layers`` (``debug_layers``), ``costliest_layers`` (the ``top``
     first names) and ``costliest_float_share`` (the share of the output error those layers
     remove when they run in float together; None when the gains were not measured)."""
-    probe: list = []
-    layers = debug_layers(fp32, qdq, data, _probe=probe, **options)
+    layers, probe = _measure(fp32, qdq, data, **options)
     names = [r["node"] for r in layers[:top]]
-    share = round(probe[0].share(names), 4) if probe and names else None
+    share = round(probe.share(names), 4) if probe is not None and names else None
     return {"layers": layers, "costliest_layers": names, "costliest_float_share": share}
 
 
 def debug_layers(fp32: str | Path, qdq: str | Path, data: Any, *, max_samples: int = 16,
                  float_acts: dict | None = None, float_gain: bool = True,
-                 gain_samples: int = 64, _probe: list | None = None) -> list[dict]:
+                 gain_samples: int = 64) -> list[dict]:
     """Per-layer errors of the QDQ model ``qdq`` against ``fp32``, costliest layer first.
 
     Args:
@@ -139,6 +138,13 @@ def debug_layers(fp32: str | Path, qdq: str | Path, data: Any, *, max_samples: i
         ``input_sqnr_db``, ``weight_sqnr_db``, ``added_noise``, ``mean_abs_error`` and
         ``float_gain`` (None when not measured).
     """
+    return _measure(fp32, qdq, data, max_samples=max_samples, float_acts=float_acts,
+                    float_gain=float_gain, gain_samples=gain_samples)[0]
+
+
+def _measure(fp32, qdq, data, *, max_samples: int = 16, float_acts: dict | None = None,
+             float_gain: bool = True, gain_samples: int = 64):
+    """``debug_layers``' work: (layers, the probe that measured the gains or None)."""
     import onnx
     from onnx import numpy_helper
 
@@ -203,14 +209,13 @@ def debug_layers(fp32: str | Path, qdq: str | Path, data: Any, *, max_samples: i
                        "weight_sqnr_db": _finite(s_w),
                        "added_noise": max(_nsr(s_out) - _nsr(s_in), 0.0),
                        "mean_abs_error": float(err), "float_gain": None})
+    probe = None
     if float_gain and layers:
         probe = _FloatProbe(fp32, qmodel, calibration_feeds(data, inputs, max(gain_samples, 1)))
         for r in layers:
             r["float_gain"] = round(probe.share([r["node"]]), 4)
-        if _probe is not None:
-            _probe.append(probe)
     layers.sort(key=lambda r: (-(r["float_gain"] or 0.0), -r["added_noise"]))
-    return layers
+    return layers, probe
 
 
 def float_share(fp32: str | Path, qdq: str | Path, data: Any, nodes: Sequence[str], *,

@@ -349,7 +349,7 @@ def _node_names(pre: Path, names: Sequence[str], model: Any) -> list[str]:
 
     if not names:
         return []
-    nodes = [n for n in onnx.load(str(pre), load_external_data=False).graph.node]
+    nodes = list(onnx.load(str(pre), load_external_data=False).graph.node)
     known = {n.name for n in nodes}
     out = []
     for name in names:
