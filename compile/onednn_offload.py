@@ -49,7 +49,7 @@ def offload_to_onednn(mod, int8: bool = True):
     mod = clip_as_relax_ops(mod)
     mod = to_nhwc(mod)
     counts = {"conv2d": 0, "matmul": 0, "batch_matmul": 0, "layer_norm": 0, "softmax": 0,
-              "conv2d_q": 0, "matmul_q": 0}
+              "max_pool2d": 0, "conv2d_q": 0, "matmul_q": 0}
     # int8 first: the QDQ chains still hold the int8 weights (constant folding would turn
     # dequantize(Wq) into float weights)
     if int8:
@@ -367,6 +367,18 @@ def _plan_int8(func) -> dict:
         activation, lo, hi = _NONE, 0.0, 0.0
         value = values.get(node)
         name = _op_name(value)
+        if name == "relax.nn.max_pool2d" and through(node, user):
+            # max commutes with a dequantize of positive scale: with the same scale and zero
+            # point on both sides the chain is the pooling of the integers themselves
+            dq = values.get(value.args[0])
+            if (_op_name(dq) == "relax.dequantize" and through(value.args[0], node)
+                    and _dtype(dq.args[0]) == str(q.attrs.out_dtype)
+                    and scalar(dq.args[1]) == sy and sy > 0 and scalar(dq.args[2]) == zy):
+                plan = _max_pool_plan(b.var, value, dq.args[0], str(q.attrs.out_dtype))
+                if plan is not None:
+                    plan.members = [b.var, node, value.args[0]]
+                    plans[b.var] = plan
+            continue
         if name in ("relax.nn.relu", "relax.minimum", "relax.maximum") and through(node, user):
             if name == "relax.minimum":
                 inner = value.args[0]
@@ -424,6 +436,19 @@ def _plan_int8(func) -> dict:
                              scales=(sx * sw / sy).astype(np.float32), zero_points=(int(zx), int(zy)),
                              out_dtype=str(q.attrs.out_dtype))
     return plans
+
+
+def _max_pool_plan(var, value, src, dtype: str) -> _Plan | None:
+    """A max pooling oneDNN takes: NHWC, no dilation, ``dtype`` in and out."""
+    a = value.attrs
+    shape, in_shape = _shape(var), _shape(value.args[0])
+    if (a.layout != "NHWC" or a.out_layout != "NHWC" or any(int(d) != 1 for d in a.dilation)
+            or _dtype(value.args[0]) != "float32" or shape is None or in_shape is None
+            or not all(isinstance(d, int) for d in [*shape[1:], *in_shape[1:]])):
+        return None
+    params = [*(int(k) for k in a.pool_size), *(int(st) for st in a.strides),
+              int(a.padding[0]), int(a.padding[1])]
+    return _Plan("max_pool2d", src, None, params, shape, out_dtype=dtype)
 
 
 def _int8_core(var, value, name, values, scalar) -> dict | None:
@@ -552,6 +577,8 @@ def _start(var, value, values) -> _Plan | None:
         plan = _Plan("layer_norm", x, None, [], _shape(var))
         plan.lo, plan.other = float(a.epsilon), (g.astype(np.float32).reshape(-1), bt.astype(np.float32).reshape(-1))
         return plan
+    if name == "relax.nn.max_pool2d":
+        return _max_pool_plan(var, value, value.args[0], "float32")
     if name == "relax.nn.softmax":
         shape = _shape(value.args[0])
         if shape is None or _dtype(value.args[0]) != "float32" or int(value.attrs.axis) % len(shape) != len(shape) - 1:
@@ -655,6 +682,11 @@ def _make_rewriter():
                     [relax.prim_value(plan.lo, "float64"), self.visit_expr(plan.src),
                      relax.const(gamma, "float32"), relax.const(beta, "float32")],
                     out_ty=relax.TensorType(_exprs(plan.out_shape), "float32"))
+                return self.emit_for(binding, call)
+            if plan.kind == "max_pool2d":
+                call = relax.call_dps_packed(
+                    "edgeopt.onednn.max_pool2d", [relax.ShapeExpr(plan.params), self.visit_expr(plan.src)],
+                    out_ty=relax.TensorType(_exprs(plan.out_shape), plan.out_dtype))
                 return self.emit_for(binding, call)
             if plan.kind == "softmax":
                 call = relax.call_dps_packed("edgeopt.onednn.softmax", [self.visit_expr(plan.src)],

@@ -30,6 +30,11 @@
 //       fp32 layer normalization over the last axis with scale and shift.
 //   edgeopt.onednn.softmax(src, out)
 //       fp32 softmax over the last axis.
+//   edgeopt.onednn.max_pool2d(p, src, out)
+//       max pooling, src/out NHWC, float32, uint8 or int8 (in int8 the QDQ chain
+//       quantize(max_pool(dequantize(x))) with one scale is the pooling of x itself);
+//       p = [kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left]: the right and bottom
+//       padding follow from the output's shape (ceil mode included).
 //   edgeopt.onednn.clear_cache(): drop every cached primitive and held weight (a runner calls it
 //       when it closes, so weights of unloaded models are not kept alive).
 //   edgeopt.onednn.set_threads(n): the OpenMP threads oneDNN runs on (the runners' --threads).
@@ -446,6 +451,35 @@ void softmax(tvm::ffi::PackedArgs args) {
   stream().wait();
 }
 
+void max_pool2d(tvm::ffi::PackedArgs args) {
+  check(args.size() == 3, "max_pool2d takes 3 arguments");
+  auto p = args[0].cast<tvm::ffi::Shape>();
+  check(p.size() == 6, "max_pool2d takes 6 parameters");
+  const DLTensor src = tensor_arg(args, 1);
+  DLTensor out = tensor_arg(args, 2);
+  check(src.ndim == 4 && out.ndim == 4 && src.shape[0] == out.shape[0] && src.shape[3] == out.shape[3],
+        "max_pool2d takes NHWC tensors with equal batch and channels");
+  const dt type = dtype_of(&src, "src");
+  check(dtype_of(&out, "out") == type, "max_pool2d's output has its input's dtype");
+  const int64_t n = src.shape[0], h = src.shape[1], w = src.shape[2], c = src.shape[3];
+  const int64_t oh = out.shape[1], ow = out.shape[2];
+  const int64_t pad_b = (oh - 1) * p[2] + p[0] - h - p[4], pad_r = (ow - 1) * p[3] + p[1] - w - p[5];
+  std::string key = "maxpool|" + std::to_string(static_cast<int>(type));
+  for (int64_t v : {n, h, w, c, oh, ow, p[0], p[1], p[2], p[3], p[4], p[5]}) key += "|" + std::to_string(v);
+  memory::desc src_md({n, c, h, w}, type, tag::nhwc), dst_md({n, c, oh, ow}, type, tag::nhwc);
+  auto cached = cached_or(key, [&] {
+    dnnl::pooling_forward::desc d(dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_max, src_md,
+                                  dst_md, {p[2], p[3]}, {p[0], p[1]}, {p[4], p[5]}, {pad_b, pad_r});
+    dnnl::pooling_forward::primitive_desc pd(d, engine());
+    auto made = std::make_shared<Cached>();
+    made->primitive = dnnl::pooling_forward(pd);
+    return made;
+  });
+  memory s_mem(src_md, engine(), data_of(&src)), d_mem(dst_md, engine(), data_of(&out));
+  cached->primitive.execute(stream(), {{DNNL_ARG_SRC, s_mem}, {DNNL_ARG_DST, d_mem}});
+  stream().wait();
+}
+
 using Factory = std::shared_ptr<Cached> (*)(const tvm::ffi::Shape&, float, float, const DLTensor*,
                                             const DLTensor*, const DLTensor*, bool);
 
@@ -522,6 +556,8 @@ TVM_FFI_STATIC_INIT_BLOCK() {
                   [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { layer_norm(args); })
       .def_packed("edgeopt.onednn.softmax",
                   [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { softmax(args); })
+      .def_packed("edgeopt.onednn.max_pool2d",
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { max_pool2d(args); })
       .def_packed("edgeopt.onednn.batch_matmul",
                   [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { batch_matmul(args); })
       .def_packed("edgeopt.onednn.conv2d_q",

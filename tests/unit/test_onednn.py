@@ -27,8 +27,8 @@ needs_onednn = pytest.mark.skipif(_onednn_missing() is not None, reason=str(_one
 
 
 class OddNet(torch.nn.Module):
-    """Convs of every kind the plugin takes, a residual join of two conv branches, a Conv1d and a
-    token MLP; two outputs."""
+    """Convs of every kind the plugin takes, a max pooling, a residual join of two conv branches,
+    a Conv1d and a token MLP; two outputs."""
 
     def __init__(self):
         super().__init__()
@@ -42,7 +42,7 @@ class OddNet(torch.nn.Module):
 
     def forward(self, x):
         x = torch.nn.functional.relu6(self.stem(x))
-        x = torch.relu(self.dw(x))
+        x = torch.nn.functional.max_pool2d(torch.relu(self.dw(x)), 3, stride=1, padding=1)
         y = torch.relu(self.grouped(x) + self.skip(x))          # two convs joined by a residual add
         seq = self.conv1d(y.flatten(2))                           # (1, 8, 64)
         tokens = y.flatten(2).transpose(1, 2)                     # (1, 64, 32)
@@ -81,7 +81,7 @@ def test_onednn_build_offloads_convs_and_matmuls_and_matches_onnxruntime(odd_onn
     # stem, dw, grouped + skip (two chains: the add joins them), the Conv1d (as a conv of height
     # 1), fc1 (with its GELU), fc2
     assert metrics["library_ops"] == {"conv2d": 5, "matmul": 2, "batch_matmul": 0, "layer_norm": 0,
-                                      "softmax": 0, "conv2d_q": 0, "matmul_q": 0}
+                                      "softmax": 0, "max_pool2d": 1, "conv2d_q": 0, "matmul_q": 0}
     art = result.artifact
     assert art.manifest["plugins"] == ["libedgeopt_onednn.so"]
     assert (art.path / "libedgeopt_onednn.so").exists()
@@ -159,18 +159,20 @@ def test_clip_as_relax_ops_turns_the_importers_clip_into_relax_ops(tmp_path):
 
 class Int8Net(torch.nn.Module):
     """Strided, depthwise and grouped convs, a residual, ReLU6, Hardswish (its HardSigmoid carries
-    scalar constants), a classifier (a quantized output)."""
+    scalar constants), a max pooling in ceil mode, a classifier (a quantized output)."""
 
     def __init__(self):
         super().__init__()
         self.stem = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
         self.dw = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
         self.grouped = torch.nn.Conv2d(16, 16, 3, padding=1, groups=4)
-        self.fc = torch.nn.Linear(16 * 8 * 8, 7)
+        self.fc = torch.nn.Linear(16 * 5 * 5, 7)
 
     def forward(self, x):
         x = torch.nn.functional.relu6(self.stem(x))
         x = torch.relu(self.grouped(torch.nn.functional.hardswish(self.dw(x))) + x)
+        # 8x8 -> 5x5: the last window hangs over the bottom/right edge (more padding there)
+        x = torch.nn.functional.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True)
         return self.fc(x.flatten(1))
 
 
@@ -194,6 +196,7 @@ def test_int8_qdq_chains_run_as_onednn_int8_within_one_output_step(tmp_path):
     result = build(int8, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
     ops = result.record["metrics"]["library_ops"]
     assert ops["conv2d_q"] >= 3 and ops["matmul_q"] >= 1
+    assert ops["max_pool2d"] == 1  # on the uint8 tensor itself
     assert result.record["metrics"]["int8_ops"] == ops["conv2d_q"] + ops["matmul_q"]
     tvm_runner, ort = load(result.artifact), load(int8)
     x = ort.example_inputs(seed=2)
