@@ -49,7 +49,7 @@ def offload_to_onednn(mod, int8: bool = True):
     mod = clip_as_relax_ops(mod)
     mod = to_nhwc(mod)
     counts = {"conv2d": 0, "matmul": 0, "batch_matmul": 0, "layer_norm": 0, "softmax": 0,
-              "max_pool2d": 0, "conv2d_q": 0, "matmul_q": 0}
+              "max_pool2d": 0, "conv2d_q": 0, "matmul_q": 0, "max_pool2d_q": 0}
     # int8 first: the QDQ chains still hold the int8 weights (constant folding would turn
     # dequantize(Wq) into float weights)
     if int8:
@@ -371,12 +371,13 @@ def _plan_int8(func) -> dict:
             # max commutes with a dequantize of positive scale: with the same scale and zero
             # point on both sides the chain is the pooling of the integers themselves
             dq = values.get(value.args[0])
-            if (_op_name(dq) == "relax.dequantize" and through(value.args[0], node)
-                    and _dtype(dq.args[0]) == str(q.attrs.out_dtype)
+            if (_op_name(dq) == "relax.dequantize" and _dtype(dq.args[0]) == str(q.attrs.out_dtype)
                     and scalar(dq.args[1]) == sy and sy > 0 and scalar(dq.args[2]) == zy):
                 plan = _max_pool_plan(b.var, value, dq.args[0], str(q.attrs.out_dtype))
                 if plan is not None:
-                    plan.members = [b.var, node, value.args[0]]
+                    # a dequantize shared with other readers (YOLO's SPPF concat) stays for them
+                    plan.kind = "max_pool2d_q"
+                    plan.members = [b.var, node] + ([value.args[0]] if through(value.args[0], node) else [])
                     plans[b.var] = plan
             continue
         if name in ("relax.nn.relu", "relax.minimum", "relax.maximum") and through(node, user):
@@ -664,6 +665,11 @@ def _make_rewriter():
             plan = self.plans.get(binding.var)
             if plan is None:
                 return super().visit_var_binding_(binding)
+            if plan.kind in ("max_pool2d", "max_pool2d_q"):
+                call = relax.call_dps_packed(
+                    "edgeopt.onednn.max_pool2d", [relax.ShapeExpr(plan.params), self.visit_expr(plan.src)],
+                    out_ty=relax.TensorType(_exprs(plan.out_shape), plan.out_dtype))
+                return self.emit_for(binding, call)
             if plan.kind.endswith("_q"):
                 params = list(plan.params)
                 params[-1] = plan.activation
@@ -682,11 +688,6 @@ def _make_rewriter():
                     [relax.prim_value(plan.lo, "float64"), self.visit_expr(plan.src),
                      relax.const(gamma, "float32"), relax.const(beta, "float32")],
                     out_ty=relax.TensorType(_exprs(plan.out_shape), "float32"))
-                return self.emit_for(binding, call)
-            if plan.kind == "max_pool2d":
-                call = relax.call_dps_packed(
-                    "edgeopt.onednn.max_pool2d", [relax.ShapeExpr(plan.params), self.visit_expr(plan.src)],
-                    out_ty=relax.TensorType(_exprs(plan.out_shape), plan.out_dtype))
                 return self.emit_for(binding, call)
             if plan.kind == "softmax":
                 call = relax.call_dps_packed("edgeopt.onednn.softmax", [self.visit_expr(plan.src)],

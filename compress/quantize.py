@@ -259,7 +259,12 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
 
             # Third-party files: old opsets and Constant-node weights are normalised first.
             prepared = prepare_onnx_file(model, tmp / "prepared.onnx")
-            quant_pre_process(str(prepared), str(pre), skip_symbolic_shape=False)
+            try:
+                quant_pre_process(str(prepared), str(pre), skip_symbolic_shape=False)
+            except Exception:  # noqa: BLE001 - onnxruntime's symbolic shape inference lacks rules
+                # for some ops (a ReduceMax whose axes are an input, from AdaptiveMaxPool2d):
+                # ONNX's own shape inference is enough for quantization
+                quant_pre_process(str(prepared), str(pre), skip_symbolic_shape=True)
         prepare = _Prepared(pre, feeds, config, tmp)
         excluded = _node_names(pre, config.nodes_to_exclude, model)
         attempts, steps = [], []

@@ -81,7 +81,8 @@ def test_onednn_build_offloads_convs_and_matmuls_and_matches_onnxruntime(odd_onn
     # stem, dw, grouped + skip (two chains: the add joins them), the Conv1d (as a conv of height
     # 1), fc1 (with its GELU), fc2
     assert metrics["library_ops"] == {"conv2d": 5, "matmul": 2, "batch_matmul": 0, "layer_norm": 0,
-                                      "softmax": 0, "max_pool2d": 1, "conv2d_q": 0, "matmul_q": 0}
+                                      "softmax": 0, "max_pool2d": 1, "conv2d_q": 0, "matmul_q": 0,
+                                      "max_pool2d_q": 0}
     art = result.artifact
     assert art.manifest["plugins"] == ["libedgeopt_onednn.so"]
     assert (art.path / "libedgeopt_onednn.so").exists()
@@ -196,11 +197,50 @@ def test_int8_qdq_chains_run_as_onednn_int8_within_one_output_step(tmp_path):
     result = build(int8, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
     ops = result.record["metrics"]["library_ops"]
     assert ops["conv2d_q"] >= 3 and ops["matmul_q"] >= 1
-    assert ops["max_pool2d"] == 1  # on the uint8 tensor itself
+    assert ops["max_pool2d_q"] == 1 and ops["max_pool2d"] == 0  # on the uint8 tensor itself
     assert result.record["metrics"]["int8_ops"] == ops["conv2d_q"] + ops["matmul_q"]
     tvm_runner, ort = load(result.artifact), load(int8)
     x = ort.example_inputs(seed=2)
     got, want = tvm_runner.run(x)[0], ort.run(x)[0]
+    assert np.abs(got - want).max() <= output_step(int8) * 1.001
+
+
+class Sppf(torch.nn.Module):
+    """YOLO's SPPF: one tensor read by a max pooling and by a concat (so onnxruntime's quantizer
+    gives both one shared DequantizeLinear), pools of pools; then a global max pooling written
+    as AdaptiveMaxPool2d (exported as a ReduceMax, which onnxruntime's symbolic shape inference
+    cannot handle)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = torch.nn.Conv2d(24, 8, 1)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        p1 = torch.nn.functional.max_pool2d(x, 5, stride=1, padding=2)
+        p2 = torch.nn.functional.max_pool2d(p1, 5, stride=1, padding=2)
+        y = torch.relu(self.mix(torch.cat([x, p1, p2], 1)))
+        return self.head(torch.nn.functional.adaptive_max_pool2d(y, 1).flatten(1))
+
+
+@needs_onednn
+def test_int8_max_pools_sharing_a_dequantize_pool_the_integers(tmp_path):
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.export import ExportConfig, export
+    from edgeopt.compile.int8_rewrite import output_step
+    from edgeopt.compress.quantize import QuantizeConfig, quantize
+    from edgeopt.runtimes import load
+
+    torch.manual_seed(0)
+    fp32 = export(Sppf().eval(), ExportConfig(), torch.randn(1, 3, 12, 12), out=tmp_path / "sppf.onnx").path
+    calib = np.random.default_rng(0).standard_normal((8, 1, 3, 12, 12)).astype(np.float32)
+    int8 = quantize(fp32, QuantizeConfig(debug_layers=0), list(calib), out=tmp_path / "q.onnx").path
+    result = build(int8, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
+    assert result.record["metrics"]["library_ops"]["max_pool2d_q"] == 2
+    x = load(int8).example_inputs(seed=3)
+    got, want = load(result.artifact).run(x)[0], load(int8).run(x)[0]
     assert np.abs(got - want).max() <= output_step(int8) * 1.001
 
 
