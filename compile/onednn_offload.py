@@ -439,13 +439,21 @@ def _plan_int8(func) -> dict:
     return plans
 
 
+#: Max poolings over fewer input elements (per sample) stay in TVM: a oneDNN call costs a few
+#: microseconds, more than TVM's own loop over a small map (Fashion-MNIST CNN, 28x28x32 and
+#: smaller: 0.079 ms with TVM's pools, 0.089 ms with oneDNN's); ResNet-18's stem pool
+#: (112x112x64) took 0.42 ms in TVM with its dequantize, a small part of that in oneDNN.
+MIN_POOL_ELEMENTS = 100_000
+
+
 def _max_pool_plan(var, value, src, dtype: str) -> _Plan | None:
-    """A max pooling oneDNN takes: NHWC, no dilation, ``dtype`` in and out."""
+    """A max pooling oneDNN takes: NHWC, no dilation, ``dtype`` in and out, a large enough map."""
     a = value.attrs
     shape, in_shape = _shape(var), _shape(value.args[0])
     if (a.layout != "NHWC" or a.out_layout != "NHWC" or any(int(d) != 1 for d in a.dilation)
             or _dtype(value.args[0]) != "float32" or shape is None or in_shape is None
-            or not all(isinstance(d, int) for d in [*shape[1:], *in_shape[1:]])):
+            or not all(isinstance(d, int) for d in [*shape[1:], *in_shape[1:]])
+            or int(np.prod(in_shape[1:])) < MIN_POOL_ELEMENTS):
         return None
     params = [*(int(k) for k in a.pool_size), *(int(st) for st in a.strides),
               int(a.padding[0]), int(a.padding[1])]

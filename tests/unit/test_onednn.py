@@ -72,9 +72,13 @@ def _parity(artifact, onnx_path, **load_options):
 
 
 @needs_onednn
-def test_onednn_build_offloads_convs_and_matmuls_and_matches_onnxruntime(odd_onnx, tmp_path):
-    from edgeopt.compile import BuildConfig, build
+def test_onednn_build_offloads_convs_and_matmuls_and_matches_onnxruntime(odd_onnx, tmp_path, monkeypatch):
+    from edgeopt.compile import BuildConfig, build, onednn_offload
 
+    # this model's pooling map is small enough for TVM to keep it (a oneDNN call costs more)
+    small = build(odd_onnx, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "small")
+    assert small.record["metrics"]["library_ops"]["max_pool2d"] == 0
+    monkeypatch.setattr(onednn_offload, "MIN_POOL_ELEMENTS", 0)
     result = build(odd_onnx, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
     metrics = result.record["metrics"]
     assert metrics["kernels"] == "onednn"
@@ -178,7 +182,7 @@ class Int8Net(torch.nn.Module):
 
 
 @needs_onednn
-def test_int8_qdq_chains_run_as_onednn_int8_within_one_output_step(tmp_path):
+def test_int8_qdq_chains_run_as_onednn_int8_within_one_output_step(tmp_path, monkeypatch):
     """A QDQ model (edgeopt's default int8: u8 activations, s8 per-channel weights) becomes
     oneDNN u8s8 calls whose outputs match onnxruntime's int8 within one quantization step."""
     from edgeopt.compile import BuildConfig, build
@@ -194,6 +198,9 @@ def test_int8_qdq_chains_run_as_onednn_int8_within_one_output_step(tmp_path):
     calib = np.random.default_rng(0).standard_normal((8, 1, 3, 16, 16)).astype(np.float32)
     int8 = tmp_path / "int8net-int8.onnx"
     quantize(fp32, QuantizeConfig(), list(calib), out=int8)
+    from edgeopt.compile import onednn_offload
+
+    monkeypatch.setattr(onednn_offload, "MIN_POOL_ELEMENTS", 0)  # its pooling map is small
     result = build(int8, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
     ops = result.record["metrics"]["library_ops"]
     assert ops["conv2d_q"] >= 3 and ops["matmul_q"] >= 1
@@ -226,8 +233,8 @@ class Sppf(torch.nn.Module):
 
 
 @needs_onednn
-def test_int8_max_pools_sharing_a_dequantize_pool_the_integers(tmp_path):
-    from edgeopt.compile import BuildConfig, build
+def test_int8_max_pools_sharing_a_dequantize_pool_the_integers(tmp_path, monkeypatch):
+    from edgeopt.compile import BuildConfig, build, onednn_offload
     from edgeopt.compile.export import ExportConfig, export
     from edgeopt.compile.int8_rewrite import output_step
     from edgeopt.compress.quantize import QuantizeConfig, quantize
@@ -237,6 +244,7 @@ def test_int8_max_pools_sharing_a_dequantize_pool_the_integers(tmp_path):
     fp32 = export(Sppf().eval(), ExportConfig(), torch.randn(1, 3, 12, 12), out=tmp_path / "sppf.onnx").path
     calib = np.random.default_rng(0).standard_normal((8, 1, 3, 12, 12)).astype(np.float32)
     int8 = quantize(fp32, QuantizeConfig(debug_layers=0), list(calib), out=tmp_path / "q.onnx").path
+    monkeypatch.setattr(onednn_offload, "MIN_POOL_ELEMENTS", 0)  # its pooling maps are small
     result = build(int8, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
     assert result.record["metrics"]["library_ops"]["max_pool2d_q"] == 2
     x = load(int8).example_inputs(seed=3)
