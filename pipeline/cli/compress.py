@@ -183,13 +183,11 @@ def _quantize(args, config) -> int:
     if m["nodes_in_float"]:
         print("kept in float: " + ", ".join(m["nodes_in_float"]))
     if m.get("layers"):
-        from edgeopt.compress.quant_debug import format_layers, share_line
+        from edgeopt.compress.quant_debug import format_layers
 
+        # (what the named layers remove together was printed with the progress)
         print(f"costliest quantized layers ({len(m['layers'])} measured on calibration data):")
         for line in format_layers(m["layers"], config.debug_layers):
-            print(line)
-        line = share_line(m.get("costliest_float_share"), len(m.get("costliest_layers") or []))
-        if line:
             print(line)
     return 0
 
