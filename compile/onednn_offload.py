@@ -407,7 +407,7 @@ def _plan_int8(func) -> dict:
             a, c = value.args
             for core, other in ((a, c), (c, a)):
                 bias = _eval_const(other, values)
-                if bias is not None and _op_name(values.get(core)) in ("relax.nn.conv2d", "relax.matmul"):
+                if bias is not None and _op_name(values.get(core)) in ("relax.nn.conv2d", "relax.nn.conv1d", "relax.matmul"):
                     members.append(node)
                     user, node = node, core
                     break
@@ -415,14 +415,14 @@ def _plan_int8(func) -> dict:
             if bias is None:
                 continue
             value, name = values.get(node), _op_name(values.get(node))
-        if name not in ("relax.nn.conv2d", "relax.matmul") or not through(node, user):
+        if name not in ("relax.nn.conv2d", "relax.nn.conv1d", "relax.matmul") or not through(node, user):
             continue
         members.append(node)
         plan = _int8_core(node, value, name, values, scalar)
         if plan is None:
             continue
         sx, zx, w, sw = plan.pop("sx"), plan.pop("zx"), plan.pop("w"), plan.pop("sw")
-        channels = w.shape[0] if name == "relax.nn.conv2d" else w.shape[1]
+        channels = w.shape[0] if name != "relax.matmul" else w.shape[1]
         if bias is not None:
             if bias.size != channels:
                 continue
@@ -430,12 +430,14 @@ def _plan_int8(func) -> dict:
         out_shape = _shape(b.var)
         if not _static_channels(out_shape):
             continue
-        kind = "conv2d_q" if name == "relax.nn.conv2d" else "matmul_q"
+        kind = "matmul_q" if name == "relax.matmul" else "conv2d_q"
         plans[b.var] = _Plan(kind, plan["src"], w, plan["params"], out_shape,
                              bias=bias if bias is not None else np.zeros(channels, np.int32),
                              activation=activation, lo=lo, hi=hi, members=members,
                              scales=(sx * sw / sy).astype(np.float32), zero_points=(int(zx), int(zy)),
                              out_dtype=str(q.attrs.out_dtype))
+        if name == "relax.nn.conv1d":  # as a conv2d of height 1 (the float path does the same)
+            plans[b.var].call_shape = [out_shape[0], 1, out_shape[1], out_shape[2]]
     return plans
 
 
@@ -493,6 +495,15 @@ def _int8_core(var, value, name, values, scalar) -> dict | None:
         channels, axis = w.shape[0], 0
         params = [*(int(s) for s in a.strides), *(int(p) for p in a.padding),
                   *(int(d) for d in a.dilation), int(a.groups), _NONE]
+    elif name == "relax.nn.conv1d":
+        a = value.attrs
+        xs = _shape(dq.args[0])
+        if a.data_layout != "NWC" or a.kernel_layout != "OIW" or a.out_layout != "NWC" or w.ndim != 3 \
+                or len(xs) != 3:
+            return None
+        channels, axis = w.shape[0], 0
+        left, right = (int(p) for p in a.padding)
+        params = [1, int(a.strides[0]), 0, left, 0, right, 1, int(a.dilation[0]), int(a.groups), _NONE]
     else:
         if w.ndim != 2 or len(_shape(dq.args[0])) < 2:
             return None
@@ -508,6 +519,9 @@ def _int8_core(var, value, name, values, scalar) -> dict | None:
     if name == "relax.matmul" and transposed:
         w = np.ascontiguousarray(w.T)
     src = dq.args[0] if axes is None else ("permute_dims", dq.args[0], axes)
+    if name == "relax.nn.conv1d":  # (N, W, C) -> (N, 1, W, C), weights OIW -> OI1W
+        xs = _shape(x)  # after the input edge's transpose, if any
+        src, w = ("reshape", src, [xs[0], 1, xs[1], xs[2]]), np.ascontiguousarray(w[:, :, None, :])
     return {"src": src, "sx": sx, "zx": zx, "w": w, "sw": sw, "params": params}
 
 
@@ -686,8 +700,11 @@ def _make_rewriter():
                         relax.prim_value(float(plan.hi), "float64"),
                         self.source(plan.src), relax.const(plan.weight, "int8"),
                         relax.const(plan.bias, "int32"), relax.const(plan.scales, "float32")]
-                call = relax.call_dps_packed(f"edgeopt.onednn.{plan.kind}", args,
-                                             out_ty=relax.TensorType(_exprs(plan.out_shape), plan.out_dtype))
+                call = relax.call_dps_packed(
+                    f"edgeopt.onednn.{plan.kind}", args,
+                    out_ty=relax.TensorType(_exprs(plan.call_shape or plan.out_shape), plan.out_dtype))
+                if plan.call_shape is not None:
+                    call = relax.op.reshape(self.builder_.emit(call), _exprs(plan.out_shape))
                 return self.emit_for(binding, call)
             if plan.kind == "layer_norm":
                 gamma, beta = plan.other
@@ -729,9 +746,9 @@ def _make_rewriter():
 
         def source(self, src):
             if isinstance(src, tuple) and src[0] == "reshape":  # ("reshape", tensor, shape)
-                return self.builder_.emit(relax.op.reshape(self.visit_expr(src[1]), _exprs(src[2])))
+                return self.builder_.emit(relax.op.reshape(self.source(src[1]), _exprs(src[2])))
             if isinstance(src, tuple):  # ("permute_dims", tensor, axes)
-                return self.builder_.emit(relax.op.permute_dims(self.visit_expr(src[1]), src[2]))
+                return self.builder_.emit(relax.op.permute_dims(self.source(src[1]), src[2]))
             return self.visit_expr(src)
 
         def emit_for(self, binding, call):

@@ -252,6 +252,46 @@ def test_int8_max_pools_sharing_a_dequantize_pool_the_integers(tmp_path, monkeyp
     assert np.abs(got - want).max() <= output_step(int8) * 1.001
 
 
+class Tcn(torch.nn.Module):
+    """A temporal conv net: Conv1d on the model input (NCW, transposed at the edge), a dilated
+    Conv1d joined by a residual add, a strided grouped Conv1d, a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv1d(4, 16, 3, padding=1)
+        self.c2 = torch.nn.Conv1d(16, 16, 3, padding=2, dilation=2)
+        self.c3 = torch.nn.Conv1d(16, 8, 5, stride=2, padding=2, groups=2)
+        self.fc = torch.nn.Linear(8 * 16, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.c2(x)) + x
+        return self.fc(torch.relu(self.c3(x)).flatten(1))
+
+
+@needs_onednn
+def test_int8_conv1d_runs_as_onednn_int8(tmp_path):
+    """Every int8 Conv1d becomes a u8s8 oneDNN conv of height 1 (not a float conv on
+    dequantized weights); outputs within one quantization step of onnxruntime int8."""
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.export import ExportConfig, export
+    from edgeopt.compile.int8_rewrite import output_step
+    from edgeopt.compress.quantize import QuantizeConfig, quantize
+    from edgeopt.runtimes import load
+
+    torch.manual_seed(0)
+    fp32 = export(Tcn().eval(), ExportConfig(), torch.randn(1, 4, 32), out=tmp_path / "tcn.onnx").path
+    calib = np.random.default_rng(0).standard_normal((16, 1, 4, 32)).astype(np.float32)
+    int8 = quantize(fp32, QuantizeConfig(debug_layers=0), list(calib), out=tmp_path / "q.onnx").path
+    result = build(int8, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
+    ops = result.record["metrics"]["library_ops"]
+    assert ops["conv2d_q"] == 3 and ops["conv2d"] == 0 and ops["matmul_q"] == 1
+    tvm_runner, ort = load(result.artifact), load(int8)
+    for seed in range(4):
+        x = ort.example_inputs(seed=seed)
+        assert np.abs(tvm_runner.run(x)[0] - ort.run(x)[0]).max() <= output_step(int8) * 1.001
+
+
 def test_compile_cli_rejects_onednn_for_a_non_x86_target_in_one_line(odd_onnx, tmp_path):
     from tests.helpers import edgeopt_cli
 
