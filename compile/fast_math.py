@@ -13,7 +13,7 @@ Example:
     >>> import tvm  # doctest: +SKIP
     >>> from tvm import relax  # doctest: +SKIP
     >>> bb = relax.BlockBuilder()  # doctest: +SKIP
-    >>> x = relax.Var("x", relax.TensorStructInfo((4,), "float32"))  # doctest: +SKIP
+    >>> x = relax.Var("x", relax.TensorType((4,), "float32"))  # doctest: +SKIP
     >>> with bb.function("main", [x]):  # doctest: +SKIP
     ...     bb.emit_func_output(bb.emit(relax.op.erf(x)))
     >>> "fast_erf" in str(fast_erf_tanh(bb.get()))  # doctest: +SKIP

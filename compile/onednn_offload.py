@@ -36,6 +36,7 @@ import numpy as np
 CONV = "edgeopt.onednn.conv2d"
 MATMUL = "edgeopt.onednn.matmul"
 _NONE, _RELU, _CLIP, _GELU = 0, 1, 2, 3
+_INT8_CORES = ("relax.nn.conv2d", "relax.nn.conv1d", "relax.matmul")  # ops an int8 call computes
 _FLOAT_OUT = ("float32", "", "None", "void")  # an unset out_dtype means the input dtype
 
 
@@ -407,7 +408,7 @@ def _plan_int8(func) -> dict:
             a, c = value.args
             for core, other in ((a, c), (c, a)):
                 bias = _eval_const(other, values)
-                if bias is not None and _op_name(values.get(core)) in ("relax.nn.conv2d", "relax.nn.conv1d", "relax.matmul"):
+                if bias is not None and _op_name(values.get(core)) in _INT8_CORES:
                     members.append(node)
                     user, node = node, core
                     break
@@ -415,7 +416,7 @@ def _plan_int8(func) -> dict:
             if bias is None:
                 continue
             value, name = values.get(node), _op_name(values.get(node))
-        if name not in ("relax.nn.conv2d", "relax.nn.conv1d", "relax.matmul") or not through(node, user):
+        if name not in _INT8_CORES or not through(node, user):
             continue
         members.append(node)
         plan = _int8_core(node, value, name, values, scalar)
@@ -497,9 +498,7 @@ def _int8_core(var, value, name, values, scalar) -> dict | None:
                   *(int(d) for d in a.dilation), int(a.groups), _NONE]
     elif name == "relax.nn.conv1d":
         a = value.attrs
-        xs = _shape(dq.args[0])
-        if a.data_layout != "NWC" or a.kernel_layout != "OIW" or a.out_layout != "NWC" or w.ndim != 3 \
-                or len(xs) != 3:
+        if a.data_layout != "NWC" or a.kernel_layout != "OIW" or a.out_layout != "NWC" or w.ndim != 3:
             return None
         channels, axis = w.shape[0], 0
         left, right = (int(p) for p in a.padding)
