@@ -28,11 +28,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def rewrite_qdq_to_int8(mod):
-    """Return ``(new_mod, number_of_ops_rewritten)`` for a Relax module from ``from_onnx``."""
+def rewrite_qdq_to_int8(mod, keep_uint8: bool = False):
+    """Return ``(new_mod, number_of_ops_rewritten)`` for a Relax module from ``from_onnx``.
+
+    ``keep_uint8`` keeps uint8 activations as they are (uint8 x int8 products, the zero point
+    corrected the same way): the operand types of x86's VNNI instruction, which the blocked
+    int8 kernels of ``edgeopt.compile.blocked_layout`` use.
+    """
     from tvm import relax
 
-    rewriter = _make_rewriter()(mod)
+    rewriter = _make_rewriter()(mod, keep_uint8)
     updated = mod
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
@@ -59,9 +64,10 @@ def _make_rewriter():
 
     @mutator
     class QDQToInt8(PyExprMutator):
-        def __init__(self, mod):
+        def __init__(self, mod, keep_uint8):
             super().__init__(mod)
             self.count = 0
+            self.keep_uint8 = keep_uint8
 
         def bound(self, expr):
             if isinstance(expr, relax.Var):
@@ -106,7 +112,8 @@ def _make_rewriter():
             return out
 
         def activation(self, expr):
-            """(int8 tensor, int8-domain zero point, scale) for dequantize(xq, sx, zx), per-tensor."""
+            """(integer tensor, its zero point, scale) for dequantize(xq, sx, zx), per-tensor: int8,
+            or uint8 (kept, or shifted to int8)."""
             dq = self.bound(expr)
             if not is_call(dq, "relax.dequantize"):
                 return None
@@ -115,6 +122,8 @@ def _make_rewriter():
             if s is None or z is None or s.size != 1 or z.size != 1:
                 return None
             dtype = getattr(xq, "ty", None) and xq.ty.dtype
+            if dtype == "uint8" and self.keep_uint8:
+                return xq, int(z.reshape(())), float(s.reshape(()))
             if dtype == "uint8":
                 shifted = relax.op.subtract(relax.op.astype(xq, "int16"), relax.const(128, "int16"))
                 x8 = self.builder_.emit(relax.op.astype(shifted, "int8"))
@@ -150,11 +159,16 @@ def _make_rewriter():
             x8, zx, sx = act
             w, sw = wt
             pad = [int(p) for p in a.padding]
-            if any(pad) and zx != 0:
-                top, left, bottom, right = pad
+            # uint8 x int8 kernels take input channels in groups of 4 (vpdpbusd): a stem's 3
+            # channels get a fourth whose weights are 0 (its values do not matter)
+            extra = (-w.shape[1]) % 4 if self.keep_uint8 and int(a.groups) == 1 else 0
+            if extra:
+                w = np.concatenate([w, np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)], axis=1)
+            if (any(pad) and zx != 0) or extra:
+                top, left, bottom, right = pad if zx != 0 else (0, 0, 0, 0)
                 x8 = self.builder_.emit(relax.op.nn.pad(
-                    x8, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx)))
-                pad = [0, 0, 0, 0]
+                    x8, [0, 0, 0, extra, top, bottom, left, right], pad_value=float(zx)))
+                pad = [0, 0, 0, 0] if zx != 0 else pad
             acc = self.builder_.emit(relax.op.nn.conv2d(
                 x8, relax.const(w, "int8"), strides=a.strides, padding=pad, dilation=a.dilation,
                 groups=int(a.groups), out_dtype="int32"))

@@ -6,7 +6,9 @@ architecture reuses it) and the target. Tuning runs in rounds until the trial bu
 wall-clock budget is spent. MetaSchedule writes a round's records to the JSON database when the
 round ends, so rounds are kept short enough to fit the remaining budget, and an interrupted
 tuning (Ctrl-C, a killed job) keeps every finished round: the next build continues from there.
-A build whose database already holds the budget's trials does no tuning at all.
+A build whose database already holds the budget's trials does no tuning at all. Trials go
+where the model's time is: the first round reaches every kernel, later ones only the kernels
+that hold most of the measured time (``round_tasks``).
 
 Example:
     >>> import edgeopt.compile as eoc  # doctest: +SKIP
@@ -16,10 +18,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +45,9 @@ class TuneConfig:
         trials: total measured candidates wanted in the database for this model and target.
         timeout_s: stop starting new rounds after this many seconds (what was measured is kept).
         db: database folder; default ``~/.cache/edgeopt/tuning/<structure>-<target>``.
-        max_trials_per_task: cap per kernel (default: an even share of ``trials``, at least 8).
+        max_trials_per_task: cap per kernel and round (default: an even share of ``trials``, at
+            least 8; after the first round the kernels that hold most of the time share the
+            whole budget, see ``round_tasks``).
         trials_per_round: candidates per round at least (a round is also large enough to give
             every task ``trials_per_iter`` candidates, so a wall-clock stop never leaves kernels
             untuned); larger rounds amortize worker start-up.
@@ -57,6 +63,9 @@ class TuneConfig:
         weight_prepack: on CPU, let schedules choose the weights' memory layout; the layout
             change is folded into the stored weights at build time, so the artifact's interface
             does not change.
+        blocked_layout: on x86-64 CPUs, dense convolutions run in the blocked layout (NCHW16c)
+            TVM's x86 schedules are written for, int8 ones as uint8 x int8 with VNNI dot
+            products (``edgeopt.compile.blocked_layout``); false keeps NCHW.
     """
 
     trials: int
@@ -68,6 +77,7 @@ class TuneConfig:
     cost_model: str = "xgb"
     build_timeout_s: float = 120.0
     weight_prepack: bool = True
+    blocked_layout: bool = True
     population: int = 512
     tracker: str | None = None
     key: str | None = None
@@ -177,6 +187,10 @@ def load_tensor_intrinsics(kind: str) -> None:
         tvm.s_tir.tensor_intrin = package
     for sub in INTRINSICS_FOR.get(kind, ()):
         importlib.import_module(f"{name}.{sub}")
+    if kind == "llvm":
+        from .blocked_layout import register_vnni_intrinsic
+
+        register_vnni_intrinsic()  # TVM 0.27's own fails to build with LLVM 22
 
 
 def build_candidate(mod, target, _params=None):
@@ -193,6 +207,69 @@ def build_candidate(mod, target, _params=None):
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm_build(mod, target=target)
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: Path):
+    """Send what native code writes to stderr into ``path`` for the duration.
+
+    MetaSchedule's C++ side warns once per candidate that a tensor intrinsic does not fit
+    ("Tensorize failed", over 10,000 lines in half an hour of ResNet-18 int8 tuning), straight
+    to file descriptor 2; progress and errors reach the user through edgeopt's own log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as sink:
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+#: After every kernel has a schedule, later rounds tune only the kernels that together take this
+#: share of the model's time (best measured time x calls): the rest do not move the total.
+TIME_SHARE = 0.95
+
+
+def round_tasks(tasks: list, db: Path, per_iter: int, cap: int,
+                spread: bool = True) -> tuple[list, int, str]:
+    """(tasks to tune in the next round, trials per task at most, why) for a database folder.
+
+    Kernels the database has no schedule for come first, one search iteration each, so a
+    budget that ends early leaves no kernel naive. After that the budget goes where the time
+    is: the kernels holding ``TIME_SHARE`` of the model's measured time, each allowed an even
+    share of the trials among them (with ``spread``, ``cap`` of every task goes to these fewer
+    ones; without, ``cap`` stays the limit), and MetaSchedule's gradient scheduler orders them by
+    how fast their weighted time is falling.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(work_dir=str(db))
+    cost = {}
+    for i, task in enumerate(tasks):
+        kernel = task.dispatched[0]
+        if not database.has_workload(kernel):
+            continue
+        top = database.get_top_k(database.commit_workload(kernel), 1)
+        secs = [float(v) for v in (top[0].run_secs or [])] if top else []
+        if secs:
+            cost[i] = sum(secs) / len(secs) * int(task.weight)
+    missing = [t for i, t in enumerate(tasks) if i not in cost]
+    if missing:
+        return missing, per_iter, "kernels without a schedule yet"
+    total = sum(cost.values()) or 1.0
+    heavy, share = [], 0.0
+    for i in sorted(cost, key=cost.get, reverse=True):
+        heavy.append(tasks[i])
+        share += cost[i] / total
+        if share >= TIME_SHARE:
+            break
+    if spread:
+        cap = max(per_iter, cap * len(tasks) // len(heavy))
+    return heavy, cap, f"the kernels taking {share:.0%} of the time"
 
 
 def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambda s: None) -> tuple[Path, dict]:
@@ -219,10 +296,13 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     check_database(db, log, kind)
     # the budget counts this model's trials, not every record of a database shared with others
     before = model_trials(db, key)
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
     tasks = ms.relax_integration.extract_tasks(mod, target)
     per_task = config.max_trials_per_task or max(8, config.trials // max(1, len(tasks)))
     t0 = time.perf_counter()
     rounds = 0
+    round_sizes: list[int] = []  # tasks tuned in each round
     done = before
     # MetaSchedule's own logging is very chatty at INFO; progress is reported per round instead.
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
@@ -252,18 +332,30 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
                 break
             step = min(step, affordable)
         step = min(step, max(config.trials_per_round, per_iter * len(tasks)))
+        chosen, cap, why = round_tasks(tasks, db, per_iter, per_task,
+                                       spread=not config.max_trials_per_task)
+        round_sizes.append(len(chosen))
+        step = min(step, max(per_iter, cap * len(chosen)))
         log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
-            f"({len(tasks)} tasks, {time.perf_counter() - t0:.0f} s)")
+            f"({len(chosen)} of {len(tasks)} tasks: {why}; {time.perf_counter() - t0:.0f} s)")
         _drop_unnamed_handlers(ms_logger)
+        # MetaSchedule sizes its console handler by this level and then lowers the level to
+        # DEBUG, so it is set again before every round
+        ms_logger.setLevel(logging.WARNING)
         in_db = records_in(db)
         try:
-            ms.relax_integration.tune_relax(
-                mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=step,
-                max_trials_per_task=per_task, num_trials_per_iter=per_iter,
-                cost_model=config.cost_model,
-                strategy=ms.search_strategy.EvolutionarySearch(population_size=config.population),
-                runner=runner,
-                builder=ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=config.build_timeout_s))
+            contexts, weights = extracted_tasks_to_tune_contexts(
+                extracted_tasks=chosen, work_dir=str(db), space="post-order-apply",
+                strategy=ms.search_strategy.EvolutionarySearch(population_size=config.population))
+            # the gradient scheduler gives the next iteration to the task whose time (weighted by
+            # its calls) has been falling fastest
+            with native_stderr_to(db / "logs" / "tvm_warnings.log"):
+                ms.tune.tune_tasks(
+                    tasks=contexts, task_weights=weights, work_dir=str(db), max_trials_global=step,
+                    max_trials_per_task=cap, num_trials_per_iter=per_iter, cost_model=config.cost_model,
+                    runner=runner, task_scheduler="gradient",
+                    builder=ms.builder.LocalBuilder(f_build=build_candidate,
+                                                    timeout_sec=config.build_timeout_s))
         except KeyboardInterrupt:
             check_database(db, log, kind)  # a line cut short by the interrupt must not spoil the rest
             set_model_trials(db, key, done + max(0, records_in(db) - in_db))
@@ -284,5 +376,6 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
             break
         done += added
     summary = {"db": str(db), "trials_before": before, "trials_after": done, "db_records": records_in(db),
-               "rounds": rounds, "seconds": round(time.perf_counter() - t0, 1), "tasks": len(tasks)}
+               "rounds": rounds, "seconds": round(time.perf_counter() - t0, 1), "tasks": len(tasks),
+               "round_tasks": round_sizes}
     return db, summary

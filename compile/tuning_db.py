@@ -175,3 +175,50 @@ def canonical_block_names(mod):
     for gv, func in updates.items():
         mod[gv] = func
     return mod
+
+
+def task_speeds(db: str | os.PathLike) -> list[dict]:
+    """Per tuned kernel of a database: its name, operations (TVM's estimate: multiply-adds
+    count 2), the best measured time and the rate that gives, fastest-spent first (by ms).
+
+    Example:
+        >>> rows = task_speeds("build/tuning/resnet18")  # doctest: +SKIP
+        >>> rows[0]["gops"]  # doctest: +SKIP
+        412.3
+    """
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from .tune import load_tensor_intrinsics
+
+    load_tensor_intrinsics("llvm")  # tensorized traces (VNNI) name their intrinsic
+    database = ms.database.JSONDatabase(work_dir=str(db))
+    best: dict = {}
+    for rec in database.get_all_tuning_records():
+        secs = [float(s) for s in rec.run_secs or []]
+        if not secs:
+            continue
+        key = tvm_ffi_hash(rec.workload.mod)
+        t = sum(secs) / len(secs)
+        if key not in best or t < best[key][1]:
+            best[key] = (rec.workload.mod, t)
+    rows = []
+    for mod, t in best.values():
+        func = next(f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+        blocks = [b for b in _BLOCK.findall(func.script()) if b != "root"]
+        heavy = [b for b in blocks if _HEAVY.search(b)]
+        name = heavy[0] if heavy else "+".join(blocks[:2])
+        ops = float(estimate_tir_flops(mod))
+        rows.append({"kernel": name, "gop": ops / 1e9, "best_ms": t * 1e3, "gops": ops / t / 1e9})
+    return sorted(rows, key=lambda r: -r["best_ms"])
+
+
+#: Block names of the kernels that carry a model's arithmetic, to name a task by.
+_HEAVY = re.compile(r"conv|matmul|dense|pool|softmax|NCHWc")
+
+
+def tvm_ffi_hash(mod) -> int:
+    import tvm_ffi
+
+    return int(tvm_ffi.structural_hash(mod))

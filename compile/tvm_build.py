@@ -345,10 +345,12 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
 
         mod, details["library_ops"] = offload_to_onednn(mod, int8=bool(int8))
         details["int8_ops"] = details["library_ops"]["conv2d_q"] + details["library_ops"]["matmul_q"]
+    # TVM's tuned x86 convs in blocked layouts; int8 ones then keep uint8 activations (VNNI)
+    blocked = kernels == "tvm" and tune is not None and tune.blocked_layout and is_x86_cpu(spec)
     if int8:
         from .int8_rewrite import rewrite_qdq_to_int8
 
-        mod, rewritten = rewrite_qdq_to_int8(mod)
+        mod, rewritten = rewrite_qdq_to_int8(mod, keep_uint8=blocked)
         details["int8_ops"] += rewritten
     cuda = spec.get("kind") == "cuda"
     if spec.get("kind") == "llvm" and config.fast_math:
@@ -382,11 +384,20 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
             from .tune import tune as run_tuning
             from .tuning_db import canonical_block_names
 
+            if blocked:
+                from .blocked_layout import legalize_blocked_convs, to_blocked_layout
+
+                mod, details["blocked_convs"] = to_blocked_layout(mod)
+                mod = legalize_blocked_convs()(mod)
             prepack = tune.weight_prepack and spec.get("kind") == "llvm"
             mod = tvm.transform.Sequential([
                 relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero"),
                 # Marks weight buffers as free to re-layout, so schedules may pick a blocked layout.
                 *([relax.transform.AttachAttrLayoutFreeBuffers()] if prepack else [])])(mod)
+            if blocked and prepack:
+                from .blocked_layout import keep_int8_weight_layout
+
+                mod = keep_int8_weight_layout(mod)
             # kernels shared with other models must carry the same block names in the database
             mod = canonical_block_names(mod)
             db, details["tuning"] = run_tuning(mod, spec, tune, log)

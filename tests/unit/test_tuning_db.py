@@ -147,3 +147,20 @@ def test_one_database_shared_by_fp32_pruned_int8_and_another_model(tmp_path):
     summary = check_database(db)
     assert summary["rejected"] == 0 and not (db / REJECTED).exists(), "every record replays"
     assert _load(db) == summary["records"] >= 8
+
+
+def test_native_warnings_during_tuning_go_to_the_database_logs(tmp_path):
+    """What native code writes to stderr during a round lands in a file; stderr comes back."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from pathlib import Path; from edgeopt.compile.tune import native_stderr_to\n"
+            "with native_stderr_to(Path(sys.argv[1])):\n"
+            "    os.write(2, b'Tensorize failed\\n')\n"
+            "os.write(2, b'after\\n')\n")
+    log = tmp_path / "logs" / "tvm_warnings.log"
+    r = subprocess.run([sys.executable, "-c", code, str(log)], capture_output=True, text=True, env=os.environ)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "after\n"
+    assert log.read_text() == "Tensorize failed\n"
