@@ -11,12 +11,14 @@ for:
   whose reduction over 4 input channels is the shape of the ``vpdpbusd`` instruction that the
   re-registered ``dot_16x4_vnni`` tensor intrinsic (``register_vnni_intrinsic``) emits.
 
-The layout travels through the elementwise ops between convolutions (requantize, residual add,
-ReLU, pooling): per-tensor quantize / dequantize and clip are first written as elementwise
-arithmetic that Relax's ``ConvertLayout`` can carry (it stops at ``relax.quantize``), so layout
-transforms are left at the model's edges and around the ops that cannot take a blocked layout
-(padding with a zero point, reshapes). Weights are constants, so their transforms fold away at
-build time.
+Depthwise convolutions stay in the blocked layout as well (``depthwise_conv2d_nchwc``). The
+layout travels through the elementwise ops between convolutions (requantize, residual add,
+ReLU / ReLU6, pooling): per-tensor quantize / dequantize and clip are first written as
+elementwise arithmetic that Relax's ``ConvertLayout`` can carry (it stops at ``relax.quantize``
+and at the importer's ``call_tir`` Clip), so layout transforms are left at the model's edges
+and around the ops that cannot take a blocked layout (convs with output channels not divisible
+by 16, padding with a zero point, reshapes): ResNet-18 keeps 2, MobileNetV2 6. Weights are
+constants, so their transforms fold away at build time.
 
 Example:
     >>> import edgeopt.compile.blocked_layout as bl  # doctest: +SKIP
@@ -126,7 +128,7 @@ def blocks(call) -> tuple[int, int] | None:
     divide them: the stem, whose 3 channels ``int8_rewrite`` pads to 4)."""
     a = call.attrs
     x, w = call.args[0].ty, call.args[1].ty
-    if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or int(a.groups) != 1:
+    if a.data_layout != "NCHW" or a.kernel_layout != "OIHW":
         return None
     if not all(hasattr(d, "value") for d in w.shape):
         return None
@@ -135,6 +137,10 @@ def blocks(call) -> tuple[int, int] | None:
     dtypes = (x.dtype, w.dtype, x.dtype if out in ("", "void", "None") else out)
     if out_c % BLOCK:
         return None
+    if int(a.groups) != 1:  # depthwise (one filter per channel) stays in the blocked layout
+        depthwise = int(a.groups) == out_c and in_c == 1
+        ok = dtypes in (("float32", "float32", "float32"), ("uint8", "int8", "int32"))
+        return (1, BLOCK) if depthwise and ok else None
     if dtypes == ("float32", "float32", "float32") and (in_c % BLOCK == 0 or in_c < BLOCK):
         return min(in_c, BLOCK), BLOCK  # a stem's few channels make one block
     if dtypes == ("uint8", "int8", "int32") and in_c % VNNI_LANES == 0:
@@ -157,10 +163,15 @@ def to_blocked_layout(mod):
         if sizes:
             count[0] += 1
             i, o = sizes
+            if i == 1:  # depthwise: data in the output's blocks, one input channel per filter
+                return {"relax.nn.conv2d": [f"NCHW{o}c", f"OIHW1i{o}o", f"NCHW{o}c"]}
             return {"relax.nn.conv2d": [f"NCHW{i}c", f"OIHW{i}i{o}o", f"NCHW{o}c"]}
         return {"relax.nn.conv2d": ["NCHW", "OIHW"]}
 
-    mod = decompose_qdq(mod)
+    from .onednn_offload import clip_as_relax_ops
+
+    # the importer lowers Clip (ReLU6) to call_tir kernels, which no layout passes through
+    mod = decompose_qdq(clip_as_relax_ops(mod))
     mod = tvm.transform.Sequential([
         relax.transform.ConvertLayout({}, layout_cb),
         # ConvertLayout transforms a tensor once per consumer: a residual's input twice
@@ -179,6 +190,11 @@ def legalize_blocked_convs():
         a = call.attrs
         if a.data_layout == "NCHW" or len(call.args[0].ty.shape) != 5:
             return _nn_conv2d(bb, call)
+        if int(a.groups) != 1:
+            out_dtype = "int32" if call.args[0].ty.dtype == "uint8" else "float32"
+            return bb.call_te(depthwise_conv2d_nchwc, call.args[0], call.args[1], list(a.strides),
+                              list(a.padding), list(a.dilation), out_dtype,
+                              primfunc_name_hint="depthwise_conv2d_NCHWc")
         args = dict(stride=list(a.strides), padding=list(a.padding), dilation=list(a.dilation),
                     layout=a.data_layout, out_layout=a.out_layout or a.data_layout)
         if call.args[0].ty.dtype == "uint8":
@@ -198,6 +214,28 @@ def legalize_blocked_convs():
                           primfunc_name_hint="conv2d_NCHWc", **args)
 
     return relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": conv2d})
+
+
+def depthwise_conv2d_nchwc(data, weight, strides, padding, dilation, out_dtype):
+    """Depthwise conv of NCHW{b}c data with OIHW1i{b}o weights (one filter per channel), in
+    ``out_dtype`` (int32 for uint8 x int8). TVM 0.27's topi declares this op but registers no
+    implementation; the compute is the textbook one, and MetaSchedule schedules it."""
+    from tvm import te, topi
+
+    n, chunks, height, width, block = (int(d) for d in data.shape)
+    kh, kw = int(weight.shape[2]), int(weight.shape[3])
+    (sh, sw), (dh, dw) = (int(s) for s in strides), (int(d) for d in dilation)
+    top, left, bottom, right = (int(p) for p in padding)
+    padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0]) if any(padding) else data
+    out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width + left + right - (kw - 1) * dw - 1) // sw + 1
+    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    return te.compute(
+        (n, chunks, out_h, out_w, block),
+        lambda b, c, y, x, i: te.sum(
+            padded[b, c, y * sh + ry * dh, x * sw + rx * dw, i].astype(out_dtype)
+            * weight[c, 0, ry, rx, 0, i].astype(out_dtype), axis=[ry, rx]),
+        name="depthwise_conv2d_NCHWc")
 
 
 def keep_int8_weight_layout(mod):
