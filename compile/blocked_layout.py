@@ -156,8 +156,13 @@ def to_blocked_layout(mod):
 
     count = [0]
 
-    def layout_cb(call):  # called for every call; only conv2d asks for a layout
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+    def layout_cb(call):  # called for every call; convs ask for a layout
+        name = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
+        if name == "relax.nn.conv2d_transpose":
+            # its layout inference cannot take a blocked input (a 4-D / 5-D mismatch inside
+            # ConvertLayout): ask for NCHW, so the layout goes back to NCHW before it
+            return {name: ["NCHW", "IOHW"]}
+        if name != "relax.nn.conv2d":
             return {}
         sizes = blocks(call)
         if sizes:
@@ -172,12 +177,20 @@ def to_blocked_layout(mod):
 
     # the importer lowers Clip (ReLU6) to call_tir kernels, which no layout passes through
     mod = decompose_qdq(clip_as_relax_ops(mod))
+    try:
+        mod = relax.transform.ConvertLayout({}, layout_cb)(mod)
+    except Exception as e:  # an op whose layout inference fails on a blocked input
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        raise BlockedLayoutUnsupported(lines[-1] if lines else type(e).__name__) from None
     mod = tvm.transform.Sequential([
-        relax.transform.ConvertLayout({}, layout_cb),
         # ConvertLayout transforms a tensor once per consumer: a residual's input twice
         relax.transform.EliminateCommonSubexpr(), relax.transform.FoldConstant(),
         relax.transform.DeadCodeElimination()])(mod)
     return mod, count[0]
+
+
+class BlockedLayoutUnsupported(Exception):
+    """Relax's layout conversion failed on an op of this model; the build keeps NCHW."""
 
 
 def legalize_blocked_convs():

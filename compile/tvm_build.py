@@ -385,10 +385,15 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
             from .tuning_db import canonical_block_names
 
             if blocked:
-                from .blocked_layout import legalize_blocked_convs, to_blocked_layout
+                from .blocked_layout import BlockedLayoutUnsupported, legalize_blocked_convs, to_blocked_layout
 
-                mod, details["blocked_convs"] = to_blocked_layout(mod)
-                mod = legalize_blocked_convs()(mod)
+                try:
+                    mod, details["blocked_convs"] = to_blocked_layout(mod)
+                    mod = legalize_blocked_convs()(mod)
+                except BlockedLayoutUnsupported as e:
+                    details["blocked_convs"], details["blocked_layout_skipped"] = 0, str(e)[:300]
+                    log(f"blocked layouts skipped (TVM's layout conversion failed: {str(e)[:200]}); "
+                        "convs stay NCHW")
             prepack = tune.weight_prepack and spec.get("kind") == "llvm"
             mod = tvm.transform.Sequential([
                 relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero"),

@@ -175,3 +175,17 @@ def test_rounds_after_the_first_tune_only_where_the_time_is(tmp_path):
     assert tuning["trials_after"] > tuning["trials_before"]
     chosen = tuning["round_tasks"]
     assert len(chosen) >= 2 and 0 < chosen[-1] < tasks, (chosen, tasks)
+
+
+def test_a_transposed_conv_after_a_blocked_conv_builds_and_matches(tmp_path):
+    """ConvTranspose's layout inference cannot take a blocked input: the layout goes back to
+    NCHW before it (found by a new-user run: the whole build failed inside ConvertLayout)."""
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Hardswish(), nn.AvgPool2d(3, 2, padding=1),
+                          nn.MaxPool2d(3, 2, ceil_mode=True), nn.ConvTranspose2d(32, 16, 2, stride=2),
+                          nn.Conv2d(16, 16, 3, padding=1)).eval()
+    fp32 = export(model, _inputs(1)[0], tmp_path / "t.onnx").path
+    nchw, _, _ = _compile(fp32, blocked=False)
+    blocked, text, count = _compile(fp32, blocked=True)
+    assert count == 2 and "conv2d_transpose" in text
+    x = _inputs(1, seed=9)[0]
+    np.testing.assert_allclose(blocked(x), nchw(x), rtol=1e-4, atol=1e-5)
