@@ -94,8 +94,8 @@ def main(argv=None) -> int:
     precision = "int8" if args.int8 else "fp32"
     unit, peak = ("GOP/s", PEAK_GOPS_INT8) if args.int8 else ("GFLOP/s", PEAK_GFLOPS)
     table = "\n".join([
-        f"| model | precision | layout | tuning trials in db | tuning s (this run) | tasks | onnxruntime {precision} ms "
-        f"| untuned TVM ms | tuned TVM ms | tuned TVM / ORT | TVM {unit} | ORT {unit} | max diff |",
+        f"| model | precision | layout | tuning trials in db | tuning s (this run) | tasks "
+        f"| onnxruntime {precision} ms | untuned TVM ms | tuned TVM ms | tuned TVM / ORT | TVM {unit} | ORT {unit} | max diff |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {args.model} | {precision} | {args.layout} | {tuning['trials_after']} | {tuning['seconds']:.0f} "
         f"| {tuning['tasks']} | {ort:.2f} | {untuned_ms:.1f} | {tvm:.2f} | {tvm / ort:.2f}x "

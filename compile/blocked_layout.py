@@ -123,9 +123,10 @@ def _qdq_decomposer():
 
 def blocks(call) -> tuple[int, int] | None:
     """(input channel block, output channel block) for a conv2d the blocked kernels take, or
-    None: 2-D, ungrouped, NCHW / OIHW, 16 | output channels, fp32 x fp32 with 16 | input channels
-    (or fewer than 16: one block) or uint8 x int8 (int32 accumulators) with 4 | input channels (a block of 4 when 16 does not
-    divide them: the stem, whose 3 channels ``int8_rewrite`` pads to 4)."""
+    None: 2-D, NCHW / OIHW, 16 | output channels, and either depthwise ((1, 16)), or ungrouped
+    fp32 x fp32 with 16 | input channels (fewer than 16: one block), or ungrouped uint8 x int8
+    (int32 accumulators) with 4 | input channels (a block of 4 when 16 does not divide them: the
+    stem, whose 3 channels ``int8_rewrite`` pads to 4)."""
     a = call.attrs
     x, w = call.args[0].ty, call.args[1].ty
     if a.data_layout != "NCHW" or a.kernel_layout != "OIHW":

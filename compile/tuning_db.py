@@ -179,7 +179,7 @@ def canonical_block_names(mod):
 
 def task_speeds(db: str | os.PathLike) -> list[dict]:
     """Per tuned kernel of a database: its name, operations (TVM's estimate: multiply-adds
-    count 2), the best measured time and the rate that gives, fastest-spent first (by ms).
+    count 2), the best measured time and the rate that gives; the kernels taking longest first.
 
     Example:
         >>> rows = task_speeds("build/tuning/resnet18")  # doctest: +SKIP
@@ -187,6 +187,7 @@ def task_speeds(db: str | os.PathLike) -> list[dict]:
         412.3
     """
     import tvm
+    import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
@@ -199,7 +200,7 @@ def task_speeds(db: str | os.PathLike) -> list[dict]:
         secs = [float(s) for s in rec.run_secs or []]
         if not secs:
             continue
-        key = tvm_ffi_hash(rec.workload.mod)
+        key = int(tvm_ffi.structural_hash(rec.workload.mod))
         t = sum(secs) / len(secs)
         if key not in best or t < best[key][1]:
             best[key] = (rec.workload.mod, t)
@@ -216,9 +217,3 @@ def task_speeds(db: str | os.PathLike) -> list[dict]:
 
 #: Block names of the kernels that carry a model's arithmetic, to name a task by.
 _HEAVY = re.compile(r"conv|matmul|dense|pool|softmax|NCHWc")
-
-
-def tvm_ffi_hash(mod) -> int:
-    import tvm_ffi
-
-    return int(tvm_ffi.structural_hash(mod))
