@@ -200,6 +200,8 @@ def legalize_blocked_convs():
     from tvm import relax, topi
     from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
 
+    from .conv_schedules import conv2d_nchwc_fp32
+
     def conv2d(bb, call):
         a = call.attrs
         if a.data_layout == "NCHW" or len(call.args[0].ty.shape) != 5:
@@ -224,8 +226,9 @@ def legalize_blocked_convs():
             # a kernel of its own, so that it folds into the constant weights
             weight = bb.emit_te(packed, call.args[1], primfunc_name_hint="pack_vnni_weight")
             return bb.call_te(compute, call.args[0], weight, primfunc_name_hint="conv2d_NCHWc_int8")
-        return bb.call_te(topi.nn.conv2d_NCHWc, call.args[0], call.args[1], out_dtype="float32",
-                          primfunc_name_hint="conv2d_NCHWc", **args)
+        # topi's conv2d_NCHWc with the input channels split in two and a schedule rule named
+        return bb.call_te(conv2d_nchwc_fp32, call.args[0], call.args[1], list(a.strides), list(a.padding),
+                          list(a.dilation), primfunc_name_hint="conv2d_NCHWc")
 
     return relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": conv2d})
 

@@ -272,6 +272,31 @@ def round_tasks(tasks: list, db: Path, per_iter: int, cap: int,
     return heavy, cap, f"the kernels taking {share:.0%} of the time"
 
 
+def _split_hand_scheduled(tasks: list, target, db: Path) -> tuple[dict[int, list], list]:
+    """({space size: tasks whose hand-written space the database has not measured whole}, the
+    tasks for the search). A hand-scheduled kernel with as many records as its space has
+    schedules is done and goes to neither."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .conv_schedules import hand_space_size
+
+    database = ms.database.JSONDatabase(work_dir=str(db))
+    hand: dict[int, list] = {}
+    rest = []
+    for task in tasks:
+        with native_stderr_to(db / "logs" / "tvm_warnings.log"):  # design spaces warn natively
+            size = hand_space_size(task.dispatched[0], target)
+        if size is None:
+            rest.append(task)
+            continue
+        kernel = task.dispatched[0]
+        seen = len(database.get_top_k(database.commit_workload(kernel), size)) \
+            if database.has_workload(kernel) else 0
+        if seen < size:
+            hand.setdefault(size, []).append(task)
+    return hand, rest
+
+
 def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambda s: None) -> tuple[Path, dict]:
     """Tune ``mod`` (after the zero pipeline, inside the target scope) into its database.
 
@@ -282,9 +307,19 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
 
     kind = spec.get("kind", "llvm")
     load_tensor_intrinsics(kind)
+    if kind == "llvm":
+        from .blocked_layout import has_vnni
+        from .conv_schedules import register_conv_rules
+
+        register_conv_rules(vnni=has_vnni(spec))  # the int8 blocked convs' own design space
     runner = "local"
     if config.tracker:
         runner = rpc_runner(config.tracker, config.key, log)
+    elif kind == "llvm":
+        # candidates are measured in worker processes whose TVM thread pool would otherwise take
+        # half the logical CPUs (TVM assumes hyper-threading): on 2 vCPUs, 1 thread, and the
+        # search then ranks schedules for a machine the artifact does not run on
+        os.environ.setdefault("TVM_NUM_THREADS", str(int(spec.get("num-cores") or os.cpu_count() or 1)))
     key = structure_key(mod, spec)
     db = Path(config.db) if config.db else default_db_root() / key
     db.mkdir(parents=True, exist_ok=True)
@@ -309,35 +344,9 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     ms_logger.setLevel(logging.WARNING)
     if not tasks:
         log("tuning: nothing to tune (every kernel of this build comes from a library)")
-    while tasks and done < config.trials:
-        if config.timeout_s is not None and time.perf_counter() - t0 >= config.timeout_s:
-            log(f"tuning: wall-clock budget of {config.timeout_s:.0f} s spent")
-            break
-        per_iter = config.trials_per_iter
-        step = config.trials - done
-        elapsed = time.perf_counter() - t0
-        if config.timeout_s is not None:
-            # MetaSchedule stores a round's records when the round ends, so a round must fit in
-            # what is left of the budget: size it by the seconds per trial measured so far (before
-            # the first round, by the host's typical rate). A first round must also reach
-            # every task, or untuned kernels stay naive: give each task fewer candidates per
-            # search iteration when the budget cannot afford the configured number.
-            per_trial = elapsed / (done - before) if done > before else FIRST_ROUND_S_PER_TRIAL
-            affordable = int((config.timeout_s - elapsed) / per_trial)
-            if rounds == 0:
-                per_iter = max(2, min(per_iter, affordable // max(1, len(tasks))))
-                affordable = max(affordable, per_iter * len(tasks))
-            if affordable < per_iter:
-                log(f"tuning: {config.timeout_s - elapsed:.0f} s left is less than a search iteration")
-                break
-            step = min(step, affordable)
-        step = min(step, max(config.trials_per_round, per_iter * len(tasks)))
-        chosen, cap, why = round_tasks(tasks, db, per_iter, per_task,
-                                       spread=not config.max_trials_per_task)
-        round_sizes.append(len(chosen))
-        step = min(step, max(per_iter, cap * len(chosen)))
-        log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
-            f"({len(chosen)} of {len(tasks)} tasks: {why}; {time.perf_counter() - t0:.0f} s)")
+
+    def run_round(chosen: list, step: int, cap: int, per_iter: int) -> int:
+        """One MetaSchedule session over ``chosen``; returns the records it added."""
         _drop_unnamed_handlers(ms_logger)
         # MetaSchedule sizes its console handler by this level and then lowers the level to
         # DEBUG, so it is set again before every round
@@ -369,13 +378,59 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
                 "or pass --tuning-db with a new folder") from None
         # this round's records are checked now, while they are the only new ones
         check_database(db, log, kind)
-        rounds += 1
         added = max(0, records_in(db) - in_db)
         set_model_trials(db, key, done + added)
+        return added
+
+    # kernels with a hand-written design space (conv_schedules) are measured whole, first: the
+    # evolutionary search would spin on a space of a few tiles once it has seen them all
+    hand, tasks = _split_hand_scheduled(tasks, target, db)
+    for size, group in sorted(hand.items()):
+        if done >= config.trials:
+            break
+        log(f"tuning: {len(group)} convs with a hand-written schedule, each of its {size} tiles measured "
+            f"({time.perf_counter() - t0:.0f} s)")
+        round_sizes.append(len(group))
+        added = run_round(group, size * len(group), size, size)
+        rounds += 1
+        done += added
+    while tasks and done < config.trials:
+        if config.timeout_s is not None and time.perf_counter() - t0 >= config.timeout_s:
+            log(f"tuning: wall-clock budget of {config.timeout_s:.0f} s spent")
+            break
+        per_iter = config.trials_per_iter
+        step = config.trials - done
+        elapsed = time.perf_counter() - t0
+        if config.timeout_s is not None:
+            # MetaSchedule stores a round's records when the round ends, so a round must fit in
+            # what is left of the budget: size it by the seconds per trial measured so far (before
+            # the first round, by the host's typical rate). A first round must also reach
+            # every task, or untuned kernels stay naive: give each task fewer candidates per
+            # search iteration when the budget cannot afford the configured number.
+            per_trial = elapsed / (done - before) if done > before else FIRST_ROUND_S_PER_TRIAL
+            affordable = int((config.timeout_s - elapsed) / per_trial)
+            if rounds == len(hand):
+                per_iter = max(2, min(per_iter, affordable // max(1, len(tasks))))
+                affordable = max(affordable, per_iter * len(tasks))
+            if affordable < per_iter:
+                log(f"tuning: {config.timeout_s - elapsed:.0f} s left is less than a search iteration")
+                break
+            step = min(step, affordable)
+        step = min(step, max(config.trials_per_round, per_iter * len(tasks)))
+        chosen, cap, why = round_tasks(tasks, db, per_iter, per_task,
+                                       spread=not config.max_trials_per_task)
+        round_sizes.append(len(chosen))
+        step = min(step, max(per_iter, cap * len(chosen)))
+        log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
+            f"({len(chosen)} of {len(tasks)} tasks: {why}; {time.perf_counter() - t0:.0f} s)")
+        added = run_round(chosen, step, cap, per_iter)
+        rounds += 1
         if added == 0:  # every task reached its cap: nothing more to measure
             break
         done += added
     summary = {"db": str(db), "trials_before": before, "trials_after": done, "db_records": records_in(db),
-               "rounds": rounds, "seconds": round(time.perf_counter() - t0, 1), "tasks": len(tasks),
+               "rounds": rounds, "seconds": round(time.perf_counter() - t0, 1),
+               "tasks": len(tasks) + sum(len(g) for g in hand.values()),
+               "hand_scheduled": sum(len(g) for g in hand.values()),
                "round_tasks": round_sizes}
     return db, summary

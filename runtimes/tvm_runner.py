@@ -55,6 +55,11 @@ class TvmRunner(Runner):
             # 18 ms -> 168 ms on 2 cores). Unpinned, the OS spreads both pools.
             os.environ.setdefault("TVM_BIND_THREADS", "0")
         if threads is not None:
+            # TVM sizes its thread pool once per process, from TVM_NUM_THREADS or else half the
+            # logical CPUs (it assumes hyper-threading): on a 2-vCPU machine that is 1 thread,
+            # and config_threadpool cannot add workers later (ResNet-18 int8: 10.4 ms on 1 thread,
+            # 5.2 ms on 2). The variable must be set before the pool's first use.
+            os.environ.setdefault("TVM_NUM_THREADS", str(int(threads)))
             # Affinity mode 1 ("big cores"): all cores on a homogeneous CPU.
             tvm.get_global_func("runtime.config_threadpool")(1, int(threads))
         if device == "cuda":

@@ -497,6 +497,9 @@ int Run(const Options& o) {
   }
 
   if (o.threads > 0) {
+    // TVM sizes its pool once, from TVM_NUM_THREADS or else half the logical CPUs (it assumes
+    // hyper-threading), and config_threadpool cannot add workers: set the size first.
+    setenv("TVM_NUM_THREADS", std::to_string(o.threads).c_str(), 0);
     // Affinity mode 1 ("big cores"): every core of a homogeneous CPU; as the Python runner does.
     ffi::Function::GetGlobalRequired("runtime.config_threadpool")(1, o.threads);
     if (auto set_threads = ffi::Function::GetGlobal("edgeopt.onednn.set_threads"))

@@ -92,3 +92,18 @@ def test_timing_stats_from_samples():
     assert (s.min_ms, s.median_ms, s.p90_ms, s.n) == (1.0, 5.5, 9.0, 10)
     with pytest.raises(InputError, match="repeat"):
         ert.measure(lambda: None, warmup=0, repeat=0)
+
+
+def test_a_tvm_runner_gets_the_threads_it_asks_for(artifacts):
+    """TVM sizes its pool once per process, by default from half the logical CPUs: the runner
+    must set the size before the pool exists (a fresh process here), not only reconfigure it."""
+    import subprocess
+    import sys
+
+    code = ("import os; os.environ.pop('TVM_NUM_THREADS', None); os.environ.pop('OMP_NUM_THREADS', None)\n"
+            "import numpy as np, tvm, edgeopt.runtimes as ert\n"
+            f"r = ert.load({str(artifacts['tvm'].path)!r}, threads=3)\n"
+            f"r.run(np.zeros({tuple(artifacts['x'].shape)}, np.float32))\n"
+            "print(tvm.get_global_func('runtime.NumThreads')())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "3"
