@@ -35,7 +35,8 @@ _FOR_VNNI = {"on": False}
 
 def register_conv_rules(vnni: bool = True) -> None:
     """Make MetaSchedule's ``ApplyCustomRule`` use ``conv2d_nchwc_int8_space`` for x86 int8 convs
-    (when ``vnni``: the tile is tensorized with ``vpdpbusd``)."""
+    (only when ``vnni``: the tile is tensorized with ``vpdpbusd``) and ``conv2d_nchwc_fp32_space``
+    for fp32 ones."""
     import tvm
 
     _FOR_VNNI["on"] = vnni
@@ -94,8 +95,8 @@ def tile_choices(out_width: int, oc_chunks: int) -> tuple[list[int], list[int]]:
 def conv2d_nchwc_int8_space(sch, block):
     """The design space for one ``conv2d_NCHWc_int8`` block: a list with one traced schedule
     whose tile sizes are sampled. When the block is not the 10-loop direct conv this rule is
-    written for, or something else in its kernel cannot be folded in, the block's annotation is
-    dropped and ``[sch]`` is returned untouched, so MetaSchedule's generic rules schedule it."""
+    written for, or its kernel holds another reduction, the block's annotation is dropped and
+    ``[sch]`` is returned untouched, so MetaSchedule's generic rules schedule it."""
     if not _FOR_VNNI["on"]:
         sch.unannotate(block, "schedule_rule")
         return [sch]

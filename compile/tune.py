@@ -311,7 +311,7 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
         from .blocked_layout import has_vnni
         from .conv_schedules import register_conv_rules
 
-        register_conv_rules(vnni=has_vnni(spec))  # the int8 blocked convs' own design space
+        register_conv_rules(vnni=has_vnni(spec))  # the blocked convs' own design spaces
     runner = "local"
     if config.tracker:
         runner = rpc_runner(config.tracker, config.key, log)
@@ -386,8 +386,9 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     # evolutionary search would spin on a space of a few tiles once it has seen them all
     hand, tasks = _split_hand_scheduled(tasks, target, db)
     for size, group in sorted(hand.items()):
-        if done >= config.trials:
-            break
+        if done >= config.trials or (config.timeout_s is not None
+                                     and time.perf_counter() - t0 >= config.timeout_s):
+            break  # the next build goes on from the database
         log(f"tuning: {len(group)} convs with a hand-written schedule, each of its {size} tiles measured "
             f"({time.perf_counter() - t0:.0f} s)")
         round_sizes.append(len(group))
