@@ -15,6 +15,7 @@ import edgeopt.compress as ec
 from edgeopt.pipeline.tasks import TrainConfig, load_task, torch_logits, train
 from edgeopt.pipeline.zoo import create
 from edgeopt.core.errors import InputError
+from edgeopt.pipeline.gate_stats import mcnemar
 from helpers import edgeopt_cli
 
 pytestmark = pytest.mark.integration  # subprocesses, builds, servers or whole studies
@@ -29,6 +30,22 @@ def digits(tmp_path_factory):
     return task, teacher, path
 
 
+def assert_same_accuracy(task, one, two):
+    """Two trainings of one procedure, differing only where floating-point sums are split (one
+    process or two): neither may be better than the other beyond what the test set can tell.
+
+    The tolerance is the test set's own: McNemar's paired test on the samples where the two
+    models disagree, two-sided at 1 %, never a fixed gap that one CPU's outcome set (0.9583 vs
+    0.9639 on 360 digits is 2 samples net of 8 discordant: no evidence of a difference)."""
+    right_one = torch_logits(one, task.test.x).argmax(axis=1) == task.test.y
+    right_two = torch_logits(two, task.test.x).argmax(axis=1) == task.test.y
+    one_worse, two_worse = mcnemar(right_one, right_two), mcnemar(right_two, right_one)
+    assert min(one_worse.p_worse, two_worse.p_worse) >= 0.005, (
+        f"accuracies {right_one.mean():.4f} and {right_two.mean():.4f} differ beyond chance: "
+        f"{one_worse.worse} samples only the first got right, {one_worse.better} only the second")
+    return right_one.mean(), right_two.mean()
+
+
 def test_two_processes_match_one(digits):
     task, teacher, _ = digits
     student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32)).output
@@ -36,9 +53,7 @@ def test_two_processes_match_one(digits):
     one = ec.distill(student, cfg, task, teacher=teacher, progress=False).output
     two = ec.distill(student, cfg, task, teacher=teacher, progress=False, nproc=2).output
     assert ec.last_record(two)["metrics"]["processes"] == 2 and ec.last_record(one)["metrics"]["processes"] == 1
-    acc_one = task.score(torch_logits(one, task.test.x))
-    acc_two = task.score(torch_logits(two, task.test.x))
-    assert abs(acc_one - acc_two) <= 0.005, (acc_one, acc_two)
+    _, acc_two = assert_same_accuracy(task, one, two)
     assert acc_two > 0.9
     assert [r["name"] for r in ec.history(two)] == ["prune", "distill"]
 
@@ -53,8 +68,7 @@ def test_precomputed_teacher_logits_split_over_processes(digits):
     for p, q in zip(live.parameters(), one.parameters()):  # the same logits, computed once
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     two = ec.distill(student, cached, task, teacher=teacher, progress=False, nproc=2).output
-    acc_one, acc_two = (task.score(torch_logits(m, task.test.x)) for m in (one, two))
-    assert abs(acc_one - acc_two) <= 0.005, (acc_one, acc_two)
+    assert_same_accuracy(task, one, two)
     with pytest.raises(InputError, match="precompute_teacher needs shift=0"):
         ec.DistillConfig(epochs=1, precompute_teacher=True, shift=2)
 
