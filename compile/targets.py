@@ -1,10 +1,13 @@
 """TVM target presets and the toolchain each one needs.
 
 TVM 0.27 takes targets as JSON dicts only, and LLVM 22 rejects ``mcpu=native``; the ``cpu``
-preset therefore asks LLVM for the host CPU's name and uses the machine's core count.
+preset therefore reads the host CPU's feature flags (``edgeopt.runtimes.cpu_features``: a VM's
+CPU model number, and so LLVM's name for the CPU, is often wrong) and uses the machine's core count.
 
 Presets:
-- ``cpu``: the host (x86-64 here), built with the host compiler.
+- ``cpu``: the host (x86-64 here), built with the host compiler for the features its flags list.
+- ``cpu:generic`` (any x86-64) and ``cpu:NAME`` (LLVM's name of an x86 CPU, e.g. ``cpu:znver4``):
+  other x86 machines.
 - ``arm``: aarch64 Linux with NEON (any Armv8-A board); named boards: ``cortex-a72`` (Raspberry
   Pi 4), ``cortex-a76`` (Raspberry Pi 5), ``neoverse-n1`` (Graviton 2, Ampere Altra), each as
   ``arm:NAME``. Cross-compiled with ``aarch64-linux-gnu-g++``.
@@ -41,7 +44,7 @@ CUDA_ARCHS = ("sm_70", "sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90")
 
 
 def preset_names() -> list[str]:
-    return ["cpu", "arm", *(f"arm:{b}" for b in ARM_BOARDS), "cuda", *(f"cuda:{a}" for a in CUDA_ARCHS)]
+    return ["cpu", "cpu:generic", "arm", *(f"arm:{b}" for b in ARM_BOARDS), "cuda", *(f"cuda:{a}" for a in CUDA_ARCHS)]
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,88 @@ class Toolchain:
                              f"Debian package {self.package} (apt-get install {self.package})")
 
 
-def host_cpu_target(cores: int | None = None) -> dict:
-    """The host CPU as a TVM target dict: LLVM's name for the host CPU and its core count."""
+def llvm_known_features() -> set[str]:
+    """Every x86 feature this LLVM knows: those of the CPUs it can name (LLVM warns about, and
+    ignores, an ``mattr`` entry it does not know)."""
+    import tvm
     import tvm.target.codegen as codegen
 
+    known: set[str] = set()
+    for name in codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm"})):
+        known |= set(codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": name})))
+    return known
+
+
+def isa_features(spec: dict) -> set[str]:
+    """The instruction-set features (LLVM names a CPU flag vouches for) an llvm target's code may
+    use: its ``mcpu``'s and its ``mattr``'s, as LLVM resolves them."""
+    import tvm
+    import tvm.target.codegen as codegen
+
+    from edgeopt.runtimes.cpu_features import FLAGGED
+
+    return set(codegen.llvm_get_cpu_features(tvm.target.Target(spec))) & FLAGGED
+
+
+def host_cpu_target(cores: int | None = None) -> dict:
+    """The host CPU as a TVM target dict: its instruction-set features read from its own flags
+    (``mattr``), LLVM's name for it only where the name does not understate it, its core count.
+
+    A VM's CPU model number is often not the CPU's (KVM reports 167: LLVM says ``rocketlake``
+    for a Sapphire Rapids, which has AMX, AVX512-FP16 and BF16 that Rocket Lake lacks, and
+    Rocket Lake's tuning caps vectors at 256 bits). The name is kept for its scheduling model
+    when every feature the CPU has is one the named CPU has too; features the name implies and
+    the CPU does not show (a VM may mask some) are turned off. Without readable flags (no
+    ``/proc/cpuinfo``), LLVM's name alone.
+    """
+    import tvm.target.codegen as codegen
+
+    from edgeopt.runtimes.cpu_features import host_llvm_features
+
+    target: dict = {"kind": "llvm", "num-cores": int(cores or os.cpu_count() or 1)}
     mcpu = codegen.llvm_get_system_cpu()
-    target = {"kind": "llvm", "num-cores": int(cores or os.cpu_count() or 1)}
-    if mcpu and mcpu != "generic":
+    has = host_llvm_features()
+    if has is None:
+        if mcpu and mcpu != "generic":
+            target["mcpu"] = mcpu
+        return target
+    has &= llvm_known_features()  # an older LLVM may not know a newer CPU's flags
+    named = isa_features({"kind": "llvm", "mcpu": mcpu}) if mcpu and mcpu != "generic" else set()
+    minus: list[str] = []
+    if named and has <= named:
         target["mcpu"] = mcpu
+        minus = [f"-{f}" for f in sorted(named - has)]
+    # off first: a later "+" re-enables what a "-" took along (LLVM implies features both ways)
+    target["mattr"] = minus + [f"+{f}" for f in sorted(has)]
     return target
+
+
+def other_cpu_target(name: str, cores: int | None = None) -> dict:
+    """``cpu:NAME``: another x86 machine, by LLVM's CPU name (``generic``: any x86-64)."""
+    import tvm.target.codegen as codegen
+
+    target: dict = {"kind": "llvm", "num-cores": int(cores or os.cpu_count() or 1)}
+    if name != "generic":
+        triple = codegen.llvm_get_system_triple()
+        if not codegen.llvm_is_valid_cpu(name, triple):
+            raise InputError(f"unknown CPU {name!r} in target 'cpu:{name}'; expected 'cpu', 'cpu:generic' "
+                             f"or LLVM's name of an x86 CPU (e.g. cpu:skylake-avx512, cpu:znver4)")
+        target["mcpu"] = name
+    return target
+
+
+def required_cpu_features(spec: dict) -> list[str]:
+    """The instruction-set features an artifact built for ``spec`` needs of the CPU that runs it
+    (LLVM names; for a CUDA target, its host code's); empty for targets of another architecture."""
+    cpu = spec.get("host") if spec.get("kind") == "cuda" else spec
+    if not isinstance(cpu, dict) or cpu.get("kind") != "llvm":
+        return []
+    import tvm.target.codegen as codegen
+
+    triple = cpu.get("mtriple") or codegen.llvm_get_system_triple()
+    if not triple.startswith(("x86_64", "i686", "i386")):
+        return []
+    return sorted(isa_features(cpu))
 
 
 def arm_target(board: str | None = None) -> dict:
@@ -89,8 +165,8 @@ def resolve_target(target: str | dict | Any) -> dict:
         spec = dict(target)
     elif isinstance(target, str):
         name, _, variant = target.partition(":")
-        if name == "cpu" and not variant:
-            return host_cpu_target()
+        if name == "cpu":
+            return other_cpu_target(variant) if variant else host_cpu_target()
         if name == "arm":
             return arm_target(variant or None)
         if name == "cuda":

@@ -29,7 +29,7 @@ from edgeopt.core.result import Progress, StepResult, reporter
 from edgeopt.runtimes.artifact import Artifact, model_input, write_artifact
 from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
 
-from .targets import resolve_target, toolchain
+from .targets import required_cpu_features, resolve_target, toolchain
 
 
 def unsupported_ops(onnx_model) -> list[tuple[str, str]]:
@@ -213,9 +213,13 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
                                             "fast_math": config.fast_math and spec.get("kind") == "llvm"},
               "metrics": {"int8_ops": rewritten, "kernels": kernels, "kernels_why": why, **details}}
     names = [p.name for p in plugins]
+    extra = {"plugins": names} if names else {}
+    needs = required_cpu_features(spec)
+    if needs:  # a CPU without one of these refuses to load the library (runtimes.cpu_features)
+        extra["cpu_features"] = needs
     artifact = write_artifact(out, fill, format="tvm", files=["model.so", *names], inputs=inputs,
                               outputs=outputs, target=spec, history=[*history, record],
-                              extra={"plugins": names} if names else None)
+                              extra=extra or None)
     return StepResult(artifact, record, history)
 
 

@@ -89,7 +89,8 @@ def _open(fmt: str, runtime: str, path: Path, artifact: Artifact | None, threads
 
 
 def _check_host_can_run(artifact: Artifact) -> None:
-    """A library cross-compiled for another CPU cannot be loaded here: say so plainly."""
+    """A library cross-compiled for another CPU, or built for features this CPU lacks, cannot be
+    loaded here: say so plainly."""
     import platform
 
     triple = artifact.target_triple
@@ -98,6 +99,7 @@ def _check_host_can_run(artifact: Artifact) -> None:
         raise InputError(
             f"artifact {str(artifact.path)!r} was built for {arch} ({triple}); this host is "
             f"{platform.machine()}. Run it on the device, or under qemu-{arch} with the native runner (runtime 'native', emulate 'qemu')")
+    artifact.check_cpu_features()
 
 
 __all__ = [

@@ -66,6 +66,23 @@ class Artifact:
         return target.get("mtriple") or (target.get("host") or {}).get("mtriple") or ""
 
     @property
+    def cpu_features(self) -> list[str]:
+        """The instruction-set features (LLVM names) the library needs of the CPU that runs it."""
+        return list(self.manifest.get("cpu_features") or [])
+
+    def check_cpu_features(self) -> None:
+        """Raise ``InputError`` naming the features this library needs and this CPU lacks: it
+        would die on an illegal instruction, or compute garbage in a lane it cannot execute."""
+        from .cpu_features import missing_on_host
+
+        missing = missing_on_host(self.cpu_features)
+        if missing:
+            raise InputError(
+                f"artifact {str(self.path)!r} was built for a CPU with {', '.join(missing)}, which this "
+                "CPU lacks (its flags in /proc/cpuinfo); rebuild it here with target 'cpu' "
+                "(or 'cpu:generic' for any x86-64)")
+
+    @property
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec.from_dict(d) for d in self.manifest["io"]["inputs"]]
 
@@ -215,6 +232,9 @@ def _validate_manifest(m: Any, where: Path) -> None:
             raise bad(f"manifest field {key!r} is missing")
         if not isinstance(m[key], typ):
             raise bad(f"manifest field {key!r} must be a {typ.__name__}, got {type(m[key]).__name__}")
+    features = m.get("cpu_features", [])
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise bad(f"manifest field 'cpu_features' must be a list of feature names, got {features!r}")
     if m["format"] not in FORMATS:
         raise bad(f"manifest field 'format' must be one of {FORMATS}, got {m['format']!r}")
     if not m["files"]:

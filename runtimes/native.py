@@ -116,6 +116,8 @@ class NativeRunner(Runner):
         elif emulate == "qemu":
             raise InputError(f"emulate='qemu' is for artifacts built for another CPU; "
                              f"{str(artifact.path)!r} runs natively on this {host} host")
+        else:
+            artifact.check_cpu_features()
         self.artifact = artifact
         self.emulated = bool(self.command_prefix)
         self.arch = runs_on
