@@ -139,6 +139,42 @@ def scores(task, outputs: np.ndarray, reference: np.ndarray) -> dict:
     return out
 
 
+def sample_outcomes(task, outputs: np.ndarray) -> dict:
+    """Each test sample's outcome, kept compactly so a comparison can be paired
+    (``edgeopt.pipeline.gate_stats``): ``outcomes`` (top-1 right or wrong, as bits) for top-1
+    tasks; ``sample_values`` (each sample's own error or similarity, float32) for mse, mae and
+    cosine; nothing for an unlabelled task. ``samples``: how many."""
+    from .gate_stats import pack_outcomes, pack_values
+
+    y = task.test.y
+    if y is None:
+        return {}
+    pred = np.asarray(outputs)
+    if task.metric == "top1":
+        labels = pred.argmax(axis=1) if pred.ndim == 2 else pred
+        return {"samples": len(y), "outcomes": pack_outcomes(labels == y)}
+    a = pred.reshape(len(y), -1).astype(np.float64)
+    b = np.asarray(y).reshape(len(y), -1).astype(np.float64)
+    if task.metric == "mse":
+        values = np.mean((a - b) ** 2, axis=1)
+    elif task.metric == "mae":
+        values = np.mean(np.abs(a - b), axis=1)
+    elif task.metric == "cosine":
+        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        cos = np.sum(a * b, axis=1) / np.maximum(na * nb, 1e-30)
+        values = np.clip(np.where((na == 0) & (nb == 0), 1.0, cos), -1.0, 1.0)
+    else:
+        return {}
+    return {"samples": len(y), "sample_values": pack_values(values)}
+
+
+def artifact_digest(artifact) -> str:
+    """One checksum of an artifact folder (over its manifest's per-file checksums): the gate
+    re-times a baseline's artifact only when the folder is still the one that was measured."""
+    sums = artifact.manifest.get("sha256") or {}
+    return hashlib.sha256(repr(sorted(sums.items())).encode()).hexdigest()[:16]
+
+
 def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, run_artifact,
                   model, fp32_onnx, task, reference: np.ndarray, example: np.ndarray,
                   bench: BenchConfig, evaluation=None) -> dict:
@@ -165,7 +201,9 @@ def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, 
         "flops": onnx_flops(fp32_onnx),
         "latency_ms": result.latency.to_report(),
         **scores(task, outputs, reference),
+        **sample_outcomes(task, outputs),
         "artifact": str(run_artifact.path),
+        "artifact_sha256": artifact_digest(run_artifact),
         "history": step_changes(run_artifact.history),
         **extra,
     }
@@ -187,8 +225,18 @@ def one_line(error: BaseException) -> str:
 
 
 def runtime_target(runtime: str, build: Any) -> str:
-    """The target label of a report row: the TVM target's CPU or GPU arch, else ``cpu``."""
+    """The target label of a report row: the TVM target's CPU or GPU arch, else ``cpu``; for
+    TVM, every build option that changes the artifact is part of it (``znver3/onednn``,
+    ``sm_89/fp16``): rows are keyed by it, and two targets that differ only in kernels or
+    precision must never share a row (one's failure would hide behind the other's)."""
     if runtime != "tvm" or build is None:
         return "cpu"
     spec = build.spec
-    return spec.get("mcpu") or spec.get("arch") or spec.get("kind", "custom")
+    label = spec.get("mcpu") or spec.get("arch") or spec.get("kind", "custom")
+    options = [getattr(build, "kernels", "auto") if getattr(build, "kernels", "auto") != "auto" else "",
+               "fp16" if getattr(build, "precision", "fp32") == "fp16" else "",
+               "nograph" if getattr(build, "cuda_graph", True) is False else "",
+               "exactmath" if getattr(build, "fast_math", True) is False else "",
+               {True: "int8", False: "float"}.get(getattr(build, "int8", None), ""),
+               "tuned" if getattr(build, "tune", None) is not None else ""]
+    return "/".join([label, *[o for o in options if o]])

@@ -60,7 +60,9 @@ def load_model(spec: str, seed: int = 0, weights: str | os.PathLike | None = Non
 
     Args:
         spec: ``zoo:NAME``, ``module.path:factory`` or a ``.pt2`` file.
-        seed: seeds a zoo model's initial weights.
+        seed: seeds a zoo model's or a factory's initial weights (torch's RNG is seeded around
+            the call and restored after, so the same spec and seed give the same weights in
+            every process).
         weights: a state dict file (``.pth``/``.pt``, ``torch.save(model.state_dict(), path)``)
             loaded into a zoo or factory model; ``InputError`` naming the missing / unexpected
             keys or the first shape mismatch when it does not fit the module.
@@ -97,7 +99,7 @@ def load_model(spec: str, seed: int = 0, weights: str | os.PathLike | None = Non
                              "is a file that holds its own weights")
         loaded = _load_file(Path(spec))
     elif ":" in spec:
-        loaded = _load_factory(spec)
+        loaded = _load_factory(spec, seed)
     else:
         raise InputError(f"model {spec!r} is not understood; expected zoo:NAME, module.path:factory, "
                          "or a .pt2 file")
@@ -201,7 +203,7 @@ def _load_file(path: Path) -> LoadedModel:
     return LoadedModel(module, shape, str(path))
 
 
-def _load_factory(spec: str) -> LoadedModel:
+def _load_factory(spec: str, seed: int = 0) -> LoadedModel:
     import torch
 
     mod_name, _, attr = spec.partition(":")
@@ -233,7 +235,11 @@ def _load_factory(spec: str) -> LoadedModel:
         raise InputError(f"model {spec!r}: {attr}() needs argument(s) {', '.join(required)}; expected a "
                          "factory callable without arguments (wrap it: def make(): return Net(...))")
     try:
-        module = factory()
+        # Seeded like a zoo model: an unseeded factory draws its initial weights from whatever
+        # state torch's RNG is in, so one recipe trained to a different model in each run.
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            module = factory()
     except Exception as e:
         raise InputError(f"model {spec!r}: {attr}() raised {type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(module, torch.nn.Module):
