@@ -9,8 +9,12 @@ Models exported by other tools are often at an old opset (9-12), keep their weig
 2. turns ``Constant`` nodes into initializers, and drops initializers listed as graph inputs;
 3. folds constant sub-graphs (every input constant, deterministic op) into initializers with
    onnx's reference evaluator, and ``Shape`` of statically shaped tensors, repeatedly;
+   An ``If`` whose condition is then constant is replaced by the branch it takes;
 4. infers shapes (``onnx.shape_inference``, with data propagation);
-5. optionally checks the ops against what a backend supports, naming each missing op's node.
+5. with ``static_graph=True`` (TVM builds: the Relax importer has no recurrent or control-flow
+   converters), unrolls LSTM / GRU / RNN nodes into plain ops over the static sequence length
+   and refuses a data-dependent ``If`` naming the node (``edgeopt.compile.onnx_recurrent``);
+6. optionally checks the ops against what a backend supports, naming each missing op's node.
 
 Quantize / dequantize nodes are never folded: the int8 rewrite and the quantizer look for them.
 
@@ -52,7 +56,7 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 
 def prepare_onnx(model, target_opset: int = TARGET_OPSET,
                  supported: Iterable[str] | Callable[[str], bool] | None = None,
-                 backend: str = "the backend"):
+                 backend: str = "the backend", static_graph: bool = False):
     """The prepared copy of ``model`` (a path or an ``onnx.ModelProto``, not modified).
 
     Args:
@@ -61,12 +65,18 @@ def prepare_onnx(model, target_opset: int = TARGET_OPSET,
         supported: op types the consumer supports (a collection, or a predicate on the op type);
             any other default-domain op is an ``InputError`` naming the op and its node(s).
         backend: the consumer's name, for that error.
+        static_graph: unroll recurrent nodes and refuse data-dependent control flow, for a
+            consumer without loops or branches (onnxruntime runs LSTM / GRU nodes natively and
+            faster: keep them there).
 
     Raises:
-        InputError: not an ONNX model, a conversion that fails (naming the op), or unsupported
-            ops.
+        InputError: not an ONNX model, a conversion that fails (naming the op), unsupported
+            ops, or (``static_graph``) a recurrent node over a dynamic sequence length or a
+            data-dependent ``If`` / ``Loop``.
     """
     import onnx
+
+    from .onnx_recurrent import check_static_control_flow, inline_constant_ifs, unroll_recurrent
 
     if isinstance(model, (str, os.PathLike)):
         from edgeopt.runtimes.onnx_file import load_onnx
@@ -82,9 +92,16 @@ def prepare_onnx(model, target_opset: int = TARGET_OPSET,
     _drop_initializer_inputs(out)
     for _ in range(8):  # folding Shape needs shapes, which folding may make static: iterate
         out = _infer(out)
-        if not _fold(out):
+        folded = _fold(out)
+        inlined = inline_constant_ifs(out)
+        if inlined:  # a branch body keeps its weights in Constant nodes
+            _constants_to_initializers(out.graph)
+        if not (folded or inlined):
             break
     out = _infer(out)
+    if static_graph:
+        check_static_control_flow(out)
+        out = _infer(unroll_recurrent(out))
     if supported is not None:
         check_ops(out, supported, backend)
     return out

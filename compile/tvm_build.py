@@ -171,7 +171,8 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
 
     from .onnx_prepare import prepare_onnx
 
-    onnx_model = prepare_onnx(load_onnx(model))  # old opsets, Constant weights, run-time shapes
+    # old opsets, Constant weights, run-time shapes; LSTM/GRU unrolled (the importer has no converter)
+    onnx_model = prepare_onnx(load_onnx(model), static_graph=True)
     missing = unsupported_ops(onnx_model)
     if missing:
         listed = ", ".join(f"{op} (node {name!r})" for op, name in missing)

@@ -1,8 +1,14 @@
 """Parameter and FLOP counting for torch modules and ONNX graphs.
 
 FLOPs count multiply-adds as two operations, for Conv (grouped and depthwise included),
-Gemm and MatMul (attention matmuls included); other ops are cheap next to them and are not
-counted. ONNX shapes come from ONNX shape inference, so the count needs static shapes.
+Gemm and MatMul (attention matmuls included), and recurrent layers (LSTM, GRU, RNN: their gate
+matmuls, ``2 * steps * batch * (numel(W) + numel(R))``, e.g. ``2 * (in * 4h + h * 4h)`` per step
+and direction for an LSTM); other ops are cheap next to them and are not counted. ONNX shapes
+come from ONNX shape inference, so the count needs static shapes.
+
+Recurrent layers are counted by that formula on both sides, torch and ONNX, so every report
+gives a model one number: torch's flop counter sees an ``nn.GRU``'s matmuls but not an
+``nn.LSTM``'s (its CPU kernel is one fused call), and ONNX's LSTM / GRU nodes are single ops.
 
 Example:
     >>> import torch
@@ -23,6 +29,9 @@ import numpy as np
 
 from edgeopt.core.errors import InputError
 
+# ONNX's recurrent ops: W is (directions, gates x hidden, in), R (directions, gates x hidden, hidden).
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
 
 def count_params(model) -> int:
     """Number of parameter elements of a torch module (buffers such as BN statistics excluded)."""
@@ -33,16 +42,51 @@ def count_flops(model, example_inputs) -> int:
     """FLOPs of one forward pass of a torch module on ``example_inputs`` (a tensor or tuple).
 
     Counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmul, conv, attention matmuls,
-    2 FLOPs per multiply-add), so functional matmuls are seen too, not only modules.
+    2 FLOPs per multiply-add), so functional matmuls are seen too, not only modules. Recurrent
+    modules (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) are counted by the formula instead of whatever
+    the counter saw inside them (``recurrent_flops``), the number ``onnx_flops`` gives their nodes.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     args = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     args = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(*args)
-    return int(counter.get_total_flops())
+    recurrent = [m for m in model.modules() if isinstance(m, torch.nn.RNNBase)]
+    replaced = [0]  # FLOPs the counter saw inside recurrent modules, and the formula's count
+    counted_before: list[int] = []
+
+    def before(module, inputs):
+        counted_before.append(counter.get_total_flops())
+
+    def after(module, inputs, output):
+        inside = counter.get_total_flops() - counted_before.pop()
+        replaced[0] += recurrent_flops(module, inputs[0]) - inside
+
+    hooks = [h for m in recurrent for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(counter.get_total_flops() + replaced[0])
+
+
+def recurrent_flops(module, sequence) -> int:
+    """FLOPs of one call of a torch recurrent module (``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``) on
+    ``sequence`` (a tensor, batched or not, or a ``PackedSequence``): 2 FLOPs per multiply-add
+    of every gate matmul (input, hidden and LSTM projection weights) at every step."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    if isinstance(sequence, PackedSequence):
+        rows = int(sequence.data.shape[0])  # steps x batch, summed over the sequences
+    elif sequence.dim() == 2:  # unbatched [steps, features]
+        rows = int(sequence.shape[0])
+    else:
+        rows = int(sequence.shape[0]) * int(sequence.shape[1])
+    weights = sum(int(p.numel()) for name, p in module.named_parameters(recurse=False)
+                  if name.startswith("weight_"))
+    return 2 * rows * weights
 
 
 def model_stats(model, example_inputs) -> dict:
@@ -76,7 +120,11 @@ def onnx_flops(model: Any) -> int:
 
     total = 0
     for node in g.node:
-        if node.op_type == "Conv":
+        if node.op_type in RECURRENT_OPS:
+            x = shape(node.input[0])  # (steps, batch, in), or (batch, steps, in) with layout 1
+            weights = int(np.prod(shape(node.input[1]))) + int(np.prod(shape(node.input[2])))
+            total += 2 * x[0] * x[1] * weights
+        elif node.op_type == "Conv":
             w = shape(node.input[1])  # (Cout, Cin/groups, kh, kw)
             y = shape(node.output[0])  # (N, Cout, Ho, Wo)
             total += 2 * int(np.prod(y)) * int(np.prod(w[1:]))

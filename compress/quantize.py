@@ -51,6 +51,8 @@ TYPES = ("uint8", "int8")
 FORMATS = ("qdq", "qoperator")
 #: Ops whose quantization saves arithmetic; the fallback ranks these, and a model needs one.
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
+# Compute the quantizer leaves in float (no static int8 kernel): counted in the summary, named as float.
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 #: Pre-quantization transforms (``quant_transforms``), in the order they apply.
 TRANSFORMS = ("equalize", "smooth_quant", "bias_correction")
 #: The default calibration method. mean_minmax replaced entropy (2026-11-27): on the four
@@ -315,6 +317,10 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
                    if debug["costliest_float_share"] is not None else ""))
         before, after = Path(model).stat().st_size, candidate.stat().st_size
         quantized_nodes = _quantized_compute_nodes(candidate)
+        # Recurrent layers are compute too: the quantizer leaves them float, and the summary
+        # must say so rather than count only the ops it can quantize.
+        total = len(compute) + sum(n.op_type in RECURRENT_OPS for n in fp32.graph.node)
+        float_ops = _float_compute_ops(candidate, quantized_nodes)
         record = {
             "name": "quantize",
             "config": asdict(config),
@@ -323,7 +329,9 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
                 "size_ratio": after / before,
                 "calibration_samples": len(feeds),
                 "compute_nodes_quantized": len(quantized_nodes),
-                "compute_nodes_total": len(compute),
+                "compute_nodes_total": total,
+                "float_ops": float_ops,
+                "summary": int8_summary(len(quantized_nodes), total, float_ops),
                 "nodes_in_float": excluded,
                 "fallback": steps,
                 "transforms": list(chosen),
@@ -743,6 +751,27 @@ def _describe(s: dict) -> str:
     if "accuracy" in s:
         parts.insert(0, f"accuracy {s['accuracy'] * 100:.2f}% (drop {s['accuracy_drop'] * 100:.2f} points)")
     return ", ".join(parts)
+
+
+def int8_summary(quantized: int, total: int, float_ops: dict) -> str:
+    """``"3/4 compute nodes int8; float: GRU (1)"``: what ran int8 and, by op, what stayed float."""
+    left = "; float: " + ", ".join(f"{op} ({n})" for op, n in float_ops.items()) if float_ops else ""
+    return f"{quantized}/{total} compute nodes int8{left}"
+
+
+def _float_compute_ops(path: Path, quantized: Sequence[str]) -> dict:
+    """``{op type: count}`` of the compute nodes of the quantized model at ``path`` that run in
+    float: not in ``quantized`` (kept in float, or ops the quantizer has no int8 kernel for,
+    such as LSTM / GRU / RNN)."""
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    done = set(quantized)
+    counts: dict = {}
+    for n in g.node:
+        if n.op_type in (*COMPUTE_OPS, *RECURRENT_OPS) and n.name not in done:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _quantized_compute_nodes(path: Path) -> list[str]:

@@ -412,7 +412,9 @@ def describe_record(rec: dict) -> str:
     elif name == "quantize":
         if "compute_nodes_total" in m:
             parts.append(f"{m.get('compute_nodes_quantized')} of {m['compute_nodes_total']} compute "
-                         "nodes quantized")
+                         "nodes quantized" + (" (float: " + ", ".join(f"{op} {n}" for op, n in
+                                                                     m["float_ops"].items()) + ")"
+                                              if m.get("float_ops") else ""))
         if "nodes_in_float" in m:
             kept = list(m["nodes_in_float"] or [])
             parts.append("kept in float: " + (_listing(kept) if kept else "none"))

@@ -172,8 +172,7 @@ def _quantize(args, config) -> int:
                                          progress=say)
     m = result.metrics
     print(f"wrote {result.path}: {m['size_bytes_before']:,} -> {m['size_bytes_after']:,} bytes "
-          f"({m['size_ratio']:.2f}x), {m['compute_nodes_quantized']}/{m['compute_nodes_total']} "
-          f"compute nodes int8")
+          f"({m['size_ratio']:.2f}x), {m['summary']}")
     for a in m.get("attempts", []):
         how = "+".join(a["transforms"]) or "plain"
         acc = f"accuracy {a['accuracy'] * 100:.2f}%, " if "accuracy" in a else ""
