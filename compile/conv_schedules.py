@@ -112,6 +112,10 @@ def _space(sch, block, int8: bool):
             return [attempt]
     except ScheduleError:
         pass
+    except Exception:  # noqa: BLE001 - a primitive TVM failed on outside its checks (a stale block,
+        # an expression it cannot analyse): this kernel is not one the rule can schedule, and the
+        # untouched copy goes to the generic rules instead of taking the whole tuning down
+        pass
     sch.unannotate(block, "schedule_rule")
     return [sch]
 
@@ -138,11 +142,9 @@ def _schedule_direct_conv(sch, block, int8: bool = True) -> bool:
     ow_o, ow_i = sch.split(ow, [None, reg_n])
     oc_o, oc_i = sch.split(occ, [None, oc_reg])
     sch.reorder(n, oc_o, oh, ow_o, ico, kh, kw, icf, oc_i, ow_i, ocb, *([ics] if int8 else []))
-    consumers = sch.get_consumers(block)
     # the accumulators: one tile, written back (with the epilogue) after its reduction
     write_back = sch.cache_write(block, 0, "global")
-    for consumer in consumers:
-        _inline_epilogue(sch, consumer)
+    _inline_epilogue(sch, write_back)
     # unit loops kept: the loop count must not depend on the sampled tile (traces are replayed)
     sch.reverse_compute_at(write_back, ow_o, preserve_unit_loops=True)
     sch.parallel(sch.fuse(n, oc_o, oh))
@@ -190,20 +192,34 @@ def _schedule_direct_conv(sch, block, int8: bool = True) -> bool:
     return True
 
 
-def _inline_epilogue(sch, consumer) -> None:
-    """Fold an elementwise chain after the conv (zero-point correction, requantize, residual add,
-    clip, cast) into the tile's write-back, one block after another, as far as it goes."""
+def _inline_epilogue(sch, write_back) -> None:
+    """Fold the elementwise work after the conv (zero-point correction, requantize, bias, residual
+    add, clip, sigmoid, cast) into the tile's write-back, one block after another, as far as it goes.
+
+    A block is folded only while it is the write-back's one reader: folding one of two readers
+    leaves the other reading a buffer nothing writes any more (TVM does not check). Two readers
+    (``x * sigmoid(x)``, hardswish, a conv without bias) are first merged by inlining one into
+    what reads it. The readers are asked for again after every change: a handle taken before it
+    may name a block that is gone (the crash of ``x * sigmoid(x)``: "Cannot dispatch a null
+    expression"). What cannot be folded stays a block of its own (see ``_schedule_direct_conv``)."""
     from tvm.s_tir.schedule import ScheduleError
 
     while True:
-        following = sch.get_consumers(consumer)
-        try:
-            sch.reverse_compute_inline(consumer)
-        except ScheduleError:
-            return
-        if len(following) != 1:
-            return
-        consumer = following[0]
+        readers = sch.get_consumers(write_back)
+        if len(readers) == 1:
+            try:
+                sch.reverse_compute_inline(readers[0])
+            except ScheduleError:
+                return
+            continue
+        for reader in readers:
+            try:
+                sch.compute_inline(reader)
+                break
+            except ScheduleError:
+                continue
+        else:
+            return  # no reader, or none that merges: the rest is left as it is
 
 
 def hand_space_size(kernel, target) -> int | None:
