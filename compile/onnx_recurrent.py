@@ -16,8 +16,8 @@ with them (CNN + LSTM OCR, speaker encoders, GRU classifiers) got no compiled ar
   ``InputError`` naming the node: an unrolled graph cannot choose at run time.
 
 Weights (W, R, B, P) must be constants (initializers), which is what exporters write; the
-sequence length and batch must be static (a dynamic one is an ``InputError`` naming the graph
-input to give a concrete shape).
+sequence length must be static (a dynamic one is an ``InputError`` naming the graph input to
+give a concrete shape); the batch may be dynamic.
 
 Example:
     >>> import numpy as np
@@ -54,8 +54,7 @@ def unroll_recurrent(model):
     LSTM / GRU / RNN node is unrolled into plain ops; other nodes are kept as they are.
 
     Raises:
-        InputError: a dynamic sequence length or batch (naming the graph inputs to give a
-            concrete shape), non-constant weights, ``sequence_lens`` that differ from the
+        InputError: a dynamic sequence length (naming the graph inputs to give a concrete shape), non-constant weights, ``sequence_lens`` that differ from the
             sequence length, or an attribute with no plain-op equivalent (naming the node).
     """
     import onnx
@@ -174,12 +173,15 @@ def _unroll(node, b: _Builder, consts: dict, shapes: dict, dynamic_inputs: list)
     inputs = list(node.input) + [""] * (8 - len(node.input))
     x, w_name, r_name, b_name, seq_lens, h0, c0, peep = inputs[:8]
     shape = shapes.get(x)
-    if shape is None or len(shape) != 3 or any(not isinstance(d, int) or d <= 0 for d in shape[:2]):
+    seq_axis = 0 if layout == 0 else 1
+    if shape is None or len(shape) != 3 or not isinstance(shape[seq_axis], int) or shape[seq_axis] <= 0:
         given = ", ".join(repr(n) for n in dynamic_inputs) or "the model's inputs"
-        raise InputError(f"{where}: the sequence length and batch of its input {x!r} are not static "
-                         f"(shape {shape}); give {given} a concrete shape (--input-shape, or export with static shapes) "
-                         "so the recurrence can be unrolled")
+        raise InputError(f"{where}: the sequence length of its input {x!r} is not static "
+                         f"(shape {shape}); give {given} a concrete shape (--input-shape, or export with "
+                         "static shapes) so the recurrence can be unrolled")
     steps, batch = (shape[0], shape[1]) if layout == 0 else (shape[1], shape[0])
+    if not isinstance(batch, int) or batch <= 0:
+        batch = None  # a dynamic batch: zero initial states take the batch from X at run time
 
     def weight(name: str, what: str):
         if not name:
@@ -201,8 +203,8 @@ def _unroll(node, b: _Builder, consts: dict, shapes: dict, dynamic_inputs: list)
 
     if layout == 1:  # [batch, seq, in] -> [seq, batch, in]
         x = b.op("Transpose", [x], "x_seq_first", perm=[1, 0, 2])
-    h_init = _initial_state(b, h0, dirs, layout, batch, hidden, "h0")
-    c_init = _initial_state(b, c0, dirs, layout, batch, hidden, "c0") if op == "LSTM" else None
+    h_init = _initial_state(b, h0, dirs, layout, batch, hidden, "h0", x)
+    c_init = _initial_state(b, c0, dirs, layout, batch, hidden, "c0", x) if op == "LSTM" else None
     ys, hs, cs = [], [], []
     for d in range(dirs):
         reverse = direction == "reverse" or d == 1
@@ -251,10 +253,21 @@ def _activations(attrs: dict, op: str, direction: str, where: str) -> list[list[
     return [plain[d * per:(d + 1) * per] for d in range(dirs)]
 
 
-def _initial_state(b: _Builder, name: str, dirs: int, layout: int, batch: int, hidden: int, hint: str):
-    """Per direction, the name of a [batch, hidden] initial state (zeros when absent)."""
+def _initial_state(b: _Builder, name: str, dirs: int, layout: int, batch: int | None, hidden: int,
+                   hint: str, x_seq_first: str):
+    """Per direction, the name of a [batch, hidden] initial state (zeros when absent; a dynamic
+    batch (None) is read from ``x_seq_first``'s shape)."""
+    from onnx import helper
+
     if not name:
-        zeros = b.const(f"{hint}_zeros", np.zeros((batch, hidden), np.float32))
+        if batch is not None:
+            zeros = b.const(f"{hint}_zeros", np.zeros((batch, hidden), np.float32))
+        else:
+            dims = b.op("Shape", [x_seq_first], f"{hint}_x_shape", start=1, end=2)
+            dims = b.op("Concat", [dims, b.const(f"{hint}_hidden", np.array([hidden], np.int64))],
+                        f"{hint}_shape", axis=0)
+            zeros = b.op("ConstantOfShape", [dims], f"{hint}_zeros",
+                         value=helper.make_tensor("zero", 1, [1], [0.0]))
         return [zeros] * dirs
     axis = 0 if layout == 0 else 1
     axes = b.const(f"{hint}_axis", np.array([axis], np.int64))

@@ -58,11 +58,13 @@ def count_flops(model, example_inputs) -> int:
     def before(module, inputs):
         counted_before.append(counter.get_total_flops())
 
-    def after(module, inputs, output):
+    def after(module, inputs, kwargs, output):
         inside = counter.get_total_flops() - counted_before.pop()
-        replaced[0] += recurrent_flops(module, inputs[0]) - inside
+        sequence = inputs[0] if inputs else kwargs["input"]
+        replaced[0] += recurrent_flops(module, sequence) - inside
 
-    hooks = [h for m in recurrent for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    hooks = [h for m in recurrent for h in (m.register_forward_pre_hook(before),
+                                            m.register_forward_hook(after, with_kwargs=True))]
     try:
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
             model(*args)

@@ -15,7 +15,7 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def recurrent_model(op, direction="forward", layout=0, steps=5, batch=2, size=3, hidden=4, bias=True,
-                    initial=True, peepholes=False, seed=0, dynamic_seq=False, **attrs):
+                    initial=True, peepholes=False, seed=0, dynamic_seq=False, dynamic_batch=False, **attrs):
     """One ONNX recurrent node with random weights; every output is a graph output."""
     rng = np.random.default_rng(seed)
     dirs = 2 if direction == "bidirectional" else 1
@@ -27,9 +27,9 @@ def recurrent_model(op, direction="forward", layout=0, steps=5, batch=2, size=3,
         inits.append(numpy_helper.from_array(rng.standard_normal((dirs, 2 * g * hidden)).astype(np.float32), "B"))
         inputs[3] = "B"
     state_shape = [dirs, batch, hidden] if layout == 0 else [batch, dirs, hidden]
+    seq_dim, batch_dim = ("T" if dynamic_seq else steps), ("N" if dynamic_batch else batch)
     graph_inputs = [helper.make_tensor_value_info(
-        "x", TensorProto.FLOAT, ([("T" if dynamic_seq else steps), batch, size] if layout == 0
-                                 else [batch, ("T" if dynamic_seq else steps), size]))]
+        "x", TensorProto.FLOAT, [seq_dim, batch_dim, size] if layout == 0 else [batch_dim, seq_dim, size])]
     if initial:
         graph_inputs.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, state_shape))
         inputs[5] = "h0"
@@ -76,6 +76,7 @@ CASES = [
     dict(op="GRU", layout=1, linear_before_reset=1), dict(op="GRU", direction="reverse", initial=False),
     dict(op="RNN"), dict(op="RNN", direction="bidirectional", layout=1),
     dict(op="RNN", activations=["Relu"], initial=False),
+    dict(op="LSTM", initial=False, dynamic_batch=True), dict(op="GRU", initial=False, dynamic_batch=True, layout=1),
 ]
 
 
@@ -86,7 +87,7 @@ def test_unrolled_graph_matches_onnxruntime(case):
     ops = {n.op_type for n in unrolled.graph.node}
     assert not ops & {"LSTM", "GRU", "RNN"}
     assert ops <= {"MatMul", "Add", "Sub", "Mul", "Sigmoid", "Tanh", "Relu", "Clip", "Split", "Squeeze",
-                   "Unsqueeze", "Concat", "Transpose", "Identity"}
+                   "Unsqueeze", "Concat", "Transpose", "Identity", "Shape", "ConstantOfShape"}
     # onnxruntime refuses layout=1 (batch first) recurrent nodes: onnx's reference evaluator runs those
     expected = ort_run(model, feeds) if case.get("layout", 0) == 0 else reference_run(model, feeds)
     got = ort_run(unrolled, feeds)
@@ -245,3 +246,42 @@ def test_quantize_names_the_recurrent_layer_left_float(tmp_path):
     assert (m["compute_nodes_quantized"], m["compute_nodes_total"]) == (2, 3)
     assert m["float_ops"] == {"GRU": 1}
     assert m["summary"] == "2/3 compute nodes int8; float: GRU (1)"
+
+
+def test_torch_count_covers_projections_keyword_inputs_and_packed_sequences():
+    from edgeopt.compress.counting import count_flops
+
+    class Projected(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(3, 4, proj_size=2, batch_first=True)
+
+        def forward(self, x):
+            return self.lstm(input=x)[0]
+
+    class Packed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(3, 4)
+
+        def forward(self, x):
+            packed = torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3])
+            return torch.nn.utils.rnn.pad_packed_sequence(self.gru(packed)[0])[0]
+
+    # LSTM with a projection: per step 2 * (in*4h + p*4h + h*p), 2 sequences of 5 steps
+    assert count_flops(Projected(), torch.zeros(2, 5, 3)) == 2 * 5 * 2 * (3 * 16 + 2 * 16 + 4 * 2)
+    # packed: 5 + 3 real steps, padding not computed
+    assert count_flops(Packed(), torch.zeros(5, 2, 3)) == gate_matmul_flops(8, 1, 3, 4, gates=3)
+
+
+def test_compile_cli_refuses_a_data_dependent_if_in_one_line(tmp_path):
+    import onnx
+
+    from helpers import edgeopt_cli
+
+    onnx.save(if_model(condition_from_input=True), str(tmp_path / "branchy.onnx"))
+    r = edgeopt_cli("compile", tmp_path / "branchy.onnx", "--target", "cpu", "--out", tmp_path / "out")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "If node 'branch'" in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
