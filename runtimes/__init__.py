@@ -25,7 +25,7 @@ from .fingerprint import machine_fingerprint
 from .timing import TimingStats, measure
 
 #: Runtime names accepted by ``load`` and the CLI, and the artifact format each one runs.
-RUNTIMES = {"torch": "torch", "onnxruntime": "onnx", "tvm": "tvm", "native": "tvm"}
+RUNTIMES = {"torch": "torch", "onnxruntime": "onnx", "openvino": "onnx", "tvm": "tvm", "native": "tvm"}
 DEFAULT_RUNTIME = {"torch": "torch", "onnx": "onnxruntime", "tvm": "tvm"}
 
 
@@ -42,10 +42,12 @@ def load(artifact: str | os.PathLike | Artifact, runtime: str | None = None,
 
     Args:
         artifact: an artifact folder written by edgeopt, a bare ``.onnx`` file, or a ``.pt2``.
-        runtime: ``"torch"``, ``"onnxruntime"``, ``"tvm"`` (Python TVM VM) or ``"native"`` (the
-            C++ runner ``edgeopt-run``); default: the one that runs the artifact's format.
+        runtime: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` (ONNX on OpenVINO's CPU plugin; the
+            ``openvino`` extra), ``"tvm"`` (Python TVM VM) or ``"native"`` (the C++ runner
+            ``edgeopt-run``); default: the one that runs the artifact's format.
         threads: worker threads for the backend.
-        options: backend options (``spin``/``optimization`` for onnxruntime, ``device`` for tvm,
+        options: backend options (``spin``/``optimization`` for onnxruntime, ``precision`` for
+            openvino, ``device`` for tvm,
             ``emulate="qemu"`` / ``arch`` for native).
     """
     if runtime is not None:
@@ -73,6 +75,9 @@ def _open(fmt: str, runtime: str, path: Path, artifact: Artifact | None, threads
     if runtime == "onnxruntime":
         from .onnxruntime_runner import OnnxRuntimeRunner
         return OnnxRuntimeRunner(path, threads=threads, **options)
+    if runtime == "openvino":
+        from .openvino_runner import OpenVinoRunner
+        return OpenVinoRunner(path, threads=threads, **options)
     if runtime == "torch":
         from .torch_runner import TorchRunner
         return TorchRunner(path, threads=threads, **options)
