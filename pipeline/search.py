@@ -36,6 +36,15 @@ is reseeded before every ask from (seed, finished trials), so a resumed search a
 an uninterrupted one would have asked. A trial that repeats finished parameters is answered from
 the earlier trial, never measured twice.
 
+Failures: a failed trial is told ``PRUNED`` with a huge constraint violation (Optuna's samplers
+skip ``FAIL`` trials), so the sampler learns the region is bad; search.json lists it as
+``failed`` with its ``error``. A failure in a torch-level step (a low-rank budget the model cannot
+meet) removes that structure from the space, every quantization and runtime of it (and the
+stricter budgets of the same low-rank config); a later failure removes its point
+(``RuledOut``). The sampler is wrapped (``steered_sampler``) so it never proposes a removed
+candidate; one asked anyway is answered from the failure in one log line, never built, and counts
+toward ``trials``. ``max(10, candidates)`` asks in a row answered from earlier trials stop the search.
+
 Output in ``OUT``: ``search.json`` (every trial: parameters, objectives, state, constraints met,
 the Pareto set and the choice), ``chosen/`` (the chosen artifact folder, its manifest holding the
 whole history), ``chosen-recipe.yaml`` (an ordinary recipe that ``edgeopt run`` reproduces it
@@ -368,6 +377,126 @@ def space_size(space: SearchSpace, runtimes: list[str], labelled_top1: bool) -> 
     return sum(structures * (1 if r == "torch" else quant) for r in runtimes)
 
 
+# -- failures: what they rule out, and a sampler that never proposes it again ----------------
+
+#: The constraint violation a failed trial is told with (Optuna's TPE and NSGA-II rank infeasible
+#: trials by their summed violation): worse than any measured one, so a failure is the worst
+#: evidence the sampler holds about its region.
+FAILED_VIOLATION = 1e9
+
+
+def structure(params: dict) -> tuple[float, int]:
+    """A point's torch-level structure, ``(prune amount, low-rank choice)``: what its torch-level
+    steps (low-rank, pruning, distillation) are made of; quantization and runtime come after."""
+    return float(params.get("prune") or 0.0), int(params.get("lowrank") or 0)
+
+
+def stricter_lowrank(space: SearchSpace, choice: int) -> list[int]:
+    """The low-rank choices (1-based, ``choice`` included) that cannot be met on a model where
+    ``choice`` cannot: the same parameters with a ``flops_budget``/``params_budget`` no larger
+    (a smaller budget asks for a smaller model from the same candidate ranks)."""
+    entry = space.lowrank[choice - 1]
+    out = [choice]
+    for key in ("flops_budget", "params_budget"):
+        if entry.get(key) is None:
+            continue
+        rest = {k: v for k, v in entry.items() if k != key}
+        out += [j for j, other in enumerate(space.lowrank, 1)
+                if j != choice and other.get(key) is not None and other[key] <= entry[key]
+                and {k: v for k, v in other.items() if k != key} == rest]
+    return sorted(out)
+
+
+@dataclass
+class RuledOut:
+    """The candidates that failures rule out, each mapped to the number of the trial that failed.
+
+    ``structures``: torch-level structures a step failed on (``structure``): every quantization
+    and runtime of one fails the same way (a low-rank budget the model cannot meet), so they are
+    out of the space. ``points``: ``(variant, runtime)`` of failures after the torch-level steps
+    (export, quantization, build, timing). Rebuilt from the journal's trials, so a resumed search
+    rules out what the earlier run learned."""
+
+    structures: dict = field(default_factory=dict)
+    points: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_trials(cls, trials) -> "RuledOut":
+        ruled = cls()
+        for t in sorted(trials, key=lambda t: t.number):
+            attrs = t.user_attrs
+            if "error" not in attrs or "repeat_of" in attrs:
+                continue
+            if attrs.get("removed"):
+                for s in attrs["removed"]:
+                    ruled.structures.setdefault((float(s["prune"]), int(s["lowrank"])), t.number)
+            else:
+                ruled.points.setdefault((attrs.get("variant"), attrs.get("runtime")), t.number)
+        return ruled
+
+    def covering(self, params: dict, vname: str) -> int | None:
+        """The trial whose failure rules this point out, or None."""
+        found = self.structures.get(structure(params))
+        return found if found is not None else self.points.get((vname, params["runtime"]))
+
+    def blocked(self, prefix: dict, candidates: list[tuple[dict, str]]) -> bool:
+        """Whether every candidate ``(params, variant)`` that agrees with the partial parameters
+        ``prefix`` is ruled out (a choice the sampler must not make)."""
+        if not self.structures and not self.points:
+            return False
+        agreeing = [(p, v) for p, v in candidates if all(p.get(k) == x for k, x in prefix.items())]
+        return bool(agreeing) and all(self.covering(p, v) is not None for p, v in agreeing)
+
+
+def steered_sampler(base, blocked: Callable[[dict], bool], seed: int, draws: int = 5):
+    """``base`` (Optuna's TPE or NSGA-II) made never to propose a ruled-out candidate.
+
+    Optuna's categorical distributions cannot change during a study (so a failed choice cannot be
+    taken out of them), and TPE's first ``n_startup_trials`` are uniform draws that no failure
+    informs: each parameter the base sampler draws into a region where ``blocked(partial params)``
+    holds is drawn again (up to ``draws`` times, following the base sampler's model), then
+    chosen uniformly (seeded by ``seed``) among the choices still open. A relative proposal
+    (NSGA-II's crossover) that leads into such a region is dropped for independent draws."""
+    import random
+
+    from optuna.samplers import BaseSampler
+
+    class SteeredSampler(BaseSampler):
+        def __init__(self):
+            self.base, self.rng = base, random.Random(seed)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.base.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            params = self.base.sample_relative(study, trial, search_space)
+            return {} if params and blocked({**trial.params, **params}) else params
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            value = self.base.sample_independent(study, trial, param_name, param_distribution)
+            for _ in range(draws - 1):
+                if not blocked({**trial.params, param_name: value}):
+                    return value
+                value = self.base.sample_independent(study, trial, param_name, param_distribution)
+            if blocked({**trial.params, param_name: value}):
+                open_ = [c for c in getattr(param_distribution, "choices", ())
+                         if not blocked({**trial.params, param_name: c})]
+                if open_:
+                    value = self.rng.choice(open_)
+            return value
+
+        def before_trial(self, study, trial):
+            self.base.before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values):
+            self.base.after_trial(study, trial, state, values)
+
+        def reseed_rng(self):
+            self.base.reseed_rng()
+
+    return SteeredSampler()
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 def _digest(data: Any) -> str:
@@ -522,19 +651,7 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
 
-    storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
-    name = f"search-{study_fp}"
-    others = [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name != name]
-    if others:
-        log(f"search: {out / JOURNAL} also holds {len(others)} search(es) with another recipe, constraints "
-            "or seed; they are left as they are")
-    directions = ["minimize", "minimize", "maximize"]
-    study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        # left running by a kill: its parameters are asked again (the reseeded sampler repeats them)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        log(f"trial {t.number}: interrupted in an earlier run; asked again")
-    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    from .measure import one_line
 
     def constraints_func(frozen) -> list[float]:
         return list(frozen.user_attrs.get("constraints") or [0.0])
@@ -546,7 +663,27 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         return optuna.samplers.TPESampler(seed=s, constraints_func=constraints_func,
                                           n_startup_trials=space.startup_trials, multivariate=False)
 
-    total = space_size(space, labels, labelled_top1)
+    storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+    name = f"search-{study_fp}"
+    others = [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name != name]
+    if others:
+        log(f"search: {out / JOURNAL} also holds {len(others)} search(es) with another recipe, constraints "
+            "or seed; they are left as they are")
+    directions = ["minimize", "minimize", "maximize"]
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
+                                sampler=make_sampler(0))
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # left running by a kill: its parameters are asked again (the reseeded sampler repeats them)
+        study.tell(t.number, state=TrialState.FAIL)
+        log(f"trial {t.number}: interrupted in an earlier run; asked again")
+    # a failed trial is told PRUNED with FAILED_VIOLATION (its "error" says it failed): Optuna's
+    # samplers ignore FAIL trials, but rank a pruned one by its constraint violation
+    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    failed = [FAILED_VIOLATION] * max(1, len(constraints.violations(None, None, None)))
+
+    candidates = [(p, variant_name(p, trial_steps(p, space, labelled_top1)))
+                  for p in space_points(space, labels, labelled_top1)]
+    total = len(candidates)
     held = [t for t in study.get_trials(deepcopy=False, states=finished_states)]
     if held:
         log(f"search: resuming: {len(held)} finished trial(s) kept from an earlier run")
@@ -556,34 +693,48 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         log(f"search: warm start: {len(warm)} of the recipe's variants first"
             + (" (" + ", ".join(o[len("recipe:"):] + " on " + p["runtime"] for o, p in warm) + ")" if warm else "")
             + (f"; not points of the space, skipped: {', '.join(not_expressed)}" if not_expressed else ""))
+    ruled = RuledOut.from_trials(study.get_trials(deepcopy=False))
+    if ruled.structures or ruled.points:
+        log(f"search: {len(ruled.structures)} structure(s) and {len(ruled.points)} candidate(s) ruled out by "
+            "failures of an earlier run")
 
     t0 = time.monotonic()
     ran: list[int] = []
     stopped = ""
     repeats = 0
     while True:
-        done = study.get_trials(deepcopy=False, states=finished_states)
-        distinct = {(t.user_attrs.get("variant"), t.user_attrs.get("runtime")) for t in done}
+        everything = study.get_trials(deepcopy=False)
+        done = [t for t in everything if t.state in finished_states]
+        ruled = RuledOut.from_trials(everything)
+        answered = {(t.user_attrs.get("variant"), t.user_attrs.get("runtime")) for t in done}
+        still_open = [(p, v) for p, v in candidates
+                      if (v, p["runtime"]) not in answered and ruled.covering(p, v) is None]
         if trials is not None and len(done) >= trials:
             stopped = f"{trials} trials"
             break
-        if len(distinct) >= total:
-            stopped = f"all {total} candidates tried"
+        if not still_open:
+            out_count = sum(ruled.covering(p, v) is not None and (v, p["runtime"]) not in answered
+                            for p, v in candidates)
+            stopped = f"all {total} candidates tried" + (f" or ruled out by failures ({out_count} never built)"
+                                                         if out_count else "")
             break
         if repeats >= max(10, total):
-            stopped = f"{repeats} repeated trials in a row (the sampler has converged)"
+            stopped = (f"{repeats} asks in a row gave only candidates already tried (the sampler has converged; "
+                       f"{len(still_open)} untried)")
             break
         if budget_minutes is not None and time.monotonic() - t0 >= budget_minutes * 60:
             stopped = f"budget of {budget_minutes:g} min"
             break
         # warm start: the next recipe variant not yet answered (finished, or failed with an error;
-        # one a kill interrupted is asked again), enqueued just before the ask that pops it
-        answered = {(t.user_attrs.get("origin"), t.params.get("runtime")) for t in study.get_trials(deepcopy=False)
-                    if t.state in finished_states or (t.state == TrialState.FAIL and "error" in t.user_attrs)}
-        pending = next(((o, p) for o, p in warm if (o, p["runtime"]) not in answered), None)
-        if pending is not None:
+        # one a kill interrupted is asked again) nor ruled out, enqueued just before the ask that pops it
+        warm_answered = {(t.user_attrs.get("origin"), t.params.get("runtime")) for t in everything
+                         if t.state in finished_states or (t.state == TrialState.FAIL and "error" in t.user_attrs)}
+        pending = next(((o, p) for o, p in warm if (o, p["runtime"]) not in warm_answered
+                        and ruled.covering(p, variant_name(p, trial_steps(p, space, labelled_top1))) is None), None)
+        if pending is not None and not any(t.state == TrialState.WAITING for t in everything):
             study.enqueue_trial(pending[1], user_attrs={"origin": pending[0]})
-        study.sampler = make_sampler(len(done))
+        study.sampler = steered_sampler(make_sampler(len(done)), lambda prefix: ruled.blocked(prefix, candidates),
+                                        seed * 1_000_003 + len(done))
         trial = study.ask()
         params = suggest(trial, space, labels, labelled_top1)
         steps = trial_steps(params, space, labelled_top1)
@@ -591,28 +742,38 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         tgt = targets[labels.index(params["runtime"])]
         earlier = next((t for t in done if t.user_attrs.get("variant") == vname
                         and t.user_attrs.get("runtime") == params["runtime"]), None)
+        cover = ruled.covering(params, vname)
+        if earlier is None and cover is not None:
+            earlier = next(t for t in everything if t.number == cover)
         origin = trial.user_attrs.get("origin") or "sampler"
         info = {"variant": vname, "runtime": params["runtime"], "steps": [s.to_dict() for s in steps],
                 "origin": origin}
         for k, v in info.items():
             trial.set_user_attr(k, v)
-        if earlier is not None:  # the same candidate again: answered from the earlier trial
-            repeats += 1
+        if earlier is not None:  # the same candidate again, or one a failure ruled out: answered
+            repeats += 1         # from the earlier trial, never built again; it counts as a trial
             for k, v in earlier.user_attrs.items():
-                if k not in info:
+                if k not in info and k != "removed":
                     trial.set_user_attr(k, v)
             trial.set_user_attr("repeat_of", earlier.number)
-            state = earlier.state
-            study.tell(trial, earlier.values if state == TrialState.COMPLETE else None, state=state)
-            log(f"trial {trial.number}: {vname} on {params['runtime']}: repeats trial {earlier.number}")
+            if "error" in earlier.user_attrs:
+                trial.set_user_attr("constraints", failed)
+                study.tell(trial, state=TrialState.PRUNED)
+                log(f"trial {trial.number}: {vname} on {params['runtime']}: ruled out by failed trial "
+                    f"{earlier.number}; not built")
+            else:
+                state = earlier.state
+                study.tell(trial, earlier.values if state == TrialState.COMPLETE else None, state=state)
+                log(f"trial {trial.number}: {vname} on {params['runtime']}: repeats trial {earlier.number}")
             continue
         repeats = 0
         ran.append(trial.number)
         start = time.monotonic()
+        torch_steps = [s for s in steps if s.kind.level == "torch"]
+        stage = "torch"
         try:
-            torch_steps = [s for s in steps if s.kind.level == "torch"]
+            model = study_runner.torch_model(steps) if torch_steps else None
             if torch_steps and constraints.max_accuracy_drop is not None:
-                model = study_runner.torch_model(steps)
                 q, _ = _quality(task, reference_outputs(model, task.test.x), reference)
                 drop = base_quality - q
                 if drop > constraints.max_accuracy_drop + space.prune_margin:
@@ -625,15 +786,28 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
                     study.tell(trial, state=TrialState.PRUNED)
                     log(f"trial {trial.number}: {vname} on {params['runtime']}: pruned ({why}) [{origin}]")
                     continue
+            stage = "build"
             entry = study_runner.measure(vname, steps, tgt)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:
-            from .measure import one_line
-
             trial.set_user_attr("error", one_line(e))
-            study.tell(trial, state=TrialState.FAIL)
-            log(f"trial {trial.number}: {vname} on {params['runtime']}: FAILED: {one_line(e)}")
+            trial.set_user_attr("failed_stage", stage)
+            trial.set_user_attr("constraints", failed)
+            log(f"trial {trial.number}: {vname} on {params['runtime']}: FAILED: {one_line(e)} [{origin}]")
+            if stage == "torch":
+                removed = [structure(params)]
+                if params.get("lowrank") and isinstance(_raised(study_runner.torch_model, torch_steps[:1]),
+                                                        InputError):
+                    # the low-rank step itself cannot meet its budget: nor can a stricter one
+                    removed = [(0.0, j) for j in stricter_lowrank(space, params["lowrank"])]
+                trial.set_user_attr("removed", [{"prune": p, "lowrank": j} for p, j in removed])
+                names = [variant_name({"prune": p, "lowrank": j}, trial_steps({"prune": p, "lowrank": j}, space,
+                                                                              labelled_top1)) for p, j in removed]
+                log(f"search: {', '.join(names)} cannot be built on this model; removed from the space for the "
+                    "rest of the search (every quantization and runtime of it)")
+            study.tell(trial, state=TrialState.PRUNED)
+            _write(out, study, constraints, space, seed, base_quality, base_accuracy, labels, "running")
             continue
         latency = entry["latency_ms"]["median"]
         size_mb = entry["size_bytes"] / 1e6
@@ -663,6 +837,15 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
     return result
 
 
+def _raised(fn: Callable, *args) -> Exception | None:
+    """The exception ``fn(*args)`` raises, or None."""
+    try:
+        fn(*args)
+    except Exception as e:
+        return e
+    return None
+
+
 def _why(c: SearchConstraints, latency, size_mb, drop) -> str:
     out = []
     if c.max_latency_ms is not None and latency > c.max_latency_ms:
@@ -677,14 +860,17 @@ def _why(c: SearchConstraints, latency, size_mb, drop) -> str:
 # -- output -----------------------------------------------------------------------------------
 
 _ROW_KEYS = ("variant", "runtime", "origin", "steps", "latency_ms", "size_mb", "quality", "accuracy", "agreement",
-             "accuracy_drop", "constraints", "feasible", "why", "error", "repeat_of", "seconds", "latency",
-             "artifact")
+             "accuracy_drop", "constraints", "feasible", "why", "error", "failed_stage", "removed", "repeat_of",
+             "seconds", "latency", "artifact")
 
 
 def _rows(study) -> list[dict]:
+    """search.json's trials; ``state``: complete, pruned, failed (an ``error``: Optuna holds it as
+    pruned and infeasible), fail (interrupted by a kill, asked again) or running."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        row = {"number": t.number, "state": t.state.name.lower(), "params": dict(t.params)}
+        state = "failed" if "error" in t.user_attrs else t.state.name.lower()
+        row = {"number": t.number, "state": state, "params": dict(t.params)}
         row.update({k: t.user_attrs[k] for k in _ROW_KEYS if k in t.user_attrs})
         rows.append(row)
     return rows
@@ -707,6 +893,21 @@ def _choose(rows: list[dict], tolerance: float = 0.0) -> tuple[list[dict], dict 
     return pareto, chosen, ([] if chosen else closest)
 
 
+def counts(rows: list[dict]) -> dict:
+    """How many trials there are of each kind: ``trials`` (every finished one: the trial budget
+    counts them), ``measured`` (built and timed), ``pruned``, ``failed`` (failures and the asks a
+    failure answered), ``failed_built`` (failures that were built: one per failed configuration),
+    ``repeats`` (answered from an earlier trial, not built) and ``interrupted``."""
+    finished = [r for r in rows if r["state"] in ("complete", "pruned", "failed")]
+    return {"trials": len(finished),
+            "measured": sum(r["state"] == "complete" and "repeat_of" not in r for r in rows),
+            "pruned": sum(r["state"] == "pruned" for r in rows),
+            "failed": sum(r["state"] == "failed" for r in rows),
+            "failed_built": sum(r["state"] == "failed" and "repeat_of" not in r for r in rows),
+            "repeats": sum("repeat_of" in r for r in rows),
+            "interrupted": sum(r["state"] == "fail" for r in rows)}
+
+
 def _write(out: Path, study, constraints, space, seed, base_quality, base_accuracy, labels,
            stopped: str, extra: dict | None = None) -> dict:
     rows = _rows(study)
@@ -715,7 +916,7 @@ def _write(out: Path, study, constraints, space, seed, base_quality, base_accura
            "constraints": constraints.to_dict(), "space": space.to_dict(),
            "objectives": {"latency_ms": "minimize", "size_mb": "minimize", "quality": "maximize"},
            "fp32": {"quality": base_quality, "accuracy": base_accuracy},
-           "stopped": stopped, "trials": rows, "pareto": [r["number"] for r in pareto],
+           "stopped": stopped, "counts": counts(rows), "trials": rows, "pareto": [r["number"] for r in pareto],
            "chosen": chosen["number"] if chosen else None, "closest": [r["number"] for r in closest],
            **(extra or {})}
     write_json_atomic(out / SEARCH_JSON, doc)
@@ -756,17 +957,22 @@ def chosen_recipe(recipe, row: dict, target, source: str = "") -> str:
 
 
 def progress_figure(rows: list[dict]):
-    """Objective values over trials: latency, size and quality per trial (filled: feasible,
-    hollow: infeasible, x: pruned), with the best feasible latency so far as a line."""
+    """Objective values over the trials that ran (built and measured, pruned or failed; a trial
+    answered from an earlier one is not drawn, so the x axis ends at the last trial that ran):
+    latency, size and quality per trial (filled: feasible, hollow: infeasible, x: pruned), with
+    the best feasible latency so far as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if "repeat_of" not in r and r["state"] in ("complete", "pruned", "failed")]
     fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
     keys = (("latency_ms", "latency (ms)"), ("size_mb", "size (MB)"), ("quality", "quality"))
     for ax, (key, label) in zip(axes, keys):
         for r in rows:
+            if r["state"] == "failed":
+                ax.axvline(r["number"], color="tab:red", alpha=0.4, lw=0.8)
             v = r.get(key)
             if v is None:
                 continue
@@ -788,8 +994,10 @@ def progress_figure(rows: list[dict]):
     if xs:
         axes[0].step(xs, ys, where="post", color="tab:green", label="best feasible so far")
         axes[0].legend(loc="upper right", fontsize=8)
+    if rows:
+        axes[-1].set_xlim(rows[0]["number"] - 0.5, rows[-1]["number"] + 0.5)
     axes[-1].set_xlabel("trial")
-    fig.suptitle("search progress (filled: feasible, hollow: infeasible, x: pruned)", fontsize=10)
+    fig.suptitle("search progress (filled: feasible, hollow: infeasible, x: pruned, red line: failed)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -806,6 +1014,11 @@ def _progress_png(rows: list[dict]) -> bytes:
     finally:
         plt.close(fig)
     return buf.getvalue()
+
+
+def _counts_text(c: dict) -> str:
+    return (f"{c['trials']} ({c['measured']} measured, {c['pruned']} pruned, {c['failed']} failed of which "
+            f"{c['failed_built']} built, {c['repeats']} answered from earlier trials)")
 
 
 def _fmt_row(r: dict) -> str:
@@ -858,7 +1071,7 @@ def _finish(out: Path, study, recipe, targets, labels, constraints, space, seed,
         write_bytes_atomic(out / "progress.png", png)
         lines = [f"- {_fmt_row(r)}" for r in pareto]
         section_md = ["", "## Search", "",
-                      f"Stopped: {stopped}. Trials: {len(rows)} ({sum(r['state'] == 'pruned' for r in rows)} pruned). "
+                      f"Stopped: {stopped}. Trials: {_counts_text(counts(rows))}. "
                       f"Chosen: {_fmt_row(chosen) if chosen else 'none meets the constraints'}.", "",
                       "Pareto set (feasible trials):", "", *(lines or ["- none"]), "",
                       "![objective values over trials](progress.png)", ""]
@@ -875,7 +1088,7 @@ def _finish(out: Path, study, recipe, targets, labels, constraints, space, seed,
         page = (out / "index.html").read_text()
         write_text_atomic(out / "index.html", page.replace("</body>", section + "\n</body>", 1))
         paths.update(report=out / "report.json", progress=out / "progress.png", html=out / "index.html")
-    log(f"search: stopped after {stopped}; {len(rows)} trials, {len(pareto)} on the Pareto set")
+    log(f"search: stopped after {stopped}; {_counts_text(counts(rows))}; {len(pareto)} on the Pareto set")
     if chosen:
         log(f"search: chosen {_fmt_row(chosen)}")
     else:

@@ -296,3 +296,137 @@ def test_choice_prefers_accuracy_among_latencies_within_tolerance():
     assert _choose(rows, 0.03)[1]["number"] == 1  # 2% slower, 2 points better
     assert _choose(rows, 0.0)[1]["number"] == 0
     assert _choose(rows, 0.2)[1]["number"] == 2
+
+
+# -- failures: built once, ruled out, never spun on (issue 27) --------------------------------
+
+def test_stricter_lowrank_budgets_fall_with_the_one_that_failed():
+    from edgeopt.pipeline.search import stricter_lowrank
+
+    space = SearchSpace.from_dict({"lowrank": [{"flops_budget": 0.3}, {"flops_budget": 0.1},
+                                               {"flops_budget": 0.5}, {"flops_budget": 0.05, "method": "cp"},
+                                               {"params_budget": 0.1}, {"energy": 0.5}]})
+    assert stricter_lowrank(space, 1) == [1, 2]  # 0.1 <= 0.3; not 0.5, another method, another budget
+    assert stricter_lowrank(space, 3) == [1, 2, 3]
+    assert stricter_lowrank(space, 6) == [6]
+
+
+def test_steered_sampler_never_proposes_a_ruled_out_candidate():
+    """A failed torch-level structure (lowrank 1, every quantization) and a failed point are out
+    of the space: 60 asks of TPE (its uniform startup included) or of a uniform sampler never
+    propose either, and every candidate still open is proposed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from edgeopt.pipeline.search import (RuledOut, space_points, steered_sampler, suggest, trial_steps,
+                                         variant_name)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = SearchSpace.from_dict({"prune": [0, 0.5], "lowrank": [{"flops_budget": 0.01}],
+                                   "quantize": ["none", "minmax"], "startup_trials": 4})
+    runtimes = ["onnxruntime"]
+    candidates = [(p, variant_name(p, trial_steps(p, space, True))) for p in space_points(space, runtimes, True)]
+    study = optuna.create_study(directions=["minimize", "minimize", "maximize"])
+    failures = [({"runtime": "onnxruntime", "prune": 0.0, "lowrank": 1, "quantize": "none"},
+                 {"removed": [{"prune": 0.0, "lowrank": 1}]}),
+                ({"runtime": "onnxruntime", "prune": 0.5, "quantize": "minmax"}, {})]
+    for params, extra in failures:
+        trial = study.ask()
+        suggest(trial, space, runtimes, True)
+        trial.set_user_attr("variant", variant_name(params, trial_steps(params, space, True)))
+        trial.set_user_attr("runtime", "onnxruntime")
+        trial.set_user_attr("error", "cannot be met")
+        for k, v in extra.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, state=TrialState.PRUNED)
+    ruled = RuledOut.from_trials(study.get_trials())
+    assert ruled.structures == {(0.0, 1): 0} and ruled.points == {("prune0.5+kd+minmax", "onnxruntime"): 1}
+    assert ruled.blocked({"prune": 0.0, "lowrank": 1}, candidates)
+    assert not ruled.blocked({"prune": 0.0}, candidates)
+    seen = set()
+    for n in range(60):
+        base = (optuna.samplers.TPESampler(seed=n, n_startup_trials=space.startup_trials) if n % 2
+                else optuna.samplers.RandomSampler(seed=n))
+        study.sampler = steered_sampler(base, lambda prefix: ruled.blocked(prefix, candidates), seed=n)
+        trial = study.ask()
+        params = suggest(trial, space, runtimes, True)
+        vname = variant_name(params, trial_steps(params, space, True))
+        assert ruled.covering(params, vname) is None, params
+        seen.add(vname)
+        study.tell(trial, [1.0 + n, 1.0, 0.5])
+    assert seen == {"fp32", "minmax", "prune0.5+kd"}  # every candidate still open is proposed
+
+
+def test_progress_plot_axis_covers_the_trials_that_ran():
+    """Trials answered from an earlier one (a failure asked again thousands of times) are not
+    drawn: the x axis ends at the last trial that ran."""
+    import matplotlib.pyplot as plt
+
+    from edgeopt.pipeline.search import progress_figure
+
+    rows = [{"number": i, "state": "complete", "feasible": True, "latency_ms": 1.0 - i / 10, "size_mb": 1.0,
+             "quality": 0.9} for i in range(5)]
+    rows.append({"number": 5, "state": "failed", "error": "flops_budget=0.01 cannot be met"})
+    rows += [{"number": i, "state": "failed", "error": "flops_budget=0.01 cannot be met", "repeat_of": 5}
+             for i in range(6, 4000)]
+    fig = progress_figure(rows)
+    try:
+        low, high = fig.axes[-1].get_xlim()
+        assert high <= 6 and low >= -1
+    finally:
+        plt.close(fig)
+
+
+HALF_INFEASIBLE = """\
+model: helpers:tiny_conv_net
+task: random
+variants: {fp32: []}
+targets: [{runtime: onnxruntime}]
+bench: {warmup: 1, repeat: 3, threads: 1}
+search:
+  prune: [0, 0.25, 0.5, 0.75]
+  lowrank: [{flops_budget: 0.3}, {flops_budget: 0.2}, {flops_budget: 0.1}, {flops_budget: 0.05}]
+  quantize: [none, mean_minmax, minmax, percentile]
+  startup_trials: 4
+"""
+HALF_TRIALS = 20
+
+
+@pytest.mark.integration
+def test_search_on_a_half_infeasible_space_builds_each_failure_once(tmp_path):
+    """Every low-rank budget is below what tiny_conv_net can reach (its lowest candidate ranks
+    leave 0.39 of the FLOPs): 16 of the 32 candidates cannot be built. The old search rebuilt the
+    first failing candidate until the time budget ran out; now each failed configuration is built
+    once, rules out its structure (and the stricter budgets), the sampler never proposes it again,
+    and the search ends within its trial budget with a choice. A resume builds none of them."""
+    from edgeopt.pipeline.search import search
+
+    (tmp_path / "r.yaml").write_text(HALF_INFEASIBLE)
+    lines = []
+    result = search(tmp_path / "r.yaml", tmp_path / "out", constraints=SearchConstraints(max_accuracy_drop=0.5),
+                    trials=HALF_TRIALS, budget_minutes=4, seed=0, log=lines.append, measure_latency=search_latency)
+    doc = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert doc["stopped"] != "budget of 4 min", doc["stopped"]  # the old search spun until here
+    counts = doc["counts"]
+    assert counts["trials"] <= HALF_TRIALS and result.chosen is not None and result.chosen["feasible"]
+    failed = [r for r in doc["trials"] if r["state"] == "failed"]
+    assert 1 <= counts["failed"] <= 0.05 * counts["trials"], counts
+    built = [(r["variant"], r["runtime"]) for r in failed if "repeat_of" not in r]
+    assert len(built) == len(set(built)) == counts["failed_built"]  # every failed configuration built once
+    assert all("cannot be met" in r["error"] and r["failed_stage"] == "torch" for r in failed)
+    removed = {(s["prune"], s["lowrank"]) for r in failed for s in r.get("removed", [])}
+    weakest = min(r["params"]["lowrank"] for r in failed)  # the budgets fall in the recipe's order
+    assert removed == {(0.0, j) for j in range(weakest, 5)}, "a failed budget (or a stricter one) is still in the space"
+    built_lowrank = [r for r in doc["trials"] if r["params"].get("lowrank") and "repeat_of" not in r]
+    assert built_lowrank == [r for r in failed if "repeat_of" not in r]
+    # the log: one line per trial, one line per removal, no traceback
+    assert sum(line.startswith("trial ") for line in lines) == len(doc["trials"])
+    assert sum("removed from the space" in line for line in lines) == counts["failed_built"]
+    assert not any("Traceback" in line or "\n" in line for line in lines)
+
+    # a resume with a larger budget knows the failures: none is built again
+    more = search(tmp_path / "r.yaml", tmp_path / "out", constraints=SearchConstraints(max_accuracy_drop=0.5),
+                  trials=HALF_TRIALS + 5, budget_minutes=4, seed=0, log=lines.append,
+                  measure_latency=search_latency)
+    assert not any(r.get("error") and r["number"] in more.ran for r in more.trials)
+    assert "lowrank" not in more.steps_run
