@@ -11,7 +11,8 @@ The pass
 1. turns the importer's ``Clip`` (two ``call_tir`` kernels TVM cannot see through) back into
    Relax ``maximum`` / ``minimum`` ops (``clip_as_relax_ops``), so layouts propagate through it;
 2. converts every conv to NHWC (oneDNN's native activation layout for fp32 and int8 on AVX-512;
-   the transposes sit at the model's edges and fold into constant weights);
+   the transposes sit at the model's edges and fold into constant weights); an op the layout
+   reaches that TVM cannot lower in NHWC (a transposed conv) keeps NCHW (``conv_layouts``);
 3. replaces each chain
 
        conv2d|matmul(x, W const) [+ bias const] [+ residual] [-> relu | clip(lo, hi) | gelu]
@@ -40,15 +41,19 @@ _INT8_CORES = ("relax.nn.conv2d", "relax.nn.conv1d", "relax.matmul")  # ops an i
 _FLOAT_OUT = ("float32", "", "None", "void")  # an unset out_dtype means the input dtype
 
 
-def offload_to_onednn(mod, int8: bool = True):
+def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | None = None):
     """Return ``(new_mod, counts)`` for a Relax module from ``from_onnx``: counts of the ops
     offloaded, ``conv2d`` / ``matmul`` / ``batch_matmul`` (float32) and ``conv2d_q`` /
     ``matmul_q`` (int8). ``int8=False`` keeps a QDQ model's float semantics (its convs run
-    on oneDNN in float32 with the dequantized weights)."""
+    on oneDNN in float32 with the dequantized weights). ``fallbacks``, when given, receives one
+    line per op kind kept out of NHWC because TVM cannot lower it there (``to_nhwc``);
+    ``target`` is the scope of that check."""
     from tvm import relax
 
     mod = clip_as_relax_ops(mod)
-    mod = to_nhwc(mod)
+    mod, kept = to_nhwc(mod, target)
+    if fallbacks is not None:
+        fallbacks.extend(kept)
     counts = {"conv2d": 0, "matmul": 0, "batch_matmul": 0, "layer_norm": 0, "softmax": 0,
               "max_pool2d": 0, "conv2d_q": 0, "matmul_q": 0, "max_pool2d_q": 0}
     # int8 first: the QDQ chains still hold the int8 weights (constant folding would turn
@@ -75,18 +80,23 @@ def _rewrite(mod, planner, counts):
     return relax.transform.DeadCodeElimination()(mod)
 
 
-def to_nhwc(mod):
-    """Convert every conv to NHWC (weights stay OIHW: the plugin reorders them once).
+def to_nhwc(mod, target=None):
+    """``(module, fallbacks)``: every conv in NHWC (weights stay OIHW: the plugin reorders them
+    once), an op the layout reaches that TVM cannot lower in it (a transposed conv: topi has it
+    in NCHW only) kept in the model's layout, one line per such op kind in ``fallbacks``
+    (``conv_layouts.convert_layouts``).
 
     TVM has no layout rule for ``quantize`` / ``dequantize``, so ConvertLayout would put a
     transpose around each of them in a QDQ model. When every quantization of an activation is
     per-tensor (a scalar scale: any layout is right), the conversion runs with the elementwise
     rule for them (borrowed from ReLU for the call and restored afterwards)."""
     import tvm
-    from tvm import relax
 
-    convert = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OIHW"],
-                                             "relax.nn.conv1d": ["NWC", "OIW"]})
+    from .conv_layouts import convert_layouts, nhwc_convs
+
+    def convert(m):
+        return convert_layouts(m, nhwc_convs(kernel="OIHW"), target)
+
     if not _activations_quantized_per_tensor(mod):
         return convert(mod)
     rule = tvm.ir.Op.get("relax.nn.relu").get_attr("FRelaxInferLayout")

@@ -29,6 +29,7 @@ from edgeopt.core.result import Progress, StepResult, reporter
 from edgeopt.runtimes.artifact import Artifact, model_input, write_artifact
 from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
 
+from .conv_layouts import error_summary
 from .targets import required_cpu_features, resolve_target, toolchain
 
 
@@ -78,8 +79,9 @@ class BuildConfig:
             (oneDNN through edgeopt's plugin, with bias, residual add and activation fused; TVM
             keeps the rest of the model; needs libdnnl-dev and cmake at build time), or
             ``auto``: oneDNN for an untuned build, and for a tuned one both builds timed on this
-            host, the faster kept (the record names the choice and both latencies). Without
-            oneDNN, and on other targets, ``auto`` means ``tvm``.
+            host, the faster kept (the record names the choice and both latencies); a oneDNN
+            build that fails is built with TVM's kernels (``kernel_fallback`` in the record says
+            why). Without oneDNN, and on other targets, ``auto`` means ``tvm``.
         fast_math: CPU targets compute erf and tanh (the model's Erf / Tanh nodes: GELU, Mish,
             tanh-GELU) as TVM's polynomial approximations, which vectorize, instead of TVM's
             default lowering (erf: a C library call per element); within 1e-6 of the exact
@@ -192,6 +194,8 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
     if kernels == "measure":
         executable, details, kernels, why = _faster_of_both(mod, spec, config, inputs, outputs, export,
                                                             log, int8)
+    elif config.kernels == "auto" and kernels == "onednn":
+        executable, details, kernels, why = _onednn_or_tvm(mod, spec, config, log, why, int8)
     else:
         executable, details = compile_module(mod, spec, config, log, kernels=kernels, int8=int8)
     rewritten = details.pop("int8_ops", 0)
@@ -258,17 +262,41 @@ def kernel_source(spec: dict, config: BuildConfig) -> tuple[str, str]:
     return "measure", ""
 
 
+def _onednn_or_tvm(mod, spec, config, log, why, int8):
+    """``kernels: auto`` chose oneDNN: build with it, and when that build fails, with TVM's
+    kernels (``auto`` is never worse than ``tvm``); the record's ``kernels_why`` and
+    ``kernel_fallback`` say why. (executable, details, kernels, why)."""
+    try:
+        executable, details = compile_module(mod, spec, config, log, kernels="onednn", int8=int8)
+        return executable, details, "onednn", why
+    except InputError:
+        raise
+    except Exception as e:
+        line = f"the oneDNN build failed ({error_summary(e)}); built with TVM's kernels"
+        log(f"kernels fallback: {line}")
+    executable, details = compile_module(mod, spec, config, log, kernels="tvm", int8=int8)
+    return executable, {**details, "kernel_fallback": line}, "tvm", line
+
+
 def _faster_of_both(mod, spec, config, inputs, outputs, export, log, int8):
     """Build ``mod`` with TVM's tuned kernels and with oneDNN's, time both here, keep the faster:
-    (executable, details, kernels, why)."""
+    (executable, details, kernels, why). A build that fails leaves the other (the record's
+    ``kernel_fallback`` says why); both failing raises the TVM build's error."""
     import tempfile
 
     from edgeopt.runtimes.tvm_runner import TvmRunner
 
-    built, times = {}, {}
+    built, times, failed = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="edgeopt-kernels-") as tmp:
         for kernels in ("tvm", "onednn"):
-            executable, details = compile_module(mod, spec, config, log, kernels=kernels, int8=int8)
+            try:
+                executable, details = compile_module(mod, spec, config, log, kernels=kernels, int8=int8)
+            except InputError:
+                raise
+            except Exception as e:
+                failed[kernels] = e
+                log(f"kernels fallback: the {kernels} build failed ({error_summary(e)})")
+                continue
             library = Path(tmp) / f"{kernels}.so"
             _export(executable, library, export)
             plugins = [_plugin(log)] if kernels == "onednn" else []
@@ -276,10 +304,16 @@ def _faster_of_both(mod, spec, config, inputs, outputs, export, log, int8):
             times[kernels] = runner.benchmark(runner.example_inputs(), warmup=5, repeat=30).latency.median_ms
             built[kernels] = (executable, details)
             log(f"kernels {kernels}: {times[kernels]:.3f} ms")
+    if not built:
+        raise failed["tvm"]
     best = min(times, key=times.get)
     executable, details = built[best]
     # the tuning record that matters is the TVM build's: it is what the database learned
-    details = {**details, "tuning": built["tvm"][1].get("tuning")}
+    details = {**details, "tuning": built.get("tvm", built[best])[1].get("tuning")}
+    if failed:
+        (name, e), = failed.items()
+        line = f"the {name} build failed ({error_summary(e)}); built with {best}'s kernels"
+        return executable, {**details, "kernel_fallback": line, "kernel_times_ms": times}, best, line
     others = ", ".join(f"{k} {v:.3f} ms" for k, v in times.items())
     return executable, {**details, "kernel_times_ms": times}, best, f"faster on this host ({others})"
 
@@ -326,6 +360,28 @@ def cuda_pipeline(target, tensor_cores: bool):
 
 def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, tensor_cores: bool | None = None,
                    kernels: str = "tvm", int8: bool = False):
+    """Lower and compile ``mod`` (``lower_and_compile``); on a cuda target, a build whose NHWC
+    convs fail to compile is built again with every conv in the model's NCHW (slower, but it
+    builds), and ``details["layout_fallbacks"]`` says so."""
+    if spec.get("kind") != "cuda":
+        return lower_and_compile(mod, spec, config, log, tensor_cores, kernels, int8)
+    from edgeopt.core.errors import CheckFailed  # a tuning failure is not the layout's
+
+    try:
+        return lower_and_compile(mod, spec, config, log, tensor_cores, kernels, int8)
+    except (InputError, CheckFailed):
+        raise
+    except Exception as e:  # a schedule TVM cannot lower for some NHWC conv
+        line = f"NHWC convs failed to build for cuda ({error_summary(e)}); every conv kept NCHW"
+        log(f"layout fallback: {line}")
+        executable, details = lower_and_compile(mod, spec, config, log, tensor_cores, kernels, int8,
+                                                nhwc_on_cuda=False)
+        details["layout_fallbacks"] = [*details.get("layout_fallbacks", []), line]
+        return executable, details
+
+
+def lower_and_compile(mod, spec: dict, config: BuildConfig, log=lambda s: None, tensor_cores: bool | None = None,
+                      kernels: str = "tvm", int8: bool = False, nhwc_on_cuda: bool = True):
     """Lower a Relax module imported from ONNX for ``spec``: (executable, details), where details
     holds ``tuning`` (a summary) when tuned, ``library_ops`` when ``kernels`` is ``onednn``, and
     ``int8_ops`` (ops computed in integers) when ``int8``: QDQ chains become oneDNN int8 calls,
@@ -345,10 +401,12 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
     details: dict = {}
     mod = relax.transform.DecomposeOpsForInference()(mod)
     details["int8_ops"] = 0
+    layout_fallbacks: list[str] = []
     if kernels == "onednn":
         from .onednn_offload import offload_to_onednn
 
-        mod, details["library_ops"] = offload_to_onednn(mod, int8=bool(int8))
+        mod, details["library_ops"] = offload_to_onednn(mod, int8=bool(int8), target=tvm.target.Target(spec),
+                                                         fallbacks=layout_fallbacks)
         details["int8_ops"] = details["library_ops"]["conv2d_q"] + details["library_ops"]["matmul_q"]
     # TVM's tuned x86 convs in blocked layouts; int8 ones then keep uint8 activations (VNNI)
     blocked = kernels == "tvm" and tune is not None and tune.blocked_layout and is_x86_cpu(spec)
@@ -369,11 +427,33 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
         except Exception as e:  # TVM's pass stops at some imported graphs (a Clip lowered to TIR)
             raise InputError(f"TVM's fp16 conversion (ToMixedPrecision) failed on this model: "
                              f"{_last_line(e)[:200]}; build it with precision fp32") from None
-    if cuda:
+    if cuda and nhwc_on_cuda:
         # dlight (TVM's GPU schedules) has no conv rule: an NCHW conv falls to its Fallback
         # schedule, while an NHWC conv is an implicit GEMM its Matmul rule tiles through shared
         # memory (and tensor cores in fp16). ResNet-18 fp16 on an H200: 2.32 -> 1.47 ms.
-        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+        # Grouped convs (depthwise aside) stay NCHW: in NHWC dlight gives them a cross-thread
+        # reduction that TVM's lowering rejects ("block group_conv2d_nhwc needs cross-thread
+        # reduction"); ops TVM cannot lower in NHWC (transposed convs) keep NCHW as well.
+        from .conv_layouts import convert_layouts, is_grouped_not_depthwise, nhwc_convs
+
+        grouped = []
+
+        def keep_nchw(call) -> bool:
+            if is_grouped_not_depthwise(call):
+                grouped.append(call)
+                return True
+            return False
+
+        mod, kept = convert_layouts(mod, nhwc_convs("OHWI", keep=keep_nchw, conv1d=False),
+                                    tvm.target.Target(spec))
+        if grouped:
+            kept.insert(0, "grouped convs kept NCHW on cuda (TVM's NHWC grouped conv needs a "
+                           "cross-thread reduction its GPU lowering rejects)")
+        layout_fallbacks += kept
+    if layout_fallbacks:
+        details["layout_fallbacks"] = layout_fallbacks
+        for line in layout_fallbacks:
+            log(f"layout fallback: {line}")
     tvm_target = tvm.target.Target(spec)
     if cuda:
         from .cuda_host import prepare_cuda_build

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from edgeopt.compile import BuildConfig, build, export
+from edgeopt.compile import BuildConfig, ExportConfig, build, export
 from edgeopt.runtimes import load
 from edgeopt.core.errors import InputError
 from helpers import example_inputs, tiny_conv_net
@@ -74,3 +74,79 @@ def test_fp16_on_a_cpu_target_is_refused():
         BuildConfig(target="cpu", precision="fp16")
     with pytest.raises(InputError, match="precision must be 'fp32' or 'fp16'"):
         BuildConfig(target="cuda", precision="bf16")
+
+
+# -- every conv kind the CPU builds, for cuda too ---------------------------------------------------
+# Transposed convs once failed on cpu (kernels auto) and cuda: the NHWC layout given to convs
+# reached them and TVM has them in NCHW only; grouped convs failed on cuda ("block
+# group_conv2d_nhwc needs cross-thread reduction"). CONV_TARGETS: what each kind is built for.
+CONV_TARGETS = {"cpu-auto": {"target": "cpu"}, "cpu-tvm": {"target": "cpu", "kernels": "tvm"},
+                "cuda": {"target": "cuda"}}
+
+
+@pytest.fixture(scope="module")
+def conv_kind_models(tmp_path_factory):
+    """kind -> (ONNX folder, input), exported once for every target."""
+    from conv_kinds import CONV_KINDS, conv_kind_input, conv_kind_net
+
+    folder, x = tmp_path_factory.mktemp("conv-kinds"), conv_kind_input()
+    return {kind: (export(conv_kind_net(kind), ExportConfig(), x, out=folder / kind).artifact.path, x)
+            for kind in CONV_KINDS}
+
+
+def _check_built(result, onnx_dir, x, target):
+    import numpy as np
+
+    data = result.artifact.model_file.read_bytes()
+    if target == "cuda":  # no GPU here: the artifact holds compiled device code
+        assert FATBIN_MAGIC in data and b"__global__" not in data
+        return
+    got, want = load(result.artifact).run([x]), load(onnx_dir).run([x])
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        assert np.abs(g - w).max() / np.abs(w).max() < 1e-4
+
+
+@pytest.mark.parametrize("target", sorted(CONV_TARGETS))
+@pytest.mark.parametrize("kind", ["plain", "strided", "dilated", "grouped", "grouped_1x1", "depthwise",
+                                  "pointwise", "transposed", "transposed_padded", "transposed_grouped"])
+def test_every_conv_kind_builds_for_every_target(conv_kind_models, tmp_path, kind, target):
+    onnx_dir, x = conv_kind_models[kind]
+    result = build(onnx_dir, BuildConfig(**CONV_TARGETS[target]), out=tmp_path / "art")
+    _check_built(result, onnx_dir, x, target)
+    fallbacks = result.record["metrics"].get("layout_fallbacks", [])
+    nhwc = target == "cuda" or result.record["metrics"]["kernels"] == "onednn"
+    assert any("conv2d_transpose kept NCHW" in f for f in fallbacks) == (nhwc and "transposed" in kind)
+    if target == "cuda":
+        assert any("grouped convs kept NCHW" in f for f in fallbacks) == kind.startswith("grouped")
+
+
+@pytest.mark.parametrize("name", ["unet", "shuffle", "convnext"])
+def test_conv_networks_build_for_cuda(tmp_path, name):
+    import numpy as np
+
+    from conv_kinds import NETWORKS
+
+    model = NETWORKS[name]().eval()
+    x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
+    onnx_dir = export(model, ExportConfig(), x, out=tmp_path / "onnx").artifact.path
+    result = build(onnx_dir, BuildConfig(target="cuda"), out=tmp_path / "cuda")
+    _check_built(result, onnx_dir, x, "cuda")
+
+
+def test_nhwc_convs_that_fail_to_build_for_cuda_fall_back_to_nchw(conv_kind_models, tmp_path, monkeypatch):
+    """A layout choice that fails for the whole cuda build: a grouped 1x1 conv given NHWC again (as
+    before grouped convs were kept NCHW) fails in TVM's GPU lowering; the build is redone in NCHW
+    and says so."""
+    from edgeopt.compile import conv_layouts
+
+    monkeypatch.setattr(conv_layouts, "is_grouped_not_depthwise", lambda call: False)
+    onnx_dir, x = conv_kind_models["grouped_1x1"]
+    lines = []
+    result = build(onnx_dir, BuildConfig(target="cuda"), out=tmp_path / "art", progress=lines.append)
+    _check_built(result, onnx_dir, x, "cuda")
+    fallbacks = result.record["metrics"]["layout_fallbacks"]
+    assert len(fallbacks) == 1 and fallbacks[0].startswith("NHWC convs failed to build for cuda (")
+    assert "needs cross-thread reduction" in fallbacks[0] or "Check failed" in fallbacks[0]
+    assert fallbacks[0].endswith("; every conv kept NCHW")
+    assert f"layout fallback: {fallbacks[0]}" in lines
