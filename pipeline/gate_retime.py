@@ -58,7 +58,7 @@ def locate(entry: dict, report_path: str | os.PathLike) -> Path | None:
     return next((c for c in candidates if (c / "manifest.json").is_file()), None)
 
 
-def _open(entry: dict, report_path, threads):
+def open_row(entry: dict, report_path, threads):
     """(runner, inputs) for a row's artifact, or a reason string when it cannot be re-timed."""
     from edgeopt.runtimes import load
     from edgeopt.runtimes.artifact import load_artifact
@@ -87,24 +87,29 @@ def _open(entry: dict, report_path, threads):
 
 
 def retime(report: dict, baseline: dict, report_path, baseline_path, *, rounds: int = ROUNDS,
-           threads: int | None = None, log: Callable[[str], None] = lambda s: None) -> ABTiming:
-    """Re-time every row both reports ran, baseline against candidate, in interleaved rounds."""
+           threads: int | None = None, require_all: bool = False,
+           log: Callable[[str], None] = lambda s: None) -> ABTiming:
+    """Re-time every row both reports ran, baseline against candidate, in interleaved rounds.
+    ``require_all``: ``InputError`` naming the first row that cannot be re-timed, before any timing."""
     from .gate import keyed_rows
 
     new, old = keyed_rows(report, "report"), keyed_rows(baseline, "baseline")
     threads = threads or (baseline.get("machine") or {}).get("threads") or (report.get("machine") or {}).get("threads")
-    intervals, skipped = {}, {}
+    pairs, skipped = {}, {}
     for key in [k for k in old if k in new]:
         if status(new[key]) != OK or status(old[key]) != OK:
             continue
-        base = _open(old[key], baseline_path, threads)
-        if isinstance(base, str):
-            skipped[key] = f"baseline's {base}"
+        base = open_row(old[key], baseline_path, threads)
+        cand = open_row(new[key], report_path, threads) if not isinstance(base, str) else None
+        if isinstance(base, str) or isinstance(cand, str):
+            skipped[key] = f"baseline's {base}" if isinstance(base, str) else f"report's {cand}"
+            if require_all:
+                raise InputError(f"{key} cannot be re-timed: {skipped[key]}; expected both reports' "
+                                 "artifact folders here, as measured")
             continue
-        cand = _open(new[key], report_path, threads)
-        if isinstance(cand, str):
-            skipped[key] = f"report's {cand}"
-            continue
+        pairs[key] = (base, cand)
+    intervals = {}
+    for key, (base, cand) in pairs.items():
         log(f"{key}: re-timing the baseline's artifact beside the candidate's ({rounds} rounds)")
         base_rounds, cand_rounds = interleaved(base, cand, rounds)
         intervals[key] = gate_stats.paired_ratio(cand_rounds, base_rounds)

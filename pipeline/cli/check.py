@@ -68,12 +68,11 @@ def run(args) -> int:
     check_same_study(report, baseline, args.force)  # before any timing
     ab, notes = None, []
     if args.ab != "off":
-        timing = retime(report, baseline, args.report, args.baseline, rounds=args.ab_rounds,
-                        log=lambda line: print(line, file=sys.stderr))
-        if args.ab == "on" and timing.skipped:
-            key, why = next(iter(timing.skipped.items()))
-            raise InputError(f"--ab on: {key} cannot be re-timed: {why}; expected both reports' artifact "
-                             "folders here, as measured")
+        try:
+            timing = retime(report, baseline, args.report, args.baseline, rounds=args.ab_rounds,
+                            require_all=args.ab == "on", log=lambda line: print(line, file=sys.stderr))
+        except InputError as e:
+            raise InputError(f"--ab on: {e}") from None
         ab = timing.intervals
         if timing.skipped:
             notes.append(f"latency of {len(timing.skipped)} row(s) compared as ratios to each run's reference, "

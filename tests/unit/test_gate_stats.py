@@ -206,3 +206,44 @@ def test_accuracy_change_is_judged_paired():
     assert mixed["accuracy_drop"] > 0.005 and mixed["accuracy_p"] > 0.05 and mixed["regressions"] == []
     lo, hi = one_point["accuracy_interval"]
     assert lo <= one_point["accuracy_drop"] <= hi
+
+
+# -- same-run A/B --------------------------------------------------------------------------------
+
+@pytest.mark.integration  # subprocesses
+def test_check_retimes_the_baselines_artifacts(tmp_path):
+    import shutil
+
+    import edgeopt.compile as eoc
+    from edgeopt.pipeline.measure import artifact_digest
+    from helpers import example_inputs, tiny_conv_net
+
+    art = eoc.export(tiny_conv_net(), eoc.ExportConfig(), example_inputs(), out=tmp_path / "new" / "variants" / "fp32" / "onnx").output
+    shutil.copytree(tmp_path / "new", tmp_path / "base")
+
+    def study(where):
+        rows = [_row("fp32"), _row("int8", median=0.5)]
+        for v in rows:
+            v.update(artifact=str(tmp_path / where / "variants" / "fp32" / "onnx"), artifact_sha256=artifact_digest(art))
+        rep = _study(rows)
+        (tmp_path / f"{where}.json").write_text(json.dumps(rep))
+        return rep
+
+    study("new"), study("base")
+    args = ("check", tmp_path / "new.json", "--baseline", tmp_path / "base.json", "--ab-rounds", "6")
+    r = edgeopt_cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "latency: same-run A/B, bootstrap over rounds" in r.stdout and "not re-timed" not in r.stdout
+    # A baseline folder that is no longer what its report measured is not re-timed: said, or refused.
+    base = json.loads((tmp_path / "base.json").read_text())
+    base["variants"][1]["artifact_sha256"] = "0" * 16
+    base["machine"]["cpu"] = "Intel Xeon"
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    r = edgeopt_cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "latency of 1 row(s) compared as ratios to each run's reference" in r.stdout
+    assert "is not the one the report measured (checksum)" in r.stdout
+    assert "warning: the baseline was timed on 'Intel Xeon', this report on 'AMD EPYC'" in r.stdout
+    r = edgeopt_cli(*args, "--ab", "on")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--ab on: int8/onnxruntime/cpu cannot be re-timed" in r.stderr
