@@ -30,8 +30,8 @@ Example:
     >>> g = helper.make_graph([gru], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1, 2])],
     ...                       [helper.make_tensor_value_info("y_h", TensorProto.FLOAT, [1, 1, 4])], [w, r])
     >>> m = unroll_recurrent(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
-    >>> sorted({n.op_type for n in m.graph.node})[:4]
-    ['Add', 'Concat', 'MatMul', 'Mul']
+    >>> sorted({n.op_type for n in m.graph.node})
+    ['Add', 'Concat', 'Identity', 'MatMul', 'Mul', 'Sigmoid', 'Split', 'Squeeze', 'Sub', 'Tanh', 'Unsqueeze']
 """
 
 from __future__ import annotations
@@ -112,15 +112,21 @@ def inline_constant_ifs(model) -> bool:
 
 
 def check_static_control_flow(model, backend: str = "TVM's ONNX importer") -> None:
-    """``InputError`` naming the first ``If`` / ``Loop`` / ``Scan`` node left in ``model``: its
-    condition or trip count depends on the inputs, so no unrolled graph computes it."""
+    """``InputError`` naming the first ``If`` / ``Loop`` / ``Scan`` node left in ``model``: an
+    ``If`` left here reads a condition computed from the inputs, and loops are not unrolled
+    (only LSTM / GRU / RNN are), so no static graph computes them."""
     for i, node in enumerate(model.graph.node):
-        if node.op_type in ("If", "Loop", "Scan") and node.domain in DEFAULT_DOMAINS:
-            what = (f"its condition {node.input[0]!r} depends on the model's inputs"
-                    if node.op_type == "If" else "its iterations depend on the model's inputs")
-            raise InputError(f"{node.op_type} node {node.name or f'#{i}'!r} is data-dependent control flow "
-                             f"({what}); {backend} needs a static graph: export the model with the branch "
-                             "fixed (a constant condition) or without the loop")
+        if node.domain not in DEFAULT_DOMAINS:
+            continue
+        name = node.name or f"#{i}"
+        if node.op_type == "If":
+            raise InputError(f"If node {name!r} is data-dependent control flow (its condition "
+                             f"{node.input[0]!r} depends on the model's inputs); {backend} needs a static "
+                             "graph: export the model with the branch fixed (a constant condition)")
+        if node.op_type in ("Loop", "Scan"):
+            raise InputError(f"{node.op_type} node {name!r}: {backend} has no loops and edgeopt unrolls only "
+                             "LSTM / GRU / RNN nodes; export the model with the loop unrolled (a fixed "
+                             "trip count, e.g. a Python loop traced by torch.onnx)")
 
 
 class _Builder:
