@@ -242,10 +242,18 @@ def test_quantize_names_the_recurrent_layer_left_float(tmp_path):
     x = np.random.default_rng(2).standard_normal((1, 4, 10)).astype(np.float32)
     onnx_art = eoc.export(GRUClassifier().eval(), eoc.ExportConfig(), x, out=tmp_path / "onnx").output
     calib = [np.random.default_rng(i).standard_normal((1, 4, 10)).astype(np.float32) for i in range(4)]
-    m = ec.quantize(onnx_art, ec.QuantizeConfig(), calib, out=tmp_path / "int8").record["metrics"]
+    int8 = ec.quantize(onnx_art, ec.QuantizeConfig(), calib, out=tmp_path / "int8")
+    m = int8.record["metrics"]
     assert (m["compute_nodes_quantized"], m["compute_nodes_total"]) == (2, 3)
     assert m["float_ops"] == {"GRU": 1}
     assert m["summary"] == "2/3 compute nodes int8; float: GRU (1)"
+
+    # the int8 model, its GRU in float between quantized layers, builds for TVM too
+    import edgeopt.runtimes as ert
+
+    tvm_art = eoc.build(int8.output, eoc.BuildConfig(target="cpu", kernels="tvm"), out=tmp_path / "tvm").output
+    np.testing.assert_allclose(ert.load(tvm_art.path, threads=1).run(x)[0],
+                               ert.load(int8.output.path, threads=1).run(x)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_torch_count_covers_projections_keyword_inputs_and_packed_sequences():
