@@ -242,8 +242,11 @@ def metric_value(v: dict, metric: str | None) -> float | None:
 def limits(report: dict, baseline: dict, t: Thresholds) -> dict:
     """The limits in force for this pair of reports: ``t`` with the agreement default resolved
     (``agreement_gated_because`` says why) and the metric's name and direction."""
-    labelled = any(v.get("accuracy") is not None for data in (report, baseline)
-                   for v in data["variants"] if status(v) == OK)
+    # Labels: a top-1 accuracy, or a labelled metric's value (a regression task has no accuracy,
+    # and its agreement is a similarity to fp32's outputs, not the quality to gate).
+    labelled = any(v.get("accuracy") is not None or v.get("metric_value") is not None
+                   for data in (report, baseline) for v in data["variants"] if status(v) == OK) or any(
+        (data.get("task") or {}).get("labelled") for data in (report, baseline))
     agreement, why = t.max_agreement_drop, "set"
     if agreement is None:
         agreement, why = (None, "labels present") if labelled else (DEFAULT_AGREEMENT_DROP, "no labels")
