@@ -74,11 +74,11 @@ def test_int8_unet_builds_with_kernels_auto_like_with_tvm(tmp_path):
     auto = build(int8, BuildConfig(target="cpu"), out=tmp_path / "auto")
     tvm_kernels = build(int8, BuildConfig(target="cpu", kernels="tvm"), out=tmp_path / "tvm")
     assert auto.record["config"]["int8"] and auto.record["metrics"]["int8_ops"] > 0
-    want = load(onnx_dir).run([x])[0]
-    for result in (auto, tvm_kernels):  # both within int8's error of the float model
+    want = load(int8).run([x])[0]  # onnxruntime on the QDQ model
+    for result in (auto, tvm_kernels):  # a few rounding steps of int8 (0.6% measured), no more
         got = load(result.artifact).run([x])[0]
         assert got.shape == want.shape
-        assert np.abs(got - want).max() / np.abs(want).max() < 0.1
+        assert np.abs(got - want).max() / np.abs(want).max() < 0.02
 
 
 def test_a_failing_onednn_build_falls_back_to_tvm_kernels_and_says_why(tmp_path, monkeypatch):
