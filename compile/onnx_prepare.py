@@ -56,7 +56,8 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 
 def prepare_onnx(model, target_opset: int = TARGET_OPSET,
                  supported: Iterable[str] | Callable[[str], bool] | None = None,
-                 backend: str = "the backend", static_graph: bool = False):
+                 backend: str = "the backend", input_shapes: dict | None = None,
+                 static_graph: bool = False):
     """The prepared copy of ``model`` (a path or an ``onnx.ModelProto``, not modified).
 
     Args:
@@ -65,6 +66,9 @@ def prepare_onnx(model, target_opset: int = TARGET_OPSET,
         supported: op types the consumer supports (a collection, or a predicate on the op type);
             any other default-domain op is an ``InputError`` naming the op and its node(s).
         backend: the consumer's name, for that error.
+        input_shapes: ``{input name: dims}`` written into the graph's inputs before shapes are
+            inferred and folded (``edgeopt.compile.onnx_shapes.fix_input_dims``; an int fixes a
+            dimension); ``-1`` dimensions become symbolic either way.
         static_graph: unroll recurrent nodes and refuse data-dependent control flow, for a
             consumer without loops or branches (onnxruntime runs LSTM / GRU nodes natively and
             faster: keep them there).
@@ -90,6 +94,9 @@ def prepare_onnx(model, target_opset: int = TARGET_OPSET,
     _upgrade(out, target_opset)
     _constants_to_initializers(out.graph)
     _drop_initializer_inputs(out)
+    from .onnx_shapes import fix_input_dims
+
+    out = fix_input_dims(out, input_shapes)  # static inputs make Shape/Reshape chains foldable
     for _ in range(8):  # folding Shape needs shapes, which folding may make static: iterate
         out = _infer(out)
         folded = _fold(out)

@@ -87,6 +87,10 @@ class BuildConfig:
             default lowering (erf: a C library call per element); within 1e-6 of the exact
             functions (``edgeopt.compile.fast_math``). exp is left exact. False keeps the
             default lowering.
+        input_shape: concrete input shape(s) for a model with dynamic dimensions: one shape
+            (``"1,3,48,320"`` or a list) or ``{input name: shape}``; written into the graph
+            before TVM's import (``edgeopt.compile.onnx_shapes``). A dynamic batch axis may stay
+            dynamic; any other dynamic dimension needs it.
     """
 
     target: Any = "cpu"
@@ -96,13 +100,16 @@ class BuildConfig:
     cuda_graph: bool = True
     kernels: str = "auto"
     fast_math: bool = True
+    input_shape: Any = None
 
     def __post_init__(self):
         from edgeopt.core.config import check_field_types
 
+        from .onnx_shapes import parse_input_shape
         from .tune import TuneConfig
 
         check_field_types(self)
+        object.__setattr__(self, "input_shape", parse_input_shape(self.input_shape))  # malformed: now
         if self.int8 is not None and not isinstance(self.int8, bool):
             raise InputError(f"int8 must be true, false or null, got {self.int8!r}")
         if self.tune is not None and not isinstance(self.tune, TuneConfig):
@@ -173,8 +180,14 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
 
     from .onnx_prepare import prepare_onnx
 
+    from .onnx_shapes import onnx_inputs, resolve_input_shapes
+
+    onnx_model = load_onnx(model)
+    # TVM imports static shapes (a dynamic batch excepted); others fail deep in its frontend
+    shapes = resolve_input_shapes(onnx_inputs(onnx_model), config.input_shape,
+                                  option="--input-shape (BuildConfig.input_shape)")
     # old opsets, Constant weights, run-time shapes; LSTM/GRU unrolled (the importer has no converter)
-    onnx_model = prepare_onnx(load_onnx(model), static_graph=True)
+    onnx_model = prepare_onnx(onnx_model, input_shapes=shapes, static_graph=True)
     missing = unsupported_ops(onnx_model)
     if missing:
         listed = ", ".join(f"{op} (node {name!r})" for op, name in missing)
@@ -215,7 +228,8 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
                                             "precision": config.precision,
                                             "cuda_graph": config.cuda_graph and spec.get("kind") == "cuda",
                                             "kernels": config.kernels,
-                                            "fast_math": config.fast_math and spec.get("kind") == "llvm"},
+                                            "fast_math": config.fast_math and spec.get("kind") == "llvm",
+                                            **({"input_shape": shapes} if config.input_shape else {})},
               "metrics": {"int8_ops": rewritten, "kernels": kernels, "kernels_why": why, **details}}
     names = [p.name for p in plugins]
     extra = {"plugins": names} if names else {}

@@ -96,20 +96,30 @@ def model_stats(model, example_inputs) -> dict:
     return {"params": count_params(model), "flops": count_flops(model, example_inputs)}
 
 
-def onnx_flops(model: Any) -> int:
-    """FLOPs of one inference of an ONNX model (a ``ModelProto`` or a path), batch as given."""
+def onnx_flops(model: Any, input_shape: Any = None) -> int:
+    """FLOPs of one inference of an ONNX model (a ``ModelProto`` or a path), batch as given.
+
+    ``input_shape`` (one shape, or ``{input name: shape}``) fixes dynamic input dimensions first
+    (``edgeopt.compile.onnx_shapes``); a dynamic dimension left anywhere is an ``InputError``.
+    """
     import onnx
 
     if isinstance(model, (str, os.PathLike)):
         from edgeopt.runtimes.onnx_file import load_onnx
 
         model = load_onnx(model, check=False)
+    if input_shape is not None:
+        from edgeopt.compile.onnx_shapes import fix_input_dims, onnx_inputs, resolve_input_shapes
+
+        model = fix_input_dims(model, resolve_input_shapes(onnx_inputs(model), input_shape,
+                                                           keep_dynamic_batch=False))
     model = onnx.shape_inference.infer_shapes(model)
     g = model.graph
     shapes: dict[str, list] = {}
     for v in list(g.input) + list(g.value_info) + list(g.output):
         dims = v.type.tensor_type.shape.dim
-        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        # -1 (Paddle's dynamic size) is no size either
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in dims]
     for init in g.initializer:
         shapes[init.name] = list(init.dims)
 
@@ -117,7 +127,8 @@ def onnx_flops(model: Any) -> int:
         s = shapes.get(name)
         if s is None or any(d is None for d in s):
             raise InputError(f"ONNX value {name!r} has no static shape; FLOPs need static shapes "
-                             "(export with a fixed batch)")
+                             "(export with a fixed batch, or give the input shape: --input-shape / "
+                             "input_shape)")
         return s
 
     total = 0

@@ -70,8 +70,18 @@ def collect(model: str | Path, feeds: list[dict], tmp: Path) -> dict[str, list[n
 
     Written here rather than with ``qdq_loss_debug.modify_model_output_intermediate_tensors``:
     that one flattens every saved tensor, and bias correction and SmoothQuant need the channel
-    axis.
+    axis. (Every tensor of every feed is held: the debugger streams ``sample_tensors`` instead.)
     """
+    out: dict[str, list[np.ndarray]] = {}
+    for values in sample_tensors(model, feeds, tmp):
+        for name, value in values.items():
+            out.setdefault(name, []).append(value)
+    return out
+
+
+def sample_tensors(model: str | Path, feeds: list[dict], tmp: Path):
+    """Every float tensor of ``model`` (and the graph inputs) on one feed at a time: a
+    ``{name: array}`` per feed, so a caller that reduces them holds one sample's tensors."""
     import onnx
     import onnxruntime as ort
 
@@ -91,19 +101,40 @@ def collect(model: str | Path, feeds: list[dict], tmp: Path) -> dict[str, list[n
                 existing.add(name)
     augmented = tmp / f"debug-{Path(model).stem}-{len(list(tmp.iterdir()))}.onnx"
     onnx.save(m, str(augmented))
+    del m
     options = ort.SessionOptions()
     # optimizations would fuse away the very tensors asked for
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for feed in feeds:
-        for name, value in zip(names, session.run(names, feed)):
-            out[name].append(value)
+        values = dict(zip(names, session.run(names, feed)))
         for name, value in feed.items():  # graph inputs: what the first layers read
-            out.setdefault(name, []).append(np.asarray(value))
-    return out
+            values.setdefault(name, np.asarray(value))
+        yield values
+
+
+class _ErrorSum:
+    """SQNR and mean absolute error of a tensor pair summed over samples (nothing held)."""
+
+    def __init__(self):
+        self.ref, self.noise, self.abs_mean, self.n = 0.0, 0.0, 0.0, 0
+
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        ref = np.asarray(ref, np.float64)
+        diff = ref - np.asarray(got, np.float64)
+        self.ref += float(np.vdot(ref, ref).real)
+        self.noise += float(np.vdot(diff, diff).real)
+        self.abs_mean += float(np.mean(np.abs(diff))) if diff.size else 0.0
+        self.n += 1
+
+    @property
+    def sqnr_db(self) -> float:
+        """``sqnr_db`` over every sample added (the same figure on the concatenation)."""
+        if self.noise == 0:
+            return math.inf
+        return 10.0 * math.log10(max(self.ref, 1e-60) / self.noise)
 
 
 def debug_summary(fp32: str | Path, qdq: str | Path, data: Any, top: int = 5, **options) -> dict:
@@ -158,14 +189,8 @@ def _measure(fp32, qdq, data, *, max_samples: int = 16, float_acts: dict | None 
                          "compares QDQ models only (format='qdq')")
     inputs, _ = onnx_io(qmodel)
     feeds = calibration_feeds(data, inputs, max_samples)
-    with tempfile.TemporaryDirectory(prefix="edgeopt-qdebug-") as tmp:
-        tmp = Path(tmp)
-        if float_acts is None:
-            float_acts = collect(fp32, feeds, tmp)
-        q_acts = collect(qdq, feeds, tmp)
     g = qmodel.graph
     produced = {o: n for n in g.node for o in n.output}
-    inits = {i.name: i for i in g.initializer}
     fmodel = onnx.load(str(fp32), load_external_data=False)
     finits = {i.name: i for i in fmodel.graph.initializer}
 
@@ -178,33 +203,56 @@ def _measure(fp32, qdq, data, *, max_samples: int = 16, float_acts: dict | None 
         original = dq.input[0][:-len(_Q_SUFFIX)] if dq.input[0].endswith(_Q_SUFFIX) else dq.input[0]
         return weights.get(original), original
 
+    def plan(float_names: set, q_names: set) -> list[dict]:
+        """The quantized compute nodes and the tensor pairs that measure them."""
+        rows = []
+        for n in g.node:
+            if n.op_type not in _COMPUTE:
+                continue
+            src = produced.get(n.input[0])
+            if src is None or src.op_type != "DequantizeLinear":
+                continue  # kept in float
+            out = n.output[0]
+            # what the next layers read: the output after its own QDQ (the quantizer drops a Relu
+            # that follows, so the raw output is pre-activation while the float tensor is not)
+            # (where a consumer kept in float dropped that QDQ, the activation the quantizer had
+            # folded into it was put back as ``<out>_act_in_float``: compare that)
+            q_out = next((name for name in (out + _DQ_SUFFIX, out + "_act_in_float") if name in q_names), out)
+            if out.endswith(_QIN_SUFFIX):  # a graph output: its QDQ ends in the original name
+                out = q_out = out[:-len(_QIN_SUFFIX)]
+            if q_out not in q_names or out not in float_names:
+                continue
+            x_float = n.input[0][:-len(_DQ_SUFFIX)] if n.input[0].endswith(_DQ_SUFFIX) else src.input[0]
+            rows.append({"node": n, "out": out, "q_out": q_out, "x_float": x_float,
+                         "x_q": n.input[0] if x_float in float_names and n.input[0] in q_names else None,
+                         "output": _ErrorSum(), "input": _ErrorSum()})
+        return rows
+
+    # One sample's tensors of both models at a time: holding every tensor of every sample took
+    # 2 GB for a 10 MB OCR model at 48x320 with 16 samples.
+    rows = None
+    with tempfile.TemporaryDirectory(prefix="edgeopt-qdebug-") as tmp:
+        tmp = Path(tmp)
+        float_samples = (sample_tensors(fp32, feeds, tmp) if float_acts is None else
+                         ({k: v[i] for k, v in float_acts.items()} for i in range(len(feeds))))
+        for f_acts, q_acts in zip(float_samples, sample_tensors(qdq, feeds, tmp)):
+            if rows is None:
+                rows = plan(set(f_acts), set(q_acts))
+            for r in rows:
+                r["output"].add(f_acts[r["out"]], q_acts[r["q_out"]])
+                if r["x_q"] is not None:
+                    r["input"].add(f_acts[r["x_float"]], q_acts[r["x_q"]])
     layers = []
-    for n in g.node:
-        if n.op_type not in _COMPUTE:
-            continue
-        src = produced.get(n.input[0])
-        if src is None or src.op_type != "DequantizeLinear":
-            continue  # kept in float
-        out = n.output[0]
-        # what the next layers read: the output after its own QDQ (the quantizer drops a Relu
-        # that follows, so the raw output is pre-activation while the float tensor is not)
-        # (where a consumer kept in float dropped that QDQ, the activation the quantizer had
-        # folded into it was put back as ``<out>_act_in_float``: compare that)
-        q_out = next((name for name in (out + _DQ_SUFFIX, out + "_act_in_float") if name in q_acts), out)
-        if out.endswith(_QIN_SUFFIX):  # a graph output: its QDQ ends in the original name
-            out = q_out = out[:-len(_QIN_SUFFIX)]
-        if q_out not in q_acts or out not in float_acts:
-            continue
-        x_float_name = n.input[0][:-len(_DQ_SUFFIX)] if n.input[0].endswith(_DQ_SUFFIX) else src.input[0]
-        s_out = sqnr_db(float_acts[out], q_acts[q_out])
-        s_in = (sqnr_db(float_acts[x_float_name], q_acts[n.input[0]])
-                if x_float_name in float_acts and n.input[0] in q_acts else math.inf)
+    for r in rows or []:
+        n = r["node"]
+        s_out = r["output"].sqnr_db
+        s_in = r["input"].sqnr_db if r["x_q"] is not None else math.inf
         w_q, w_name = dequantized_weight(n.input[1]) if len(n.input) > 1 else (None, None)
         s_w = math.inf
         if w_q is not None and w_name in finits:
             s_w = sqnr_db([numpy_helper.to_array(finits[w_name])], [w_q])
-        err = np.mean([np.mean(np.abs(a - b)) for a, b in zip(float_acts[out], q_acts[q_out])])
-        layers.append({"node": n.name, "op": n.op_type, "output": out,
+        err = r["output"].abs_mean / max(r["output"].n, 1)
+        layers.append({"node": n.name, "op": n.op_type, "output": r["out"],
                        "sqnr_db": _finite(s_out), "input_sqnr_db": _finite(s_in),
                        "weight_sqnr_db": _finite(s_w),
                        "added_noise": max(_nsr(s_out) - _nsr(s_in), 0.0),

@@ -182,7 +182,8 @@ QuantizeResult = StepResult
 
 def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any = None, *legacy,
              out: str | os.PathLike | None = None, eval_data: Any = None,
-             progress: Progress = None, history: Sequence[dict] | None = None) -> StepResult:
+             progress: Progress = None, history: Sequence[dict] | None = None,
+             input_shape: Any = None) -> StepResult:
     """Quantize an ONNX model and write it to ``out`` (``.onnx`` file or artifact folder).
 
     The step contract (``edgeopt.core.result``): input, config, data; returns a ``StepResult``
@@ -200,6 +201,10 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
             for ``max_accuracy_drop``; inputs alone for ``min_agreement``.
         progress: ``True`` or a callable: a line of text per fallback step.
         history: records to carry instead of the input's own (rarely needed).
+        input_shape: concrete input shape(s) for a model with dynamic dimensions (one shape,
+            ``"1,3,48,320"``, or ``{input name: shape}``): written into the graph before
+            calibration, so every tensor has a static shape (the written model keeps it). Static
+            mode needs it for any dynamic dimension but the batch axis.
 
     The earlier order ``quantize(model, calibration, config, out)`` still works (with a
     ``DeprecationWarning``).
@@ -245,6 +250,14 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
     if config.max_accuracy_drop is not None and not _has_labels(eval_data):
         raise InputError("max_accuracy_drop needs labelled eval_data ((x, y) or a split with .y); "
                          "for inputs without labels use min_agreement")
+    from edgeopt.compile.onnx_shapes import concrete_specs, resolve_input_shapes
+
+    shapes = None
+    if config.mode == "static" or input_shape is not None:
+        # Calibrating a graph with dynamic shapes is slow and costly (onnxruntime's symbolic
+        # shape inference gives up, every tensor is sized at run time): fix the shapes first.
+        shapes = resolve_input_shapes(inputs, input_shape, option="--input-shape (input_shape=)")
+        inputs = concrete_specs(inputs, shapes)
     feeds: list[dict] = []
     if config.mode == "static":
         feeds = calibration_feeds(calibration, inputs, config.max_calibration_samples)
@@ -252,7 +265,7 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.quantize-", dir=out.parent) as tmp:
-        tmp = Path(tmp)
+        tmp = Path(tmp).resolve()  # absolute: onnxruntime's pre-processing runs inside it
         pre = tmp / "pre.onnx"
         with _quiet():
             from onnxruntime.quantization import quant_pre_process
@@ -260,13 +273,20 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
             from edgeopt.compile.onnx_prepare import prepare_onnx_file
 
             # Third-party files: old opsets and Constant-node weights are normalised first.
-            prepared = prepare_onnx_file(model, tmp / "prepared.onnx")
-            try:
-                quant_pre_process(str(prepared), str(pre), skip_symbolic_shape=False)
-            except Exception:  # noqa: BLE001 - onnxruntime's symbolic shape inference lacks rules
-                # for some ops (a ReduceMax whose axes are an input, from AdaptiveMaxPool2d):
-                # ONNX's own shape inference is enough for quantization
-                quant_pre_process(str(prepared), str(pre), skip_symbolic_shape=True)
+            prepared = prepare_onnx_file(model, tmp / "prepared.onnx",
+                                         input_shapes=shapes if input_shape is not None else None)
+            if input_shape is not None:  # the written model has the shapes given: say so in its manifest
+                inputs, outputs = onnx_io(load_onnx(prepared, check=False))
+            # onnxruntime's symbolic shape inference saves sym_shape_infer_temp.onnx and its
+            # external .data files (uuid names) in the working directory when it gives up: run
+            # it in the temporary folder, which is removed
+            with _working_directory(tmp):
+                try:
+                    quant_pre_process(str(prepared), str(pre), skip_symbolic_shape=False)
+                except Exception:  # noqa: BLE001 - onnxruntime's symbolic shape inference lacks rules
+                    # for some ops (a ReduceMax whose axes are an input, from AdaptiveMaxPool2d):
+                    # ONNX's own shape inference is enough for quantization
+                    quant_pre_process(str(prepared), str(pre), skip_symbolic_shape=True)
         prepare = _Prepared(pre, feeds, config, tmp)
         excluded = _node_names(pre, config.nodes_to_exclude, model)
         attempts, steps = [], []
@@ -434,12 +454,16 @@ def calibration_feeds(data: Any, inputs: Sequence[TensorSpec], limit: int | None
                 check_array(spec, a)
             except InputError as e:
                 raise InputError(f"calibration sample {i}: {e}") from None
-        feeds.append({k: np.ascontiguousarray(v) for k, v in feed.items()})
+        # np.asarray(order="C") keeps a 0-d input 0-d (ascontiguousarray makes it (1,), which
+        # the model's scalar input then rejects)
+        feeds.append({k: np.asarray(v, order="C") for k, v in feed.items()})
     return feeds
 
 
 def _split_batch(x: np.ndarray, spec: TensorSpec) -> list[np.ndarray]:
     """A stacked array (N, ...) becomes N samples of the model's fixed batch size."""
+    if x.ndim == len(spec.shape) + 1:  # one sample per row: a scalar or (1,) input stacked
+        return list(x)
     b = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
     if b is None or x.ndim != len(spec.shape):
         return [x] if x.size else []
@@ -790,6 +814,17 @@ def _quantized_compute_nodes(path: Path) -> list[str]:
         elif n.op_type in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"):
             names.append(n.name)
     return names
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path):
+    """Run a block in ``path`` (libraries that write next to the caller write there)."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,8 @@ def open_runner(spec: str, runtime: str | None, threads: int | None, workdir: Pa
     if emulate and runtime != "native":
         raise InputError("--emulate qemu needs --runtime native")
     if is_torch_spec(spec):
-        return _runner_for_torch_spec(spec, runtime or "torch", threads, workdir, input_shape, weights)
+        return _runner_for_torch_spec(spec, runtime or "torch", threads, workdir,
+                                      _one_shape(input_shape), weights)
     if weights:
         raise InputError("--weights goes with a torch MODEL spec (zoo:NAME, module.path:factory)")
     path = Path(spec)
@@ -46,10 +47,34 @@ def open_runner(spec: str, runtime: str | None, threads: int | None, workdir: Pa
         from edgeopt.compile import BuildConfig, build
 
         log(f"compiling {spec} with TVM for the host CPU (untuned) ...")
-        art = build(path, BuildConfig(target="cpu"), out=workdir / "tvm").artifact
+        art = build(path, BuildConfig(target="cpu", input_shape=input_shape), out=workdir / "tvm").artifact
         return load(art, runtime="tvm", threads=threads)
     options = {"emulate": emulate} if emulate else {}
     return load(path, runtime=runtime, threads=threads, **options)
+
+
+def _one_shape(input_shape):
+    """A torch MODEL takes one input shape (``1,3,32,32``); repeated options name ONNX inputs."""
+    if isinstance(input_shape, (list, tuple)) and all(isinstance(v, str) for v in input_shape):
+        if len(input_shape) != 1 or "=" in input_shape[0]:
+            raise InputError(f"--input-shape {' '.join(input_shape)}: a torch MODEL takes one shape, "
+                             "e.g. 1,3,32,32 (NAME=... is for ONNX models with several inputs)")
+        return input_shape[0]
+    return input_shape
+
+
+def bench_inputs(runner, input_shape=None, seed: int = 0) -> list[np.ndarray]:
+    """Seeded inputs to time ``runner`` on: the given shape(s) for dynamic dimensions.
+
+    A dynamic batch axis runs at 1; any other dynamic dimension needs ``input_shape``
+    (``InputError`` naming the input and its declared shape): timing a guessed 1x1 image
+    would be a silently wrong figure.
+    """
+    from edgeopt.compile.onnx_shapes import concrete_specs, resolve_input_shapes
+    from edgeopt.runtimes.base import example_inputs
+
+    shapes = resolve_input_shapes(runner.inputs, input_shape, option="--input-shape")
+    return example_inputs(concrete_specs(runner.inputs, shapes), seed)
 
 
 def _runner_for_torch_spec(spec: str, runtime: str, threads, workdir: Path, input_shape, weights=None):

@@ -92,7 +92,7 @@ class Recipe:
     task: str
     variants: dict            # name -> list[Step]
     targets: list
-    input_shape: tuple | None = None
+    input_shape: tuple | dict | None = None   # dict: {ONNX input name: shape}
     bench: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     seed: int = 0
@@ -171,11 +171,23 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     input_shape = None
     if "input_shape" in top:
         node = top["input_shape"][1]
-        if not isinstance(node, yaml.SequenceNode) or not node.value:
-            raise err(node, "'input_shape' must be a list of positive integers, e.g. [1, 1, 32, 32]")
-        input_shape = tuple(scalar(n, "an input_shape entry", (int,)) for n in node.value)
-        if any(d < 1 for d in input_shape):
-            raise err(node, f"'input_shape' must be positive, got {list(input_shape)}")
+
+        def dims(n, what):
+            if not isinstance(n, yaml.SequenceNode) or not n.value:
+                raise err(n, f"{what} must be a list of positive integers, e.g. [1, 1, 32, 32]")
+            shape = tuple(scalar(d, "an input_shape entry", (int,)) for d in n.value)
+            if any(d < 1 for d in shape):
+                raise err(n, f"{what} must be positive, got {list(shape)}")
+            return shape
+
+        if isinstance(node, yaml.MappingNode):  # one shape per input of an ONNX model, by name
+            if not (model.endswith(".onnx") or Path(model).is_dir()):
+                raise err(node, "'input_shape' by input name is for ONNX models; a torch model "
+                          "takes one list, e.g. [1, 1, 32, 32]")
+            input_shape = {scalar(k, "an input name", (str,)): dims(v, f"'input_shape.{k.value}'")
+                           for k, v in mapping(node, "'input_shape'")}
+        else:
+            input_shape = dims(node, "'input_shape'")
     seed = scalar(top["seed"][1], "'seed'", (int,)) if "seed" in top else 0
 
     bench = {}

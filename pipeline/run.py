@@ -235,12 +235,18 @@ class _OnnxModel:
         from edgeopt.runtimes.artifact import model_input
         from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
 
+        from edgeopt.compile.onnx_shapes import resolve_input_shapes
+
         self.path, self.history, _ = model_input(spec, "onnx", "run")
         inputs, _ = onnx_io(load_onnx(self.path))
         if len(inputs) != 1:
             raise InputError(f"model {spec!r} has {len(inputs)} inputs; a study feeds models with one input")
-        declared = [d if isinstance(d, int) and d > 0 else 1 for d in inputs[0].shape]  # symbolic batch -> 1
-        self.input_shape = tuple(input_shape) if input_shape else tuple(declared)
+        # every variant, FLOP count and target (TVM builds too) takes the base model's shapes:
+        # dynamic dims other than the batch need the recipe's input_shape, and the base gets them
+        self.shapes = resolve_input_shapes(inputs, input_shape, option="input_shape in the recipe")
+        self.given = input_shape is not None
+        shape = self.shapes[inputs[0].name]
+        self.input_shape = tuple(d if isinstance(d, int) else 1 for d in shape)  # a dynamic batch -> 1
         self.module = None
 
     def prepare(self, folder: Path, log):
@@ -253,9 +259,10 @@ class _OnnxModel:
 
         if (folder / "manifest.json").is_file():
             return load_artifact(folder)
-        model = prepare_onnx(self.path)
+        model = prepare_onnx(self.path, input_shapes=self.shapes if self.given else None)
         inputs, outputs = onnx_io(model)
-        record = {"name": "prepare", "config": {"source": str(self.path)},
+        record = {"name": "prepare", "config": {"source": str(self.path),
+                                                **({"input_shape": self.shapes} if self.given else {})},
                   "metrics": {"opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}}
         log(f"base model: {self.path} prepared (opset upgrade, constants folded, shapes inferred)")
         return write_artifact(folder, lambda d: onnx.save(model, str(d / "model.onnx")), format="onnx",

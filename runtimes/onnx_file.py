@@ -47,8 +47,11 @@ def _value_spec(value) -> TensorSpec:
     tt = value.type.tensor_type
     dims = []
     for i, d in enumerate(tt.shape.dim):
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:
             dims.append(int(d.dim_value))
+        elif d.HasField("dim_value"):
+            # -1 (Paddle's exports): any size, i.e. a symbolic dimension; named as the file has it
+            dims.append("-1")
         else:
             dims.append(d.dim_param or f"d{i}")
     dtype = ONNX_DTYPES.get(tt.elem_type)

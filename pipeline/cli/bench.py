@@ -37,7 +37,9 @@ def add_parser(sub):
     b.add_argument("--threads", type=positive_int, default=None, help="worker threads")
     b.add_argument("--warmup", type=nonneg_int, default=10, help="untimed runs first (default: 10)")
     b.add_argument("--repeat", type=positive_int, default=100, help="timed runs (default: 100)")
-    b.add_argument("--input-shape", default=None, help="input shape for a torch MODEL spec")
+    b.add_argument("--input-shape", action="append", default=None, metavar="[NAME=]1,3,H,W",
+                   help="input shape for a torch MODEL spec; for an ONNX model or artifact with "
+                   "dynamic dimensions, the concrete shape to time (NAME=... once per input for several)")
     b.add_argument("--weights", default=None, metavar="FILE.pth", help="with a torch MODEL spec: " + WEIGHTS_HELP)
     b.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
     b.set_defaults(func=run)
@@ -46,7 +48,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from edgeopt.core.files import write_json_atomic
-    from edgeopt.pipeline.bench import open_runner
+    from edgeopt.pipeline.bench import bench_inputs, is_torch_spec, open_runner
 
     if args.tracker or args.rpc:
         return _remote(args)
@@ -56,7 +58,8 @@ def run(args) -> int:
         runner = open_runner(args.artifact, args.runtime, args.threads, Path(tmp),
                              input_shape=args.input_shape, emulate=args.emulate, log=say,
                              weights=args.weights)
-        result = runner.benchmark(runner.example_inputs(), warmup=args.warmup, repeat=args.repeat)
+        shape = None if is_torch_spec(args.artifact) else args.input_shape  # a torch MODEL's: used above
+        result = runner.benchmark(bench_inputs(runner, shape), warmup=args.warmup, repeat=args.repeat)
     print_result(result)
     if args.json_out:
         write_json_atomic(args.json_out, {"artifact": args.artifact, **result.to_dict()})

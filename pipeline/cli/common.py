@@ -78,6 +78,9 @@ def torch_model(spec: str, input_shape: str | None, seed: int = 0, weights: str 
     return model_and_example(spec, input_shape, seed, weights=weights)
 
 
+INPUT_SHAPE_HELP = ("concrete input shape for an ONNX model with dynamic (-1 or symbolic) dimensions: "
+                    "1,3,48,320, or NAME=1,3,48,320 once per input for several inputs")
+
 WEIGHTS_HELP = ("a state dict for MODEL (.pth/.pt saved with torch.save(model.state_dict(), path)), "
                 "loaded with weights_only=True")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import EPILOG, nonneg_int, say
+from .common import EPILOG, INPUT_SHAPE_HELP, nonneg_int, say
 
 
 def add_parser(sub):
@@ -41,6 +41,8 @@ def add_parser(sub):
     cp.add_argument("--kernels", choices=("auto", "tvm", "onednn"), default="auto",
                     help="convolutions and matmuls on x86-64: oneDNN through edgeopt's plugin, TVM's "
                     "own kernels, or auto (oneDNN untuned; tuned, the faster of both timed here)")
+    cp.add_argument("--input-shape", action="append", default=None, metavar="[NAME=]1,3,H,W",
+                    help=INPUT_SHAPE_HELP)
     cp.add_argument("--tuning-db", default=None,
                     help="tuning database folder (default: ~/.cache/edgeopt/tuning/<model>-<target>)")
     cp.set_defaults(func=run)
@@ -63,7 +65,7 @@ def run(args) -> int:
                           tracker=args.tracker, key=args.key)
     config = BuildConfig(target=args.target, int8=False if args.no_int8 else None, tune=tune,
                          precision=args.precision, cuda_graph=not args.no_cuda_graph, kernels=args.kernels,
-                         fast_math=not args.exact_math)
+                         fast_math=not args.exact_math, input_shape=args.input_shape)
     result = build(args.model, config, out=args.out, progress=say)
     art, last = result.artifact, result.record
     print(f"wrote {art.path} ({art.size_bytes():,} bytes) for {json.dumps(last['config']['target'])}"

@@ -18,7 +18,7 @@ import sys
 from edgeopt.core.config import field_kinds
 from edgeopt.core.errors import InputError
 
-from .common import EPILOG, WEIGHTS_HELP, load_samples, refuse_existing_file_parent, say, torch_model
+from .common import EPILOG, INPUT_SHAPE_HELP, WEIGHTS_HELP, load_samples, refuse_existing_file_parent, say, torch_model
 
 #: Steps offered on the command line (distill needs a teacher and training data: recipes).
 CLI_STEPS = ("lowrank", "prune", "quantize", "qat")
@@ -133,6 +133,8 @@ def add_parser(sub):
             p.add_argument("--eval-data", default=None, metavar="task:NAME|FILE.npy",
                            help="data a budget (max-accuracy-drop, min-agreement) is measured on: a "
                            "task's validation split (with labels), or a .npy of inputs (agreement only)")
+            p.add_argument("--input-shape", action="append", default=None, metavar="[NAME=]1,3,H,W",
+                           help=INPUT_SHAPE_HELP)
         add_config_options(p, kind.config, name)
         p.set_defaults(func=run)
     return c
@@ -169,7 +171,7 @@ def _quantize(args, config) -> int:
     calibration = load_samples(args.calibration_data, "calib", inputs_by_name=True)
     eval_data = load_samples(args.eval_data, "val")
     result = STEPS["quantize"].function(args.model, config, calibration, out=args.out, eval_data=eval_data,
-                                         progress=say)
+                                         progress=say, input_shape=args.input_shape)
     m = result.metrics
     print(f"wrote {result.path}: {m['size_bytes_before']:,} -> {m['size_bytes_after']:,} bytes "
           f"({m['size_ratio']:.2f}x), {m['summary']}")
