@@ -743,7 +743,9 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         earlier = next((t for t in done if t.user_attrs.get("variant") == vname
                         and t.user_attrs.get("runtime") == params["runtime"]), None)
         cover = ruled.covering(params, vname)
-        if earlier is None and cover is not None:
+        if earlier is not None and "repeat_of" in earlier.user_attrs:
+            cover = earlier.user_attrs["repeat_of"]  # answered from the trial that was built
+        if cover is not None and (earlier is None or cover != earlier.number):
             earlier = next(t for t in everything if t.number == cover)
         origin = trial.user_attrs.get("origin") or "sampler"
         info = {"variant": vname, "runtime": params["runtime"], "steps": [s.to_dict() for s in steps],

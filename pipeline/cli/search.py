@@ -24,7 +24,9 @@ def add_parser(sub):
                        "absent) with Optuna's multi-objective TPE for low latency, small size and high "
                        "accuracy (agreement on unlabelled tasks). Writes search.json (every trial, the "
                        "Pareto set), chosen/ (the chosen artifact), chosen-recipe.yaml, report.json/.md and "
-                       "index.html with the search's progress into --out. Re-running with the same "
+                       "index.html with the search's progress into --out. A candidate that fails is built "
+                       "once: the sampler is told, it is never proposed again, and a step the model cannot "
+                       "do (a low-rank budget it cannot meet) leaves the space. Re-running with the same "
                        "arguments resumes. Exit 1 when no variant meets the constraints (the closest are "
                        "listed), 2 on a malformed recipe or constraint.")
     s.add_argument("recipe", metavar="RECIPE.yaml")
@@ -58,7 +60,11 @@ def run(args) -> int:
     result = search(recipe, out, target=args.target, constraints=constraints, budget_minutes=args.budget_minutes,
                     trials=args.trials, seed=args.seed, log=say)
     if result.chosen is None:
-        print("no variant meets the constraints; the closest:")
+        failed = sum(r["state"] == "failed" and "repeat_of" not in r for r in result.trials)
+        if not result.closest:
+            print(f"no variant meets the constraints: none was measured ({failed} failed; errors in search.json)")
+        else:
+            print("no variant meets the constraints; the closest:")
         for r in result.closest:
             if r["state"] == "pruned":
                 print(f"  trial {r['number']}: {r['variant']} on {r['runtime']}: pruned: {r.get('why')}")

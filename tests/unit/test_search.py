@@ -430,3 +430,60 @@ def test_search_on_a_half_infeasible_space_builds_each_failure_once(tmp_path):
                   measure_latency=search_latency)
     assert not any(r.get("error") and r["number"] in more.ran for r in more.trials)
     assert "lowrank" not in more.steps_run
+
+
+ONE_BAD_BUDGET = """\
+model: helpers:tiny_conv_net
+task: random
+variants: {fp32: []}
+targets: [{runtime: onnxruntime}]
+bench: {warmup: 1, repeat: 3, threads: 1}
+search:
+  prune: [0]
+  lowrank: [{flops_budget: 0.05}]
+  quantize: [none, minmax]
+  startup_trials: 100
+  warm_start: false
+"""
+
+
+@pytest.mark.integration
+def test_a_failure_asked_again_is_answered_from_the_first_one(tmp_path, monkeypatch):
+    """Without the steering (a sampler that proposes ruled-out candidates anyway, as uniform
+    draws do), a failed configuration asked again is not built: it is answered from the first
+    failure in one line, recorded as failed with ``repeat_of``, and counts toward the trials."""
+    from edgeopt.pipeline import search as search_module
+
+    monkeypatch.setattr(search_module, "steered_sampler", lambda base, blocked, seed: base)
+    (tmp_path / "r.yaml").write_text(ONE_BAD_BUDGET)
+    lines = []
+    result = search_module.search(tmp_path / "r.yaml", tmp_path / "out", trials=6, budget_minutes=3, seed=3,
+                                  log=lines.append, measure_latency=search_latency)
+    doc = json.loads((tmp_path / "out" / "search.json").read_text())
+    failed = [r for r in doc["trials"] if r["state"] == "failed"]
+    first = failed[0]
+    assert "repeat_of" not in first and first["removed"] == [{"prune": 0.0, "lowrank": 1}]
+    again = failed[1:]
+    assert again and all(r["repeat_of"] == first["number"] and r["error"] == first["error"] for r in again)
+    assert doc["counts"]["failed_built"] == 1 and doc["counts"]["trials"] <= 6
+    assert result.steps_run.count("lowrank") == 1  # built once
+    repeat_lines = [line for line in lines if "ruled out by failed trial" in line]
+    assert len(repeat_lines) == len(again) and all(len(line) < 120 for line in repeat_lines)
+
+
+def test_cli_search_where_every_candidate_fails_says_so_once(tmp_path):
+    """An ONNX export that always fails: the one candidate is built once, the search stops (the
+    space is used up, not the time budget) and the CLI says nothing was measured; exit 1."""
+    (tmp_path / "r.yaml").write_text("""\
+model: helpers:unexportable
+task: random
+variants: {fp32: []}
+targets: [{runtime: onnxruntime}]
+search: {prune: [0], lowrank: [], quantize: [none], warm_start: false}
+""")
+    r = edgeopt_cli("search", tmp_path / "r.yaml", "--out", tmp_path / "out", "--budget-minutes", "2", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "none was measured (1 failed; errors in search.json)" in r.stdout
+    doc = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert doc["counts"]["failed_built"] == 1 and doc["stopped"].startswith("all 1 candidates tried")
+    assert r.stderr.count("FAILED") == 1 and "Traceback" not in r.stderr
