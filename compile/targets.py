@@ -159,6 +159,23 @@ def cuda_target(arch: str = "sm_90") -> dict:
     return {"kind": "cuda", "arch": arch, "host": host_cpu_target()}
 
 
+#: Target kinds edgeopt builds for and its runtimes load (CPU through LLVM, NVIDIA GPUs).
+KINDS = ("llvm", "cuda")
+
+
+def check_kind(spec: dict) -> None:
+    """``InputError`` for a target kind edgeopt does not build for, or one this TVM has no code
+    generator for (TVM would fail later with "Cannot find global function target.build...")."""
+    import tvm
+
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise InputError(f"target kind {kind!r} is not supported; expected one of {', '.join(KINDS)} "
+                         f"(presets: {', '.join(preset_names())})")
+    if tvm.get_global_func(f"target.build.{kind}", allow_missing=True) is None:
+        raise InputError(f"target kind {kind!r}: this TVM build has no code generator for it")
+
+
 def resolve_target(target: str | dict | Any) -> dict:
     """A preset name, a JSON string or file, or a dict -> a validated TVM target dict."""
     if isinstance(target, dict):
@@ -191,6 +208,8 @@ def resolve_target(target: str | dict | Any) -> dict:
     if "kind" not in spec:
         raise InputError(f"target {spec!r} has no 'kind' (e.g. 'llvm', 'cuda')")
     import tvm
+
+    check_kind(spec)
 
     try:
         tvm.target.Target(spec)

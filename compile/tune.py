@@ -211,7 +211,8 @@ def build_candidate(mod, target, _params=None):
 
 @contextlib.contextmanager
 def native_stderr_to(path: Path):
-    """Send what native code writes to stderr into ``path`` for the duration.
+    """Send what native code writes to stderr into ``path`` for the duration; yields a copy of
+    the original descriptor 2.
 
     MetaSchedule's C++ side warns once per candidate that a tensor intrinsic does not fit
     ("Tensorize failed", over 10,000 lines in half an hour of ResNet-18 int8 tuning), straight
@@ -222,11 +223,64 @@ def native_stderr_to(path: Path):
     try:
         with open(path, "ab") as sink:
             os.dup2(sink.fileno(), 2)
-        yield
+        yield saved  # the user's stderr, for a line that must reach them (an interrupt)
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def exit_130_on_interrupt(cleanup: Callable[[], str], stderr_fd: int):
+    """While MetaSchedule runs, Ctrl-C ends the process with exit code 130, cleanly.
+
+    Python's default handler raises KeyboardInterrupt wherever TVM's C++ next checks for signals;
+    unwinding through its task scheduler then ends in ``std::terminate`` (a segfault report and
+    orphaned measurement workers), in a TuningFailed for a converted error (exit 1), or in
+    "Exception ignored ... cannot join current thread" from its worker pools' destructors. So
+    the handler raises nothing: it ends the builder and runner workers, runs ``cleanup`` (file
+    work only, no TVM call: it records the trials and returns what to tell the user), writes
+    that line to the user's stderr and leaves with ``os._exit(130)``, which runs no destructor.
+    A second Ctrl-C during the cleanup ends the process at once (the default handler is back).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; the caller's own handling applies
+        return
+
+    def on_interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        end_child_processes()
+        try:
+            line = cleanup()
+        except Exception as e:  # the exit code must still say "interrupted"
+            line = f"interrupted; the tuning database could not be checked: {e}"
+        os.write(stderr_fd, f"edgeopt: {line}\n".encode())
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def end_child_processes(grace_s: float = 3.0) -> None:
+    """Terminate this process's children (MetaSchedule's builder and runner workers), then kill
+    those still running after ``grace_s``: an interrupted tuning leaves no worker behind."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 #: After every kernel has a schedule, later rounds tune only the kernels that together take this
@@ -328,11 +382,14 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
 
     # a database another build or a killed run left with a record that does not replay would
     # stop MetaSchedule from loading any of it: set such records aside first
+    if records_in(db):
+        log(f"tuning: checking that the {records_in(db)} records of {db} replay")
     check_database(db, log, kind)
     # the budget counts this model's trials, not every record of a database shared with others
     before = model_trials(db, key)
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
 
+    log("tuning: extracting the model's kernels")
     tasks = ms.relax_integration.extract_tasks(mod, target)
     per_task = config.max_trials_per_task or max(8, config.trials // max(1, len(tasks)))
     t0 = time.perf_counter()
@@ -352,13 +409,22 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
         # DEBUG, so it is set again before every round
         ms_logger.setLevel(logging.WARNING)
         in_db = records_in(db)
+
+        def interrupted() -> str:
+            # files only: TVM is mid-call below this frame. The next build's check_database
+            # replays the records (a line cut short by the interrupt is set aside there)
+            kept = records_in(db)
+            set_model_trials(db, key, done + max(0, kept - in_db))
+            return (f"interrupted in tuning round {rounds + 1}; the database {db} keeps {kept} records "
+                    "and the next build continues from them")
         try:
             contexts, weights = extracted_tasks_to_tune_contexts(
                 extracted_tasks=chosen, work_dir=str(db), space="post-order-apply",
                 strategy=ms.search_strategy.EvolutionarySearch(population_size=config.population))
             # the gradient scheduler gives the next iteration to the task whose time (weighted by
             # its calls) has been falling fastest
-            with native_stderr_to(db / "logs" / "tvm_warnings.log"):
+            with native_stderr_to(db / "logs" / "tvm_warnings.log") as user_stderr, \
+                    exit_130_on_interrupt(interrupted, user_stderr):
                 ms.tune.tune_tasks(
                     tasks=contexts, task_weights=weights, work_dir=str(db), max_trials_global=step,
                     max_trials_per_task=cap, num_trials_per_iter=per_iter, cost_model=config.cost_model,
@@ -377,6 +443,8 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
                 f"the database {db} keeps {kept} checked records: build again to continue from them, "
                 "or pass --tuning-db with a new folder") from None
         # this round's records are checked now, while they are the only new ones
+        log(f"tuning: round {rounds + 1} measured {max(0, records_in(db) - in_db)} candidates; "
+            f"checking that they replay ({time.perf_counter() - t0:.0f} s)")
         check_database(db, log, kind)
         added = max(0, records_in(db) - in_db)
         set_model_trials(db, key, done + added)

@@ -52,6 +52,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -221,6 +222,10 @@ def _run_engine(engine: str, original, config: PruneConfig, args, amount: float,
     return student, details
 
 
+#: torch's error for a view / reshape to fixed sizes that no longer match the pruned channels.
+FIXED_SHAPE_ERROR = re.compile(r"shape '\[[-0-9, ]*\]' is invalid for input of size")
+
+
 def _structured(original, config: PruneConfig, args, reference, calibration, before: dict, say):
     """Run the engine(s), keeping the invariant; for a budget, search the global fraction."""
     engines = ["torch_pruning", "edgeopt"] if config.engine == "auto" else [config.engine]
@@ -245,9 +250,16 @@ def _structured(original, config: PruneConfig, args, reference, calibration, bef
                 "first choice" if not reasons else "; ".join(reasons))
             say(f"prune: engine {engine} ({why})")
             return student, {"engine": engine, "engine_reason": why, **details}
+        # not said here: the engine that works says why it ran, or the error names every failure
         reasons.append(f"{engine} failed: {failure}")
-        say(f"prune: {reasons[-1]}")
-    raise InputError(f"structured pruning failed ({'; '.join(reasons)}); nothing returned")
+    hint = ""
+    if any(FIXED_SHAPE_ERROR.search(r) for r in reasons):
+        # the model's code reshapes to sizes written as numbers; the channels feeding that
+        # reshape can only stay whole, which skip says
+        hint = ("; the model reshapes to a fixed size: keep the layer(s) feeding that reshape whole "
+                "with skip (--skip NAME,... on the command line, skip: [NAME] in a recipe), or "
+                "write the reshape as flatten(1) / reshape(N, -1)")
+    raise InputError(f"structured pruning failed ({'; '.join(reasons)}); nothing returned{hint}")
 
 
 def _meet_budget(engine, original, config, args, reference, calibration, before, say):

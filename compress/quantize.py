@@ -424,7 +424,8 @@ def calibration_feeds(data: Any, inputs: Sequence[TensorSpec], limit: int | None
     names = [s.name for s in inputs]
     if isinstance(data, dict):  # {input name: stacked array}, e.g. a .npz
         if set(data) != set(names):
-            raise InputError(f"calibration data holds arrays {sorted(data)}; the model takes inputs {names}")
+            raise InputError(f"calibration data holds arrays {sorted(data)}; the model takes inputs {names} "
+                             "(a .npz holds one array per input, named as the inputs, or x and y of a task)")
         split = {spec.name: _split_batch(np.asarray(data[spec.name]), spec) for spec in inputs}
         counts = {len(v) for v in split.values()}
         if len(counts) != 1:
@@ -454,10 +455,24 @@ def calibration_feeds(data: Any, inputs: Sequence[TensorSpec], limit: int | None
                 check_array(spec, a)
             except InputError as e:
                 raise InputError(f"calibration sample {i}: {e}") from None
+            refuse_non_finite(a, f"calibration sample {i}, input {spec.name!r}")
         # np.asarray(order="C") keeps a 0-d input 0-d (ascontiguousarray makes it (1,), which
         # the model's scalar input then rejects)
         feeds.append({k: np.asarray(v, order="C") for k, v in feed.items()})
     return feeds
+
+
+def refuse_non_finite(a: np.ndarray, what: str) -> None:
+    """``InputError`` for NaN or infinite values: the ranges calibrated from them would be NaN
+    (onnxruntime then fails with "scale issue") or, for one NaN among many samples, silently
+    ignored by its nan-aware statistics while the data is plainly wrong."""
+    if a.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+        found = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
+        raise InputError(f"{what} holds {found} value(s) out of {a.size}; expected finite numbers")
 
 
 def _split_batch(x: np.ndarray, spec: TensorSpec) -> list[np.ndarray]:

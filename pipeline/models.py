@@ -135,8 +135,11 @@ def load_weights(module, path: str | os.PathLike) -> None:
         raise InputError(f"weights file {str(path)!r} needs full unpickling (it holds a "
                          f"{found.group(1)} object), which edgeopt refuses; save only the tensors: "
                          "torch.save(model.state_dict(), path)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        # (KeyError: pickle reading a text file takes its first byte for an opcode, "KeyError: 101")
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if isinstance(e, KeyError):
+            first = "not a torch.save file"
         raise InputError(f"weights file {str(path)!r} is not a torch state dict file: {first}") from None
     state = obj
     if isinstance(obj, dict) and not _is_state_dict(obj):

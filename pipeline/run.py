@@ -111,6 +111,14 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
                 raise InputError(f"{recipe.source}: variant {variant!r}: distill matches softened class "
                                  f"scores and task {recipe.task!r} is scored by {task.metric}; it needs a "
                                  "classification task (top1)")
+    if not onnx_model:  # a list or dict output would fail in training, after out/ was made
+        from .output_check import TRAINING_STEPS, require_tensor_output
+
+        trains = [s.name for steps in recipe.variants.values() for s in steps if s.name in TRAINING_STEPS]
+        if task.labelled and not (recipe.weights or str(recipe.model).endswith(".pt2")):
+            trains.insert(0, f"training the base model on task {recipe.task!r}")
+        if trains:
+            require_tensor_output(loaded.module, shape, trains[0], f"{recipe.source}: model {recipe.model!r}")
     if nproc > 1:  # refuse a process count the data cannot split before any work is done
         from edgeopt.compress.distill import check_split
 

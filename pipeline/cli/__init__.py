@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import version
 
 from edgeopt.core.errors import CheckFailed, InputError
 
 from . import bench, check, compile, compress, demo, export, run, search, shadow
-from .common import EPILOG
+from .common import EPILOG, accept_debug_after
 
 #: The commands, in the order ``--help`` lists them.
 COMMANDS = (demo, export, compress, compile, bench, run, search, check, shadow)
@@ -31,7 +32,12 @@ INPUT_ERRORS = (InputError, FileNotFoundError, FileExistsError, PermissionError,
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with the error contract: one line on stderr, exit code 2."""
+    """argparse with the error contract: one line on stderr, exit code 2; and no abbreviated
+    options, in this parser and its subcommands' (``--debug`` was read as ``--debug-layers``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -42,11 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgeopt", epilog=EPILOG,
         description="Compress, compile and measure a PyTorch or ONNX model for edge targets.")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.add_argument("--version", action="version", version=f"edgeopt {version('edgeopt')}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
-        # --debug is accepted after the command too (edgeopt run RECIPE --debug)
-        command.add_parser(sub).add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                             help=argparse.SUPPRESS)
+        accept_debug_after(command.add_parser(sub))  # (compress: its steps' parsers too)
     return p
 
 

@@ -9,6 +9,8 @@ from edgeopt.core.errors import InputError
 
 from .common import EPILOG, WEIGHTS_HELP, nonneg_int, positive_int, say
 
+from .common import refuse_existing_file_parent
+
 
 def add_parser(sub):
     b = sub.add_parser("bench", epilog=EPILOG, help="time an artifact on a runtime",
@@ -50,6 +52,8 @@ def run(args) -> int:
     from edgeopt.core.files import write_json_atomic
     from edgeopt.pipeline.bench import bench_inputs, is_torch_spec, open_runner
 
+    if args.json_out:  # checked before the timing, not after it
+        refuse_existing_file_parent(args.json_out, "--json")
     if args.tracker or args.rpc:
         return _remote(args)
     if args.key or args.all or args.reference:
@@ -102,7 +106,10 @@ def _remote(args) -> int:
                          "(edgeopt compile --target ...)")
     art = load_artifact(path)
     x = example_inputs(art.inputs, 0)
-    reference = reference_outputs(art, x, args.reference, say)
+    # a note about the reference ("parity: not checked") is said once a device answered: before
+    # that, an unreachable server's or tracker's error must be the one line the user sees
+    notes: list[str] = []
+    reference = reference_outputs(art, x, args.reference, notes.append)
 
     def show_parity(name, outputs):
         if reference is not None:
@@ -111,6 +118,8 @@ def _remote(args) -> int:
     if args.all:
         fleet = benchmark_fleet(art, args.tracker, args.key, x, warmup=args.warmup, repeat=args.repeat,
                                 threads=args.threads, log=say)
+        for note in notes:
+            say(note)
         for name, result in fleet.devices.items():
             print_result(result)
             show_parity(name, fleet.outputs[name])
@@ -124,6 +133,8 @@ def _remote(args) -> int:
             write_json_atomic(args.json_out, {"artifact": args.artifact, **fleet.to_dict()})
         return 0 if fleet.devices else 1
     device = request_device(args.tracker, args.key) if args.tracker else connect_server(args.rpc)
+    for note in notes:
+        say(note)
     try:
         runner = RpcRunner(art, device, threads=args.threads)
         outputs = runner.run(x)

@@ -9,7 +9,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from edgeopt.core.errors import InputError
@@ -37,6 +39,13 @@ positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
 
+def accept_debug_after(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--debug is accepted after the command too (edgeopt run RECIPE --debug); a command with
+    steps (compress) gives each step's parser the flag, as the innermost parser reads it."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
 def say(line: str) -> None:
     """Progress and notes go to stderr; results go to stdout."""
     print(line, file=sys.stderr, flush=True)
@@ -47,6 +56,8 @@ def load_samples(spec: str | None, split: str, inputs_by_name: bool = False):
     with ``inputs_by_name``, ``FILE.npz`` -> ``{input name: array}`` (a model with several inputs)."""
     import numpy as np
 
+    from edgeopt.compress.quantize import refuse_non_finite
+
     if spec is None:
         return None
     if spec.startswith("task:"):
@@ -56,19 +67,50 @@ def load_samples(spec: str | None, split: str, inputs_by_name: bool = False):
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"data file {spec!r} does not exist")
+    if path.suffix == ".npz" and not npz_names(path):
+        raise InputError(f"data file {spec!r} holds no arrays; expected x (and y) of a task, or one "
+                         "array per model input")
+    if path.suffix == ".npz" and is_task_npz(path):
+        from edgeopt.pipeline.tasks import load_task
+
+        # a task's data file (x, and y / metric): the same as task:FILE.npz
+        return getattr(load_task(spec), split)
     if inputs_by_name and path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as npz:
-                return {name: npz[name] for name in npz.files}
+                arrays = {name: npz[name] for name in npz.files}
         except ValueError as e:
             raise InputError(f"data file {spec!r} holds something other than plain arrays: {e}") from None
+        for name, a in arrays.items():
+            refuse_non_finite(a, f"data file {spec!r}, array {name!r}")
+        return arrays
     if path.suffix != ".npy":
         raise InputError(f"data {spec!r}: expected task:NAME or a .npy file"
                          + (" (or a .npz with one array per model input)" if inputs_by_name else ""))
     try:
-        return np.load(path, allow_pickle=False)
+        data = np.load(path, allow_pickle=False)
     except ValueError as e:
         raise InputError(f"data file {spec!r} is not a plain numpy array: {e}") from None
+    refuse_non_finite(data, f"data file {spec!r}")  # calibration or eval data: both meaningless
+    return data
+
+
+def npz_names(path: Path) -> set[str]:
+    """The array names of a ``.npz`` file (``InputError`` when it is not one)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return set(getattr(npz, "files", ()))
+    except (OSError, ValueError) as e:
+        raise InputError(f"data file {str(path)!r} is not a readable .npz file: {e}") from None
+
+
+def is_task_npz(path: Path) -> bool:
+    """A ``.npz`` in the task format (``x``, optionally ``y`` and ``metric``;
+    ``edgeopt.pipeline.task_sources``) rather than one array per model input."""
+    names = npz_names(path)
+    return "x" in names and names <= {"x", "y", "metric"}
 
 
 def torch_model(spec: str, input_shape: str | None, seed: int = 0, weights: str | None = None):
@@ -85,10 +127,37 @@ WEIGHTS_HELP = ("a state dict for MODEL (.pth/.pt saved with torch.save(model.st
                 "loaded with weights_only=True")
 
 
-def refuse_existing_file_parent(out: str) -> None:
-    """``--out a/b`` where ``a`` is a file: say so before any work."""
-    for parent in Path(out).parents:
-        if parent.exists():
+def refuse_existing_file_parent(out: str, option: str = "--out") -> None:
+    """``--out a/b`` where ``a`` is a file, or in a folder nothing can be written to: say so
+    before any work (a read-only folder would otherwise fail after all of it)."""
+    path = Path(out).absolute()
+    folder = path if path.is_dir() else None
+    for parent in path.parents:
+        if folder is None and parent.exists():
             if not parent.is_dir():
-                raise InputError(f"--out {out!r}: {str(parent)!r} is a file, not a folder")
-            break
+                raise InputError(f"{option} {out!r}: {str(parent)!r} is a file, not a folder")
+            folder = parent
+    # a file created and removed, not os.access: that answers yes for root on a read-only mount
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgeopt-write-check-", dir=folder)
+    except OSError as e:
+        raise InputError(f"{option} {out!r}: cannot write in {str(folder)!r} ({e.strerror or e}); "
+                         "expected a folder this user can write to") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+class ZooNames:
+    """The zoo registry's model names for a help text (``%(zoo)s``): read when help is printed,
+    so building the parser does not import torch."""
+
+    def __str__(self) -> str:
+        from edgeopt.pipeline.zoo import ZOO
+
+        return ", ".join(ZOO)
+
+
+def list_zoo_in_help(action: argparse.Action) -> argparse.Action:
+    """Let ``action``'s help say ``%(zoo)s`` for the zoo's model names."""
+    action.zoo = ZooNames()
+    return action

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .common import EPILOG, INPUT_SHAPE_HELP, nonneg_int, say
+from .common import refuse_existing_file_parent
 
 
 def add_parser(sub):
@@ -59,6 +60,9 @@ def run(args) -> int:
         raise InputError("--tracker and --key go together (tuning measured on the tracker's devices)")
     if args.tracker and not args.tune_trials:
         raise InputError("--tracker is for tuning; give --tune-trials N as well")
+    refuse_existing_file_parent(args.out)  # before the build, not after it
+    if args.bundle:
+        refuse_existing_file_parent(args.bundle, "--bundle")
     tune = None
     if args.tune_trials or args.tuning_db:
         tune = TuneConfig(trials=args.tune_trials, timeout_s=args.tune_timeout, db=args.tuning_db,

@@ -18,6 +18,8 @@ import sys
 from edgeopt.core.config import field_kinds
 from edgeopt.core.errors import InputError
 
+from .common import accept_debug_after, list_zoo_in_help
+
 from .common import EPILOG, INPUT_SHAPE_HELP, WEIGHTS_HELP, load_samples, refuse_existing_file_parent, say, torch_model
 
 #: Steps offered on the command line (distill needs a teacher and training data: recipes).
@@ -117,25 +119,29 @@ def add_parser(sub):
             p.add_argument("--calibration-data", default=None, metavar="task:NAME|FILE.npy",
                            help="samples that initialize the ranges (default: the task's calibration split)")
         elif kind.level == "torch":
-            p.add_argument("model", metavar="MODEL", help="zoo:NAME, module.path:factory or a .pt2 file")
+            list_zoo_in_help(p.add_argument("model", metavar="MODEL", help="zoo:NAME (%(zoo)s), "
+                                            "module.path:factory or a .pt2 file"))
             p.add_argument("--out", required=True, help="output artifact folder (ONNX + manifest)")
             p.add_argument("--input-shape", default=None, help="example input shape, e.g. 1,3,224,224")
             p.add_argument("--weights", default=None, metavar="FILE.pth", help=WEIGHTS_HELP)
-            p.add_argument("--calibration-data", default=None, metavar="task:NAME|FILE.npy",
-                           help="inputs for data-driven choices (lowrank responses, budget searches)")
+            p.add_argument("--calibration-data", default=None, metavar="task:NAME|FILE.npy|FILE.npz",
+                           help="inputs for data-driven choices (lowrank responses, budget searches): "
+                           "a task's calibration split, a .npy of samples or a task .npz (x, y)")
         else:
             p.add_argument("model", metavar="MODEL.onnx", help="fp32 ONNX file or artifact folder")
             p.add_argument("--out", required=True, help="output .onnx file, or a folder for an artifact")
             p.add_argument("--calibration-data", default=None, metavar="task:NAME|FILE.npy|FILE.npz",
                            help="calibration inputs: a built-in task's calibration split, a .npy "
-                           "array of samples (N, ...) matching the model input, or a .npz with one "
-                           "such array per model input, named as the inputs (static mode)")
+                           "array of samples (N, ...) matching the model input, a .npz with one "
+                           "such array per model input, named as the inputs (static mode), or a "
+                           "task's .npz (x, y: its calibration split)")
             p.add_argument("--eval-data", default=None, metavar="task:NAME|FILE.npy",
                            help="data a budget (max-accuracy-drop, min-agreement) is measured on: a "
                            "task's validation split (with labels), or a .npy of inputs (agreement only)")
             p.add_argument("--input-shape", action="append", default=None, metavar="[NAME=]1,3,H,W",
                            help=INPUT_SHAPE_HELP)
         add_config_options(p, kind.config, name)
+        accept_debug_after(p)  # edgeopt compress quantize ... --debug
         p.set_defaults(func=run)
     return c
 
@@ -149,7 +155,7 @@ def _config(args):
 
 def run(args) -> int:
     config = _config(args)  # bad values fail before the model is loaded
-    refuse_existing_file_parent(args.out)
+    refuse_existing_file_parent(args.out)  # and an --out that cannot be written
     if args.step == "quantize":
         return _quantize(args, config)
     if args.step == "qat":
@@ -232,7 +238,12 @@ def _torch_step(args, config) -> int:
     result = STEPS[args.step].function(module, config, x, calibration=calibration, progress=say)
     m = result.metrics
     exported = export(result, ExportConfig(), x, out=args.out)
-    if "params_before" in m:
+    if m.get("engine") == "unstructured":
+        # zeros inside the weights: the counts of params and FLOPs do not move, the sparsity does
+        print(f"{args.step}: {m['overall_sparsity'] * 100:.1f}% of the prunable weights set to zero "
+              f"(unstructured; params and FLOPs are counted dense: {m['params_after']:,}, "
+              f"{m['flops_after']:,})")
+    elif "params_before" in m:
         print(f"{args.step}: params {m['params_before']:,} -> {m['params_after']:,} "
               f"({m['params_before'] / max(m['params_after'], 1):.2f}x fewer), FLOPs {m['flops_before']:,} -> "
               f"{m['flops_after']:,} ({m['flops_before'] / max(m['flops_after'], 1):.2f}x fewer)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import EPILOG, nonneg_int, positive_int
+from .common import EPILOG, nonneg_int, positive_int, refuse_existing_file_parent
 
 
 def add_parser(sub):
@@ -22,5 +22,6 @@ def add_parser(sub):
 def run(args) -> int:
     from edgeopt.pipeline.demo import run_demo
 
+    refuse_existing_file_parent(args.out)  # before the training, not after it
     report = run_demo(out=args.out, threads=args.threads, warmup=args.warmup, repeat=args.repeat)
     return 3 if any(v.get("status") == "failed" for v in report["variants"]) else 0

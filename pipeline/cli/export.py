@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import EPILOG, WEIGHTS_HELP, refuse_existing_file_parent, torch_model
+from .common import EPILOG, WEIGHTS_HELP, list_zoo_in_help, refuse_existing_file_parent, torch_model
 
 
 def add_parser(sub):
@@ -10,9 +10,9 @@ def add_parser(sub):
                        description="Export MODEL to ONNX, run the ONNX checker and shape inference, "
                        "and compare onnxruntime with torch on the example input. The file is "
                        "written only if the relative error is within --rtol (else exit 1).")
-    e.add_argument("model", metavar="MODEL",
-                   help="zoo:NAME (digits_cnn, resnet18, mobilenetv2, tiny_vit), "
-                   "module.path:factory, or a torch.export .pt2 file")
+    list_zoo_in_help(e.add_argument("model", metavar="MODEL",
+                                    help="zoo:NAME (%(zoo)s), module.path:factory, or a torch.export "
+                                    ".pt2 file"))
     e.add_argument("--out", required=True, help="output .onnx file, or a folder for an artifact")
     e.add_argument("--input-shape", default=None,
                    help="example input shape, e.g. 1,3,32,32 (default: the model's own)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import EPILOG, positive_int, say
+from .common import EPILOG, positive_int, refuse_existing_file_parent, say
 
 
 def add_parser(sub):
@@ -23,11 +23,15 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from edgeopt.core.errors import InputError
     from edgeopt.pipeline.recipe import load_recipe
     from edgeopt.pipeline.run import run_recipe
 
+    if Path(args.recipe).is_dir():
+        raise InputError(f"recipe {args.recipe!r} is a folder; expected a recipe .yaml file")
     recipe = load_recipe(args.recipe)
     out = args.out or str(Path("build") / Path(args.recipe).stem)
+    refuse_existing_file_parent(out)
     report = run_recipe(recipe, out, nproc=args.nproc)
     failed = [v for v in report["variants"] if v.get("status") == "failed"]
     print(f"wrote {out}/report.json, report.md, pareto.png and index.html")
