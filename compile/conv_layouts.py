@@ -17,7 +17,7 @@ Example:
     >>> from edgeopt.compile.conv_layouts import convert_layouts, nhwc_convs  # doctest: +SKIP
     >>> mod, fallbacks = convert_layouts(mod, nhwc_convs(kernel="OHWI"))  # doctest: +SKIP
     >>> fallbacks  # doctest: +SKIP
-    ['relax.nn.conv2d_transpose kept NCHW/IOHW: TVM cannot lower it in NHWC']
+    ['relax.nn.conv2d_transpose kept NCHW/IOHW: TVM cannot lower it in NHWC/IOHW']
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def convert_layouts(mod, choose: Callable, target=None) -> tuple:
 
 
 def own_layouts(call) -> list[str]:
-    """The layouts ``call`` has (its data, kernel and output layouts, those it names)."""
+    """The layouts ``call`` has, as ``ConvertLayout`` takes them: its data and kernel layouts
+    (those it names; the output follows the data)."""
     return [str(getattr(call.attrs, a)) for a in LAYOUT_ATTRS if hasattr(call.attrs, a)][:2]
 
 
