@@ -1,12 +1,17 @@
 """Knowledge distillation: train a student on a teacher's softened outputs plus the labels.
 
-Loss = ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student,
-labels)`` (Hinton et al. 2015), plus optional intermediate feature matching (MSE between named
-student and teacher modules' outputs, through a learned 1x1 adapter when their widths differ).
-Seeded and deterministic, with a progress bar and early stopping on a validation split (the best
-epoch's weights are kept). ``alpha=0`` is plain fine-tuning on hard labels, the baseline that
-distillation is measured against. The student can be a compressed copy of the teacher (the
-recovery step after lowrank or pruning) or a different, smaller architecture trained from scratch.
+Classification (class labels, a ``top1`` task): loss = ``alpha * T^2 * KL(softmax(teacher/T) ||
+softmax(student/T)) + (1 - alpha) * CE(student, labels)`` (Hinton et al. 2015). Regression and
+embedding tasks (float targets; a task scored by ``mse``, ``mae`` or ``cosine``): loss = ``alpha *
+MSE(student, teacher) + (1 - alpha) * task loss(student, targets)``, the task loss being the
+task's metric as a loss (mse, mae, 1 - cosine; ``temperature`` is unused), so a pruned regression
+model is fine-tuned on what it is judged by. Optional intermediate feature matching adds the MSE
+between named student and teacher modules' outputs, through a learned 1x1 adapter when their
+widths differ. Seeded and deterministic, with a progress bar and early stopping on a validation
+split, scored by the task's metric (the best epoch's weights are kept). ``alpha=0`` is plain
+fine-tuning on hard labels, the baseline that distillation is measured against. The student can
+be a compressed copy of the teacher (the recovery step after lowrank or pruning) or a different,
+smaller architecture trained from scratch.
 
 Example:
     >>> import edgeopt.compress as ec  # doctest: +SKIP
@@ -41,12 +46,13 @@ class DistillConfig:
 
     Args:
         epochs: maximum training epochs (>= 1).
-        temperature: softmax temperature T (> 0).
+        temperature: softmax temperature T (> 0); classification only.
         alpha: weight of the distillation term, in [0, 1]; 0 = fine-tuning on labels only.
         lr: AdamW learning rate (default 1e-3), cosine-decayed over the run.
         batch_size: samples per step.
         weight_decay: AdamW weight decay.
-        patience: stop after this many epochs without a better validation top-1 (None: never).
+        patience: stop after this many epochs without a better validation score (top-1, or the
+            task's metric for regression) (None: never).
         features: (student module, teacher module) name pairs whose outputs are matched.
         feature_weight: weight of the feature-matching term.
         shift: random translation augmentation in pixels for image inputs (0: off).
@@ -103,8 +109,9 @@ def distill(student, config: DistillConfig | None = None, data: Any = None, *leg
             (``edgeopt.compress.pt2``) when its graph runs on batches; one exported with a
             fixed batch size is refused with what to do instead.
         config: ``DistillConfig``.
-        data: a task (with ``.train`` and ``.val`` splits), a split or ``(x, y)`` arrays, or an
-            iterable of ``(x, y)`` batches.
+        data: a task (with ``.train`` and ``.val`` splits; its ``metric`` picks the loss), a
+            split or ``(x, y)`` arrays, or an iterable of ``(x, y)`` batches. Integer labels
+            train with cross-entropy, float targets (regression) with mse.
         teacher: the reference model (kept frozen, eval mode); required.
         val: validation data (split or ``(x, y)``) for early stopping; default the task's.
         progress: ``True`` shows a progress bar (rank 0 only when distributed).
@@ -164,14 +171,15 @@ def _is_module(value) -> bool:
 
 
 def train_distill(student, teacher, data, config: DistillConfig, val=None, progress: bool = True,
-                  checkpoint_dir=None):
+                  checkpoint_dir=None, metric: str | None = None):
     """The training loop, in this process: single-process, or one rank of a torchrun job.
 
     Batches come from ``DistributedSampler`` (one replica when not distributed), so the sample
     order of epoch ``e`` is the same permutation whatever the process count; each rank takes
     ``batch_size / world`` samples of every global batch. Random state is re-seeded from
     ``(seed, epoch)`` at each epoch start, which makes a resumed run continue exactly.
-    Returns ``(model, record)``.
+    ``metric``: what the labels are scored by (``top1``, ``mse``, ``mae``, ``cosine``); default
+    ``data_metric(data)``. Returns ``(model, record)``.
     """
     import torch
     import torch.distributed as dist
@@ -181,10 +189,13 @@ def train_distill(student, teacher, data, config: DistillConfig, val=None, progr
 
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    metric = metric or data_metric(data)
     train_x, train_y, batches = _training_data(data)
     if val is None and hasattr(data, "val"):
         val = data.val
     val_xy = _xy(val) if val is not None else None
+    if val_xy is not None and val_xy[1] is None:
+        val_xy = None  # nothing to score a validation split without labels on
     if world > 1:
         check_split(config, len(train_x) if batches is None else None, world)
 
@@ -202,6 +213,14 @@ def train_distill(student, teacher, data, config: DistillConfig, val=None, progr
     if s_out.shape != t_out.shape:
         raise InputError(f"teacher and student outputs differ: teacher {tuple(t_out.shape)}, "
                          f"student {tuple(s_out.shape)}; distillation needs the same output shape")
+    if metric is None:  # no labels: soft targets only, class scores or values by the outputs' shape
+        metric = "top1" if t_out.ndim == 2 else "mse"
+    classify = metric == "top1"
+    hard_loss = _hard_loss(metric)
+    targets = train_y if batches is None else batches[0][1]
+    if targets is not None and not classify and targets[:1].numel() != t_out[:1].numel():
+        raise InputError(f"{metric} targets of shape {tuple(targets.shape[1:])} per sample for outputs of "
+                         f"shape {tuple(t_out.shape[1:])}; a regression target needs one value per output")
 
     feats = _FeatureTaps(model, teacher, config.features) if config.features else None
     params = list(model.parameters())
@@ -226,7 +245,7 @@ def train_distill(student, teacher, data, config: DistillConfig, val=None, progr
     if config.precompute_teacher and batches is None:
         teacher_logits = _teacher_logits(teacher, train_x, rank, world)
 
-    state = {"epoch": 0, "history": [], "best_acc": -1.0, "best_state": None, "best_epoch": 0, "stale": 0}
+    state = {"epoch": 0, "history": [], "best_acc": None, "best_state": None, "best_epoch": 0, "stale": 0}
     ckpt = Checkpoint(checkpoint_dir, config) if checkpoint_dir is not None else None
     if ckpt is not None and ckpt.exists():
         saved = ckpt.load()
@@ -258,10 +277,13 @@ def train_distill(student, teacher, data, config: DistillConfig, val=None, progr
             loss = logits.new_zeros(())
             if alpha > 0 or yb is None:
                 a = 1.0 if yb is None else alpha
-                loss = loss + a * T * T * F.kl_div(F.log_softmax(logits / T, dim=-1),
-                                                   F.softmax(tb / T, dim=-1), reduction="batchmean")
+                if classify:
+                    loss = loss + a * T * T * F.kl_div(F.log_softmax(logits / T, dim=-1),
+                                                       F.softmax(tb / T, dim=-1), reduction="batchmean")
+                else:  # regression: the teacher's outputs are the soft targets
+                    loss = loss + a * F.mse_loss(logits, tb)
             if yb is not None and alpha < 1:
-                loss = loss + (1 - alpha) * F.cross_entropy(logits, yb)
+                loss = loss + (1 - alpha) * hard_loss(logits, yb)
             if feats is not None:
                 loss = loss + config.feature_weight * feats.loss()
             opt.zero_grad(set_to_none=True)
@@ -273,10 +295,13 @@ def train_distill(student, teacher, data, config: DistillConfig, val=None, progr
         entry = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
         if val_xy is not None:
             # Every rank holds the same weights, so every rank reaches the same decision.
-            entry["val_top1"] = _top1(model, *val_xy)
-            bar.set_postfix(val=f"{entry['val_top1'] * 100:.2f}%", refresh=False)
-            if entry["val_top1"] > state["best_acc"]:
-                state.update(best_acc=entry["val_top1"], best_epoch=epoch + 1, stale=0,
+            value = _val_score(model, *val_xy, metric)
+            entry[f"val_{metric}"] = value
+            bar.set_postfix(val=f"{value * 100:.2f}%" if classify else f"{value:.4g}", refresh=False)
+            # best_acc holds the score with higher better (a lower error is a higher -error)
+            score = value if METRIC_HIGHER_IS_BETTER[metric] else -value
+            if state["best_acc"] is None or score > state["best_acc"]:
+                state.update(best_acc=score, best_epoch=epoch + 1, stale=0,
                              best_state=copy.deepcopy(model.state_dict()))
             else:
                 state["stale"] += 1
@@ -292,10 +317,14 @@ def train_distill(student, teacher, data, config: DistillConfig, val=None, progr
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     model.eval()
-    history, best_acc = state["history"], state["best_acc"]
+    history, best = state["history"], state["best_acc"]
+    if best is not None and best < 0 and classify:
+        best = None  # a checkpoint written before validation scores were optional (-1: none yet)
+    best_val = None if best is None else best if METRIC_HIGHER_IS_BETTER[metric] else -best
     record = {"name": "distill", "config": {**asdict(config), "features": [list(p) for p in config.features]},
               "metrics": {"epochs_run": len(history), "best_epoch": state["best_epoch"] or len(history),
-                          "best_val_top1": best_acc if best_acc >= 0 else None,
+                          "loss": LOSS_NAMES[metric], "val_metric": metric, "best_val": best_val,
+                          "best_val_top1": best_val if classify else None,
                           "params": count_params(model), "processes": world, "history": history}}
     return model, record
 
@@ -313,6 +342,63 @@ def check_split(config: DistillConfig, n_train: int | None, nproc: int) -> None:
                          f"use a batch size that is a multiple of nproc")
     if config.features:
         raise InputError("feature matching is single-process only; drop features or use nproc 1")
+
+
+#: Whether a higher value of a metric the labels are scored by is better.
+METRIC_HIGHER_IS_BETTER = {"top1": True, "cosine": True, "mse": False, "mae": False}
+#: The hard-label loss each metric trains with.
+LOSS_NAMES = {"top1": "cross_entropy", "mse": "mse", "mae": "mae", "cosine": "cosine"}
+
+
+def data_metric(data) -> str | None:
+    """What the labels of distillation data are scored by: a task's ``metric`` (``None`` for an
+    unlabelled ``agreement`` task), else ``top1`` for integer labels, ``mse`` for float targets,
+    ``None`` without labels."""
+    if hasattr(data, "metric") and hasattr(data, "train"):
+        if data.metric == "agreement" or getattr(data.train, "y", None) is None:
+            return None
+        if data.metric not in METRIC_HIGHER_IS_BETTER:
+            raise InputError(f"distill cannot train on a {data.metric!r} task; expected one of "
+                             f"{', '.join(METRIC_HIGHER_IS_BETTER)}")
+        return data.metric
+    if hasattr(data, "train"):
+        data = data.train
+    if hasattr(data, "x"):
+        y = getattr(data, "y", None)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
+        y = data[1]
+    else:  # batches: the first one's labels
+        try:
+            first = next(iter(data))
+        except (TypeError, StopIteration):
+            return None
+        y = first[1] if isinstance(first, (tuple, list)) and len(first) == 2 else None
+    if y is None:
+        return None
+    return "top1" if _is_integer(y) else "mse"
+
+
+def _is_integer(y) -> bool:
+    import torch
+
+    if isinstance(y, torch.Tensor):
+        return not (y.is_floating_point() or y.is_complex())
+    return np.issubdtype(np.asarray(y).dtype, np.integer)
+
+
+def _hard_loss(metric: str):
+    """The loss of outputs against labels for ``metric``: cross-entropy for class labels, the
+    task's error for regression, 1 - cosine similarity for embeddings."""
+    import torch.nn.functional as F
+
+    if metric == "top1":
+        return F.cross_entropy
+    if metric == "mse":
+        return lambda out, y: F.mse_loss(out, y.reshape(out.shape))
+    if metric == "mae":
+        return lambda out, y: F.l1_loss(out, y.reshape(out.shape))
+    return lambda out, y: (1 - F.cosine_similarity(out.reshape(len(out), -1), y.reshape(len(y), -1),
+                                                   dim=1)).mean()
 
 
 def _teacher_logits(teacher, x, rank: int, world: int):
@@ -385,12 +471,20 @@ def _xy(split):
     else:
         raise InputError(f"expected a split with .x/.y or an (x, y) pair, got {type(split).__name__}")
     x = torch.as_tensor(np.asarray(x))
-    y = torch.as_tensor(np.asarray(y)).long() if y is not None else None
+    y = _targets(y) if y is not None else None
     if len(x) == 0:
         raise InputError("distillation data is empty: expected at least one sample")
     if y is not None and len(y) != len(x):
         raise InputError(f"{len(x)} inputs but {len(y)} labels")
     return x, y
+
+
+def _targets(y):
+    """Labels as a tensor: int64 class indices, or float32 regression targets."""
+    import torch
+
+    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+    return y.long() if _is_integer(y) else y.float()
 
 
 def _training_data(data):
@@ -404,8 +498,7 @@ def _training_data(data):
         x, y = _xy(data)
         return x, y, None
     try:
-        batches = [(torch.as_tensor(np.asarray(b[0])), torch.as_tensor(np.asarray(b[1])).long())
-                   for b in data]
+        batches = [(torch.as_tensor(np.asarray(b[0])), _targets(b[1])) for b in data]
     except TypeError:
         raise InputError(f"distillation data must be a task, a split, (x, y) arrays or an iterable "
                          f"of (x, y) batches; got {type(data).__name__}") from None
@@ -441,14 +534,23 @@ def _epoch_batches(x, y, batches, sampler, epoch: int, per_rank: int, config: Di
         yield xb, (y[i] if y is not None else None), (teacher_logits[i] if teacher_logits is not None else None)
 
 
-def _top1(model, x, y) -> float:
+def _val_score(model, x, y, metric: str) -> float:
+    """The validation split's ``metric``: top-1 accuracy, mse, mae or mean cosine similarity."""
     import torch
+    import torch.nn.functional as F
 
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([model(x[s:s + 256]).argmax(-1) for s in range(0, len(x), 256)])
+        out = torch.cat([model(x[s:s + 256]) for s in range(0, len(x), 256)])
     model.train()
-    return float((pred == y).float().mean())
+    if metric == "top1":
+        return float((out.argmax(-1) == y).float().mean())
+    out, y = out.reshape(len(out), -1).double(), y.reshape(len(y), -1).double()
+    if metric == "mse":
+        return float(F.mse_loss(out, y))
+    if metric == "mae":
+        return float(F.l1_loss(out, y))
+    return float(F.cosine_similarity(out, y, dim=1).mean())
 
 
 class _FeatureTaps:

@@ -35,7 +35,7 @@ def launch(student, teacher, data, config, val, nproc: int, checkpoint_dir, prog
     """Run ``train_distill`` on ``nproc`` processes under torchrun; return ``(model, record)``."""
     import torch
 
-    from .distill import _training_data, _xy, check_split
+    from .distill import _training_data, _xy, check_split, data_metric
 
     train_x, train_y, batches = _training_data(data)
     check_split(config, len(train_x) if batches is None else None, nproc)
@@ -44,7 +44,9 @@ def launch(student, teacher, data, config, val, nproc: int, checkpoint_dir, prog
     val_xy = _xy(val) if val is not None else None
     with tempfile.TemporaryDirectory(prefix="edgeopt-distill-") as tmp:
         job = Path(tmp) / "job.pt"
+        # the metric travels with the arrays: float targets alone cannot say mae or cosine
         torch.save({"student": student, "teacher": teacher, "train": (train_x, train_y), "val": val_xy,
+                    "metric": data_metric(data),
                     "config": asdict(config), "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
                     "progress": progress, "result": str(Path(tmp) / "result.pt")}, job)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
@@ -81,7 +83,8 @@ def worker(job_path: str) -> None:
         job = torch.load(job_path, map_location="cpu", weights_only=False)  # written by launch()
         config = DistillConfig(**{**job["config"], "features": tuple(tuple(p) for p in job["config"]["features"])})
         model, record = train_distill(job["student"], job["teacher"], job["train"], config, val=job["val"],
-                                      progress=job["progress"], checkpoint_dir=job["checkpoint_dir"])
+                                      progress=job["progress"], checkpoint_dir=job["checkpoint_dir"],
+                                      metric=job.get("metric"))
         if dist.get_rank() == 0:
             torch.save({"state": model.state_dict(), "record": record}, job["result"])
         dist.barrier()

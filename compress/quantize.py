@@ -8,8 +8,9 @@ U8S8 is the combination onnxruntime runs fast (S8S8 gave no speedup at all on Re
 Dynamic mode quantizes weights ahead and activations at run time (no calibration), for
 MatMul-heavy models such as transformer encoders.
 
-Accuracy-aware fallback: with ``max_accuracy_drop`` (needs labelled ``eval_data``) or
-``min_agreement`` (inputs only), the fully quantized model is scored; if it misses the budget,
+Accuracy-aware fallback: with ``max_accuracy_drop`` (needs labelled ``eval_data``; judged on the
+task's metric: top-1 accuracy for class labels, the relative rise of mse / mae for regression
+targets) or ``min_agreement`` (inputs only), the fully quantized model is scored; if it misses the budget,
 each quantized compute node is put back in float on its own to measure its sensitivity, and the
 most sensitive nodes are kept in float, one at a time, until the budget holds. Calibration runs
 once: its ranges are cached and reused by every re-quantization.
@@ -72,10 +73,13 @@ class QuantizeConfig:
             "mean_minmax" (the mean over calibration samples of each sample's min and max, NNCF's
             per-tensor activation estimator) (static mode).
         per_channel: per-output-channel weight scales.
-        max_accuracy_drop: largest allowed top-1 drop (fraction, 0.005 = 0.5 points) against
-            the fp32 model on ``eval_data``; enables the fallback.
+        max_accuracy_drop: largest allowed drop of the task's metric against the fp32 model on
+            ``eval_data``; enables the fallback. Top-1 (class labels): a fraction, 0.005 = 0.5
+            points; mse / mae (regression targets): the relative rise of the error, 0.05 = 5%
+            above fp32's; cosine: a fall in cosine similarity.
         min_agreement: smallest allowed top-1 agreement with the fp32 model on ``eval_data``
-            inputs (for data without labels); enables the fallback.
+            inputs (for data without labels); enables the fallback. With regression or
+            embedding targets: the mean cosine similarity to the fp32 model's outputs.
         activation_type, weight_type: "uint8" or "int8".
         format: "qdq" (QuantizeLinear/DequantizeLinear pairs) or "qoperator" (QLinearConv ...).
         percentile: the percentile for "percentile" calibration.
@@ -197,8 +201,10 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
         calibration: static mode: calibration samples: an array of samples (N, ...), an iterable
             of arrays or of {input name: array} dicts, or a task split (has ``.x``).
         out: output ``.onnx`` file, or a folder for an artifact.
-        eval_data: for the fallback: ``(x, y)`` (inputs and labels) or a split with ``.x``/``.y``
-            for ``max_accuracy_drop``; inputs alone for ``min_agreement``.
+        eval_data: for the fallback: ``(x, y)`` (inputs and labels or targets), a split with
+            ``.x``/``.y`` or a task (its ``val`` split, judged on its ``metric``) for
+            ``max_accuracy_drop``; inputs alone for ``min_agreement``. Integer labels are
+            judged by top-1 accuracy, other targets by mse (a task says mae or cosine).
         progress: ``True`` or a callable: a line of text per fallback step.
         history: records to carry instead of the input's own (rarely needed).
         input_shape: concrete input shape(s) for a model with dynamic dimensions (one shape,
@@ -316,12 +322,11 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
                     last = e.steps[-1]
                     e.attempts = [*attempts, {"method": "fallback", "transforms": list(chosen),
                                               "nodes_in_float": last["nodes_in_float"],
-                                              **{k: v for k, v in last.items()
-                                                 if k in ("accuracy", "agreement", "accuracy_drop")}}]
+                                              **{k: v for k, v in last.items() if k in SCORE_KEYS}}]
                     raise
                 attempts.append({"method": "fallback", "transforms": list(chosen),
                                  "nodes_in_float": list(excluded), **{k: v for k, v in steps[-1].items()
-                                                                       if k in ("accuracy", "agreement", "accuracy_drop")}})
+                                                                       if k in SCORE_KEYS}})
         else:
             quantizer = prepare(chosen)
             candidate = quantizer(excluded)
@@ -405,6 +410,8 @@ def _node_names(pre: Path, names: Sequence[str], model: Any) -> list[str]:
 def _has_labels(data: Any) -> bool:
     if data is None:
         return False
+    if hasattr(data, "metric") and hasattr(data, "val"):  # a task: its validation split is scored
+        data = data.val
     if hasattr(data, "y"):
         return data.y is not None
     return isinstance(data, (tuple, list)) and len(data) == 2 and not hasattr(data[0], "keys")
@@ -696,14 +703,68 @@ class _Prepared:
 _TRANSFORM_SAMPLES = 32
 
 
+#: The keys of a score (``_Scorer.__call__``) that attempts and fallback steps record.
+SCORE_KEYS = ("accuracy", "agreement", "accuracy_drop", "metric", "value", "fp32_value")
+
+#: Labelled metrics the budget can be judged on (a task's ``metric``; top1 for class labels).
+BUDGET_METRICS = ("top1", "mse", "mae", "cosine")
+
+
+def eval_metric(eval_data: Any) -> str | None:
+    """The metric ``max_accuracy_drop`` is judged on for ``eval_data``: the task's ``metric``
+    when it is a task (its ``val`` split is scored), else ``top1`` for integer class labels (N,)
+    and ``mse`` for targets of any other kind (float values, images); ``None`` without labels."""
+    if hasattr(eval_data, "metric") and hasattr(eval_data, "val"):
+        metric = eval_data.metric
+        if not _has_labels(eval_data.val):
+            return None
+        if metric not in BUDGET_METRICS:
+            raise InputError(f"an accuracy budget cannot be judged on a {metric!r} task; expected "
+                             f"one of {', '.join(BUDGET_METRICS)}")
+        return metric
+    if not _has_labels(eval_data):
+        return None
+    y = np.asarray(eval_data.y if hasattr(eval_data, "y") else eval_data[1])
+    return "top1" if np.issubdtype(y.dtype, np.integer) else "mse"
+
+
+def _metric_value(outputs: np.ndarray, targets: np.ndarray, metric: str) -> float:
+    """mse / mae / mean cosine similarity of outputs (N, ...) against targets of as many values."""
+    a = outputs.reshape(len(outputs), -1).astype(np.float64)
+    if targets.size != outputs.size or len(targets) != len(outputs):
+        raise InputError(f"eval_data targets of shape {targets.shape} do not match the model's outputs "
+                         f"of shape {outputs.shape}")
+    b = targets.reshape(len(targets), -1).astype(np.float64)
+    if metric == "mse":
+        return float(np.mean((a - b) ** 2))
+    if metric == "mae":
+        return float(np.mean(np.abs(a - b)))
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = np.where((na == 0) & (nb == 0), 1.0, np.sum(a * b, axis=1) / np.maximum(na * nb, 1e-30))
+    return float(np.mean(np.clip(cos, -1.0, 1.0)))
+
+
 class _Scorer:
-    """Scores a candidate ONNX model against the fp32 model: accuracy or agreement."""
+    """Scores a candidate ONNX model against the fp32 model on the evaluation data.
+
+    Labelled data is judged by its metric (``eval_metric``). ``accuracy_drop`` is what
+    ``max_accuracy_drop`` bounds: for ``top1`` (and ``cosine``) the fall in fraction points
+    against fp32; for the errors ``mse`` and ``mae`` their *relative* rise over fp32's, so
+    ``max_accuracy_drop=0.05`` lets int8's mse be at most 5% above fp32's whatever the scale of
+    the targets (when fp32's error is 0, the error itself). Non-top-1 scores also carry
+    ``metric``, ``value`` and ``fp32_value``. ``agreement`` is top-1 agreement with fp32 for class
+    labels and for data without labels, and for regression / embedding targets the mean cosine
+    similarity of each output to fp32's (what ``min_agreement`` bounds there).
+    """
 
     def __init__(self, fp32: Path, eval_data: Any, config: QuantizeConfig):
         from edgeopt.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
         from .fidelity import runner_outputs
 
+        self.metric = eval_metric(eval_data)
+        if hasattr(eval_data, "metric") and hasattr(eval_data, "val"):
+            eval_data = eval_data.val
         if hasattr(eval_data, "x"):
             x, y = eval_data.x, getattr(eval_data, "y", None)
         elif isinstance(eval_data, tuple) and len(eval_data) == 2:
@@ -714,19 +775,43 @@ class _Scorer:
             raise InputError("eval_data is empty: expected at least one sample")
         if config.max_accuracy_drop is not None and y is None:
             raise InputError("max_accuracy_drop needs labelled eval_data: (inputs, labels)")
-        self.x, self.y, self.config = x, y, config
+        self.x, self.config = x, config
+        self.y = None if y is None else np.asarray(y)
         self._outputs = runner_outputs
-        self.ref = _top1(runner_outputs(OnnxRuntimeRunner(fp32), x))
-        self.fp32_accuracy = float(np.mean(self.ref == y)) if y is not None else None
+        self.ref = runner_outputs(OnnxRuntimeRunner(fp32), x)
+        # without labels nothing says the outputs are not class scores: top-1 agreement, as ever
+        self.top1 = self.metric in (None, "top1")
+        self.fp32_value = self._value(self.ref)
+
+    def _value(self, outputs: np.ndarray) -> float | None:
+        if self.y is None:
+            return None
+        if self.metric == "top1":
+            pred = _top1(outputs)
+            if self.y.size != len(pred):
+                raise InputError(f"eval_data has labels of shape {self.y.shape} for {len(pred)} samples; "
+                                 "expected one class index per sample")
+            return float(np.mean(pred == self.y.reshape(len(pred))))
+        return _metric_value(outputs, self.y, self.metric)
 
     def __call__(self, path: Path) -> dict:
         from edgeopt.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
-        pred = _top1(self._outputs(OnnxRuntimeRunner(path), self.x))
-        out = {"agreement": float(np.mean(pred == self.ref))}
-        if self.y is not None:
-            out["accuracy"] = float(np.mean(pred == self.y))
-            out["accuracy_drop"] = self.fp32_accuracy - out["accuracy"]
+        outputs = self._outputs(OnnxRuntimeRunner(path), self.x)
+        if self.top1:
+            out = {"agreement": float(np.mean(_top1(outputs) == _top1(self.ref)))}
+        else:
+            out = {"agreement": _metric_value(outputs, self.ref, "cosine")}
+        if self.y is None:
+            return out
+        value, fp32 = self._value(outputs), self.fp32_value
+        if self.metric == "top1":
+            out["accuracy"] = value
+            out["accuracy_drop"] = fp32 - value
+        else:
+            higher = self.metric == "cosine"
+            drop = fp32 - value if higher else (value - fp32) / fp32 if fp32 > 0 else value
+            out.update(metric=self.metric, value=value, fp32_value=fp32, accuracy_drop=drop)
         return out
 
     def meets(self, s: dict) -> bool:
@@ -738,7 +823,8 @@ class _Scorer:
         return True
 
     def objective(self, s: dict) -> float:
-        return s["accuracy"] if self.config.max_accuracy_drop is not None else s["agreement"]
+        """Higher is better: minus the drop (top-1: accuracy less a constant), else agreement."""
+        return -s["accuracy_drop"] if self.config.max_accuracy_drop is not None else s["agreement"]
 
 
 def _top1(logits: np.ndarray) -> np.ndarray:
@@ -786,6 +872,11 @@ class BudgetMissed(InputError):
 
 
 def _describe(s: dict) -> str:
+    if "metric" in s:  # regression / embedding outputs: the metric, and cosine to fp32
+        m = s["metric"]
+        change = (f"drop {s['accuracy_drop']:.4g}" if m == "cosine"
+                  else f"{s['accuracy_drop'] * 100:+.2f}% against fp32's {s['fp32_value']:.4g}")
+        return f"{m} {s['value']:.4g} ({change}), cosine to fp32 {s['agreement']:.4f}"
     parts = [f"agreement {s['agreement'] * 100:.2f}%"]
     if "accuracy" in s:
         parts.insert(0, f"accuracy {s['accuracy'] * 100:.2f}% (drop {s['accuracy_drop'] * 100:.2f} points)")

@@ -113,15 +113,22 @@ def reference_outputs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray
 
 
 def scores(task, outputs: np.ndarray, reference: np.ndarray) -> dict:
-    """``accuracy`` (top-1 tasks), ``metric_value`` (other labelled metrics) and ``agreement``.
+    """``accuracy`` (top-1 tasks), ``metric_value`` (other labelled metrics), ``agreement`` and
+    ``task_metric``.
 
     Agreement with the fp32 model is top-1 agreement for classifiers (2-D outputs or a top-1
     task) and, for regression and embedding outputs, the mean cosine similarity of each output
-    to fp32's: both are 1.0 for a variant that changes nothing, and higher is better.
+    to fp32's: both are 1.0 for a variant that changes nothing, and higher is better
+    (``agreement_kind`` says which: ``"top1"`` or ``"cosine"``).
+
+    ``task_metric`` is what a row is judged by, whatever the task: ``{"name", "value",
+    "higher_is_better"}`` (top-1 accuracy for top-1 tasks, the error for ``mse`` / ``mae``, the
+    similarity for ``cosine``, agreement with fp32 for unlabelled tasks).
     """
-    from .tasks import _compare
+    from .tasks import compare_outputs
 
     out: dict = {"accuracy": None}
+    value = None
     if task.labelled:
         value = task.score(outputs)
         if task.metric == "top1":
@@ -133,9 +140,15 @@ def scores(task, outputs: np.ndarray, reference: np.ndarray) -> dict:
         labels = outputs.argmax(axis=1)
         out["agreement"] = float(np.mean(labels == reference.argmax(axis=1)))
         out["predictions_sha256"] = predictions_digest(labels)
+        out["agreement_kind"] = "top1"
     else:
-        out["agreement"] = _compare(outputs, reference, "cosine")
+        out["agreement"] = compare_outputs(outputs, reference, "cosine")
         out["predictions_sha256"] = hashlib.sha256(np.round(outputs.astype(np.float64), 4).tobytes()).hexdigest()[:16]
+        out["agreement_kind"] = "cosine"
+    if task.labelled:
+        out["task_metric"] = {"name": task.metric, "value": value, "higher_is_better": task.higher_is_better}
+    else:  # no labels: fp32 agreement is the only quality there is
+        out["task_metric"] = {"name": "agreement", "value": out["agreement"], "higher_is_better": True}
     return out
 
 

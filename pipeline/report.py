@@ -22,8 +22,15 @@ An entry is either *ok* (``"status"`` absent or ``"ok"``)::
 
     {"name", "runtime", "target", "steps": [{step: params}, ...],
      "latency_ms": {"median", "p90", "min", "n"}, "size_bytes", "params", "flops",
-     "accuracy" (null without labels), "agreement" (top-1 agreement with fp32),
+     "accuracy" (null without labels and for tasks not scored by top-1),
+     "agreement" (top-1 agreement with fp32; for outputs that are not class scores, the mean
+                  cosine similarity of each output to fp32's),
+     "agreement_kind" (optional: "top1" or "cosine", which of the two "agreement" is),
      "metric_value" (optional: the task metric, when it is not top-1 accuracy),
+     "task_metric" (optional: what the row is judged by, whatever the task:
+                    {"name": "mse", "value": 0.0093, "higher_is_better": false}; top-1
+                    accuracy for top1 tasks, the metric for mse / mae / cosine tasks, agreement
+                    for unlabelled ones. The Pareto front, the table and the plot use it),
      "history" (optional: the artifact's step records, each {"name", "config", "metrics"}),
      # optional, classifiers with the recipe's `evaluate` on (edgeopt.pipeline.evaluate):
      "per_class": [{"class", "name", "n", "accuracy", "fp32_accuracy", "change"}, ...],
@@ -136,8 +143,9 @@ def choose_reference(variants: list[dict], preferred: str = DEFAULT_REFERENCE) -
 
 
 def pareto_flags(points: Sequence[tuple[float, float | None]]) -> list[bool]:
-    """For (latency, accuracy) points, whether each is on the front (lower latency, higher
-    accuracy). Points without accuracy compare on latency alone."""
+    """For (latency, quality) points, whether each is on the front (lower latency, higher
+    quality; a lower-is-better metric is passed negated). Points without quality compare on
+    latency alone."""
     flags = []
     for i, (lat, acc) in enumerate(points):
         a = acc if acc is not None else 0.0
@@ -153,9 +161,57 @@ def pareto_flags(points: Sequence[tuple[float, float | None]]) -> list[bool]:
     return flags
 
 
-def quality(v: dict) -> float | None:
-    """The accuracy axis of the trade-off: top-1 accuracy, or agreement when there are no labels."""
+# The metrics shown as percentages (fractions of samples); any other metric is shown as it is.
+PERCENT_METRICS = ("top1", "agreement")
+
+
+def judged_by(report: dict) -> tuple[str, bool]:
+    """The metric the rows of ``report`` are judged by and whether higher is better.
+
+    The rows' own ``task_metric``; for reports written before it, the task's metric when the
+    rows carry ``metric_value``, else top-1 accuracy when they carry one, else agreement.
+    """
+    ok = [v for v in report.get("variants") or [] if status(v) == OK]
+    for v in ok:
+        tm = v.get("task_metric")
+        if isinstance(tm, dict) and tm.get("name") and tm.get("higher_is_better") is not None:
+            return str(tm["name"]), bool(tm["higher_is_better"])
+    task = report.get("task") or {}
+    if task.get("metric") not in (None, *PERCENT_METRICS) and any(v.get("metric_value") is not None for v in ok):
+        from .tasks import METRICS
+
+        higher = task.get("higher_is_better")
+        return task["metric"], bool(METRICS.get(task["metric"], True) if higher is None else higher)
+    if any(v.get("accuracy") is not None for v in ok):
+        return "top1", True
+    return "agreement", True
+
+
+def quality(v: dict, metric: str = "top1") -> float | None:
+    """The quality axis of the trade-off for a row judged by ``metric`` (``judged_by``): its
+    task metric's value (top-1 accuracy, mse, ...), or agreement with fp32 when it has none."""
+    if metric not in PERCENT_METRICS:
+        tm = v.get("task_metric")
+        if isinstance(tm, dict) and tm.get("name") == metric and tm.get("value") is not None:
+            return tm["value"]
+        return v.get("metric_value")
     return v.get("accuracy") if v.get("accuracy") is not None else v.get("agreement")
+
+
+def metric_label(metric: str, higher: bool) -> str:
+    """How views name a metric: ``accuracy`` for top-1 (and for unlabelled reports, whose
+    accuracy is empty), else the metric with its direction, e.g. ``mse (lower is better)``."""
+    if metric in PERCENT_METRICS:
+        return "accuracy"
+    return f"{metric} ({'higher' if higher else 'lower'} is better)"
+
+
+def format_metric(value: float | None, metric: str) -> str:
+    """A metric value as the views show it: a percentage for top-1 and agreement, else 4
+    significant digits."""
+    if value is None:
+        return "-"
+    return f"{value * 100:.2f}%" if metric in PERCENT_METRICS else f"{value:.4g}"
 
 
 def _check_meta(meta) -> dict:
@@ -201,7 +257,14 @@ def make_report(variants: list[dict], machine: dict, task: dict | None, referenc
         ref = ok[names.index(reference)]["latency_ms"]["median"]
         for v in ok:
             v["latency_ratio"] = v["latency_ms"]["median"] / ref
-        for v, flag in zip(ok, pareto_flags([(v["latency_ms"]["median"], quality(v)) for v in ok])):
+        # the front is on the task's metric in its direction (lower mse is better)
+        metric, higher = judged_by({"task": task, "variants": ok})
+        sign = 1.0 if higher else -1.0
+        points = []
+        for v in ok:
+            q = quality(v, metric)
+            points.append((v["latency_ms"]["median"], None if q is None else sign * q))
+        for v, flag in zip(ok, pareto_flags(points)):
             v["pareto"] = flag
         worst = [v for v in ok if v.get("worst_class_accuracy") is not None]
         if worst:  # the same front, with each variant's weakest class as its accuracy
@@ -223,24 +286,40 @@ def _has_resumed(report: dict) -> bool:
     return any(v.get("resumed") for v in ok_variants(report))
 
 
+def front_name(report: dict) -> str:
+    """What the Pareto front trades: ``latency/accuracy`` or, e.g., ``latency/mse (lower is better)``."""
+    return "latency/" + metric_label(*judged_by(report))
+
+
+def _agreement_label(report: dict) -> str:
+    """``agreement`` (top-1, with fp32) or ``cosine to fp32`` when the rows' agreement is the
+    cosine similarity of their outputs to fp32's (regression and embedding tasks)."""
+    kinds = {v.get("agreement_kind") for v in ok_variants(report) if v.get("agreement") is not None}
+    return "cosine to fp32" if kinds == {"cosine"} else "agreement"
+
+
 def _columns(report: dict) -> tuple:
-    return COLUMNS + ((TIMED,) if _has_resumed(report) else ())
+    metric, higher = judged_by(report)
+    cols = tuple(metric_label(metric, higher) if c == "accuracy" else
+                 _agreement_label(report) if c == "agreement" else c for c in COLUMNS)
+    return cols + ((TIMED,) if _has_resumed(report) else ())
 
 
 def _num(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def _row(v: dict, resumed_column: bool = False) -> list[str]:
-    acc = v.get("accuracy")
+def _row(v: dict, resumed_column: bool = False, metric: str = "top1") -> list[str]:
+    acc = v.get("accuracy") if metric in PERCENT_METRICS else quality(v, metric)
     agr = v.get("agreement")
     flops = v.get("flops")
     ratio = v.get("latency_ratio")
     row = [v["name"], v["runtime"], v.get("target") or "-", _size(v.get("size_bytes")),
            _num(v.get("params"), ","), "-" if flops is None else f"{flops / 1e6:.1f}",
            f"{v['latency_ms']['median']:.3f}", _num(v["latency_ms"].get("p90"), ".3f"),
-           "-" if ratio is None else f"{ratio:.2f}x", "-" if acc is None else f"{acc * 100:.2f}%",
-           "-" if agr is None else f"{agr * 100:.2f}%", "*" if v.get("pareto") else ""]
+           "-" if ratio is None else f"{ratio:.2f}x", format_metric(acc, metric),
+           "-" if agr is None else f"{agr:.4f}" if v.get("agreement_kind") == "cosine" else f"{agr * 100:.2f}%",
+           "*" if v.get("pareto") else ""]
     if resumed_column:
         row.append("earlier run" if v.get("resumed") else "this run")
     return row
@@ -263,7 +342,8 @@ def sorted_variants(report: dict) -> list[dict]:
 
 def _rows(report: dict) -> tuple[tuple, list[list[str]]]:
     cols = _columns(report)
-    return cols, [_row(v, TIMED in cols) for v in sorted_variants(report)]
+    metric = judged_by(report)[0]
+    return cols, [_row(v, TIMED in cols, metric) for v in sorted_variants(report)]
 
 
 def _failed_line(v: dict) -> str:
@@ -329,7 +409,10 @@ def summary(report: dict) -> list[tuple[str, str]]:
              ("created", str(meta.get("created", "-"))), ("machine", _machine_line(m)),
              ("versions", _versions_line(m))]
     if task:
-        items.append(("task", f"{task.get('name')} (metric: {task.get('metric')})"))
+        metric = task.get("metric")
+        if task.get("higher_is_better") is not None and metric not in PERCENT_METRICS:
+            metric = metric_label(str(metric), bool(task["higher_is_better"]))
+        items.append(("task", f"{task.get('name')} (metric: {metric})"))
     items.append(("timings", timing_note(report)))
     for k, v in meta.items():
         if k not in ("model", "recipe", "created"):
@@ -407,6 +490,8 @@ def describe_record(rec: dict) -> str:
             parts.append(f"{m['epochs_run']} epochs (best {m.get('best_epoch')})")
         if m.get("best_val_top1") is not None:
             parts.append(f"best val top-1 {m['best_val_top1'] * 100:.2f}%")
+        elif m.get("best_val") is not None:  # a regression or embedding task: its own metric
+            parts.append(f"best val {m.get('val_metric')} {m['best_val']:.4g}")
         if m.get("params") is not None:
             parts.append(f"params {_count(m['params'])}")
     elif name == "quantize":
@@ -490,7 +575,7 @@ def markdown(report: dict) -> str:
     cols, rows = _rows(report)
     table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     table += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
-    lines = head + ["", *table, "", "`*` marks the latency/accuracy Pareto front."]
+    lines = head + ["", *table, "", f"`*` marks the {front_name(report)} Pareto front."]
     failed = failed_variants(report)
     if failed:
         lines += ["", "## Failed variants", "", "Not measured; left out of the table, the plot and "
@@ -578,10 +663,16 @@ def pareto_figure(report: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = [v for v in sorted_variants(report) if quality(v) is not None]
-    unplotted = [v for v in sorted_variants(report) if quality(v) is None]
-    metric = "top-1 accuracy (%)" if any(v.get("accuracy") is not None for v in variants) \
-        else "top-1 agreement with fp32 (%)"
+    judged, higher = judged_by(report)
+    variants = [v for v in sorted_variants(report) if quality(v, judged) is not None]
+    unplotted = [v for v in sorted_variants(report) if quality(v, judged) is None]
+    percent = judged in PERCENT_METRICS
+    if not percent:
+        metric = metric_label(judged, higher)
+    elif any(v.get("accuracy") is not None for v in variants):
+        metric = "top-1 accuracy (%)"
+    else:
+        metric = "top-1 agreement with fp32 (%)"
     failed = failed_variants(report)
     worst = any("pareto_worst_class" in v for v in variants)
     key_lines = ["    (* = Pareto front" + ("; w = front on worst-class accuracy)" if worst else ")")]
@@ -591,10 +682,12 @@ def pareto_figure(report: dict):
         lowest = (f"  worst class {v['worst_class_accuracy'] * 100:6.2f}%"
                   if v.get("worst_class_accuracy") is not None else "")
         key_lines.append(f"{number:>3} {marks} {_label(v):<{width}}"
-                         f"  {v['latency_ms']['median']:>8.4g} ms  {quality(v) * 100:6.2f}%{lowest}")
+                         f"  {v['latency_ms']['median']:>8.4g} ms  "
+                         + (f"{quality(v, judged) * 100:6.2f}%" if percent
+                            else f"{judged} {format_metric(quality(v, judged), judged)}") + lowest)
     if unplotted or failed:
         key_lines.append("")
-        key_lines += [f" not plotted: {_label(v)} (no accuracy)" for v in unplotted]
+        key_lines += [f" not plotted: {_label(v)} (no {'accuracy' if percent else judged})" for v in unplotted]
         key_lines += [f" not plotted: {_label(v)} (failed)" for v in failed]
     key_font = 7.5
     height = max(5.5, 1.2 + len(key_lines) * key_font * 1.3 / 72)
@@ -614,16 +707,23 @@ def pareto_figure(report: dict):
         return fig
 
     xs = [v["latency_ms"]["median"] for v in variants]
-    ys = [quality(v) * 100 for v in variants]
+    ys = [quality(v, judged) * (100 if percent else 1) for v in variants]
     lo, hi = min(xs), max(xs)
     span = max(math.log10(hi / lo), 0.2)
     ax.set_xlim(lo / 10 ** (span * 0.15), hi * 10 ** (span * 0.15))
-    pad = max(0.5, (max(ys) - min(ys)) * 0.15)
+    # percentages: at least half a point around the points; other metrics: 15% of their range
+    # (or of their size, when every row has the same value)
+    floor = 0.5 if percent else 0.05 * max(abs(y) for y in ys) or 1e-6
+    pad = max(floor, (max(ys) - min(ys)) * 0.15)
     ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    if not higher:  # better is up on every plot: lower-is-better metrics grow downwards
+        ax.invert_yaxis()
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     plain = FuncFormatter(lambda x, _: f"{x:g}")
     ax.xaxis.set_major_formatter(plain)
+    if not percent:
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:.4g}"))
     ax.xaxis.set_minor_formatter(plain if span < 1.2 else NullFormatter())
     sizes = [v.get("size_bytes") or 1 for v in variants]
     biggest = max(sizes)
@@ -747,7 +847,7 @@ nav a{{margin-right:1em}}</style></head>
 <nav>{' '.join(nav)}</nav>
 <table class="facts">{facts}</table>
 <h2 id="variants">Variants</h2>
-<p>Sorted by median latency; * marks the latency/accuracy Pareto front.</p>
+<p>Sorted by median latency; * marks the {e(front_name(report))} Pareto front.</p>
 <table><tr>{head}</tr>{body}</table>
 <h2 id="plot">Trade-off</h2>
 <p><img src="data:image/png;base64,{img}" alt="latency against accuracy, one numbered point per variant" style="max-width:100%"></p>

@@ -107,10 +107,6 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
             if getattr(step.config, "max_accuracy_drop", None) is not None and not task.labelled:
                 raise InputError(f"{recipe.source}: variant {variant!r}: max_accuracy_drop needs labels and "
                                  f"task {recipe.task!r} has none; use min_agreement")
-            if step.name == "distill" and task.metric not in ("top1", "agreement"):
-                raise InputError(f"{recipe.source}: variant {variant!r}: distill matches softened class "
-                                 f"scores and task {recipe.task!r} is scored by {task.metric}; it needs a "
-                                 "classification task (top1)")
     if not onnx_model:  # a list or dict output would fail in training, after out/ was made
         from .output_check import TRAINING_STEPS, require_tensor_output
 

@@ -91,7 +91,8 @@ def _quantize_data(config, data: StepData) -> dict:
     task = data.task
     eval_data = None
     if config.has_budget:
-        eval_data = task.val if task.labelled else task.val.x
+        # a labelled task itself: the budget is judged on its validation split and its metric
+        eval_data = task if task.labelled else task.val.x
     return {"calibration": task.calib, "eval_data": eval_data, "progress": data.progress}
 
 

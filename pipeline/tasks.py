@@ -119,7 +119,7 @@ class Task:
             return float(np.mean(pred == y))
         if len(pred) != len(y) or pred.size != y.size:
             raise InputError(f"outputs of shape {pred.shape} for targets of shape {y.shape}")
-        return _compare(pred.reshape(y.shape), y, self.metric)
+        return compare_outputs(pred.reshape(y.shape), y, self.metric)
 
     def agreement(self, outputs: np.ndarray, reference: np.ndarray) -> float:
         """How close a variant's outputs are to the reference (fp32) model's on the same inputs.
@@ -135,10 +135,12 @@ class Task:
             if a.ndim == 2:
                 a, b = a.argmax(axis=1), b.argmax(axis=1)
             return float(np.mean(a == b))
-        return _compare(a, b, self.metric)
+        return compare_outputs(a, b, self.metric)
 
 
-def _compare(a: np.ndarray, b: np.ndarray, metric: str) -> float:
+def compare_outputs(a: np.ndarray, b: np.ndarray, metric: str) -> float:
+    """``mse`` / ``mae`` (mean error) or ``cosine`` (mean cosine similarity, per sample) of two
+    batches of outputs of the same shape, each sample flattened."""
     a = a.reshape(len(a), -1).astype(np.float64)
     b = b.reshape(len(b), -1).astype(np.float64)
     if metric == "mse":

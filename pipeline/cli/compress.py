@@ -175,7 +175,13 @@ def _quantize(args, config) -> int:
         raise InputError("static quantization needs --calibration-data (task:NAME, FILE.npy or FILE.npz); "
                          "or use --mode dynamic")
     calibration = load_samples(args.calibration_data, "calib", inputs_by_name=True)
-    eval_data = load_samples(args.eval_data, "val")
+    if args.eval_data and args.eval_data.startswith("task:"):
+        from edgeopt.pipeline.tasks import load_task
+
+        # the task itself: the budget is judged on its validation split with the task's metric
+        eval_data = load_task(args.eval_data[5:])
+    else:
+        eval_data = load_samples(args.eval_data, "val")
     result = STEPS["quantize"].function(args.model, config, calibration, out=args.out, eval_data=eval_data,
                                          progress=say, input_shape=args.input_shape)
     m = result.metrics
@@ -183,6 +189,10 @@ def _quantize(args, config) -> int:
           f"({m['size_ratio']:.2f}x), {m['summary']}")
     for a in m.get("attempts", []):
         how = "+".join(a["transforms"]) or "plain"
+        if "metric" in a:  # a regression or embedding task: its metric, and cosine to fp32
+            print(f"  tried {a['method']} ({how}): {a['metric']} {a['value']:.4g} (fp32 {a['fp32_value']:.4g}), "
+                  f"cosine to fp32 {a['agreement']:.4f}")
+            continue
         acc = f"accuracy {a['accuracy'] * 100:.2f}%, " if "accuracy" in a else ""
         print(f"  tried {a['method']} ({how}): {acc}agreement {a['agreement'] * 100:.2f}%")
     if m.get("transforms"):
