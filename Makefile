@@ -10,7 +10,7 @@ OUT    ?= build/demo
 
 setup: $(STAMP)
 
-$(STAMP): requirements/base.txt requirements/pretrained.txt pyproject.toml
+$(STAMP): requirements/base.txt requirements/pretrained.txt requirements/executorch.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: a looser requirement would download the CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
@@ -21,6 +21,10 @@ $(STAMP): requirements/base.txt requirements/pretrained.txt pyproject.toml
 	# without it, recipes naming runtime openvino exit 2 and its tests skip.
 	$(PY) -m pip install --quiet -c requirements/base.txt "openvino==2026.4.1" || \
 	  echo "warning: no openvino wheel for this platform; runtime openvino is unavailable"
+	# The optional ExecuTorch runtime (the [executorch] extra), the packages its export and runtime
+	# import, without the rest of its metadata's dependencies.
+	$(PY) -m pip install --quiet --no-deps -r requirements/executorch.txt || \
+	  echo "warning: no executorch wheel for this platform; runtime executorch is unavailable"
 	touch $(STAMP)
 
 demo: $(STAMP) data onednn

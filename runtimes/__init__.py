@@ -25,8 +25,9 @@ from .fingerprint import machine_fingerprint
 from .timing import TimingStats, measure
 
 #: Runtime names accepted by ``load`` and the CLI, and the artifact format each one runs.
-RUNTIMES = {"torch": "torch", "onnxruntime": "onnx", "openvino": "onnx", "tvm": "tvm", "native": "tvm"}
-DEFAULT_RUNTIME = {"torch": "torch", "onnx": "onnxruntime", "tvm": "tvm"}
+RUNTIMES = {"torch": "torch", "onnxruntime": "onnx", "openvino": "onnx", "executorch": "pte", "tvm": "tvm",
+            "native": "tvm"}
+DEFAULT_RUNTIME = {"torch": "torch", "onnx": "onnxruntime", "pte": "executorch", "tvm": "tvm"}
 
 
 def check_runtime(name: str) -> str:
@@ -43,7 +44,7 @@ def load(artifact: str | os.PathLike | Artifact, runtime: str | None = None,
     Args:
         artifact: an artifact folder written by edgeopt, a bare ``.onnx`` file, or a ``.pt2``.
         runtime: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` (ONNX on OpenVINO's CPU plugin; the
-            ``openvino`` extra), ``"tvm"`` (Python TVM VM) or ``"native"`` (the C++ runner
+            ``openvino`` extra), ``"executorch"`` (a ``.pte`` program; the ``executorch`` extra), ``"tvm"`` (Python TVM VM) or ``"native"`` (the C++ runner
             ``edgeopt-run``); default: the one that runs the artifact's format.
         threads: worker threads for the backend.
         options: backend options (``spin``/``optimization`` for onnxruntime, ``precision`` for
@@ -59,9 +60,9 @@ def load(artifact: str | os.PathLike | Artifact, runtime: str | None = None,
         if path.is_dir():
             artifact = load_artifact(path)
         else:
-            fmt = {".onnx": "onnx", ".pt2": "torch"}.get(path.suffix)
+            fmt = {".onnx": "onnx", ".pt2": "torch", ".pte": "pte"}.get(path.suffix)
             if fmt is None:
-                raise InputError(f"{str(path)!r}: expected an artifact folder, a .onnx or a .pt2 file")
+                raise InputError(f"{str(path)!r}: expected an artifact folder, a .onnx, .pt2 or .pte file")
             return _open(fmt, runtime or DEFAULT_RUNTIME[fmt], path, None, threads, options)
     fmt = artifact.format
     return _open(fmt, runtime or DEFAULT_RUNTIME[fmt], artifact.model_file, artifact, threads, options)
@@ -78,6 +79,10 @@ def _open(fmt: str, runtime: str, path: Path, artifact: Artifact | None, threads
     if runtime == "openvino":
         from .openvino_runner import OpenVinoRunner
         return OpenVinoRunner(path, threads=threads, **options)
+    if runtime == "executorch":
+        from .executorch_runner import ExecuTorchRunner
+        io = (artifact.inputs, artifact.outputs) if artifact is not None else (None, None)
+        return ExecuTorchRunner(path, *io, threads=threads, **options)
     if runtime == "torch":
         from .torch_runner import TorchRunner
         return TorchRunner(path, threads=threads, **options)

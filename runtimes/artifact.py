@@ -36,7 +36,7 @@ from edgeopt.core.tensors import TensorSpec
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
-FORMATS = ("torch", "onnx", "tvm")
+FORMATS = ("torch", "onnx", "tvm", "pte")  # pte: an ExecuTorch program
 
 
 @dataclass
