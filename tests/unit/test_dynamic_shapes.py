@@ -201,3 +201,16 @@ def test_a_study_of_a_dynamic_model_on_onnxruntime_and_tvm(dynamic, tmp_path):
     variants = json.loads((tmp_path / "out" / "report.json").read_text())["variants"]
     assert len(variants) == 4 and all(v.get("status") != "failed" for v in variants)
     assert all(v["flops"] >= 2 * 8 * 3 * 9 * 16 * 24 for v in variants)
+
+
+def test_a_recipe_takes_one_shape_per_onnx_input_by_name(dynamic):
+    from edgeopt.pipeline.recipe import parse_recipe
+
+    body = "task: random\nvariants: {fp32: []}\ntargets: [{runtime: onnxruntime}]\n"
+    recipe = parse_recipe(f"model: {dynamic}\ninput_shape: {{x: [1, 3, 48, 320]}}\n" + body)
+    assert recipe.input_shape == {"x": (1, 3, 48, 320)}
+    assert parse_recipe(f"model: {dynamic}\ninput_shape: [1, 3, 48, 320]\n" + body).input_shape == (1, 3, 48, 320)
+    with pytest.raises(InputError, match="line 2: 'input_shape' by input name is for ONNX models"):
+        parse_recipe("model: zoo:digits_cnn\ninput_shape: {x: [1, 1, 32, 32]}\n" + body)
+    with pytest.raises(InputError, match=r"line 2: 'input_shape.x' must be positive"):
+        parse_recipe(f"model: {dynamic}\ninput_shape: {{x: [1, 0, 48, 320]}}\n" + body)
