@@ -454,7 +454,7 @@ def test_a_failure_asked_again_is_answered_from_the_first_one(tmp_path, monkeypa
     failure in one line, recorded as failed with ``repeat_of``, and counts toward the trials."""
     from edgeopt.pipeline import search as search_module
 
-    monkeypatch.setattr(search_module, "steered_sampler", lambda base, blocked, seed: base)
+    monkeypatch.setattr(search_module, "steered_sampler", lambda base, blocked, seed: base, raising=False)
     (tmp_path / "r.yaml").write_text(ONE_BAD_BUDGET)
     lines = []
     result = search_module.search(tmp_path / "r.yaml", tmp_path / "out", trials=6, budget_minutes=3, seed=3,
