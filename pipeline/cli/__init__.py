@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     # module.path:factory specs (models, tasks) import from the current folder, as `python -m` does
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # (building it imports the commands: seconds)
+    except KeyboardInterrupt:
+        print("edgeopt: interrupted", file=sys.stderr)
+        return 130
     try:
         return args.func(args)
     except INPUT_ERRORS as e:

@@ -299,3 +299,14 @@ def test_ctrl_c_during_tuning_exits_130_cleanly(tmp_path, to):
     assert not left, [w.cmdline() for w in left]
     assert not (tmp_path / "art").exists()
     assert any("extracting the model's kernels" in ln for ln in seen), seen  # what it does is said
+
+
+def test_ctrl_c_while_the_command_line_is_read_exits_130(monkeypatch, capsys):
+    import edgeopt.pipeline.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    code, lines, _ = run_cli(["--version"], capsys)
+    assert code == 130 and lines == ["edgeopt: interrupted"]
