@@ -46,6 +46,8 @@ from edgeopt.runtimes.artifact import Artifact, write_artifact
 from edgeopt.runtimes.base import check_array
 from edgeopt.core.errors import InputError
 
+from .output_guard import guard
+
 MODES = ("static", "dynamic")
 CALIBRATIONS = ("minmax", "entropy", "percentile", "mean_minmax")
 TYPES = ("uint8", "int8")
@@ -103,6 +105,10 @@ class QuantizeConfig:
             attempt that meets the budget.
         max_float_nodes: the fallback keeps at most this many compute nodes in float (each one
             gives back int8 speed); past it the budget counts as missed (then ``qat`` is next).
+        guard_outputs: measure every output (and each Concat slice of one) against the float
+            model on the calibration samples, keep mixed-range Concats in float and keep in
+            float what feeds an output whose int8 error exceeds its own variation
+            (``output_guard``); off gives onnxruntime's plain result, to compare with.
         debug_layers: run the per-layer debugger (static QDQ) and name this many costliest
             layers (ranked by the share of the output error each removes when kept in float)
             in the record, on the command line and in the report; 0 turns it off.
@@ -126,6 +132,7 @@ class QuantizeConfig:
     smooth_quant_alpha: float = 0.5
     try_transforms: bool = True
     max_float_nodes: int | None = None
+    guard_outputs: bool = True
     debug_layers: int = 5
 
     def __post_init__(self):
@@ -330,6 +337,11 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
         else:
             quantizer = prepare(chosen)
             candidate = quantizer(excluded)
+        guarded: dict = {}
+        if config.mode == "static" and config.guard_outputs:
+            # every output (and Concat slice of one) measured against float; mixed-range
+            # Concats and what feeds a collapsed output kept in float (output_guard)
+            candidate, excluded, guarded = guard(quantizer.pre, feeds, quantizer, excluded, say)
         debug = {}
         if (config.debug_layers and config.mode == "static" and config.format == "qdq"
                 and _quantized_compute_nodes(candidate)):
@@ -362,6 +374,7 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
                 "transforms": list(chosen),
                 "transform_details": prepare.details.get(tuple(chosen), {}),
                 "attempts": attempts,
+                **guarded,
                 **debug,
             },
         }

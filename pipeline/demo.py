@@ -88,6 +88,19 @@ def demo_recipe(data_dir: str | os.PathLike | None = None) -> tuple[str, str | N
     return DEMO_RECIPE, None
 
 
+def with_installed_peers(recipe):
+    """The built-in study measures OpenVINO too where its package is installed (the optional
+    ``openvino`` extra): the question the report answers is which runtime to ship."""
+    import importlib.util
+
+    from .recipe import Target
+
+    if importlib.util.find_spec("openvino") is None or any(t.runtime == "openvino" for t in recipe.targets):
+        return recipe
+    print("note: OpenVINO is installed: the study measures it beside torch, onnxruntime and TVM")
+    return dataclasses.replace(recipe, targets=[*recipe.targets, Target("openvino")])
+
+
 def run_demo(out: str | os.PathLike = "build/demo", threads: int | None = None,
              warmup: int | None = None, repeat: int | None = None, recipe: str | None = None) -> dict:
     """Run the demo study into ``out``; print the table; return the report.
@@ -95,11 +108,14 @@ def run_demo(out: str | os.PathLike = "build/demo", threads: int | None = None,
     ``recipe``: recipe text to run instead of the default (Fashion-MNIST, else digits).
     """
     t0 = time.perf_counter()
-    if recipe is None:
+    built_in = recipe is None
+    if built_in:
         recipe, note = demo_recipe()
         if note:
             print(f"note: {note}")
     recipe = parse_recipe(recipe, "<built-in demo recipe>")
+    if built_in:
+        recipe = with_installed_peers(recipe)
     bench = dict(recipe.bench)
     for key, value in (("threads", threads), ("warmup", warmup), ("repeat", repeat)):
         if value is not None:

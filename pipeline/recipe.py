@@ -47,7 +47,8 @@ TOP_KEYS = ("model", "weights", "task", "input_shape", "variants", "targets", "b
 #: Keys of a target entry per runtime; the tvm ones beyond ``target`` configure tuning
 #: (``edgeopt compile --tune-trials/--tune-timeout/--tuning-db``).
 TUNE_KEYS = {"tune_trials": (int,), "tune_timeout": (int, float), "tuning_db": (str,)}
-TARGET_KEYS = {"torch": ("runtime",), "onnxruntime": ("runtime",),
+TARGET_KEYS = {"torch": ("runtime",), "onnxruntime": ("runtime",), "openvino": ("runtime", "precision"),
+               "executorch": ("runtime",),
                "tvm": ("runtime", "target", "int8", "precision", "cuda_graph", "kernels", "fast_math", *TUNE_KEYS)}
 BENCH_KEYS = ("warmup", "repeat", "threads")
 #: Keys of the ``evaluate`` section (``edgeopt.pipeline.evaluate.EvaluateConfig``) and their types.
@@ -62,12 +63,15 @@ class Target:
     runtime: str
     target: str | dict | None = None
     build: object = None  # edgeopt.compile.BuildConfig, for runtime tvm
+    precision: str | None = None  # openvino's inference precision (None: the plugin's choice)
 
     @property
     def label(self) -> str:
         """``onnxruntime``, ``torch``, or ``tvm-<target>[-<kernels>][-fp16][-nograph]``: the second
         half of a row's key and the name of its artifact folder; build options that change the
         artifact are part of it, so two targets never share a build."""
+        if self.runtime == "openvino" and self.precision not in (None, "default"):
+            return f"openvino-{self.precision}"
         if self.runtime != "tvm":
             return self.runtime
         label = f"tvm-{self.target_name}"
@@ -254,7 +258,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     for t in tnode.value:
         entries = {k.value: (k, v) for k, v in mapping(t, "a target")}
         if "runtime" not in entries:
-            raise err(t, "a target needs 'runtime' (torch, onnxruntime or tvm)")
+            raise err(t, "a target needs 'runtime' (torch, onnxruntime, openvino, executorch or tvm)")
         runtime = scalar(entries["runtime"][1], "'runtime'", (str,))
         if runtime not in TARGET_KEYS:
             raise err(entries["runtime"][1], f"unknown runtime {runtime!r}; expected one of "
@@ -272,7 +276,21 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         build = None
         if runtime == "tvm":
             build = _build_config(target, entries, err, scalar)
-        made = Target(runtime, target, build)
+        precision = None
+        if runtime in ("openvino", "executorch"):
+            import importlib.util
+
+            if importlib.util.find_spec(runtime) is None:  # said before any work is done
+                raise err(entries["runtime"][1], f"runtime {runtime!r} needs the {runtime} package, which is "
+                          f"not installed: pip install -e .[{runtime}]")
+        if runtime == "openvino" and "precision" in entries:
+            from edgeopt.runtimes.openvino_runner import PRECISIONS
+
+            pnode = entries["precision"][1]
+            precision = scalar(pnode, "'precision'", (str,))
+            if precision not in PRECISIONS:
+                raise err(pnode, f"openvino precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        made = Target(runtime, target, build, precision)
         same = [i for i, other in enumerate(targets) if other.label == made.label]
         if same:
             raise err(t, f"targets {same[0] + 1} and {len(targets) + 1} are both {made.label!r}: give them "

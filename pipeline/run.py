@@ -167,6 +167,10 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
         if target.runtime == "torch" and any(s.kind.final for s in steps):
             log(f"{where}: skipped: the torch runtime cannot run an ONNX-level step's output")
             state["done"][key] = None
+        elif target.runtime == "executorch" and any(s.kind.final and s.name != "quantize" for s in steps):
+            log(f"{where}: skipped: executorch quantizes with its own PT2E flow; it cannot run "
+                f"{', '.join(s.name for s in steps if s.kind.final)}'s ONNX output")
+            state["done"][key] = None
         else:
             log(f"{where}: {' -> '.join(s.name for s in steps) or 'no steps'}")
             t0 = time.perf_counter()
@@ -458,6 +462,21 @@ class _Study:
         elif target.runtime == "onnxruntime":
             run_art = art
             runner = load(art, threads=threads)
+        elif target.runtime == "openvino":
+            run_art = art
+            runner = load(art, runtime="openvino", threads=threads, precision=target.precision or "default")
+        elif target.runtime == "executorch":
+            from edgeopt.compile.executorch_export import to_executorch
+
+            # ExecuTorch's own int8: PT2E with XNNPACK's quantizer, calibrated on the task's
+            # calibration split as many samples as the variant's quantize step would take
+            quant = next((s.config for s in steps if s.name == "quantize"), None)
+            calib = None
+            if quant is not None:
+                calib = self.task.calib.x[:quant.max_calibration_samples or len(self.task.calib.x)]
+            run_art = to_executorch(model, self.example, folder / ("executorch-int8" if calib is not None else "executorch"),
+                                    calibration=calib, history=art.history)
+            runner = load(run_art, threads=threads)
         else:
             from edgeopt.compile import build
 
@@ -465,11 +484,19 @@ class _Study:
             runner = load(run_art, threads=threads)
         if self.latency is not None:
             runner = _TimedRunner(runner, lambda r: self.latency(r, art, target))
-        return measure_entry(
+        where = runtime_target(target.runtime, target.build)
+        if target.runtime == "openvino":  # the precision the plugin chose (bf16 by itself on some CPUs)
+            where = f"{where}/{runner.chosen_precision}"
+        entry = measure_entry(
             name=name, steps=steps, runtime=target.runtime,
-            target=runtime_target(target.runtime, target.build), runner=runner, run_artifact=run_art,
+            target=where, runner=runner, run_artifact=run_art,
             model=model, fp32_onnx=self._fp32_onnx(folder, art), task=self.task,
             reference=self.reference, example=self.example, bench=self.bench, evaluation=self.evaluation)
+        if target.runtime == "openvino":
+            entry["runtime_version"] = runner.version
+        elif target.runtime == "executorch":
+            entry["runtime_version"] = run_art.manifest["runtime_version"].split()[-1]
+        return entry
 
 
 class _TimedRunner:

@@ -96,7 +96,7 @@ def test_bench_truncated_onnx_exits_2(tmp_path):
 def test_bench_unknown_runtime_and_missing_file_exit_2(tmp_path):
     r = edgeopt_cli("bench", "zoo:digits_cnn", "--runtime", "tflite")
     assert r.returncode == 2
-    assert "unknown runtime 'tflite'; expected one of torch, onnxruntime, tvm" in r.stderr
+    assert "unknown runtime 'tflite'; expected one of torch, onnxruntime, openvino, executorch, tvm, native" in r.stderr
     r = edgeopt_cli("bench", tmp_path / "missing.onnx")
     assert r.returncode == 2 and "does not exist" in r.stderr
 

@@ -76,13 +76,16 @@ def test_fallback_keeps_sensitive_node_in_float_until_budget_holds(tmp_path):
     model = OutlierMLP().eval()
     fp32 = export(model, outlier_samples(1), tmp_path / "mlp.onnx").path
     calib, held_out = outlier_samples(64, seed=1), outlier_samples(200, seed=2)
-    plain = quantize(fp32, calib, QuantizeConfig(calibration="minmax", per_channel=False),
+    # onnxruntime's plain result: the output guard would repair this collapsed output on its
+    # own (test_output_guard); here the budget's fallback is what is under test
+    plain = quantize(fp32, calib, QuantizeConfig(calibration="minmax", per_channel=False, guard_outputs=False),
                      tmp_path / "plain.onnx")
     ref = runner_outputs(load(fp32), held_out)
     plain_agreement = fidelity(ref, runner_outputs(load(plain.path), held_out)).agreement
     assert plain_agreement < 0.95  # the budget below is out of reach for plain int8
 
-    r = quantize(fp32, calib, QuantizeConfig(calibration="minmax", per_channel=False, min_agreement=0.99),
+    r = quantize(fp32, calib, QuantizeConfig(calibration="minmax", per_channel=False, min_agreement=0.99,
+                                             guard_outputs=False),
                  tmp_path / "fallback.onnx", eval_data=held_out)
     m = r.record["metrics"]
     assert m["nodes_in_float"], "the fallback names the nodes it kept in float"

@@ -57,7 +57,7 @@ def test_inputs_by_name_and_wrong_shape_or_dtype(artifacts):
 
 
 def test_unknown_runtime_and_format_mismatch(artifacts):
-    with pytest.raises(InputError, match="unknown runtime 'tensorrt'; expected one of torch, onnxruntime, tvm"):
+    with pytest.raises(InputError, match="unknown runtime 'tensorrt'; expected one of torch, onnxruntime, openvino, executorch, tvm"):
         ert.load(artifacts["onnxruntime"].path, runtime="tensorrt")
     with pytest.raises(InputError, match="compile it first"):
         ert.load(artifacts["onnxruntime"].path, runtime="tvm")
