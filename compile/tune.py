@@ -3,9 +3,12 @@
 The database lives in a folder per (model structure, target): the key hashes the structure of
 the model's kernels (not its weights, so a fine-tuned or compressed copy of the same
 architecture reuses it) and the target. Tuning runs in rounds until the trial budget or the
-wall-clock budget is spent. MetaSchedule writes a round's records to the JSON database when the
-round ends, so rounds are kept short enough to fit the remaining budget, and an interrupted
-tuning (Ctrl-C, a killed job) keeps every finished round: the next build continues from there.
+wall-clock budget is spent. A round cannot be stopped half-way from outside, so rounds are sized to
+what is left of the budget (``RoundBudget``), and one still running at the deadline ends at its
+next measured batch, its workers ended (``stop_at_deadline``, ``workers_ended_at``): the budget
+holds from the start of ``tune`` to its return, the database checks and design spaces included;
+the build's compile after it is not counted. An interrupted tuning (Ctrl-C, a killed job) keeps
+every finished round: the next build continues from there.
 A build whose database already holds the budget's trials does no tuning at all. Trials go
 where the model's time is: the first round reaches every kernel, later ones only the kernels
 that hold most of the measured time (``round_tasks``).
@@ -32,9 +35,128 @@ from typing import Callable
 from edgeopt.core.errors import CheckFailed, InputError
 
 COST_MODELS = ("xgb", "random")
-#: Seconds per measured candidate before any round has been timed: ~1.5 s for ResNet-18's
-#: convolutions on a 2-core CPU (search, build and measurement together).
-FIRST_ROUND_S_PER_TRIAL = 1.5
+#: Before any round has been timed, a round is predicted at ``FIRST_ROUND_S_PER_ITER`` seconds
+#: per search iteration (a task's design space, the evolutionary search: ~8 s for a convolution
+#: on a 2-core CPU) plus ``FIRST_ROUND_S_PER_TRIAL`` per measured candidate (build and
+#: measurement): ResNet-18's convolutions take ~24 s per iteration of 16 candidates.
+FIRST_ROUND_S_PER_ITER = 8.0
+FIRST_ROUND_S_PER_TRIAL = 1.0
+
+
+class DeadlineReached(Exception):
+    """A tuning round's wall-clock deadline passed: the round ends with what it measured."""
+
+
+DEADLINE_REACHED = "edgeopt: the tuning round's wall-clock deadline passed"
+
+
+def stop_at_deadline(deadline: float, clock: Callable[[], float] = time.perf_counter):
+    """MetaSchedule measure callbacks for a round that ends by ``deadline`` (a ``clock`` value):
+    TVM's default ones (records into the database, the cost model updated), then one that ends
+    the round once a measured batch comes back after the deadline. MetaSchedule
+    keeps each batch's records as it comes back, so the round keeps what it measured; what a
+    deadline cannot cut is the batch in flight (one search iteration of one task)."""
+    from tvm.s_tir.meta_schedule.measure_callback import MeasureCallback, PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class StopAtDeadline(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            if clock() >= deadline:
+                # through TVM's C++ the exception comes back as a RuntimeError with this message
+                raise DeadlineReached(DEADLINE_REACHED)
+
+    # after the records are stored and the batch's files removed, before the cost model's
+    # update (seconds of XGBoost training that a round about to end has no use for)
+    default = MeasureCallback.create("default")
+    return [*default[:-1], StopAtDeadline(), default[-1]]
+
+
+@contextlib.contextmanager
+def workers_ended_at(deadline: float, clock: Callable[[], float] = time.perf_counter):
+    """End this process's builder and runner workers once ``deadline`` passes: the batch they
+    were building or measuring comes back failed at once, and ``stop_at_deadline`` ends the round
+    (a batch of slow candidates, or workers still starting on a loaded machine, took minutes)."""
+    import threading
+
+    def end_workers() -> None:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+    wait = deadline - clock()
+    timer = threading.Timer(max(0.0, wait), end_workers) if wait != float("inf") else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def search_strategy(population: int, whole_space: int | None = None):
+    """MetaSchedule's evolutionary search; for a hand-written space of ``whole_space`` schedules,
+    one that asks for no more than there are. With its defaults (512 samples, at least 50 not yet
+    measured, 4 genetic iterations) it kept sampling a space of 4 schedules for minutes on a
+    loaded 2-core machine before measuring any, a wait no deadline can cut."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if whole_space is None:
+        return ms.search_strategy.EvolutionarySearch(population_size=population)
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=max(whole_space, 2), init_min_unmeasured=whole_space, max_fail_count=1,
+        genetic_num_iters=1, genetic_max_fail_count=1)
+
+
+class RoundBudget:
+    """Sizes tuning rounds to what is left of a wall-clock budget.
+
+    MetaSchedule cannot stop a round half-way and keeps its records only when the round ends, so
+    the budget is kept by never starting a round that does not fit: a round is predicted as
+    ``iterations x FIRST_ROUND_S_PER_ITER + trials x FIRST_ROUND_S_PER_TRIAL`` seconds, scaled by
+    how the rounds so far compared to their prediction (everything a round costs: worker start,
+    design spaces, search, measuring, the database check after it). Until one round has been
+    timed the guess may be far off, so a first round is planned into half of what is left.
+
+    >>> b = RoundBudget(timeout_s=100.0, started=0.0, clock=lambda: 10.0)
+    >>> b.iterations_affordable(trials_per_iter=16)   # 45 s of the 90 left, at 24 s an iteration
+    1
+    >>> b.record(iterations=1, trials=16, seconds=48.0)  # twice the prediction: now 48 s each
+    >>> b.clock = lambda: 58.0; b.iterations_affordable(trials_per_iter=16)
+    0
+    """
+
+    def __init__(self, timeout_s: float | None, started: float, clock: Callable[[], float] = time.perf_counter):
+        self.timeout_s = timeout_s
+        self.started = started
+        self.clock = clock
+        self.predicted_s = 0.0  # the unscaled predictions of the rounds timed so far
+        self.actual_s = 0.0
+
+    def left(self) -> float:
+        return float("inf") if self.timeout_s is None else self.timeout_s - (self.clock() - self.started)
+
+    def scale(self) -> float:
+        return self.actual_s / self.predicted_s if self.predicted_s > 0 else 1.0
+
+    def predict(self, iterations: int, trials: int) -> float:
+        return self.scale() * (iterations * FIRST_ROUND_S_PER_ITER + trials * FIRST_ROUND_S_PER_TRIAL)
+
+    def iterations_affordable(self, trials_per_iter: int) -> int:
+        """Search iterations of ``trials_per_iter`` candidates that fit in what is left."""
+        if self.timeout_s is None:
+            return 1 << 30
+        room = self.left() * (1.0 if self.predicted_s > 0 else 0.5)
+        one = self.predict(1, trials_per_iter)
+        return max(0, int(room // one)) if room > 0 else 0
+
+    def record(self, iterations: int, trials: int, seconds: float) -> None:
+        self.predicted_s += iterations * FIRST_ROUND_S_PER_ITER + trials * FIRST_ROUND_S_PER_TRIAL
+        self.actual_s += seconds
 
 
 @dataclass(frozen=True)
@@ -43,7 +165,8 @@ class TuneConfig:
 
     Args:
         trials: total measured candidates wanted in the database for this model and target.
-        timeout_s: stop starting new rounds after this many seconds (what was measured is kept).
+        timeout_s: wall-clock seconds for tuning, from its start to its return (what was
+            measured is kept); the build's compile after it is not counted.
         db: database folder; default ``~/.cache/edgeopt/tuning/<structure>-<target>``.
         max_trials_per_task: cap per kernel and round (default: an even share of ``trials``, at
             least 8; after the first round the kernels that hold most of the time share the
@@ -359,6 +482,8 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    t0 = time.perf_counter()  # the budget covers everything below, checks and design spaces too
+    budget = RoundBudget(config.timeout_s, t0)
     kind = spec.get("kind", "llvm")
     load_tensor_intrinsics(kind)
     if kind == "llvm":
@@ -392,7 +517,6 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     log("tuning: extracting the model's kernels")
     tasks = ms.relax_integration.extract_tasks(mod, target)
     per_task = config.max_trials_per_task or max(8, config.trials // max(1, len(tasks)))
-    t0 = time.perf_counter()
     rounds = 0
     round_sizes: list[int] = []  # tasks tuned in each round
     done = before
@@ -402,7 +526,7 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     if not tasks:
         log("tuning: nothing to tune (every kernel of this build comes from a library)")
 
-    def run_round(chosen: list, step: int, cap: int, per_iter: int) -> int:
+    def run_round(chosen: list, step: int, cap: int, per_iter: int, whole_space: bool = False) -> int:
         """One MetaSchedule session over ``chosen``; returns the records it added."""
         _drop_unnamed_handlers(ms_logger)
         # MetaSchedule sizes its console handler by this level and then lowers the level to
@@ -417,18 +541,20 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
             set_model_trials(db, key, done + max(0, kept - in_db))
             return (f"interrupted in tuning round {rounds + 1}; the database {db} keeps {kept} records "
                     "and the next build continues from them")
+
+        deadline = t0 + config.timeout_s if config.timeout_s is not None else float("inf")
         try:
             contexts, weights = extracted_tasks_to_tune_contexts(
                 extracted_tasks=chosen, work_dir=str(db), space="post-order-apply",
-                strategy=ms.search_strategy.EvolutionarySearch(population_size=config.population))
+                strategy=search_strategy(config.population, per_iter if whole_space else None))
             # the gradient scheduler gives the next iteration to the task whose time (weighted by
             # its calls) has been falling fastest
             with native_stderr_to(db / "logs" / "tvm_warnings.log") as user_stderr, \
-                    exit_130_on_interrupt(interrupted, user_stderr):
+                    exit_130_on_interrupt(interrupted, user_stderr), workers_ended_at(deadline):
                 ms.tune.tune_tasks(
                     tasks=contexts, task_weights=weights, work_dir=str(db), max_trials_global=step,
                     max_trials_per_task=cap, num_trials_per_iter=per_iter, cost_model=config.cost_model,
-                    runner=runner, task_scheduler="gradient",
+                    runner=runner, task_scheduler="gradient", measure_callbacks=stop_at_deadline(deadline),
                     builder=ms.builder.LocalBuilder(f_build=build_candidate,
                                                     timeout_sec=config.build_timeout_s))
         except KeyboardInterrupt:
@@ -436,12 +562,15 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
             set_model_trials(db, key, done + max(0, records_in(db) - in_db))
             raise
         except Exception as e:
-            kept = check_database(db, log, kind)["records"]
-            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-            raise TuningFailed(
-                f"tuning failed in round {rounds + 1}: {lines[-1] if lines else type(e).__name__}; "
-                f"the database {db} keeps {kept} checked records: build again to continue from them, "
-                "or pass --tuning-db with a new folder") from None
+            if DEADLINE_REACHED in str(e):  # the round ends here and keeps what it measured
+                log(f"tuning: the {config.timeout_s:.0f} s budget ended in round {rounds + 1}")
+            else:
+                kept = check_database(db, log, kind)["records"]
+                lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+                raise TuningFailed(
+                    f"tuning failed in round {rounds + 1}: {lines[-1] if lines else type(e).__name__}; "
+                    f"the database {db} keeps {kept} checked records: build again to continue from them, "
+                    "or pass --tuning-db with a new folder") from None
         # this round's records are checked now, while they are the only new ones
         log(f"tuning: round {rounds + 1} measured {max(0, records_in(db) - in_db)} candidates; "
             f"checking that they replay ({time.perf_counter() - t0:.0f} s)")
@@ -453,47 +582,56 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
     # kernels with a hand-written design space (conv_schedules) are measured whole, first: the
     # evolutionary search would spin on a space of a few tiles once it has seen them all
     hand, tasks = _split_hand_scheduled(tasks, target, db)
+    out_of_time = False
     for size, group in sorted(hand.items()):
-        if done >= config.trials or (config.timeout_s is not None
-                                     and time.perf_counter() - t0 >= config.timeout_s):
-            break  # the next build goes on from the database
-        log(f"tuning: {len(group)} convs with a hand-written schedule, each of its {size} tiles measured "
-            f"({time.perf_counter() - t0:.0f} s)")
-        round_sizes.append(len(group))
-        added = run_round(group, size * len(group), size, size)
-        rounds += 1
-        done += added
-    while tasks and done < config.trials:
-        if config.timeout_s is not None and time.perf_counter() - t0 >= config.timeout_s:
-            log(f"tuning: wall-clock budget of {config.timeout_s:.0f} s spent")
+        while group and done < config.trials:
+            # one search iteration measures a conv's whole space: as many convs as fit the budget
+            fit = min(len(group), budget.iterations_affordable(size))
+            if fit < 1:
+                out_of_time = True
+                break  # the next build goes on from the database
+            chunk, group = group[:fit], group[fit:]
+            log(f"tuning: {len(chunk)} convs with a hand-written schedule, each of its {size} tiles measured "
+                f"({time.perf_counter() - t0:.0f} s)")
+            round_sizes.append(len(chunk))
+            began = time.perf_counter()
+            added = run_round(chunk, size * len(chunk), size, size, whole_space=True)
+            budget.record(len(chunk), size * len(chunk), time.perf_counter() - began)
+            rounds += 1
+            done += added
+        if out_of_time:
             break
+    first_search = True
+    while tasks and done < config.trials and not out_of_time:
         per_iter = config.trials_per_iter
         step = config.trials - done
-        elapsed = time.perf_counter() - t0
-        if config.timeout_s is not None:
-            # MetaSchedule stores a round's records when the round ends, so a round must fit in
-            # what is left of the budget: size it by the seconds per trial measured so far (before
-            # the first round, by the host's typical rate). A first round must also reach
-            # every task, or untuned kernels stay naive: give each task fewer candidates per
-            # search iteration when the budget cannot afford the configured number.
-            per_trial = elapsed / (done - before) if done > before else FIRST_ROUND_S_PER_TRIAL
-            affordable = int((config.timeout_s - elapsed) / per_trial)
-            if rounds == len(hand):
-                per_iter = max(2, min(per_iter, affordable // max(1, len(tasks))))
-                affordable = max(affordable, per_iter * len(tasks))
-            if affordable < per_iter:
-                log(f"tuning: {config.timeout_s - elapsed:.0f} s left is less than a search iteration")
-                break
-            step = min(step, affordable)
+        if first_search and config.timeout_s is not None:
+            # a first round reaches every task it can, or untuned kernels stay naive: give each
+            # task fewer candidates per search iteration when the budget cannot afford the
+            # configured number (a task's iteration costs its search whatever it measures)
+            while per_iter > 2 and budget.iterations_affordable(per_iter) < len(tasks):
+                per_iter = max(2, per_iter // 2)
         step = min(step, max(config.trials_per_round, per_iter * len(tasks)))
         chosen, cap, why = round_tasks(tasks, db, per_iter, per_task,
                                        spread=not config.max_trials_per_task)
-        round_sizes.append(len(chosen))
         step = min(step, max(per_iter, cap * len(chosen)))
+        # MetaSchedule keeps a round's records when it ends and cannot stop it half-way: a round
+        # holds only the tasks and search iterations that fit in what is left of the budget
+        fit = budget.iterations_affordable(per_iter)
+        if fit < 1:
+            log(f"tuning: {budget.left():.0f} s left of the {config.timeout_s:.0f} s budget is less than "
+                "a search iteration")
+            break
+        chosen = chosen[:fit]
+        step = min(step, fit * per_iter)
+        round_sizes.append(len(chosen))
         log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
             f"({len(chosen)} of {len(tasks)} tasks: {why}; {time.perf_counter() - t0:.0f} s)")
+        began = time.perf_counter()
         added = run_round(chosen, step, cap, per_iter)
+        budget.record(-(-step // per_iter), step, time.perf_counter() - began)
         rounds += 1
+        first_search = False
         if added == 0:  # every task reached its cap: nothing more to measure
             break
         done += added

@@ -138,3 +138,64 @@ def test_a_rule_failure_outside_tvms_checks_falls_back_to_the_generic_rules(monk
     func, _ = _fp32_conv("silu")
     _, _, spaces = _space(func)
     assert spaces and all('ann_val="None"' not in str(s.trace) for s in spaces)
+
+
+def test_round_budget_never_plans_past_what_is_left():
+    from edgeopt.compile.tune import RoundBudget
+
+    now = {"t": 0.0}
+    budget = RoundBudget(timeout_s=60.0, started=0.0, clock=lambda: now["t"])
+    first = budget.iterations_affordable(16)  # untimed: into half of the 60 s, at 24 s each
+    assert first == 1
+    budget.record(iterations=1, trials=16, seconds=12.0)  # faster than predicted: 12 s each
+    now["t"] = 12.0
+    assert budget.iterations_affordable(16) == 4  # 48 s left
+    now["t"] = 55.0
+    assert budget.iterations_affordable(16) == 0
+    assert RoundBudget(timeout_s=None, started=0.0).iterations_affordable(16) > 10 ** 6
+
+
+class _ThreeConvs:
+    """Convs the hand-written spaces take (32 channels, one read twice: x * sigmoid(x)) and one
+    they do not (24 channels): the build has both kinds of round."""
+
+    @staticmethod
+    def create():
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(0)
+                self.a = nn.Conv2d(3, 32, 3, padding=1)
+                self.b = nn.Conv2d(32, 32, 3, padding=1, bias=False)
+                self.c = nn.Conv2d(32, 24, 3, stride=2, padding=1)
+
+            def forward(self, x):
+                y = torch.relu(self.a(x))
+                y = nn.functional.silu(self.b(y))
+                return self.c(y)
+
+        return Net().eval()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_tune_timeout_bounds_the_tuning_of_a_build(tmp_path):
+    """``timeout_s`` bounds the build up to its final compile (which comes after the budget):
+    tuning returns within 10% of it however many trials were asked for."""
+    import torch
+
+    from edgeopt.compile import BuildConfig, TuneConfig, build, export
+
+    x = torch.zeros(1, 3, 16, 16)
+    fp32 = export(_ThreeConvs.create(), None, x, out=tmp_path / "m.onnx").path
+    timeout = 60.0
+    tune = TuneConfig(trials=100000, timeout_s=timeout, db=str(tmp_path / "db"))
+    b = build(fp32, BuildConfig(target="cpu", kernels="tvm", tune=tune), out=tmp_path / "tvm")
+    tuning = b.record["metrics"]["tuning"]
+    assert tuning["trials_after"] > 0 and tuning["hand_scheduled"] >= 2
+    assert tuning["seconds"] <= timeout * 1.1, tuning
+    load_output = __import__("edgeopt.runtimes", fromlist=["load"]).load(b.artifact).run([x.numpy()])
+    assert load_output[0].shape == (1, 24, 8, 8)
