@@ -92,6 +92,15 @@ def edgeopt_cli(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
                           env=env, timeout=timeout)
 
 
+def edgeopt_without(package: str, *args, timeout=300) -> subprocess.CompletedProcess:
+    """Run ``edgeopt ARGS`` in a Python where ``import PACKAGE`` finds nothing (a ``None`` entry
+    in ``sys.modules`` hides it): what a user without an optional extra sees."""
+    code = (f"import sys\nsys.modules[{package!r}] = None\n"
+            "from edgeopt.pipeline.cli import main\n"
+            f"sys.exit(main({[str(a) for a in args]!r}))\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+
+
 def listing(path: Path) -> list[str]:
     """Every file and folder under ``path`` (hidden ones included), for 'nothing left' checks."""
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))

@@ -1,8 +1,6 @@
 """ExecuTorch as a runtime: a .pte with the XNNPACK delegate matches onnxruntime in fp32, runs
 PT2E int8, and a recipe naming it without the package exits 2 naming the extra."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from edgeopt.compile.executorch_export import to_executorch
 from edgeopt.core.errors import InputError
 from edgeopt.pipeline.zoo import create
 from edgeopt.runtimes import load
-from helpers import example_inputs, tiny_conv_net
+from helpers import edgeopt_without, example_inputs, tiny_conv_net
 
 pytest.importorskip("executorch", reason="the executorch extra is not installed (requirements/executorch.txt)")
 
@@ -78,10 +76,7 @@ def test_a_recipe_naming_executorch_without_the_package_exits_2_naming_the_extra
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: zoo:digits_cnn\ntask: digits\nvariants: {fp32: []}\n"
                       "targets: [{runtime: executorch}]\n")
-    code = ("import sys\nsys.modules['executorch'] = None\n"  # a None entry hides a module
-            "from edgeopt.pipeline.cli import main\n"
-            f"sys.exit(main(['run', {str(recipe)!r}, '--out', {str(tmp_path / 'out')!r}]))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = edgeopt_without("executorch", "run", recipe, "--out", tmp_path / "out")
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "pip install -e .[executorch]" in lines[0]

@@ -2,8 +2,6 @@
 a clean exit 2 when the package is missing."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from edgeopt.compile import ExportConfig, export
 from edgeopt.compress import QuantizeConfig, quantize
 from edgeopt.core.errors import InputError
 from edgeopt.runtimes import load
-from helpers import edgeopt_cli, example_inputs, tiny_conv_net
+from helpers import edgeopt_cli, edgeopt_without, example_inputs, tiny_conv_net
 
 openvino = pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install -e .[openvino])")
 
@@ -95,11 +93,7 @@ def test_a_recipe_naming_openvino_without_the_package_exits_2_naming_the_extra(t
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: zoo:digits_cnn\ntask: digits\nvariants: {fp32: []}\n"
                       "targets: [{runtime: openvino}]\n")
-    # a Python in which `import openvino` finds nothing (a None entry hides a module)
-    code = ("import sys\nsys.modules['openvino'] = None\n"
-            "from edgeopt.pipeline.cli import main\n"
-            f"sys.exit(main(['run', {str(recipe)!r}, '--out', {str(tmp_path / 'out')!r}]))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = edgeopt_without("openvino", "run", recipe, "--out", tmp_path / "out")
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "pip install -e .[openvino]" in lines[0] and "Traceback" not in r.stderr
