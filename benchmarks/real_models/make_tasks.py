@@ -1,0 +1,131 @@
+"""Writes the synthetic input sets (edgeopt `.npz` tasks) for the pretrained ONNX models of
+rapidocr_onnxruntime 1.4.4 and nudenet 3.4.2 (benchmarks/real_models/README.md).
+
+    .venv/bin/python benchmarks/real_models/make_tasks.py OUT_DIR
+
+Writes OUT_DIR/ocr_rec.npz (1x3x48x320 rendered text lines, PaddleOCR's (x/255-0.5)/0.5,
+right-padded with 0 as PaddleOCR pads), OUT_DIR/ocr_cls.npz (1x3x48x192 text lines, half of them
+turned 180 degrees, labelled 0 / 1 as the classifier's label_list ['0', '180']), OUT_DIR/ocr_det.npz
+(1x3x640x640 photo crops with text lines pasted on, normalized as rapidocr's det config:
+mean 0.5, std 0.5) and OUT_DIR/yolo.npz (1x3x320x320 photo crops, x/255, as nudenet feeds it).
+The photos are the two bundled with scikit-learn; the text uses Pillow's default font (no files
+are downloaded). Every input is seeded, so a rerun writes the same arrays. OUT_DIR/texts.json
+keeps the strings rendered for the recognizer and the classifier, in order.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+WORDS = ("edge", "model", "int8", "latency", "TVM", "Relax", "oneDNN", "photo", "text", "line",
+         "Paris", "London", "invoice", "total", "price", "order", "ticket", "station", "hotel",
+         "coffee", "river", "street", "north", "south", "open", "closed", "exit", "speed")
+
+
+def text_lines(rng: np.random.Generator, n: int) -> list[str]:
+    """Seeded short lines: words and numbers, as a receipt or a sign would carry."""
+    lines = []
+    for _ in range(n):
+        parts = [str(rng.choice(WORDS)) for _ in range(rng.integers(1, 4))]
+        if rng.random() < 0.6:
+            parts.insert(int(rng.integers(0, len(parts) + 1)), str(int(rng.integers(0, 10000))))
+        lines.append(" ".join(parts))
+    return lines
+
+
+def render_line(text: str, size: int, ink: int, paper: int) -> Image.Image:
+    """The line in Pillow's default (FreeType) font, tightly cropped with a small margin."""
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = font.getbbox(text)
+    margin = max(2, size // 6)
+    image = Image.new("L", (right - left + 2 * margin, bottom - top + 2 * margin), paper)
+    ImageDraw.Draw(image).text((margin - left, margin - top), text, fill=ink, font=font)
+    return image.convert("RGB")
+
+
+def paddle_line_input(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """PaddleOCR's rec/cls resize: keep the aspect ratio at `height`, at most `width` wide,
+    normalized to [-1, 1], zero (the normalized mid-grey) to the right."""
+    ratio = image.width / image.height
+    w = min(width, max(1, int(np.ceil(height * ratio))))
+    resized = np.asarray(image.resize((w, height), Image.BILINEAR), np.float32)
+    chw = (resized.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5
+    out = np.zeros((3, height, width), np.float32)
+    out[:, :, :w] = chw
+    return out
+
+
+def photos() -> list[np.ndarray]:
+    from sklearn.datasets import load_sample_images
+
+    return [np.asarray(p, np.uint8) for p in load_sample_images().images]
+
+
+def photo_crop(rng: np.random.Generator, photo: np.ndarray, side: int) -> Image.Image:
+    """A random square of the photo between `side` and its full height, resized to `side`."""
+    h, w = photo.shape[:2]
+    crop = int(rng.integers(min(side, h) // 2, h + 1))
+    y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    return Image.fromarray(photo[y:y + crop, x:x + crop]).resize((side, side), Image.BILINEAR)
+
+
+def rec_and_cls(rng: np.random.Generator, n: int):
+    texts = text_lines(rng, n)
+    rec, cls, turned = [], [], []
+    for i, text in enumerate(texts):
+        paper = int(rng.integers(200, 256))
+        image = render_line(text, int(rng.integers(24, 44)), int(rng.integers(0, 70)), paper)
+        rec.append(paddle_line_input(image, 48, 320))
+        flip = i % 2 == 1
+        cls.append(paddle_line_input(image.rotate(180) if flip else image, 48, 192))
+        turned.append(int(flip))
+    return texts, np.stack(rec), np.stack(cls), np.asarray(turned, np.int64)
+
+
+def det_inputs(rng: np.random.Generator, n: int) -> np.ndarray:
+    pics, out = photos(), []
+    for i in range(n):
+        canvas = photo_crop(rng, pics[i % len(pics)], 640)
+        for text in text_lines(rng, int(rng.integers(2, 6))):
+            paper = int(rng.integers(180, 256))
+            line = render_line(text, int(rng.integers(20, 48)), int(rng.integers(0, 60)), paper)
+            if line.width >= 620:
+                continue
+            canvas.paste(line, (int(rng.integers(0, 640 - line.width)), int(rng.integers(0, 640 - line.height))))
+        out.append((np.asarray(canvas, np.float32).transpose(2, 0, 1) / 255.0 - 0.5) / 0.5)
+    return np.stack(out)
+
+
+def yolo_inputs(rng: np.random.Generator, n: int) -> np.ndarray:
+    pics = photos()
+    return np.stack([np.asarray(photo_crop(rng, pics[i % len(pics)], 320), np.float32).transpose(2, 0, 1) / 255.0
+                     for i in range(n)])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="folder to write the .npz tasks into")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lines", type=int, default=200, help="text lines for rec and cls")
+    parser.add_argument("--det", type=int, default=40, help="640x640 text-on-photo inputs")
+    parser.add_argument("--yolo", type=int, default=80, help="320x320 photo crops")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    texts, rec, cls, turned = rec_and_cls(rng, args.lines)
+    np.savez(args.out / "ocr_rec.npz", x=rec)
+    np.savez(args.out / "ocr_cls.npz", x=cls, y=turned, metric="top1")
+    np.savez(args.out / "ocr_det.npz", x=det_inputs(rng, args.det))
+    np.savez(args.out / "yolo.npz", x=yolo_inputs(rng, args.yolo))
+    (args.out / "texts.json").write_text(json.dumps(texts, indent=0))
+    print(f"wrote {args.out}/ocr_rec.npz {rec.shape}, ocr_cls.npz {cls.shape}, ocr_det.npz, yolo.npz")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
