@@ -74,28 +74,41 @@ def stop_at_deadline(deadline: float, clock: Callable[[], float] = time.perf_cou
 
 @contextlib.contextmanager
 def workers_ended_at(deadline: float, clock: Callable[[], float] = time.perf_counter):
-    """End this process's builder and runner workers once ``deadline`` passes: the batch they
-    were building or measuring comes back failed at once, and ``stop_at_deadline`` ends the round
-    (a batch of slow candidates, or workers still starting on a loaded machine, took minutes)."""
+    """End this process's builder and runner workers (TVM's ``popen_worker`` processes) once
+    ``deadline`` passes: the batch they were building or measuring comes back failed at once, and
+    ``stop_at_deadline`` ends the round (a batch of slow candidates, or workers still starting on
+    a loaded machine, took minutes). Until the round has ended, as the pool starts new ones."""
     import threading
 
     def end_workers() -> None:
         import psutil
 
+        # only TVM's pool workers: a device farm's RPC servers may be children of this process too
         for child in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                child.kill()
+                if "tvm.exec.popen_worker" in child.cmdline():
+                    child.kill()
 
-    wait = deadline - clock()
-    timer = threading.Timer(max(0.0, wait), end_workers) if wait != float("inf") else None
-    if timer is not None:
-        timer.daemon = True
-        timer.start()
+    if deadline == float("inf"):
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        # again and again: the pool restarts a dead worker for the batch's next candidate
+        if done.wait(max(0.0, deadline - clock())):
+            return
+        while not done.is_set():
+            end_workers()
+            done.wait(0.5)
+
+    watcher = threading.Thread(target=watch, name="edgeopt-tuning-deadline", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
-        if timer is not None:
-            timer.cancel()
+        done.set()
+        watcher.join()
 
 
 def search_strategy(population: int, whole_space: int | None = None):
