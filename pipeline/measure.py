@@ -2,7 +2,8 @@
 
 Latency (warm-up, then timed runs in their own block: never interleaved with another backend,
 whose idle threads would slow it), the size of the artifact the runtime loads, params, FLOPs,
-the task's metric on its test split, and top-1 agreement with the fp32 model's predictions; with
+the task's metric on its test split, top-1 agreement with the fp32 model's predictions, and every
+output against fp32's same output by what it is (``output_quality``, ``worst_output``); with
 an ``Evaluation`` (``edgeopt.pipeline.evaluate``), per-class accuracy, slices, calibration,
 robustness and the compression-identified exemplars too.
 
@@ -112,9 +113,49 @@ def reference_outputs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray
     return np.concatenate(outs)
 
 
-def scores(task, outputs: np.ndarray, reference: np.ndarray) -> dict:
-    """``accuracy`` (top-1 tasks), ``metric_value`` (other labelled metrics), ``agreement`` and
-    ``task_metric``.
+def model_outputs(model, x: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
+    """Every output of the fp32 torch model over ``x`` (one array (N, ...) per output, in the
+    order of ``tree_leaves``): what each output of a variant is compared with."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    parts: list[list[np.ndarray]] = []
+    with torch.inference_mode():
+        for s in range(0, len(x), batch_size):
+            leaves = tree_leaves(model(torch.from_numpy(x[s:s + batch_size])))
+            parts = parts or [[] for _ in leaves]
+            for part, leaf in zip(parts, leaves):
+                part.append(leaf.numpy())
+    return [np.concatenate(p) for p in parts]
+
+
+def collect_outputs(run_all, x: np.ndarray) -> list[np.ndarray]:
+    """Every output (N, ...) of a batch-1 callable returning a list of arrays (``runner.run``)."""
+    parts: list[list[np.ndarray]] = []
+    for i in range(len(x)):
+        outs = run_all(x[i:i + 1])
+        parts = parts or [[] for _ in outs]
+        if len(outs) != len(parts):
+            raise InputError(f"the model returned {len(outs)} outputs for sample {i}, {len(parts)} before")
+        for part, o in zip(parts, outs):
+            part.append(np.asarray(o))
+    return [np.concatenate(p) for p in parts]
+
+
+def per_output(task, outputs: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> dict:
+    """``output_quality`` (one row per output and declared slice, by the kind the task declares:
+    ``edgeopt.pipeline.output_quality``) and ``worst_output`` (the row with the lowest share)."""
+    from .output_quality import output_quality, worst_output
+
+    rows = output_quality(list(outputs), list(references), getattr(task, "outputs", ()),
+                          classifier=task.metric in ("top1", "agreement"))
+    return {"output_quality": rows, "worst_output": worst_output(rows)}
+
+
+def scores(task, outputs: np.ndarray, reference: np.ndarray, every_output: Sequence[np.ndarray] | None = None,
+           every_reference: Sequence[np.ndarray] | None = None) -> dict:
+    """``accuracy`` (top-1 tasks), ``metric_value`` (other labelled metrics), ``agreement``,
+    ``task_metric``, ``output_quality`` and ``worst_output``.
 
     Agreement with the fp32 model is top-1 agreement for classifiers (2-D outputs or a top-1
     task) and, for regression and embedding outputs, the mean cosine similarity of each output
@@ -123,7 +164,12 @@ def scores(task, outputs: np.ndarray, reference: np.ndarray) -> dict:
 
     ``task_metric`` is what a row is judged by, whatever the task: ``{"name", "value",
     "higher_is_better"}`` (top-1 accuracy for top-1 tasks, the error for ``mse`` / ``mae``, the
-    similarity for ``cosine``, agreement with fp32 for unlabelled tasks).
+    similarity for ``cosine``; for unlabelled tasks, the worst output's agreement with fp32 by
+    its kind, never exact float equality: top-1, matched detections, identical sequences, or
+    ``1 - error / variance`` for other outputs, with ``"output"`` naming it).
+
+    ``every_output`` / ``every_reference``: all of the variant's and fp32's outputs (default: the
+    first, ``outputs`` and ``reference``); each is judged by the kind the task declares for it.
     """
     from .tasks import compare_outputs
 
@@ -147,8 +193,12 @@ def scores(task, outputs: np.ndarray, reference: np.ndarray) -> dict:
         out["agreement_kind"] = "cosine"
     if task.labelled:
         out["task_metric"] = {"name": task.metric, "value": value, "higher_is_better": task.higher_is_better}
-    else:  # no labels: fp32 agreement is the only quality there is
-        out["task_metric"] = {"name": "agreement", "value": out["agreement"], "higher_is_better": True}
+    out.update(per_output(task, every_output if every_output is not None else [outputs],
+                          every_reference if every_reference is not None else [reference]))
+    if not task.labelled:  # no labels: agreement with fp32, of the output that kept least of it
+        worst = out["worst_output"]
+        out["task_metric"] = {"name": "agreement", "value": worst["normalized"], "higher_is_better": True,
+                              "output": worst["label"]}
     return out
 
 
@@ -190,18 +240,23 @@ def artifact_digest(artifact) -> str:
 
 def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, run_artifact,
                   model, fp32_onnx, task, reference: np.ndarray, example: np.ndarray,
-                  bench: BenchConfig, evaluation=None) -> dict:
+                  bench: BenchConfig, evaluation=None, references: Sequence[np.ndarray] | None = None) -> dict:
     """Time ``runner`` and score it on ``task`` against the fp32 ``reference`` outputs; return the
     report entry (its fields are documented in ``edgeopt.pipeline.report``).
+
+    ``references``: every output of the fp32 model (``reference`` is the first); each output of
+    the variant is compared with its own (``output_quality``, ``worst_output``). Without it, the
+    first output only.
 
     ``evaluation``: an ``edgeopt.pipeline.evaluate.Evaluation`` adds per-class accuracy, slices,
     calibration, robustness and exemplars (it reuses the test outputs computed here)."""
     from edgeopt.compress import count_params, onnx_flops
 
-    from .tasks import collect
-
     result = runner.benchmark(example, warmup=bench.warmup, repeat=bench.repeat)
-    outputs = collect(lambda a: runner.run(a)[0], task.test.x)
+    every_output = collect_outputs(runner.run, task.test.x)
+    outputs = every_output[0]
+    if references is None:
+        every_output = every_output[:1]
     extra = {} if evaluation is None else evaluation.evaluate(
         outputs, lambda a: runner.run(a)[0], f"{name}/{runtime}/{target}")
     return {
@@ -213,7 +268,7 @@ def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, 
         "params": count_params(model) if hasattr(model, "parameters") else onnx_params(fp32_onnx),
         "flops": onnx_flops(fp32_onnx),
         "latency_ms": result.latency.to_report(),
-        **scores(task, outputs, reference),
+        **scores(task, outputs, reference, every_output, references or [reference]),
         **sample_outcomes(task, outputs),
         "artifact": str(run_artifact.path),
         "artifact_sha256": artifact_digest(run_artifact),

@@ -104,6 +104,7 @@ class Recipe:
     weights: str | None = None
     evaluate: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)  # the `search` section (edgeopt.pipeline.search.SearchSpace)
+    task_outputs: list | None = None  # `task: {source, outputs}`: what the model's outputs are
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -165,13 +166,30 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         if not Path(weights).is_file():
             raise err(top["weights"][1], f"weights file {weights!r} does not exist; expected a state dict "
                       "saved with torch.save(model.state_dict(), path)")
-    task = scalar(top["task"][1], "'task'", (str,))
+    task_node, task_outputs = top["task"][1], None
+    if isinstance(task_node, yaml.MappingNode):  # {source: ..., outputs: [...]}
+        parts = {k.value: (k, v) for k, v in mapping(task_node, "'task'")}
+        unknown = sorted(set(parts) - {"source", "outputs"})
+        if unknown or "source" not in parts:
+            raise err(task_node, f"'task' as a mapping takes keys source (the task) and outputs (what the "
+                      f"model's outputs are); {f'unknown key(s) {unknown}' if unknown else 'source is missing'}")
+        task_node = parts["source"][1]
+        if "outputs" in parts:
+            from .output_quality import parse_outputs
+
+            node = parts["outputs"][1]
+            task_outputs = yaml.safe_load(yaml.serialize(node))
+            try:
+                parse_outputs(task_outputs, "task")
+            except InputError as e:
+                raise err(node, str(e)) from None
+    task = scalar(task_node, "'task'", (str,))
     from .tasks import check_task_spec
 
     try:
         check_task_spec(task)
     except (InputError, FileNotFoundError) as e:
-        raise err(top["task"][1], str(e)) from None
+        raise err(task_node, str(e)) from None
     input_shape = None
     if "input_shape" in top:
         node = top["input_shape"][1]
@@ -296,7 +314,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             raise err(t, f"targets {same[0] + 1} and {len(targets) + 1} are both {made.label!r}: give them "
                       "different target, kernels or precision settings, or drop one")
         targets.append(made)
-    return Recipe(model=model, task=task, variants=variants, targets=targets, input_shape=input_shape,
+    return Recipe(model=model, task=task, task_outputs=task_outputs, variants=variants, targets=targets, input_shape=input_shape,
                   bench=bench, train=train, seed=seed, source=source, weights=weights, evaluate=evaluate,
                   search=search)
 

@@ -29,8 +29,15 @@ An entry is either *ok* (``"status"`` absent or ``"ok"``)::
      "metric_value" (optional: the task metric, when it is not top-1 accuracy),
      "task_metric" (optional: what the row is judged by, whatever the task:
                     {"name": "mse", "value": 0.0093, "higher_is_better": false}; top-1
-                    accuracy for top1 tasks, the metric for mse / mae / cosine tasks, agreement
-                    for unlabelled ones. The Pareto front, the table and the plot use it),
+                    accuracy for top1 tasks, the metric for mse / mae / cosine tasks; for
+                    unlabelled ones the worst output's agreement with fp32 by its kind, with
+                    "output" naming it. The Pareto front, the table and the plot use it),
+     "output_quality" (optional: one row per model output, and per slice a task declares, compared
+                       with fp32's same output by its kind (edgeopt.pipeline.output_quality):
+                       {"output", "kind", "figure": "top1"|"matched"|"identical"|"snr_db",
+                        "value", "normalized" (a share in [0, 1]), "label", "snr_db", "cosine"}),
+     "worst_output" (optional: the output_quality row with the lowest "normalized"; the table's
+                     "worst output" column shows its label, e.g. "scores 0.0% matched"),
      "history" (optional: the artifact's step records, each {"name", "config", "metrics"}),
      # optional, classifiers with the recipe's `evaluate` on (edgeopt.pipeline.evaluate):
      "per_class": [{"class", "name", "n", "accuracy", "fp32_accuracy", "change"}, ...],
@@ -190,11 +197,14 @@ def judged_by(report: dict) -> tuple[str, bool]:
 def quality(v: dict, metric: str = "top1") -> float | None:
     """The quality axis of the trade-off for a row judged by ``metric`` (``judged_by``): its
     task metric's value (top-1 accuracy, mse, ...), or agreement with fp32 when it has none."""
+    tm = v.get("task_metric")
     if metric not in PERCENT_METRICS:
-        tm = v.get("task_metric")
         if isinstance(tm, dict) and tm.get("name") == metric and tm.get("value") is not None:
             return tm["value"]
         return v.get("metric_value")
+    if metric == "agreement" and v.get("accuracy") is None and isinstance(tm, dict) \
+            and tm.get("name") == "agreement" and tm.get("value") is not None:
+        return tm["value"]  # unlabelled: the worst output's agreement, not only the first output's
     return v.get("accuracy") if v.get("accuracy") is not None else v.get("agreement")
 
 
@@ -280,6 +290,7 @@ def make_report(variants: list[dict], machine: dict, task: dict | None, referenc
 COLUMNS = ("variant", "runtime", "target", "size", "params", "MFLOPs", "median ms", "p90 ms",
            "vs ref", "accuracy", "agreement", "pareto")
 TIMED = "timed"  # the extra column when some rows come from an earlier run
+WORST_OUTPUT = "worst output"  # before "pareto", when rows carry worst_output
 
 
 def _has_resumed(report: dict) -> bool:
@@ -302,14 +313,27 @@ def _columns(report: dict) -> tuple:
     metric, higher = judged_by(report)
     cols = tuple(metric_label(metric, higher) if c == "accuracy" else
                  _agreement_label(report) if c == "agreement" else c for c in COLUMNS)
+    if _has_worst_output(report):
+        at = COLUMNS.index("pareto")
+        cols = cols[:at] + (WORST_OUTPUT,) + cols[at:]
     return cols + ((TIMED,) if _has_resumed(report) else ())
+
+
+def _has_worst_output(report: dict) -> bool:
+    return any(isinstance(v.get("worst_output"), dict) for v in ok_variants(report))
+
+
+def worst_output_label(v: dict) -> str:
+    """The row's worst output as the table shows it (``scores 0.0% matched``, ``out1 4.2 dB``)."""
+    w = v.get("worst_output")
+    return str(w.get("label") or w.get("output") or "-") if isinstance(w, dict) else "-"
 
 
 def _num(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def _row(v: dict, resumed_column: bool = False, metric: str = "top1") -> list[str]:
+def _row(v: dict, resumed_column: bool = False, metric: str = "top1", worst_column: bool = False) -> list[str]:
     acc = v.get("accuracy") if metric in PERCENT_METRICS else quality(v, metric)
     agr = v.get("agreement")
     flops = v.get("flops")
@@ -320,6 +344,8 @@ def _row(v: dict, resumed_column: bool = False, metric: str = "top1") -> list[st
            "-" if ratio is None else f"{ratio:.2f}x", format_metric(acc, metric),
            "-" if agr is None else f"{agr:.4f}" if v.get("agreement_kind") == "cosine" else f"{agr * 100:.2f}%",
            "*" if v.get("pareto") else ""]
+    if worst_column:
+        row.insert(COLUMNS.index("pareto"), worst_output_label(v))
     if resumed_column:
         row.append("earlier run" if v.get("resumed") else "this run")
     return row
@@ -343,7 +369,7 @@ def sorted_variants(report: dict) -> list[dict]:
 def _rows(report: dict) -> tuple[tuple, list[list[str]]]:
     cols = _columns(report)
     metric = judged_by(report)[0]
-    return cols, [_row(v, TIMED in cols, metric) for v in sorted_variants(report)]
+    return cols, [_row(v, TIMED in cols, metric, WORST_OUTPUT in cols) for v in sorted_variants(report)]
 
 
 def _failed_line(v: dict) -> str:

@@ -60,6 +60,8 @@ def recipe_fingerprint(recipe: Recipe) -> str:
             "seed": recipe.seed, "train": recipe.train, "bench": recipe.bench, "evaluate": recipe.evaluate,
             "variants": {k: [(s.name, _jsonable(s.config)) for s in v] for k, v in recipe.variants.items()},
             "targets": [(t.runtime, t.target, _jsonable(t.build)) for t in recipe.targets]}
+    if recipe.task_outputs is not None:  # how outputs are judged changes the entries
+        data["task_outputs"] = recipe.task_outputs
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -77,7 +79,7 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
     """
     import torch
 
-    from .measure import reference_outputs
+    from .measure import collect_outputs, model_outputs, reference_outputs
     from .models import load_model
     from .tasks import load_task
 
@@ -98,7 +100,7 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
     if not shape:
         raise InputError(f"{recipe.source}: model {recipe.model!r} does not say its input shape; "
                          "add input_shape to the recipe")
-    task = load_task(recipe.task, seed=recipe.seed, input_shape=shape)
+    task = load_task(recipe.task, seed=recipe.seed, input_shape=shape, outputs=recipe.task_outputs)
     if task.test.x.shape[1:] != shape[1:]:
         raise InputError(f"{recipe.source}: task {recipe.task!r} gives inputs of shape "
                          f"{task.test.x.shape[1:]}, the model takes {shape[1:]}")
@@ -144,16 +146,22 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
     example = task.test.x[:1]
     if onnx_model:
         base = loaded.prepare(out / "base-model", log)
-        reference = _onnx_outputs(base, task.test.x)
+        from edgeopt.runtimes import load
+
+        fp32_runner = load(base, threads=1)
+        references = collect_outputs(fp32_runner.run, task.test.x)  # every output, for output_quality
+        reference = references[0]
         fp32_outputs = lambda x: _onnx_outputs(base, x)  # noqa: E731
     else:
         base = _base_model(loaded.module, task, recipe, out, log)
-        reference = reference_outputs(base, task.test.x)
+        references = model_outputs(base, task.test.x)  # every output, for output_quality
+        reference = references[0]
         fp32_outputs = lambda x: reference_outputs(base, x)  # noqa: E731
     from .evaluate import EvaluateConfig, Evaluation
 
     evaluation = Evaluation(task, reference, fp32_outputs, EvaluateConfig(**recipe.evaluate), out=out)
     study = _Study(recipe, task, base, example, reference, bench, out, log, nproc, evaluation)
+    study.references = references
 
     keys = [(name, t) for name in recipe.variants for t in recipe.targets]
     failed = 0
@@ -339,6 +347,7 @@ class _Study:
         self.recipe, self.task, self.base, self.example = recipe, task, base, example
         self.evaluation = evaluation
         self.reference, self.bench, self.out, self.log = reference, bench, out, log
+        self.references = None  # every fp32 output (``reference`` is the first), when known
         self.data = StepData(example=example, task=task, teacher=base, nproc=nproc)
         self.models: dict = {(): base}   # step-prefix key -> module or the exception it raised
         self.onnx: dict = {}             # variant name -> (module, artifact) or exception
@@ -491,7 +500,8 @@ class _Study:
             name=name, steps=steps, runtime=target.runtime,
             target=where, runner=runner, run_artifact=run_art,
             model=model, fp32_onnx=self._fp32_onnx(folder, art), task=self.task,
-            reference=self.reference, example=self.example, bench=self.bench, evaluation=self.evaluation)
+            reference=self.reference, example=self.example, bench=self.bench, evaluation=self.evaluation,
+            references=self.references)
         if target.runtime == "openvino":
             entry["runtime_version"] = runner.version
         elif target.runtime == "executorch":

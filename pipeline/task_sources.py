@@ -8,7 +8,7 @@ no arguments. It may declare any of the keywords ``seed``, ``input_shape``, ``da
 with the same keys; ``calibration`` is accepted for ``calib``)::
 
     TaskData(train=..., calib=..., test=..., val=None, metric=None, num_classes=None,
-             name=None, model="", classes=(), groups=None)
+             name=None, model="", classes=(), groups=None, outputs=())
 
 Each split is one of: a ``Split``; an array or tensor of inputs (unlabelled); a *tuple*
 ``(x, y)`` of arrays or tensors (``y`` may be None); a ``torch.utils.data.Dataset`` whose items
@@ -22,6 +22,11 @@ axis of the model's input shape: ``x.shape[1:] == input_shape[1:]``.
 ``groups`` (optional) is one value per *test* sample (integers or strings: a site, a device, a
 skin tone, an age band): the report gives accuracy per group next to fp32's for every variant
 (``edgeopt.pipeline.evaluate``), so a compressed model that fails one group shows it.
+
+``outputs`` (optional) says what the model's outputs are, one mapping per output in order, e.g.
+``[{"name": "det", "kind": "boxes+scores", "classes": 80}]`` or ``[{"kind": "sequence", "decode":
+"ctc"}]``: each output is compared with fp32's by its kind (``edgeopt.pipeline.output_quality``).
+A ``.npz`` task declares them as a JSON string array ``outputs``.
 
 Example:
     >>> import numpy as np
@@ -69,6 +74,7 @@ class TaskData:
     model: str = ""
     classes: tuple = ()
     groups: Any = None  # one value per test sample: the task's own slices in the report
+    outputs: Any = ()  # what each model output is: [{name, kind, ...}] (edgeopt.pipeline.output_quality)
 
 
 def spec_kind(spec: str) -> str:
@@ -159,6 +165,7 @@ def load_factory(spec: str, **available):
 
 def task_from_data(data: TaskData, default_name: str, seed: int = 0, where: str | None = None):
     """A ``Task`` from ``TaskData``: splits materialised and checked, defaults filled in."""
+    from .output_quality import parse_outputs
     from .tasks import METRICS, Split, Task
 
     where = where or f"task {default_name!r}"
@@ -210,7 +217,7 @@ def task_from_data(data: TaskData, default_name: str, seed: int = 0, where: str 
         groups = groups.astype(str) if groups.dtype.kind == "O" else groups
     return Task(data.name or default_name, metric, (1, *shapes["test"]), num_classes,
                 splits["train"], splits["val"], splits["calib"], splits["test"], model=data.model or "",
-                classes=tuple(data.classes), test_groups=groups)
+                classes=tuple(data.classes), test_groups=groups, outputs=parse_outputs(data.outputs or None, where))
 
 
 def to_split(value, what: str):
@@ -348,8 +355,27 @@ def split_arrays(x: np.ndarray, y: np.ndarray | None, seed: int, what: str) -> d
 # -- .npz files -------------------------------------------------------------------------------
 
 def check_npz(spec: str) -> None:
-    """``InputError`` unless ``spec`` is a readable ``.npz`` with an ``x`` array."""
-    _open_npz(spec).close()
+    """``InputError`` unless ``spec`` is a readable ``.npz`` with an ``x`` array (and, when it
+    has one, a valid ``outputs`` declaration)."""
+    with _open_npz(spec) as data:
+        if "outputs" in data.files:
+            npz_outputs(data, spec)
+
+
+def npz_outputs(data, spec: str):
+    """A ``.npz`` task's ``outputs``: a JSON string with one mapping per model output."""
+    import json
+
+    from .output_quality import parse_outputs
+
+    where = f"task data {spec!r}"
+    try:
+        text = str(data["outputs"])
+        value = json.loads(text)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{where}: 'outputs' must be a JSON string such as "
+                         f"'[{{\"kind\": \"sequence\", \"decode\": \"ctc\"}}]': {_first_line(e)}") from None
+    return parse_outputs(value, where)
 
 
 def _open_npz(spec: str):
@@ -366,11 +392,11 @@ def _open_npz(spec: str):
     if "x" not in data.files:
         data.close()
         raise InputError(f"task data {spec!r} has arrays {sorted(data.files)}; expected x "
-                         "(and optionally y, metric)")
-    unknown = sorted(set(data.files) - {"x", "y", "metric"})
+                         "(and optionally y, metric, outputs)")
+    unknown = sorted(set(data.files) - {"x", "y", "metric", "outputs"})
     if unknown:
         data.close()
-        raise InputError(f"task data {spec!r} has unknown array(s) {unknown}; expected x, y, metric")
+        raise InputError(f"task data {spec!r} has unknown array(s) {unknown}; expected x, y, metric, outputs")
     return data
 
 
@@ -382,6 +408,7 @@ def load_npz(spec: str, seed: int, input_shape: tuple | None):
             x = data["x"]
             y = data["y"] if "y" in data.files else None
             metric = str(data["metric"]) if "metric" in data.files else None
+            outputs = npz_outputs(data, spec) if "outputs" in data.files else ()
         except ValueError as e:  # object arrays would need unpickling
             raise InputError(f"task data {spec!r}: {_first_line(e)}; arrays must be numeric") from None
     what = f"task data {spec!r}"
@@ -396,7 +423,7 @@ def load_npz(spec: str, seed: int, input_shape: tuple | None):
     parts = {k: (x[i], None if y is None else y[i]) for k, i in idx.items()}
     name = Path(spec).stem
     return task_from_data(TaskData(train=parts["train"], calib=parts["calib"], test=parts["test"],
-                                   val=parts["val"], metric=metric, name=name), name, seed, what)
+                                   val=parts["val"], metric=metric, name=name, outputs=outputs), name, seed, what)
 
 
 def _add_channel_axis(x: np.ndarray, input_shape: tuple | None) -> np.ndarray:

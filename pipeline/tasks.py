@@ -89,6 +89,9 @@ class Task:
     # One group value per test sample (a user task's own slices: site, device, age band, ...),
     # reported per group by edgeopt.pipeline.evaluate; None when the task declares none.
     test_groups: np.ndarray | None = None
+    # What each model output is (``edgeopt.pipeline.output_quality.OutputSpec``, in the model's
+    # output order): how each is compared with fp32's; () when the task declares none.
+    outputs: tuple = ()
 
     @property
     def labelled(self) -> bool:
@@ -124,17 +127,20 @@ class Task:
     def agreement(self, outputs: np.ndarray, reference: np.ndarray) -> float:
         """How close a variant's outputs are to the reference (fp32) model's on the same inputs.
 
-        Top-1 agreement (fraction of equal argmax) for ``top1`` and ``agreement`` tasks, mean
-        cosine similarity for ``cosine`` tasks, and the error metric itself (mse / mae of the
-        outputs against the reference outputs, lower is better) for regression tasks.
+        Top-1 agreement (fraction of equal argmax) for ``top1`` and ``agreement`` tasks with
+        class scores (N, C), mean cosine similarity for other outputs of those and for ``cosine``
+        tasks (never exact float equality: fp32 + 1e-6 agrees), and the error metric itself (mse /
+        mae of the outputs against the reference outputs, lower is better) for regression tasks.
         """
         a, b = np.asarray(outputs), np.asarray(reference)
         if a.shape != b.shape:
             raise InputError(f"outputs of shape {a.shape} vs reference outputs of shape {b.shape}")
         if self.metric in ("top1", "agreement"):
             if a.ndim == 2:
-                a, b = a.argmax(axis=1), b.argmax(axis=1)
-            return float(np.mean(a == b))
+                return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
+            if a.ndim == 1 and np.issubdtype(a.dtype, np.integer):  # predicted labels
+                return float(np.mean(a == b))
+            return compare_outputs(a, b, "cosine")
         return compare_outputs(a, b, self.metric)
 
 
@@ -157,7 +163,7 @@ def compare_outputs(a: np.ndarray, b: np.ndarray, metric: str) -> float:
 
 def load_task(spec: str, seed: int = 0, input_shape: tuple | None = None,
               data_dir: str | os.PathLike | None = None, limit: int | None = None,
-              preprocess=None) -> Task:
+              preprocess=None, outputs=None) -> Task:
     """A task from a built-in name, ``module.path:factory``, a ``.npz`` file or an image folder.
 
     Args:
@@ -171,6 +177,8 @@ def load_task(spec: str, seed: int = 0, input_shape: tuple | None = None,
         data_dir: where ``fashion_mnist`` reads its IDX files (default ``FASHION_MNIST_DIR``).
         limit: at most this many samples per split (for quick tests).
         preprocess: image folders: an ``ImagePreprocess`` or a dict of its fields.
+        outputs: what the model's outputs are (a list of mappings, ``output_quality.parse_outputs``;
+            a recipe's ``task: {..., outputs: [...]}``): replaces what the task itself declares.
 
     Raises:
         InputError: an unknown name, a missing or malformed file or folder, a factory that fails.
@@ -198,6 +206,12 @@ def load_task(spec: str, seed: int = 0, input_shape: tuple | None = None,
     else:
         raise InputError(f"unknown task {spec!r}; expected one of {', '.join(TASKS)}, "
                          "module.path:factory, a .npz file or an image folder")
+    if outputs is not None:
+        import dataclasses
+
+        from .output_quality import parse_outputs
+
+        task = dataclasses.replace(task, outputs=parse_outputs(outputs, f"task {spec!r}"))
     return limit_task(task, limit)
 
 
