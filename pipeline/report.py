@@ -697,6 +697,8 @@ def pareto_figure(report: dict):
         metric = metric_label(judged, higher)
     elif any(v.get("accuracy") is not None for v in variants):
         metric = "top-1 accuracy (%)"
+    elif any(isinstance(v.get("worst_output"), dict) for v in variants):
+        metric = "agreement with fp32, worst output (%)"  # unlabelled: by each output's kind
     else:
         metric = "top-1 agreement with fp32 (%)"
     failed = failed_variants(report)

@@ -13,7 +13,7 @@ from edgeopt.core.errors import InputError
 from edgeopt.pipeline.measure import scores
 from edgeopt.pipeline.output_quality import (decode_sequences, detection_match, output_quality,
                                              parse_outputs, worst_output)
-from edgeopt.pipeline.report import make_report, markdown, text_table
+from edgeopt.pipeline.report import judged_by, make_report, markdown, quality, text_table
 from edgeopt.pipeline.tasks import load_task
 
 ANCHORS, CLASSES = 64, 3
@@ -104,6 +104,9 @@ def test_yolo_scores_zeroed_by_one_shared_scale_show_as_the_worst_output(tmp_pat
     assert "worst output" in table.splitlines()[0]
     assert "det 0.0% matched" in [line for line in table.splitlines() if line.startswith("int8")][0]
     assert "det 0.0% matched" in markdown(report)
+    # the front and the plot judge the row by its worst output, not the whole tensor's cosine
+    int8 = next(v for v in report["variants"] if v["name"] == "int8")
+    assert quality(int8, judged_by(report)[0]) == 0.0
 
 
 def test_undeclared_detector_output_still_reports_its_worst_slice_by_snr(tmp_path):
