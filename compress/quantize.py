@@ -52,6 +52,8 @@ MODES = ("static", "dynamic")
 CALIBRATIONS = ("minmax", "entropy", "percentile", "mean_minmax")
 TYPES = ("uint8", "int8")
 FORMATS = ("qdq", "qoperator")
+#: Who quantizes: edgeopt's onnxruntime-based flow, or NNCF's post-training quantization.
+ENGINES = ("edgeopt", "nncf")
 #: Ops whose quantization saves arithmetic; the fallback ranks these, and a model needs one.
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
 # Compute the quantizer leaves in float (no static int8 kernel): counted in the summary, named as float.
@@ -108,10 +110,18 @@ class QuantizeConfig:
         guard_outputs: measure every output (and each Concat slice of one) against the float
             model on the calibration samples, keep mixed-range Concats in float and keep in
             float what feeds an output whose int8 error exceeds its own variation
-            (``output_guard``); off gives onnxruntime's plain result, to compare with.
+            (``output_guard``); off gives onnxruntime's plain result, to compare with. Unset:
+            on for the edgeopt engine (the nncf engine has no guard).
         debug_layers: run the per-layer debugger (static QDQ) and name this many costliest
             layers (ranked by the share of the output error each removes when kept in float)
-            in the record, on the command line and in the report; 0 turns it off.
+            in the record, on the command line and in the report; 0 turns it off. Unset: 5 for
+            the edgeopt engine (the nncf engine has no debugger).
+        engine: "edgeopt" (onnxruntime's quantizer with the options above) or "nncf" (NNCF's
+            post-training quantization of the ONNX model, ``nncf.quantize``, the optional
+            ``openvino`` extra): a QDQ model every runtime runs, to compare the two quantizers
+            on one runtime. nncf takes ``max_calibration_samples`` (its ``subset_size``) and
+            ``nodes_to_exclude`` (its ignored scope); the options only the edgeopt engine has
+            (budgets, transforms, guard, debugger, other calibration settings) are refused.
     """
 
     mode: str = "static"
@@ -132,8 +142,9 @@ class QuantizeConfig:
     smooth_quant_alpha: float = 0.5
     try_transforms: bool = True
     max_float_nodes: int | None = None
-    guard_outputs: bool = True
-    debug_layers: int = 5
+    guard_outputs: bool | None = None
+    debug_layers: int | None = None
+    engine: str = "edgeopt"
 
     def __post_init__(self):
         check_field_types(self)
@@ -153,6 +164,21 @@ class QuantizeConfig:
         one_of("activation_type", TYPES)
         one_of("weight_type", TYPES)
         one_of("format", FORMATS)
+        one_of("engine", ENGINES)
+        if self.engine == "nncf":
+            edgeopt_only = nncf_conflicts(self)
+            if edgeopt_only:
+                raise InputError(f"engine nncf does not take {', '.join(edgeopt_only)} (options of the "
+                                 "edgeopt engine); drop them or use engine edgeopt")
+            from .quantize_nncf import require_nncf
+
+            require_nncf()  # a recipe naming engine nncf fails when it is read, before any work
+        # unset guard and debugger: on for the edgeopt engine, absent from nncf's
+        edgeopt = self.engine == "edgeopt"
+        if self.guard_outputs is None:
+            object.__setattr__(self, "guard_outputs", edgeopt)
+        if self.debug_layers is None:
+            object.__setattr__(self, "debug_layers", 5 if edgeopt else 0)
         if self.max_accuracy_drop is not None and not (0 <= self.max_accuracy_drop < 1):
             raise InputError(f"max_accuracy_drop must be in [0, 1) (a fraction: 0.005 = 0.5 points); "
                              f"got {self.max_accuracy_drop!r}")
@@ -185,6 +211,20 @@ class QuantizeConfig:
     def transforms(self) -> tuple:
         """The transforms this config switches on, in the order they are applied."""
         return tuple(t for t in TRANSFORMS if getattr(self, t))
+
+
+def nncf_conflicts(config: QuantizeConfig) -> list[str]:
+    """The options set in ``config`` that only the edgeopt engine has (``name=value``)."""
+    defaults = {"mode": "static", "method": _DEFAULT_METHOD, "per_channel": True,
+                "max_accuracy_drop": None, "min_agreement": None, "activation_type": "uint8",
+                "weight_type": "int8", "format": "qdq", "percentile": 99.999, "equalize": False,
+                "bias_correction": False, "smooth_quant": False, "smooth_quant_alpha": 0.5,
+                "max_float_nodes": None, "guard_outputs": None, "debug_layers": None}
+    # mean_minmax is NNCF's own activation estimator, so the default method is no conflict;
+    # try_transforms only acts with a budget, which is refused itself
+    harmless = {"guard_outputs": (None, False), "debug_layers": (None, 0)}  # off is what nncf does
+    return [f"{k}={getattr(config, k)!r}" for k, v in defaults.items()
+            if getattr(config, k) != v and getattr(config, k) not in harmless.get(k, ())]
 
 
 #: ``quantize`` returns the one step result type; the earlier name stays importable.
@@ -304,7 +344,11 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
         excluded = _node_names(pre, config.nodes_to_exclude, model)
         attempts, steps = [], []
         chosen = config.transforms
-        if config.has_budget:
+        if config.engine == "nncf":  # NNCF quantizes the same pre-processed model (BN folded)
+            from .quantize_nncf import nncf_quantize
+
+            candidate = nncf_quantize(pre, feeds, tmp / "nncf.onnx", ignored=excluded)
+        elif config.has_budget:
             score = _Scorer(model, eval_data, config)
             ladder = _ladder(config, pre)
             best = None
@@ -369,6 +413,7 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
                 "compute_nodes_total": total,
                 "float_ops": float_ops,
                 "summary": int8_summary(len(quantized_nodes), total, float_ops),
+                "engine": config.engine,
                 "nodes_in_float": excluded,
                 "fallback": steps,
                 "transforms": list(chosen),

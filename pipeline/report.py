@@ -52,7 +52,10 @@ An entry is either *ok* (``"status"`` absent or ``"ok"``)::
                    "thumbnails": "exemplars/<v>.png" | null},   # paths relative to the study folder
      "pareto_worst_class",                    # filled in by make_report: the front on worst class
      "resumed" (optional: true when it was timed in an earlier run of the same recipe),
-     "latency_ratio", "pareto"}               # these two are filled in by make_report
+     "latency_ratio", "pareto",               # these two are filled in by make_report
+     "keeps_quality", "fastest"}              # and these (optional in older reports): the row keeps
+                                              # the quality limit (QUALITY_LIMIT), and is the fastest
+                                              # such row of its variant (name): the runtime to pick
 
 or *failed*, with no measurements, no ``latency_ratio`` and no ``pareto``::
 
@@ -276,6 +279,7 @@ def make_report(variants: list[dict], machine: dict, task: dict | None, referenc
             points.append((v["latency_ms"]["median"], None if q is None else sign * q))
         for v, flag in zip(ok, pareto_flags(points)):
             v["pareto"] = flag
+        mark_fastest(ok, ok[names.index(reference)], metric, higher)
         worst = [v for v in ok if v.get("worst_class_accuracy") is not None]
         if worst:  # the same front, with each variant's weakest class as its accuracy
             for v, flag in zip(worst, pareto_flags([(v["latency_ms"]["median"], v["worst_class_accuracy"])
@@ -285,10 +289,75 @@ def make_report(variants: list[dict], machine: dict, task: dict | None, referenc
             "reference": reference, "variants": entries}
 
 
+# -- which runtime: the fastest per variant that keeps the quality limit -----------------------
+
+#: The quality a row must keep to count as a choice for its variant, against the reference row
+#: (fp32 on onnxruntime): the CI gate's default limits (``edgeopt.pipeline.gate``), so that the
+#: runtime the report recommends is one ``edgeopt check`` would pass. Top-1 accuracy and
+#: agreement: at most 0.005 (half a point) below (``max_accuracy_drop``, ``DEFAULT_AGREEMENT_DROP``);
+#: error metrics (lower is better): at most 5% above (``DEFAULT_METRIC_RISE``); other metrics:
+#: at most 0.005 below, in their units (``DEFAULT_METRIC_DROP``).
+QUALITY_LIMIT = {"points": 0.005, "relative_rise": 0.05, "drop": 0.005}
+
+
+def quality_limit(reference_value: float, metric: str, higher: bool) -> float:
+    """The worst value of ``metric`` a row may have and still keep the quality limit."""
+    if metric in PERCENT_METRICS:
+        return reference_value - QUALITY_LIMIT["points"]
+    if not higher:
+        return reference_value + abs(reference_value) * QUALITY_LIMIT["relative_rise"]
+    return reference_value - QUALITY_LIMIT["drop"]
+
+
+def mark_fastest(ok: list[dict], reference: dict, metric: str, higher: bool) -> None:
+    """Set ``keeps_quality`` and ``fastest`` on the ok rows: per variant name, the fastest row
+    (median latency) among those that keep the quality limit against ``reference``. A row
+    without a quality value, or a report whose reference has none, keeps nothing: no runtime is
+    recommended on latency alone."""
+    ref = quality(reference, metric)
+    limit = None if ref is None else quality_limit(ref, metric, higher)
+    for v in ok:
+        q = quality(v, metric)
+        # None: not judged (no quality value on this row or on the reference)
+        v["keeps_quality"] = (None if limit is None or q is None
+                              else bool(q >= limit - 1e-12 if higher else q <= limit + 1e-12))
+        v["fastest"] = False
+    for name in dict.fromkeys(v["name"] for v in ok):
+        kept = [v for v in ok if v["name"] == name and v["keeps_quality"] is True]
+        if kept:
+            min(kept, key=lambda v: v["latency_ms"]["median"])["fastest"] = True
+
+
+def fastest_here(report: dict) -> str:
+    """The summary line's value: the fastest row of all that keep the quality limit, e.g.
+    ``int8 on openvino (0.42x onnxruntime fp32)``, and the limit it kept."""
+    ref = report.get("reference")
+    if ref is None:
+        return "no variant was measured"
+    metric, higher = judged_by(report)
+    ref_name, ref_runtime = ref.split("/", 1)
+    ref_row = next((v for v in ok_variants(report) if _label(v) == ref), None)
+    ref_q = None if ref_row is None else quality(ref_row, metric)
+    if ref_q is None:
+        return f"not judged: {ref} has no {metric_label(metric, higher)} to hold the others to"
+    bound = quality_limit(ref_q, metric, higher)
+    limit = (f"{metric if metric in PERCENT_METRICS else metric_label(metric, higher)} "
+             f"{'>=' if higher else '<='} {format_metric(bound, metric)}, the CI gate's default limit "
+             f"against {ref_runtime} {ref_name}")
+    marked = [v for v in ok_variants(report) if v.get("fastest")]
+    if not marked:
+        return f"no row keeps the quality limit ({limit})"
+    best = min(marked, key=lambda v: v["latency_ms"]["median"])
+    ratio = best.get("latency_ratio")
+    return (f"{best['name']} on {best['runtime']}"
+            + (f" ({ratio:.2f}x {ref_runtime} {ref_name})" if ratio is not None else "")
+            + f"; quality limit: {limit}")
+
+
 # -- text views -------------------------------------------------------------------------------
 
 COLUMNS = ("variant", "runtime", "target", "size", "params", "MFLOPs", "median ms", "p90 ms",
-           "vs ref", "accuracy", "agreement", "pareto")
+           "vs ref", "accuracy", "agreement", "pareto", "fastest")
 TIMED = "timed"  # the extra column when some rows come from an earlier run
 WORST_OUTPUT = "worst output"  # before "pareto", when rows carry worst_output
 
@@ -343,7 +412,9 @@ def _row(v: dict, resumed_column: bool = False, metric: str = "top1", worst_colu
            f"{v['latency_ms']['median']:.3f}", _num(v["latency_ms"].get("p90"), ".3f"),
            "-" if ratio is None else f"{ratio:.2f}x", format_metric(acc, metric),
            "-" if agr is None else f"{agr:.4f}" if v.get("agreement_kind") == "cosine" else f"{agr * 100:.2f}%",
-           "*" if v.get("pareto") else ""]
+           "*" if v.get("pareto") else "",
+           # the runtime to pick for this variant; "-": slower, or below the quality limit
+           "<-" if v.get("fastest") else "-" if v.get("keeps_quality") is False else ""]
     if worst_column:
         row.insert(COLUMNS.index("pareto"), worst_output_label(v))
     if resumed_column:
@@ -440,6 +511,7 @@ def summary(report: dict) -> list[tuple[str, str]]:
             metric = metric_label(str(metric), bool(task["higher_is_better"]))
         items.append(("task", f"{task.get('name')} (metric: {metric})"))
     items.append(("timings", timing_note(report)))
+    items.append(("fastest here", fastest_here(report)))
     for k, v in meta.items():
         if k not in ("model", "recipe", "created"):
             items.append((str(k), v if isinstance(v, str) else json.dumps(v)))
@@ -521,6 +593,8 @@ def describe_record(rec: dict) -> str:
         if m.get("params") is not None:
             parts.append(f"params {_count(m['params'])}")
     elif name == "quantize":
+        if m.get("engine") == "nncf":  # which quantizer made it: the two are compared side by side
+            parts.append("quantized by NNCF")
         if "compute_nodes_total" in m:
             parts.append(f"{m.get('compute_nodes_quantized')} of {m['compute_nodes_total']} compute "
                          "nodes quantized" + (" (float: " + ", ".join(f"{op} {n}" for op, n in
@@ -601,7 +675,8 @@ def markdown(report: dict) -> str:
     cols, rows = _rows(report)
     table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     table += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
-    lines = head + ["", *table, "", f"`*` marks the {front_name(report)} Pareto front."]
+    lines = head + ["", *table, "", f"`*` marks the {front_name(report)} Pareto front; `<-` the fastest "
+                    "runtime of each variant among its rows that keep the quality limit (`-`: below it)."]
     failed = failed_variants(report)
     if failed:
         lines += ["", "## Failed variants", "", "Not measured; left out of the table, the plot and "
@@ -680,6 +755,10 @@ def _place_labels(ax, renderer, points_px, labels, obstacles, fontsize):
     return offsets
 
 
+#: The colour of the plot's labels for each variant's fastest runtime within the quality limit.
+FASTEST_COLOR = "tab:green"
+
+
 def pareto_figure(report: dict):
     """The trade-off figure: latency (log scale) against accuracy, marker area by model size,
     the front drawn, each point (or group of coinciding points) numbered with a label that
@@ -703,10 +782,12 @@ def pareto_figure(report: dict):
         metric = "top-1 agreement with fp32 (%)"
     failed = failed_variants(report)
     worst = any("pareto_worst_class" in v for v in variants)
-    key_lines = ["    (* = Pareto front" + ("; w = front on worst-class accuracy)" if worst else ")")]
+    key_lines = ["    (* = Pareto front; f = fastest of its variant within the quality limit"
+                 + ("; w = front on worst-class accuracy)" if worst else ")")]
     width = max([len(_label(v)) for v in variants] + [0])
     for number, v in enumerate(variants, 1):
-        marks = ("*" if v.get("pareto") else " ") + (("w" if v.get("pareto_worst_class") else " ") if worst else "")
+        marks = (("*" if v.get("pareto") else " ") + ("f" if v.get("fastest") else " ")
+                 + (("w" if v.get("pareto_worst_class") else " ") if worst else ""))
         lowest = (f"  worst class {v['worst_class_accuracy'] * 100:6.2f}%"
                   if v.get("worst_class_accuracy") is not None else "")
         key_lines.append(f"{number:>3} {marks} {_label(v):<{width}}"
@@ -767,6 +848,9 @@ def pareto_figure(report: dict):
                 zorder=2)
     for rt in runtimes:
         ax.scatter([], [], color=colors[rt], label=rt)
+    if any(v.get("fastest") for v in variants):
+        ax.scatter([], [], marker="s", facecolor="white", edgecolor=FASTEST_COLOR,
+                   label="fastest of its variant (f)")
     legend = ax.legend(loc="lower right", fontsize=8)
 
     # Points often coincide (same accuracy, near-equal latency): points closer than a few
@@ -789,10 +873,14 @@ def pareto_figure(report: dict):
     offsets = _place_labels(ax, renderer, centers, labels, [(lb.x0, lb.y0, lb.x1, lb.y1)], fontsize=8)
     for g, text, (dx, dy) in zip(groups, labels, offsets):
         arrow = dict(arrowstyle="-", color="0.3", linewidth=0.7) if (dx or dy) else None
+        # the label of a variant's fastest runtime within the quality limit ("f" in the key) is
+        # drawn in FASTEST_COLOR, boxed
+        fastest = any(variants[i].get("fastest") for i in g)
+        box = (dict(boxstyle="round,pad=0.15", fc="white", ec=FASTEST_COLOR, lw=1.2, alpha=0.9) if fastest
+               else dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8) if (dx or dy) else None)
         ax.annotate(text, (xs[g[0]], ys[g[0]]), xytext=(dx, dy), textcoords="offset pixels", ha="center",
-                    va="center", fontsize=8, fontweight="bold", zorder=5, arrowprops=arrow,
-                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8) if (dx or dy) else None,
-                    gid="pareto-label")
+                    va="center", fontsize=8, fontweight="bold", zorder=5, arrowprops=arrow, bbox=box,
+                    color=FASTEST_COLOR if fastest else "black", gid="pareto-label")
     return fig
 
 
@@ -875,7 +963,8 @@ nav a{{margin-right:1em}}</style></head>
 <nav>{' '.join(nav)}</nav>
 <table class="facts">{facts}</table>
 <h2 id="variants">Variants</h2>
-<p>Sorted by median latency; * marks the {e(front_name(report))} Pareto front.</p>
+<p>Sorted by median latency; * marks the {e(front_name(report))} Pareto front; &lt;- the fastest
+runtime of each variant among its rows that keep the quality limit (-: below it).</p>
 <table><tr>{head}</tr>{body}</table>
 <h2 id="plot">Trade-off</h2>
 <p><img src="data:image/png;base64,{img}" alt="latency against accuracy, one numbered point per variant" style="max-width:100%"></p>

@@ -105,4 +105,10 @@ def _first_line(error: BaseException) -> str:
     # OpenVINO's messages start with a "Check '...' failed at <source path>" line: the reason
     # follows it
     useful = [line for line in lines if not line.startswith(("Check ", "Exception from"))]
+    # a model with an op the ONNX frontend cannot convert: the op is named on a later line
+    # ("-- No conversion rule found for operations: Det-17"); that line is the reason
+    unconverted = [line.lstrip("- ") for line in lines if "No conversion rule found for operations" in line]
+    if unconverted:
+        return unconverted[0].replace("No conversion rule found for operations",
+                                      "OpenVINO has no conversion rule for the ONNX operation(s)")
     return (useful or lines or [type(error).__name__])[0]
