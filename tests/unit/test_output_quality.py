@@ -109,15 +109,23 @@ def test_yolo_scores_zeroed_by_one_shared_scale_show_as_the_worst_output(tmp_pat
     assert quality(int8, judged_by(report)[0]) == 0.0
 
 
-def test_undeclared_detector_output_still_reports_its_worst_slice_by_snr(tmp_path):
-    """Without a declaration the output is judged by SNR (never exact equality), which is low
-    too once the scores collapse, though not as plain as "0% matched"."""
+def test_undeclared_detector_output_is_judged_by_its_worst_channel(tmp_path):
+    """Without a declaration the output is judged by SNR, never exact equality: as a whole the
+    collapsed head still reads ~48 dB (the boxes' range dominates), per channel a score channel
+    reads below 0 dB, and that judges the output."""
     task = _yolo_task(tmp_path, outputs=False)
     ref = _run_onnx(_yolo_onnx(tmp_path / "fp32.onnx"), task.test.x)
     noisy = [ref[0] + np.float32(1e-6)]
     entry = scores(task, noisy[0], ref[0], noisy, ref)
     assert entry["worst_output"]["figure"] == "snr_db" and entry["task_metric"]["value"] > 0.999
-    assert task.agreement(noisy[0], ref[0]) > 0.999  # was exact float equality: 0.0
+    assert "worst_channel" not in entry["worst_output"]
+    assert task.agreement(noisy[0], ref[0]) > 0.999  # was exact float equality: 0.56
+    got = _run_onnx(_yolo_onnx(tmp_path / "int8.onnx", qdq_scale=1.26), task.test.x)
+    entry = scores(task, got[0], ref[0], got, ref)
+    worst = entry["worst_output"]
+    assert worst["snr_db"] > 40 and worst["worst_channel"]["channel"] >= 4 and worst["worst_channel"]["snr_db"] < 0
+    assert worst["normalized"] == 0.0 and entry["task_metric"]["value"] == 0.0
+    assert worst["label"].startswith("output ") and f"channel {worst['worst_channel']['channel']} -" in worst["label"]
 
 
 def test_ctc_sequence_decoding_and_share_of_identical_sequences():
