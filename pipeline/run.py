@@ -175,9 +175,12 @@ def run_recipe(recipe: str | os.PathLike | Recipe, out: str | os.PathLike,
         if target.runtime == "torch" and any(s.kind.final for s in steps):
             log(f"{where}: skipped: the torch runtime cannot run an ONNX-level step's output")
             state["done"][key] = None
-        elif target.runtime == "executorch" and any(s.kind.final and s.name != "quantize" for s in steps):
+        elif target.runtime == "executorch" and any(s.kind.final and (s.name != "quantize" or s.config.engine != "edgeopt")
+                                                    for s in steps):
+            # an NNCF variant too: its row would be PT2E's int8 under NNCF's name
             log(f"{where}: skipped: executorch quantizes with its own PT2E flow; it cannot run "
-                f"{', '.join(s.name for s in steps if s.kind.final)}'s ONNX output")
+                + ", ".join(f"{s.name} (engine {s.config.engine})" if s.name == "quantize" else s.name
+                            for s in steps if s.kind.final) + "'s ONNX output")
             state["done"][key] = None
         else:
             log(f"{where}: {' -> '.join(s.name for s in steps) or 'no steps'}")

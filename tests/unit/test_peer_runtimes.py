@@ -250,3 +250,25 @@ def test_an_op_executorch_cannot_take_is_named_in_one_line(tmp_path):
         to_executorch(Det(), example_inputs((1, 1, 4, 4)), tmp_path / "pte")
     assert "\n" not in str(e.value) and "linalg_det" in str(e.value)
     assert not (tmp_path / "pte").exists()
+
+
+@pytest.mark.integration
+def test_a_study_compares_the_two_quantizers_and_executorch_never_passes_pt2e_off_as_nncf(tmp_path):
+    pytest.importorskip("nncf", reason="the openvino extra (nncf) is not installed")
+    pytest.importorskip("executorch", reason="the executorch extra is not installed")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: zoo:digits_cnn\ntask: random\nvariants:\n  fp32: []\n"
+                      "  int8: [{quantize: {debug_layers: 0}}]\n  int8-nncf: [{quantize: {engine: nncf}}]\n"
+                      "targets:\n  - runtime: onnxruntime\n  - runtime: executorch\n"
+                      "bench: {warmup: 1, repeat: 3}\n")
+    r = edgeopt_cli("run", recipe, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["variants"]
+    assert sorted((v["name"], v["runtime"]) for v in rows) == [
+        ("fp32", "executorch"), ("fp32", "onnxruntime"), ("int8", "executorch"), ("int8", "onnxruntime"),
+        ("int8-nncf", "onnxruntime")]
+    assert "int8-nncf/executorch: skipped: executorch quantizes with its own PT2E flow; it cannot run " \
+           "quantize (engine nncf)'s ONNX output" in r.stderr + r.stdout
+    engines = {v["name"]: [h["metrics"]["engine"] for h in v["history"] if h["name"] == "quantize"]
+               for v in rows if v["runtime"] == "onnxruntime" and v["name"] != "fp32"}
+    assert engines == {"int8": ["edgeopt"], "int8-nncf": ["nncf"]}, "the report says which quantizer made each row"
