@@ -33,8 +33,11 @@ RECIPE = str(REPO / "benchmarks" / "ci.yaml")
 
 
 def busy_core(seconds: int) -> subprocess.Popen:
-    """One core kept busy, for at most ``seconds`` (the caller kills it sooner)."""
-    return subprocess.Popen(["timeout", str(seconds), sys.executable, "-c", "while True: pass"])
+    """One core kept busy, for at most ``seconds`` (the caller kills it sooner). The loop bounds
+    itself: killing a `timeout` wrapper leaves its child running (a first version of this script
+    left one busy loop behind per run)."""
+    code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    return subprocess.Popen([sys.executable, "-c", code])
 
 
 def study(out: Path) -> dict:
