@@ -34,8 +34,7 @@ def tvm_profile(folder: Path, x: np.ndarray, threads: int, runs: int) -> dict:
     import time
 
     runner = load(folder, "tvm", threads=threads)        # loads the plugin and sizes the pool
-    bound = runner._bind([x])                            # noqa: SLF001 (a benchmark script)
-    runner._call(bound)                                  # noqa: SLF001
+    runner.run([x])
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     started: list[float] = []
 
@@ -51,7 +50,7 @@ def tvm_profile(folder: Path, x: np.ndarray, threads: int, runs: int) -> dict:
     runner.vm.set_instrument(instrument)
     wall = time.perf_counter()
     for _ in range(runs):
-        runner._call(bound)                              # noqa: SLF001
+        runner.run([x])
     wall_ms = (time.perf_counter() - wall) * 1000 / runs
     rows = sorted(totals.items(), key=lambda kv: -kv[1][0])
     return {"instrumented_wall_ms": round(wall_ms, 3), "calls_per_run": round(sum(v[1] for v in totals.values())),
