@@ -41,13 +41,15 @@ _INT8_CORES = ("relax.nn.conv2d", "relax.nn.conv1d", "relax.matmul")  # ops an i
 _FLOAT_OUT = ("float32", "", "None", "void")  # an unset out_dtype means the input dtype
 
 
-def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | None = None):
+def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | None = None,
+                      min_flops: int = 0, kept_small: list | None = None):
     """Return ``(new_mod, counts)`` for a Relax module from ``from_onnx``: counts of the ops
     offloaded, ``conv2d`` / ``matmul`` / ``batch_matmul`` (float32) and ``conv2d_q`` /
     ``matmul_q`` (int8). ``int8=False`` keeps a QDQ model's float semantics (its convs run
     on oneDNN in float32 with the dequantized weights). ``fallbacks``, when given, receives one
     line per op kind kept out of NHWC because TVM cannot lower it there (``to_nhwc``);
-    ``target`` is the scope of that check."""
+    ``target`` is the scope of that check. Convs and matmuls of fewer than ``min_flops`` FLOPs
+    (``kernels: auto`` passes ``MIN_FLOPS``) stay with TVM, one line per kind in ``kept_small``."""
     from tvm import relax
 
     mod = clip_as_relax_ops(mod)
@@ -58,21 +60,52 @@ def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | Non
               "max_pool2d": 0, "conv2d_q": 0, "matmul_q": 0, "max_pool2d_q": 0}
     # int8 first: the QDQ chains still hold the int8 weights (constant folding would turn
     # dequantize(Wq) into float weights)
+    small: dict[str, int] = {}
     if int8:
-        mod = _rewrite(mod, _plan_int8, counts)
+        mod = _rewrite(mod, _plan_int8, counts, min_flops, small)
     # weights and biases become plain constants; the transposes ConvertLayout duplicated merge
     mod = relax.transform.FoldConstant()(mod)
     mod = relax.transform.EliminateCommonSubexpr()(mod)
-    mod = _rewrite(mod, _plan, counts)
+    mod = _rewrite(mod, _plan, counts, min_flops, small)
+    if kept_small is not None:
+        kept_small.extend(f"{n} {kind} under {min_flops:,} FLOPs" for kind, n in sorted(small.items()))
     return relax.transform.DeadCodeElimination()(mod), counts
 
 
-def _rewrite(mod, planner, counts):
+#: Convs and matmuls below this many FLOPs stay with TVM under ``kernels: auto``. A oneDNN call
+#: has a fixed cost (primitive lookup, an OpenMP parallel region whose threads are woken and
+#: joined; ~4 us on 2 cores) that a tiny op does not repay, and a co-located load stretches the
+#: join: a GRU classifier whose per-step matmuls went to oneDNN ran 27 ms median on a loaded
+#: machine (0.069 ms at best), against 0.044 ms with TVM's own kernels. Measured per fp32 op
+#: (benchmarks/RESULTS.md, "small ops"): TVM's untuned kernel is 2x faster at 512 and 2,048
+#: FLOPs, 1.3x slower at 8,192 (1 us), 1.5x at 32,768 and 7.5x at 131,072; convs cross over
+#: sooner (1.2x slower at 73,728). Below 16,384 an op costs TVM at most about a microsecond more
+#: when the machine is quiet and never waits on a descheduled OpenMP thread when it is not.
+MIN_FLOPS = 16_384
+
+
+def plan_flops(plan) -> int | None:
+    """Multiply-adds x 2 of a conv / matmul plan (None: not one, or a dynamic output shape)."""
+    if plan.weight is None or plan.kind not in ("conv2d", "matmul", "conv2d_q", "matmul_q"):
+        return None
+    if not all(isinstance(d, int) for d in plan.out_shape):
+        return None
+    per_output = plan.weight.shape[0] if plan.kind.startswith("matmul") else int(np.prod(plan.weight.shape[1:]))
+    return 2 * int(np.prod(plan.out_shape)) * int(per_output)
+
+
+def _rewrite(mod, planner, counts, min_flops: int = 0, small: dict | None = None):
     from tvm import relax
 
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
             plans = planner(func)
+            for end, plan in list(plans.items()):
+                flops = plan_flops(plan)
+                if flops is not None and flops < min_flops:
+                    del plans[end]  # its ops stay as they are: TVM compiles them
+                    if small is not None:
+                        small[plan.kind] = small.get(plan.kind, 0) + 1
             if plans:
                 mod[gv] = _make_rewriter()(mod, plans).visit_expr(func)
                 for plan in plans.values():

@@ -417,10 +417,15 @@ def lower_and_compile(mod, spec: dict, config: BuildConfig, log=lambda s: None, 
     details["int8_ops"] = 0
     layout_fallbacks: list[str] = []
     if kernels == "onednn":
-        from .onednn_offload import offload_to_onednn
+        from .onednn_offload import MIN_FLOPS, offload_to_onednn
 
-        mod, details["library_ops"] = offload_to_onednn(mod, int8=bool(int8), target=tvm.target.Target(spec),
-                                                         fallbacks=layout_fallbacks)
+        # kernels: auto keeps tiny convs and matmuls on TVM's kernels (a oneDNN call costs more)
+        small: list[str] = []
+        mod, details["library_ops"] = offload_to_onednn(
+            mod, int8=bool(int8), target=tvm.target.Target(spec), fallbacks=layout_fallbacks,
+            min_flops=MIN_FLOPS if config.kernels == "auto" else 0, kept_small=small)
+        if small:
+            details["small_ops_in_tvm"] = small
         details["int8_ops"] = details["library_ops"]["conv2d_q"] + details["library_ops"]["matmul_q"]
     # TVM's tuned x86 convs in blocked layouts; int8 ones then keep uint8 activations (VNNI)
     blocked = kernels == "tvm" and tune is not None and tune.blocked_layout and is_x86_cpu(spec)

@@ -112,3 +112,93 @@ def reference_outputs(art, x, reference: str | None, log: Callable[[str], None])
     except InputError as e:  # e.g. an aarch64 artifact on an x86 client
         log(f"parity: not checked ({e}); pass --reference MODEL.onnx")
         return None
+
+
+#: argv[1] of every background-load process (``edgeopt bench --load``), then the parent's pid:
+#: what a test (or a user with ``ps``) finds them by.
+LOAD_MARKER = "edgeopt-bench-load"
+
+# A busy loop that ends by itself when its parent is gone (even a SIGKILLed one, which runs no
+# cleanup) or after its deadline: a background load never outlives the measurement it serves.
+_BUSY_LOOP = """
+import os, sys, time
+parent, deadline = int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+sys.stdout.write("r")
+sys.stdout.flush()
+while os.getppid() == parent and time.monotonic() < deadline:
+    for _ in range(20000):
+        pass
+"""
+
+
+class BackgroundLoad:
+    """``n`` busy-loop processes, each one core's worth of work, for as long as the ``with``
+    block runs: the co-located load of an edge device (``edgeopt bench --load N``).
+
+    Each process is pinned to its own core, the last ones first (``pinned``; not on systems
+    without ``sched_setaffinity``), so the load is exactly ``n`` busy cores wherever the OS puts
+    the measured threads. They run in their own session (a Ctrl-C at the terminal reaches only
+    edgeopt, which ends them on the way out), spin only once all of them have started, and end
+    when the block exits, whatever ends it, when edgeopt dies, or after ``max_seconds``.
+
+    Example:
+        >>> with BackgroundLoad(1, max_seconds=30) as load:  # doctest: +SKIP
+        ...     stats = runner.benchmark(x).latency
+    """
+
+    def __init__(self, n: int, max_seconds: float = 3600.0):
+        cores = os.cpu_count() or 1
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= cores:
+            raise InputError(f"--load must be a number of busy cores from 1 to {cores} (this machine's "
+                             f"cores), got {n!r}")
+        self.n, self.max_seconds = n, float(max_seconds)
+        self.pinned = hasattr(os, "sched_setaffinity")
+        self.cores: list[int] = []
+        self.processes: list = []
+
+    def __enter__(self) -> "BackgroundLoad":
+        import subprocess
+        import sys
+
+        try:
+            cores = sorted(os.sched_getaffinity(0)) if self.pinned else []
+            for i in range(self.n):
+                p = subprocess.Popen([sys.executable, "-c", _BUSY_LOOP, LOAD_MARKER, str(os.getpid()),
+                                      str(self.max_seconds)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+                self.processes.append(p)
+                if cores:
+                    core = cores[-1 - i % len(cores)]
+                    os.sched_setaffinity(p.pid, {core})
+                    self.cores.append(core)
+            for p in self.processes:  # each says "r" once its loop starts
+                if p.stdout.read(1) != b"r":
+                    raise RuntimeError(f"a background load process ended at start (exit {p.wait()})")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """End every load process and reap it (safe to call twice)."""
+        import subprocess
+
+        for p in self.processes:
+            if p.poll() is None:
+                p.kill()
+        for p in self.processes:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a SIGKILLed process always ends
+                pass
+            if p.stdout:
+                p.stdout.close()
+        self.processes = []
+
+    def describe(self) -> str:
+        where = f"pinned to core{'s' if self.n > 1 else ''} {', '.join(map(str, self.cores))}" \
+            if self.cores else "not pinned"
+        return f"{self.n} busy-loop process{'es' if self.n > 1 else ''} ({where})"

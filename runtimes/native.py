@@ -39,6 +39,7 @@ from .artifact import Artifact
 from .base import BenchmarkResult, Runner, example_inputs
 from .fingerprint import machine_fingerprint
 from .timing import TimingStats, check_counts
+from .tvm_runner import OPENMP_WAIT_POLICY
 
 #: Runner builds: "host" (this interpreter's CPU) or "aarch64" (cross-built, run on ARM or qemu).
 ARCHES = ("host", "aarch64")
@@ -56,6 +57,12 @@ def build_on_demand(arch: str, log: Callable[[str], None] = lambda s: None) -> P
     from edgeopt.compile.native_build import runner_binary
 
     return runner_binary(arch, log=log)
+
+
+def runner_environment() -> dict:
+    """``edgeopt-run``'s environment: this one, with GNU OpenMP's passive waiting unless the user
+    chose a policy (the oneDNN plugin's threads; ``tvm_runner.OPENMP_WAIT_POLICY`` says why)."""
+    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", OPENMP_WAIT_POLICY)}
 
 
 def artifact_arch(artifact: Artifact) -> str:
@@ -147,7 +154,8 @@ class NativeRunner(Runner):
         check_counts(warmup, repeat)
         _, timing = self._execute(self.prepare(inputs), warmup=warmup, repeat=repeat, want_outputs=False)
         stats = TimingStats(median_ms=timing["median_ms"], p90_ms=timing["p90_ms"], min_ms=timing["min_ms"],
-                            mean_ms=timing["mean_ms"], stdev_ms=timing["stdev_ms"], n=int(timing["n"]))
+                            mean_ms=timing["mean_ms"], stdev_ms=timing["stdev_ms"], n=int(timing["n"]),
+                            p99_ms=timing.get("p99_ms"))
         machine = machine_fingerprint(self.threads)
         if self.emulated:
             machine["emulated"] = f"qemu-{self.arch} on {machine['machine']}: not {self.arch} latency"
@@ -169,7 +177,8 @@ class NativeRunner(Runner):
                 (Path(tmp) / "out").mkdir()
                 cmd += ["--outputs", str(Path(tmp) / "out")]
             try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s)
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s,
+                                   env=runner_environment())
             except subprocess.TimeoutExpired:
                 raise RuntimeError(f"the native runner did not finish within {self.timeout_s:.0f} s "
                                    f"on {str(self.artifact.path)!r}") from None

@@ -41,6 +41,10 @@ class TvmRunner(Runner):
     def __init__(self, library: str | os.PathLike, inputs: Sequence[TensorSpec],
                  outputs: Sequence[TensorSpec], device: str = "cpu", threads: int | None = None,
                  plugins: Sequence[str | os.PathLike] = ()):
+        if plugins:
+            # before `import tvm`, which imports torch and with it torch's libgomp: the plugin
+            # shares that one (same soname), and libgomp reads the policy when it is loaded
+            prefer_passive_openmp()
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
@@ -103,6 +107,55 @@ class TvmRunner(Runner):
 
 
 _LOADED_PLUGINS: dict[str, object] = {}
+
+#: What GNU OpenMP threads do when they wait (at a barrier, for work): Debian's oneDNN, which
+#: the plugin links, runs its primitives on libgomp, whose default spins before sleeping. Under
+#: a co-located load a spinning thread holds a core that its descheduled sibling needs, and the
+#: barrier waits for that sibling: ResNet-18 int8 took 520 ms median on a loaded 2-core machine
+#: (40 ms passive) and a TVM row of ``make demo`` showed a p90 of 33.8 ms against a 0.06 ms
+#: median. Passive waiting sleeps at once and gives the core back (benchmarks/RESULTS.md,
+#: "latency under load").
+OPENMP_WAIT_POLICY = "PASSIVE"
+
+
+# Set when this process's libgomp was loaded before the policy was: it spins whatever the variable says.
+_OPENMP_LOADED_SPINNING = False
+
+
+def libgomp_loaded() -> bool:
+    """Whether GNU OpenMP (``libgomp``: the plugin's, or torch's copy of it) is in this process."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libgomp" in line for line in maps)
+    except OSError:  # not Linux: no libgomp to configure
+        return False
+
+
+def prefer_passive_openmp() -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` for GNU OpenMP unless a policy is already chosen (the
+    user's own wins); True when the process runs with passive waits.
+
+    libgomp reads the variable once, when it is loaded: by the oneDNN plugin, or by ``import
+    torch`` (torch's ``libgomp.so.1`` has the same soname, so the plugin then shares it). The
+    CLI calls this first thing; a Python program that imported torch before loading a oneDNN
+    artifact gets a warning, as its OpenMP threads spin: set the variable before importing
+    torch (``os.environ["OMP_WAIT_POLICY"] = "PASSIVE"``) or call this first.
+    """
+    global _OPENMP_LOADED_SPINNING
+    chosen = os.environ.get("OMP_WAIT_POLICY")
+    if chosen is not None:
+        return chosen.strip().upper() == "PASSIVE" and not _OPENMP_LOADED_SPINNING
+    _OPENMP_LOADED_SPINNING = libgomp_loaded()
+    os.environ["OMP_WAIT_POLICY"] = OPENMP_WAIT_POLICY  # child processes (edgeopt-run) too
+    if _OPENMP_LOADED_SPINNING:
+        import warnings
+
+        warnings.warn("GNU OpenMP was loaded (by torch?) before OMP_WAIT_POLICY=PASSIVE could be set: "
+                      "the oneDNN plugin's threads spin while they wait, and latency under a "
+                      "co-located load suffers; set it before importing torch", RuntimeWarning,
+                      stacklevel=3)
+        return False
+    return True
 
 
 def load_plugin(path: str | os.PathLike, threads: int | None = None) -> None:

@@ -20,7 +20,7 @@ def add_parser(sub):
     b.add_argument("artifact", metavar="ARTIFACT",
                    help="artifact folder, .onnx or .pt2 file, or a torch MODEL spec")
     b.add_argument("--runtime", default=None,
-                   help="torch, onnxruntime, openvino (the openvino extra), tvm (Python TVM VM) or native (the C++ runner edgeopt-run) "
+                   help="torch, onnxruntime, tvm (Python TVM VM) or native (the C++ runner edgeopt-run) "
                    "(default: the one for the artifact's format)")
     b.add_argument("--emulate", choices=["qemu"], default=None,
                    help="native runtime: run an aarch64 artifact under qemu-aarch64 (correctness; the "
@@ -43,6 +43,10 @@ def add_parser(sub):
                    help="input shape for a torch MODEL spec; for an ONNX model or artifact with "
                    "dynamic dimensions, the concrete shape to time (NAME=... once per input for several)")
     b.add_argument("--weights", default=None, metavar="FILE.pth", help="with a torch MODEL spec: " + WEIGHTS_HELP)
+    b.add_argument("--load", type=positive_int, default=None, metavar="N",
+                   help="also time under a background load: N busy-loop processes, each pinned to a core "
+                   "of its own (the last cores), started after the quiet timing and ended when the "
+                   "loaded one ends (also on Ctrl-C); prints quiet and loaded p50/p99 side by side")
     b.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
     b.set_defaults(func=run)
     return b
@@ -50,24 +54,58 @@ def add_parser(sub):
 
 def run(args) -> int:
     from edgeopt.core.files import write_json_atomic
-    from edgeopt.pipeline.bench import bench_inputs, is_torch_spec, open_runner
+    from edgeopt.pipeline.bench import BackgroundLoad, bench_inputs, is_torch_spec, open_runner
 
     if args.json_out:  # checked before the timing, not after it
         refuse_existing_file_parent(args.json_out, "--json")
     if args.tracker or args.rpc:
+        if args.load:
+            raise InputError("--load times on this machine; it does not go with --rpc/--tracker")
         return _remote(args)
     if args.key or args.all or args.reference:
         raise InputError("--key, --all and --reference go with --tracker/--rpc")
+    load = BackgroundLoad(args.load) if args.load else None  # N checked before any work
     with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
         runner = open_runner(args.artifact, args.runtime, args.threads, Path(tmp),
                              input_shape=args.input_shape, emulate=args.emulate, log=say,
                              weights=args.weights)
         shape = None if is_torch_spec(args.artifact) else args.input_shape  # a torch MODEL's: used above
-        result = runner.benchmark(bench_inputs(runner, shape), warmup=args.warmup, repeat=args.repeat)
+        x = bench_inputs(runner, shape)
+        result = runner.benchmark(x, warmup=args.warmup, repeat=args.repeat)
+        loaded = None
+        if load is not None:
+            say(f"timing again under {load.describe()} ...")
+            with load:
+                loaded = runner.benchmark(x, warmup=args.warmup, repeat=args.repeat)
     print_result(result)
+    extra = {}
+    if loaded is not None:
+        extra = {"under_load": under_load(result, loaded, load)}
+        print_under_load(extra["under_load"])
     if args.json_out:
-        write_json_atomic(args.json_out, {"artifact": args.artifact, **result.to_dict()})
+        write_json_atomic(args.json_out, {"artifact": args.artifact, **result.to_dict(), **extra})
     return 0
+
+
+def under_load(quiet, loaded, load) -> dict:
+    """Quiet and loaded p50/p99 side by side, and the loaded p99 over the quiet p50: how much of
+    the tail a co-located process adds (``None`` where the runner reports no p99)."""
+    q, lo = quiet.latency, loaded.latency
+    return {"load": load.describe(), "busy_cores": load.n, "pinned": bool(load.cores),
+            "quiet": {"p50": q.median_ms, "p99": q.p99_ms},
+            "loaded": {"p50": lo.median_ms, "p99": lo.p99_ms, **loaded.latency.to_report()},
+            "p99_loaded_over_p50_quiet": None if lo.p99_ms is None else lo.p99_ms / q.median_ms}
+
+
+def print_under_load(u: dict) -> None:
+    def ms(v):
+        return "n/a (this runner reports no p99)" if v is None else f"{v:.3f} ms"
+
+    print(f"{'':12}{'p50':>12}{'p99':>12}")
+    for phase in ("quiet", "loaded"):
+        print(f"{phase:12}{u[phase]['p50']:>9.3f} ms{ms(u[phase]['p99']):>12}")
+    ratio = u["p99_loaded_over_p50_quiet"]
+    print(f"load: {u['load']}" + ("" if ratio is None else f"; p99 under load / quiet p50: {ratio:.2f}x"))
 
 
 def print_result(result) -> None:

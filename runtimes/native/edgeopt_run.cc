@@ -484,6 +484,10 @@ int Run(const Options& o) {
     }
   }
   CheckLibrary(m.library);
+  // GNU OpenMP (the oneDNN plugin's threads) reads its wait policy once, when the plugin loads
+  // it: passive, unless the user chose one. Spinning threads hold the cores their descheduled
+  // siblings need under a co-located load (edgeopt.runtimes.tvm_runner.OPENMP_WAIT_POLICY).
+  if (!m.plugins.empty()) setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
   for (const std::string& plugin : m.plugins) {
     CheckLibrary(plugin);
     // RTLD_GLOBAL: the plugin registers the TVM global functions the model calls
