@@ -199,6 +199,8 @@ class BackgroundLoad:
         self.processes = []
 
     def describe(self) -> str:
-        where = f"pinned to core{'s' if self.n > 1 else ''} {', '.join(map(str, self.cores))}" \
-            if self.cores else "not pinned"
+        if self.cores:
+            where = f"pinned to core{'s' if self.n > 1 else ''} {', '.join(map(str, self.cores))}"
+        else:  # not started yet: where it will be
+            where = "each pinned to a core of its own" if self.pinned else "not pinned"
         return f"{self.n} busy-loop process{'es' if self.n > 1 else ''} ({where})"

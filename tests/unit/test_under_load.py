@@ -73,7 +73,10 @@ def test_timing_stats_carry_a_nearest_rank_p99():
 def test_background_load_runs_n_pinned_busy_processes_and_ends_them():
     from edgeopt.pipeline.bench import BackgroundLoad
 
-    with BackgroundLoad(1, max_seconds=120) as load:
+    load = BackgroundLoad(1, max_seconds=120)
+    assert load_processes(os.getpid()) == [] and "busy-loop process" in load.describe()
+    assert ("each pinned" in load.describe()) == load.pinned  # said before it starts, truthfully
+    with load:
         pids = load_processes(os.getpid())
         assert len(pids) == 1 and [p.pid for p in load.processes] == pids
         if load.pinned:
