@@ -90,8 +90,8 @@ def _runner_for_torch_spec(spec: str, runtime: str, threads, workdir: Path, inpu
     if runtime == "torch":
         return TorchRunner(module, example=[torch.from_numpy(x)], threads=threads)
     exported = export(module, ExportConfig(), x, out=workdir / "onnx")
-    if runtime == "onnxruntime":
-        return load(exported.artifact, threads=threads)
+    if runtime in ("onnxruntime", "openvino"):
+        return load(exported.artifact, runtime=runtime, threads=threads)
     return load(build(exported, BuildConfig(target="cpu"), out=workdir / "tvm").artifact, threads=threads)
 
 

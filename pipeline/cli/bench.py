@@ -20,7 +20,7 @@ def add_parser(sub):
     b.add_argument("artifact", metavar="ARTIFACT",
                    help="artifact folder, .onnx or .pt2 file, or a torch MODEL spec")
     b.add_argument("--runtime", default=None,
-                   help="torch, onnxruntime, tvm (Python TVM VM) or native (the C++ runner edgeopt-run) "
+                   help="torch, onnxruntime, openvino (the openvino extra), tvm (Python TVM VM) or native (the C++ runner edgeopt-run) "
                    "(default: the one for the artifact's format)")
     b.add_argument("--emulate", choices=["qemu"], default=None,
                    help="native runtime: run an aarch64 artifact under qemu-aarch64 (correctness; the "
