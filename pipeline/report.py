@@ -616,10 +616,21 @@ def describe_record(rec: dict) -> str:
         parity = m.get("parity") or {}
         if parity.get("max_rel") is not None:
             parts.append(f"parity max rel error {parity['max_rel']:.2g}")
-    elif name == "build":
-        if "int8_ops" in m:
+    elif name in ("build", "compile"):  # the API's step is build; its record says compile
+        if m.get("kernels"):
+            parts.append(f"kernels {m['kernels']}" + (f" ({m['kernels_why']})" if m.get("kernels_why") else ""))
+        library = {op: n for op, n in (m.get("library_ops") or {}).items() if n}
+        if library:
+            parts.append("oneDNN calls: " + ", ".join(f"{op} {n}" for op, n in library.items()))
+        if m.get("int8_ops"):
             parts.append(f"{m['int8_ops']} int8 ops")
-        if m.get("tuning"):
+        if m.get("small_ops_in_tvm"):
+            small = m["small_ops_in_tvm"]
+            parts.append(f"{len(small) if isinstance(small, (list, dict)) else small} small ops on TVM's kernels")
+        for line in [m.get("kernel_fallback"), *(m.get("layout_fallbacks") or [])]:
+            if line:
+                parts.append(f"fallback: {line}")
+        if m.get("tuning") or (rec.get("config") or {}).get("tuned"):
             parts.append("tuned")
     if not parts:  # an unknown step: its scalar metrics
         parts = [f"{k} {_short(v)}" for k, v in m.items() if isinstance(v, (int, float, str, bool))]
@@ -827,9 +838,12 @@ def pareto_figure(report: dict):
     ax.set_ylim(min(ys) - pad, max(ys) + pad)
     if not higher:  # better is up on every plot: lower-is-better metrics grow downwards
         ax.invert_yaxis()
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     plain = FuncFormatter(lambda x, _: f"{x:g}")
+    # labels at 1, 2 and 5 of each decade: decades alone left two labelled ticks on a plot
+    # whose points sat between them
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(plain)
     if not percent:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:.4g}"))

@@ -281,3 +281,35 @@ def test_demo_cli_runs_the_fashion_mnist_study(tmp_path):
     assert report["task"]["name"] == "fashion_mnist"
     # Compression shows: the variants do not all score the same.
     assert len({round(v["accuracy"], 4) for v in report["variants"]}) > 1
+
+
+def test_a_latency_axis_over_two_decades_labels_more_than_its_decades():
+    """pareto.png once labelled only two ticks (0.1, 1) with most points between them."""
+    import matplotlib.pyplot as plt
+
+    from edgeopt.pipeline.report import pareto_figure
+
+    entries = [_entry(f"v{i}", "onnxruntime", ms, 0.9 + i / 100) for i, ms in
+               enumerate((0.029, 0.04, 0.066, 0.09, 0.17, 0.29, 0.6, 2.4))]
+    fig = pareto_figure(make_report(entries, MACHINE, None, None))
+    try:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        lo, hi = ax.get_xlim()
+        shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+        assert len(shown) >= 5, shown
+        assert "0.05" in shown and "0.2" in shown
+    finally:
+        plt.close(fig)
+
+
+def test_a_compile_record_is_described_in_words_not_its_raw_keys():
+    from edgeopt.pipeline.report import describe_record
+
+    line = describe_record({"name": "compile", "config": {"tuned": False}, "metrics": {
+        "int8_ops": 0, "kernels": "onednn", "kernels_why": "x86-64 with oneDNN installed",
+        "library_ops": {"conv2d": 3, "matmul_q": 0},
+        "layout_fallbacks": ["conv2d_transpose kept in NCHW: TVM lowers it in NCHW only"]}})
+    assert line.startswith("compile: kernels onednn (x86-64 with oneDNN installed)")
+    assert "oneDNN calls: conv2d 3" in line and "fallback: conv2d_transpose" in line
+    assert "int8_ops" not in line and "kernels_why" not in line and "matmul_q" not in line
