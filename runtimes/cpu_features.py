@@ -4,7 +4,7 @@ A virtual machine often reports a CPU model number that is not the CPU's (KVM's 
 name a Rocket Lake whatever runs underneath), so the model name cannot say what the CPU can do;
 its feature flags (CPUID, as Linux lists them in ``/proc/cpuinfo``) can. The build side turns
 these into the ``cpu`` target's ``mattr`` (``edgeopt.compile.targets``); the load side checks an
-artifact's recorded features against them, so a library built for instructions this CPU lacks is
+artifact's recorded features against them, so a library built for instructions the host lacks is
 refused with their names instead of dying on an illegal instruction.
 
 Example:
