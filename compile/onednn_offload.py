@@ -48,8 +48,9 @@ def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | Non
     ``matmul_q`` (int8). ``int8=False`` keeps a QDQ model's float semantics (its convs run
     on oneDNN in float32 with the dequantized weights). ``fallbacks``, when given, receives one
     line per op kind kept out of NHWC because TVM cannot lower it there (``to_nhwc``);
-    ``target`` is the scope of that check. Convs and matmuls of fewer than ``min_flops`` FLOPs
-    (``kernels: auto`` passes ``MIN_FLOPS``) stay with TVM, one line per kind in ``kept_small``."""
+    ``target`` is the scope of that check. Float convs and matmuls of fewer than ``min_flops``
+    FLOPs (``kernels: auto`` passes ``MIN_FLOPS``) stay with TVM, one line per kind in
+    ``kept_small``; int8 ones always go to oneDNN."""
     from tvm import relax
 
     mod = clip_as_relax_ops(mod)
@@ -62,7 +63,10 @@ def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | Non
     # dequantize(Wq) into float weights)
     small: dict[str, int] = {}
     if int8:
-        mod = _rewrite(mod, _plan_int8, counts, min_flops, small)
+        # int8 ops go to oneDNN whatever their size: left to TVM in this build they would run
+        # as float convs on dequantized values (its int8 rewrite belongs to kernels: tvm), and
+        # an int8 model that computes in float is the silent kind of wrong
+        mod = _rewrite(mod, _plan_int8, counts)
     # weights and biases become plain constants; the transposes ConvertLayout duplicated merge
     mod = relax.transform.FoldConstant()(mod)
     mod = relax.transform.EliminateCommonSubexpr()(mod)

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.integration  # subprocesses, builds, servers or whole s
 
 
 def test_tuned_build_then_warm_database_build(tmp_path):
-    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
-    x = np.random.default_rng(0).standard_normal((1, 32)).astype(np.float32)
+    # a first layer above onednn_offload.MIN_FLOPS, so the oneDNN build has a oneDNN call to time
+    model = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 4)).eval()
+    x = np.random.default_rng(0).standard_normal((1, 128)).astype(np.float32)
     onnx_path = export(model, x, tmp_path / "mlp.onnx").path
     cfg = TuneConfig(trials=4, db=str(tmp_path / "db"), cost_model="random")
     first = build(onnx_path, "cpu", tmp_path / "a", tune=cfg)

@@ -87,7 +87,7 @@ def test_targets_presets_and_errors():
     assert resolve_target("cuda")["arch"] == "sm_90" and resolve_target("cuda:sm_80")["arch"] == "sm_80"
     assert toolchain(resolve_target("arm")).compiler == "aarch64-linux-gnu-g++"
     assert toolchain(resolve_target('{"kind": "llvm"}')).compiler is None
-    with pytest.raises(InputError, match="unknown target 'tpu'; expected one of cpu, arm"):
+    with pytest.raises(InputError, match="unknown target 'tpu'; expected one of cpu, cpu:generic, arm"):
         resolve_target("tpu")
     with pytest.raises(InputError, match="unknown arm board 'pi9'"):
         resolve_target("arm:pi9")
