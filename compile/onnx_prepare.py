@@ -286,19 +286,10 @@ def _evaluate(node, inputs, opset: int) -> list[np.ndarray] | None:
     return [np.asarray(r) for r in results]
 
 
-def _used_names(graph) -> set:
-    """Every value name read by ``graph``'s nodes, including by sub-graphs (If/Loop bodies read
-    outer-scope values)."""
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    for n in graph.node:
-        for a in n.attribute:
-            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                used |= _used_names(g)
-    return used
-
-
 def _drop_unused_initializers(graph) -> None:
-    used = _used_names(graph)
+    from .onnx_recurrent import used_names  # sub-graphs (If/Loop bodies) read outer-scope values
+
+    used = used_names(graph)
     keep = [t for t in graph.initializer if t.name in used]
     if len(keep) != len(graph.initializer):
         del graph.initializer[:]

@@ -78,7 +78,7 @@ def unroll_recurrent(model):
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    _drop_unused(graph, _used_names(graph))
+    _drop_unused(graph, used_names(graph))
     return out
 
 
@@ -418,13 +418,13 @@ def _all_names(graph) -> set:
     return names
 
 
-def _used_names(graph) -> set:
+def used_names(graph) -> set:
     """Every value name read by ``graph``'s nodes, sub-graphs (If branches) included."""
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     for n in graph.node:
         for a in n.attribute:
             for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                used |= _used_names(g)
+                used |= used_names(g)
     return used
 
 

@@ -60,3 +60,21 @@ def runner_outputs(runner, x: np.ndarray) -> np.ndarray:
     if batch == 1 and len(x) != 1:
         return np.concatenate([runner.run(x[i:i + 1])[0] for i in range(len(x))])
     return runner.run(x)[0]
+
+
+def compare_outputs(a: np.ndarray, b: np.ndarray, metric: str) -> float:
+    """``mse`` / ``mae`` (mean error) or ``cosine`` (mean cosine similarity, per sample) of two
+    batches of outputs with as many values each, every sample flattened: a regression task's
+    metric against its targets, or a variant's outputs against fp32's."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    if metric == "mse":
+        return float(np.mean((a - b) ** 2))
+    if metric == "mae":
+        return float(np.mean(np.abs(a - b)))
+    # Zero vectors have no direction: treat two of them as identical, one of them as orthogonal.
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    dot = np.sum(a * b, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    cos = np.where(both_zero, 1.0, dot / np.maximum(na * nb, 1e-30))
+    return float(np.mean(np.clip(cos, -1.0, 1.0)))

@@ -788,18 +788,12 @@ def eval_metric(eval_data: Any) -> str | None:
 
 def _metric_value(outputs: np.ndarray, targets: np.ndarray, metric: str) -> float:
     """mse / mae / mean cosine similarity of outputs (N, ...) against targets of as many values."""
-    a = outputs.reshape(len(outputs), -1).astype(np.float64)
+    from .fidelity import compare_outputs
+
     if targets.size != outputs.size or len(targets) != len(outputs):
         raise InputError(f"eval_data targets of shape {targets.shape} do not match the model's outputs "
                          f"of shape {outputs.shape}")
-    b = targets.reshape(len(targets), -1).astype(np.float64)
-    if metric == "mse":
-        return float(np.mean((a - b) ** 2))
-    if metric == "mae":
-        return float(np.mean(np.abs(a - b)))
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    cos = np.where((na == 0) & (nb == 0), 1.0, np.sum(a * b, axis=1) / np.maximum(na * nb, 1e-30))
-    return float(np.mean(np.clip(cos, -1.0, 1.0)))
+    return compare_outputs(outputs, targets, metric)
 
 
 class _Scorer:

@@ -171,7 +171,7 @@ def scores(task, outputs: np.ndarray, reference: np.ndarray, every_output: Seque
     ``every_output`` / ``every_reference``: all of the variant's and fp32's outputs (default: the
     first, ``outputs`` and ``reference``); each is judged by the kind the task declares for it.
     """
-    from .tasks import compare_outputs
+    from edgeopt.compress.fidelity import compare_outputs
 
     out: dict = {"accuracy": None}
     value = None

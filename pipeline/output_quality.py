@@ -142,7 +142,7 @@ def snr_figures(test: np.ndarray, ref: np.ndarray) -> dict:
     """SNR (dB, capped at +-999 for JSON) and mean per-sample cosine of ``test`` against ``ref``."""
     from edgeopt.compress.output_guard import snr_db
 
-    from .tasks import compare_outputs
+    from edgeopt.compress.fidelity import compare_outputs
 
     db = snr_db(ref, test)
     return {"snr_db": float(max(min(db, 999.0), -999.0)), "cosine": compare_outputs(test, ref, "cosine"),

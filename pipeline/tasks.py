@@ -35,6 +35,8 @@ from typing import Callable
 
 import numpy as np
 
+from edgeopt.compress.fidelity import compare_outputs
+
 from edgeopt.core.errors import InputError
 
 TASKS = ("digits", "fashion_mnist", "random")
@@ -142,23 +144,6 @@ class Task:
                 return float(np.mean(a == b))
             return compare_outputs(a, b, "cosine")
         return compare_outputs(a, b, self.metric)
-
-
-def compare_outputs(a: np.ndarray, b: np.ndarray, metric: str) -> float:
-    """``mse`` / ``mae`` (mean error) or ``cosine`` (mean cosine similarity, per sample) of two
-    batches of outputs of the same shape, each sample flattened."""
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    if metric == "mse":
-        return float(np.mean((a - b) ** 2))
-    if metric == "mae":
-        return float(np.mean(np.abs(a - b)))
-    # Zero vectors have no direction: treat two of them as identical, one of them as orthogonal.
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    dot = np.sum(a * b, axis=1)
-    both_zero = (na == 0) & (nb == 0)
-    cos = np.where(both_zero, 1.0, dot / np.maximum(na * nb, 1e-30))
-    return float(np.mean(np.clip(cos, -1.0, 1.0)))
 
 
 def load_task(spec: str, seed: int = 0, input_shape: tuple | None = None,
