@@ -157,6 +157,7 @@ def test_tuned_int8_build_uses_vnni_and_matches_onnxruntime(models):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # two tunings of a small model: over a minute and a half on 2 cores
 def test_rounds_after_the_first_tune_only_where_the_time_is(tmp_path):
     """Round 1 gives every kernel one search iteration; later rounds only the kernels that
     hold most of the measured time."""

@@ -84,6 +84,7 @@ def test_a_recipe_naming_executorch_without_the_package_exits_2_naming_the_extra
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a whole study (training, PT2E int8, four timed pairs); parity and int8 are tested above
 def test_a_study_has_executorch_rows_fp32_and_pt2e_int8(tmp_path):
     import json
 

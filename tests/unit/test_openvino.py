@@ -71,6 +71,7 @@ def test_a_precision_the_cpu_lacks_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a whole study (training, quantize, six timed pairs); parity and errors are tested above
 def test_a_study_has_openvino_rows_with_the_precision_and_version(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: zoo:digits_cnn\ntask: digits\ntrain: {epochs: 2}\n"

@@ -253,6 +253,7 @@ def test_an_op_executorch_cannot_take_is_named_in_one_line(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a whole study with NNCF and ExecuTorch exports: over half a minute on 2 cores
 def test_a_study_compares_the_two_quantizers_and_executorch_never_passes_pt2e_off_as_nncf(tmp_path):
     pytest.importorskip("nncf", reason="the openvino extra (nncf) is not installed")
     pytest.importorskip("executorch", reason="the executorch extra is not installed")

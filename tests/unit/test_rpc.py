@@ -130,6 +130,7 @@ def test_fleet_survives_a_device_lost_mid_run(cpu_artifact, tmp_path):
     assert result.pooled.n == 200 == result.devices[survivor].latency.n
 
 
+@pytest.mark.slow  # MetaSchedule measuring on the farm's servers: over a minute on 2 cores
 def test_tuning_measured_on_the_farm(farm, tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
     x = np.random.default_rng(0).standard_normal((1, 32)).astype(np.float32)
