@@ -72,6 +72,17 @@ def stop_at_deadline(deadline: float, clock: Callable[[], float] = time.perf_cou
     return [*default[:-1], StopAtDeadline(), default[-1]]
 
 
+def end_pool_workers() -> None:
+    """Kill this process's TVM pool workers (``tvm.exec.popen_worker``: MetaSchedule's builders
+    and runners). Only those: a device farm's RPC servers may be children of this process too."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "tvm.exec.popen_worker" in child.cmdline():
+                child.kill()
+
+
 @contextlib.contextmanager
 def workers_ended_at(deadline: float, clock: Callable[[], float] = time.perf_counter):
     """End this process's builder and runner workers (TVM's ``popen_worker`` processes) once
@@ -80,14 +91,7 @@ def workers_ended_at(deadline: float, clock: Callable[[], float] = time.perf_cou
     a loaded machine, took minutes). Until the round has ended, as the pool starts new ones."""
     import threading
 
-    def end_workers() -> None:
-        import psutil
-
-        # only TVM's pool workers: a device farm's RPC servers may be children of this process too
-        for child in psutil.Process().children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if "tvm.exec.popen_worker" in child.cmdline():
-                    child.kill()
+    end_workers = end_pool_workers
 
     if deadline == float("inf"):
         yield
@@ -592,62 +596,67 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
         set_model_trials(db, key, done + added)
         return added
 
-    # kernels with a hand-written design space (conv_schedules) are measured whole, first: the
-    # evolutionary search would spin on a space of a few tiles once it has seen them all
-    hand, tasks = _split_hand_scheduled(tasks, target, db)
-    out_of_time = False
-    for size, group in sorted(hand.items()):
-        while group and done < config.trials:
-            # one search iteration measures a conv's whole space: as many convs as fit the budget
-            fit = min(len(group), budget.iterations_affordable(size))
+    try:
+        # kernels with a hand-written design space (conv_schedules) are measured whole, first: the
+        # evolutionary search would spin on a space of a few tiles once it has seen them all
+        hand, tasks = _split_hand_scheduled(tasks, target, db)
+        out_of_time = False
+        for size, group in sorted(hand.items()):
+            while group and done < config.trials:
+                # one search iteration measures a conv's whole space: as many convs as fit the budget
+                fit = min(len(group), budget.iterations_affordable(size))
+                if fit < 1:
+                    out_of_time = True
+                    break  # the next build goes on from the database
+                chunk, group = group[:fit], group[fit:]
+                log(f"tuning: {len(chunk)} convs with a hand-written schedule, each of its {size} tiles measured "
+                    f"({time.perf_counter() - t0:.0f} s)")
+                round_sizes.append(len(chunk))
+                began = time.perf_counter()
+                added = run_round(chunk, size * len(chunk), size, size, whole_space=True)
+                budget.record(len(chunk), size * len(chunk), time.perf_counter() - began)
+                rounds += 1
+                done += added
+            if out_of_time:
+                break
+        first_search = True
+        while tasks and done < config.trials and not out_of_time:
+            per_iter = config.trials_per_iter
+            step = config.trials - done
+            if first_search and config.timeout_s is not None:
+                # a first round reaches every task it can, or untuned kernels stay naive: give each
+                # task fewer candidates per search iteration when the budget cannot afford the
+                # configured number (a task's iteration costs its search whatever it measures)
+                while per_iter > 2 and budget.iterations_affordable(per_iter) < len(tasks):
+                    per_iter = max(2, per_iter // 2)
+            step = min(step, max(config.trials_per_round, per_iter * len(tasks)))
+            chosen, cap, why = round_tasks(tasks, db, per_iter, per_task,
+                                           spread=not config.max_trials_per_task)
+            step = min(step, max(per_iter, cap * len(chosen)))
+            # MetaSchedule keeps a round's records when it ends and cannot stop it half-way: a round
+            # holds only the tasks and search iterations that fit in what is left of the budget
+            fit = budget.iterations_affordable(per_iter)
             if fit < 1:
-                out_of_time = True
-                break  # the next build goes on from the database
-            chunk, group = group[:fit], group[fit:]
-            log(f"tuning: {len(chunk)} convs with a hand-written schedule, each of its {size} tiles measured "
-                f"({time.perf_counter() - t0:.0f} s)")
-            round_sizes.append(len(chunk))
+                log(f"tuning: {budget.left():.0f} s left of the {config.timeout_s:.0f} s budget is less than "
+                    "a search iteration")
+                break
+            chosen = chosen[:fit]
+            step = min(step, fit * per_iter)
+            round_sizes.append(len(chosen))
+            log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
+                f"({len(chosen)} of {len(tasks)} tasks: {why}; {time.perf_counter() - t0:.0f} s)")
             began = time.perf_counter()
-            added = run_round(chunk, size * len(chunk), size, size, whole_space=True)
-            budget.record(len(chunk), size * len(chunk), time.perf_counter() - began)
+            added = run_round(chosen, step, cap, per_iter)
+            budget.record(-(-step // per_iter), step, time.perf_counter() - began)
             rounds += 1
+            first_search = False
+            if added == 0:  # every task reached its cap: nothing more to measure
+                break
             done += added
-        if out_of_time:
-            break
-    first_search = True
-    while tasks and done < config.trials and not out_of_time:
-        per_iter = config.trials_per_iter
-        step = config.trials - done
-        if first_search and config.timeout_s is not None:
-            # a first round reaches every task it can, or untuned kernels stay naive: give each
-            # task fewer candidates per search iteration when the budget cannot afford the
-            # configured number (a task's iteration costs its search whatever it measures)
-            while per_iter > 2 and budget.iterations_affordable(per_iter) < len(tasks):
-                per_iter = max(2, per_iter // 2)
-        step = min(step, max(config.trials_per_round, per_iter * len(tasks)))
-        chosen, cap, why = round_tasks(tasks, db, per_iter, per_task,
-                                       spread=not config.max_trials_per_task)
-        step = min(step, max(per_iter, cap * len(chosen)))
-        # MetaSchedule keeps a round's records when it ends and cannot stop it half-way: a round
-        # holds only the tasks and search iterations that fit in what is left of the budget
-        fit = budget.iterations_affordable(per_iter)
-        if fit < 1:
-            log(f"tuning: {budget.left():.0f} s left of the {config.timeout_s:.0f} s budget is less than "
-                "a search iteration")
-            break
-        chosen = chosen[:fit]
-        step = min(step, fit * per_iter)
-        round_sizes.append(len(chosen))
-        log(f"tuning: round {rounds + 1}, {done}/{config.trials} trials in {db} "
-            f"({len(chosen)} of {len(tasks)} tasks: {why}; {time.perf_counter() - t0:.0f} s)")
-        began = time.perf_counter()
-        added = run_round(chosen, step, cap, per_iter)
-        budget.record(-(-step // per_iter), step, time.perf_counter() - began)
-        rounds += 1
-        first_search = False
-        if added == 0:  # every task reached its cap: nothing more to measure
-            break
-        done += added
+    finally:
+        # MetaSchedule's pools outlive the round that used them, and a worker whose parent
+        # exits without closing its pool is left running: none is kept past tuning
+        end_pool_workers()
     summary = {"db": str(db), "trials_before": before, "trials_after": done, "db_records": records_in(db),
                "rounds": rounds, "seconds": round(time.perf_counter() - t0, 1),
                "tasks": len(tasks) + sum(len(g) for g in hand.values()),

@@ -31,6 +31,10 @@ def test_tuned_build_then_warm_database_build(tmp_path):
         assert metrics["kernels"] == min(metrics["kernel_times_ms"], key=metrics["kernel_times_ms"].get)
         assert "faster on this host" in metrics["kernels_why"]
     assert (tmp_path / "db" / "database_tuning_record.json").exists()
+    import psutil
+
+    workers = [c for c in psutil.Process().children(recursive=True) if "tvm.exec.popen_worker" in c.cmdline()]
+    assert not workers, "tuning leaves no builder or runner worker behind"
     np.testing.assert_allclose(load(first).run(x)[0], load(onnx_path).run(x)[0], rtol=1e-5, atol=1e-6)
 
     # the warm rebuild's speed is a benchmark figure (RESULTS.md), not a test assertion
