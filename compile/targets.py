@@ -233,17 +233,3 @@ def toolchain(spec: dict) -> Toolchain:
         return Toolchain("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")
     return Toolchain(None)
 
-
-def device_of(spec: dict) -> str:
-    """The runtime device an artifact for ``spec`` runs on: "cpu" or "cuda"."""
-    return "cuda" if spec.get("kind") == "cuda" else "cpu"
-
-
-def is_host_runnable(spec: dict) -> bool:
-    """Whether the host can run an artifact built for ``spec`` (same CPU architecture)."""
-    import platform
-
-    if spec.get("kind") != "llvm":
-        return False
-    triple = spec.get("mtriple", "")
-    return not triple or triple.split("-")[0] == platform.machine()

@@ -459,14 +459,9 @@ def _loss(metric: str):
     raise InputError(f"a {metric!r} task cannot be trained on; expected top1, mse, mae or cosine")
 
 
-def predict(run_one: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Top-1 labels from a batch-1 callable (e.g. ``lambda a: runner.run(a)[0]``) over ``x``."""
-    return np.array([int(np.argmax(run_one(x[i:i + 1]))) for i in range(len(x))], dtype=np.int64)
-
-
 def collect(run_one: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
     """Raw outputs (N, ...) of a batch-1 callable over ``x``: what ``Task.score`` and
-    ``Task.agreement`` take for every metric (``predict`` keeps only the top-1 label)."""
+    ``Task.agreement`` take for every metric."""
     return np.concatenate([np.asarray(run_one(x[i:i + 1])) for i in range(len(x))])
 
 

@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -249,11 +249,6 @@ def _validate_manifest(m: Any, where: Path) -> None:
         for s in specs:
             if not isinstance(s, dict) or not {"name", "shape", "dtype"} <= set(s):
                 raise bad(f"manifest entry in 'io.{side}' needs name, shape and dtype, got {s!r}")
-
-
-def spec_dict(obj: Any) -> dict:
-    """A JSON-ready dict of a config dataclass, for manifest history entries."""
-    return asdict(obj) if hasattr(obj, "__dataclass_fields__") else dict(obj)
 
 
 def model_input(value: Any, fmt: str, step: str) -> tuple[Path, list, "Artifact | None"]:
