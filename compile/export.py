@@ -34,17 +34,17 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from edgeopt.core.config import check_field_types
+from edgeopt.core.config import StepConfig
 from edgeopt.core.files import atomic_file
 from edgeopt.core.result import Progress, StepResult, reporter, unwrap
 from edgeopt.runtimes.artifact import write_artifact
-from edgeopt.core.errors import InputError, ParityError
+from edgeopt.core.errors import InputError, ParityError, first_line
 
 MIN_OPSET = 17
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(StepConfig):
     """How to export and how strictly to check.
 
     Args:
@@ -61,8 +61,7 @@ class ExportConfig:
     input_names: tuple = ()
     output_names: tuple = ()
 
-    def __post_init__(self):
-        check_field_types(self)
+    def validate(self):
         if not isinstance(self.opset, int) or self.opset < MIN_OPSET:
             raise InputError(f"opset must be an integer >= {MIN_OPSET}, got {self.opset!r}")
         if not (isinstance(self.rtol, (int, float)) and self.rtol > 0):
@@ -86,11 +85,7 @@ class ParityReport:
         return {**asdict(self), "passed": self.passed}
 
 
-#: ``export`` returns the one step result type; the earlier name stays importable.
-ExportResult = StepResult
-
-
-def export(model, config: ExportConfig | None = None, example_inputs: Any = None, *legacy,
+def export(model, config: ExportConfig | None = None, example_inputs: Any = None, *,
            out: str | os.PathLike | None = None, check_inputs: Iterable[Any] = (),
            progress: Progress = None, history: Sequence[dict] | None = None) -> StepResult:
     """Export ``model`` to ONNX at ``out`` after a successful parity check.
@@ -112,25 +107,17 @@ def export(model, config: ExportConfig | None = None, example_inputs: Any = None
         progress: ``True`` or a callable: one line with the parity result.
         history: records to carry instead of the model's own (rarely needed).
 
-    The earlier order ``export(model, example_inputs, out, config)`` still works (with a
-    ``DeprecationWarning``).
-
     Raises:
-        InputError: the model rejects the example input, or has an op the exporter cannot export.
+        InputError: ``config`` is not an ``ExportConfig``, the model rejects the example input,
+            or has an op the exporter cannot export.
         ParityError: onnxruntime's outputs differ from torch's by more than ``config.rtol``.
     """
     import torch
 
-    if config is not None and not isinstance(config, ExportConfig):
-        import warnings
-
-        warnings.warn("export(model, example_inputs, out, config) is deprecated; call "
-                      "export(model, config, example_inputs, out=out)", DeprecationWarning, stacklevel=2)
-        config, example_inputs, out = (legacy[0] if legacy else None), config, (
-            example_inputs if out is None else out)
-    elif legacy:
-        raise InputError("export takes (model, config, example_inputs) and keyword options; got extra arguments")
     config = ExportConfig() if config is None else config
+    if not isinstance(config, ExportConfig):
+        raise InputError(f"export needs an ExportConfig (or None) as its second argument, got "
+                         f"{type(config).__name__}: call export(model, ExportConfig(), example_inputs, out=...)")
     if out is None:
         raise InputError("export needs out=: an .onnx file or a folder for the artifact")
     if example_inputs is None:
@@ -270,7 +257,7 @@ def _torch_forward(model, example: tuple) -> list:
     except Exception as e:  # the model's own shape checks raise anything
         raise InputError(
             f"{type(model).__name__} rejects input(s) of shape {_shapes(example)}: "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}; "
+            f"{first_line(e)}; "
             "pass an input shape the model accepts") from None
 
 
@@ -326,8 +313,7 @@ def _explain_export_failure(model, args: tuple, err: Exception) -> str:
             break
     name = type(model).__name__
     if op is None:
-        first = next((ln for ln in text.splitlines() if ln.strip()), type(err).__name__)
-        return f"cannot export {name} to ONNX: {first.strip()}"
+        return f"cannot export {name} to ONNX: {first_line(err)}"
     where = ""
     try:
         with _quiet_exporter(io.StringIO()):

@@ -32,7 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgeopt.core.errors import CheckFailed, InputError
+from edgeopt.core.config import StepConfig
+from edgeopt.core.errors import CheckFailed, InputError, last_line
+
+from .intrinsics import load_tensor_intrinsics
 
 COST_MODELS = ("xgb", "random")
 #: Before any round has been timed, a round is predicted at ``FIRST_ROUND_S_PER_ITER`` seconds
@@ -177,11 +180,12 @@ class RoundBudget:
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(StepConfig):
     """Tuning budget and where the database lives.
 
     Args:
-        trials: total measured candidates wanted in the database for this model and target.
+        trials: total measured candidates wanted in the database for this model and target
+            (0: build with what the database already holds).
         timeout_s: wall-clock seconds for tuning, from its start to its return (what was
             measured is kept); the build's compile after it is not counted.
         db: database folder; default ``~/.cache/edgeopt/tuning/<structure>-<target>``.
@@ -208,7 +212,7 @@ class TuneConfig:
             products (``edgeopt.compile.blocked_layout``); false keeps NCHW.
     """
 
-    trials: int
+    trials: int = 0
     timeout_s: float | None = None
     db: str | None = None
     max_trials_per_task: int | None = None
@@ -222,19 +226,16 @@ class TuneConfig:
     tracker: str | None = None
     key: str | None = None
 
-    def __post_init__(self):
-        from edgeopt.core.config import check_field_types
-
-        check_field_types(self)
-        if not isinstance(self.trials, int) or self.trials < 0:
+    def validate(self):
+        if self.trials < 0:
             raise InputError(f"trials must be an integer >= 0, got {self.trials!r}")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise InputError(f"timeout_s must be > 0, got {self.timeout_s!r}")
-        if not isinstance(self.trials_per_round, int) or self.trials_per_round < 1:
+        if self.trials_per_round < 1:
             raise InputError(f"trials_per_round must be an integer >= 1, got {self.trials_per_round!r}")
-        if not isinstance(self.trials_per_iter, int) or self.trials_per_iter < 1:
+        if self.trials_per_iter < 1:
             raise InputError(f"trials_per_iter must be an integer >= 1, got {self.trials_per_iter!r}")
-        if not isinstance(self.population, int) or self.population < 16:
+        if self.population < 16:
             raise InputError(f"population must be an integer >= 16, got {self.population!r}")
         if bool(self.tracker) != bool(self.key):
             raise InputError("tracker and key go together: the tracker's address and the device key")
@@ -299,38 +300,6 @@ def rpc_runner(tracker: str, key: str, log: Callable[[str], None] = lambda s: No
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                  session_priority=1, session_timeout_sec=120)
     return ms.runner.RPCRunner(rpc_config=config, max_workers=n)
-
-
-#: The tensor intrinsics a target kind's schedules can use (modules of tvm.s_tir.tensor_intrin).
-INTRINSICS_FOR = {"llvm": ("x86", "arm_cpu", "riscv_cpu"), "cuda": ("cuda",), "rocm": ("rocm",)}
-
-
-def load_tensor_intrinsics(kind: str) -> None:
-    """Register only the tensor intrinsics ``kind`` can use, before MetaSchedule imports them all.
-
-    ``import tvm.s_tir.tensor_intrin`` (done by every MetaSchedule TuneContext) registers the
-    intrinsics of every backend by parsing TVMScript: 45-60 s on a 2-core CPU, 27 s of
-    it CUDA's. Put the package in ``sys.modules`` without running its ``__init__`` and import
-    the modules the target needs (~1.5 s for CPU); TVM's own import then finds it loaded.
-    """
-    import importlib
-    import importlib.util
-    import sys
-
-    name = "tvm.s_tir.tensor_intrin"
-    if name not in sys.modules:
-        import tvm.s_tir
-
-        spec = importlib.util.find_spec(name)
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[name] = package
-        tvm.s_tir.tensor_intrin = package
-    for sub in INTRINSICS_FOR.get(kind, ()):
-        importlib.import_module(f"{name}.{sub}")
-    if kind == "llvm":
-        from .blocked_layout import register_vnni_intrinsic
-
-        register_vnni_intrinsic()  # TVM 0.27's own fails to build with LLVM 22
 
 
 def build_candidate(mod, target, _params=None):
@@ -583,9 +552,8 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
                 log(f"tuning: the {config.timeout_s:.0f} s budget ended in round {rounds + 1}")
             else:
                 kept = check_database(db, log, kind)["records"]
-                lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
                 raise TuningFailed(
-                    f"tuning failed in round {rounds + 1}: {lines[-1] if lines else type(e).__name__}; "
+                    f"tuning failed in round {rounds + 1}: {last_line(e)}; "
                     f"the database {db} keeps {kept} checked records: build again to continue from them, "
                     "or pass --tuning-db with a new folder") from None
         # this round's records are checked now, while they are the only new ones

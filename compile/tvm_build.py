@@ -22,11 +22,12 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from edgeopt.core.errors import InputError
+from edgeopt.core.config import StepConfig
+from edgeopt.core.errors import InputError, last_line
 from edgeopt.core.result import Progress, StepResult, reporter
-from edgeopt.runtimes.artifact import Artifact, model_input, write_artifact
+from edgeopt.runtimes.artifact import model_input, write_artifact
 from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
 
 from .conv_layouts import error_summary
@@ -56,7 +57,7 @@ def is_x86_cpu(spec: dict) -> bool:
 
 
 @dataclass(frozen=True)
-class BuildConfig:
+class BuildConfig(StepConfig):
     """What to build for.
 
     Args:
@@ -95,23 +96,18 @@ class BuildConfig:
 
     target: Any = "cpu"
     int8: bool | None = None
-    tune: Any = None
+    tune: TuneConfig | None = field(default=None, metadata={"nested": "edgeopt.compile.tune:TuneConfig"})
     precision: str = "fp32"
     cuda_graph: bool = True
     kernels: str = "auto"
     fast_math: bool = True
     input_shape: Any = None
 
-    def __post_init__(self):
-        from edgeopt.core.config import check_field_types
-
+    def validate(self):
         from .onnx_shapes import parse_input_shape
         from .tune import TuneConfig
 
-        check_field_types(self)
         object.__setattr__(self, "input_shape", parse_input_shape(self.input_shape))  # malformed: now
-        if self.int8 is not None and not isinstance(self.int8, bool):
-            raise InputError(f"int8 must be true, false or null, got {self.int8!r}")
         if self.tune is not None and not isinstance(self.tune, TuneConfig):
             raise InputError(f"tune must be a TuneConfig or None, got {type(self.tune).__name__}")
         spec = resolve_target(self.target)  # an unknown target fails now, before any work
@@ -131,47 +127,29 @@ class BuildConfig:
         return resolve_target(self.target)
 
 
-def build(model: Any, config: BuildConfig | None = None, *legacy, out: str | os.PathLike | None = None,
-          progress: Progress = None, history: Sequence[dict] | None = None, **legacy_options) -> StepResult:
+def build(model: Any, config: BuildConfig | None = None, *, out: str | os.PathLike | None = None,
+          progress: Progress = None, history: Sequence[dict] | None = None) -> StepResult:
     """Compile an ONNX model for ``config.target`` into the artifact folder ``out``.
 
     The step contract (``edgeopt.core.result``): input, config; returns a ``StepResult`` whose
     ``output`` is the TVM artifact. ``model`` is an ONNX file, an ONNX artifact folder (its
     history is carried on) or the ``StepResult`` of an export or quantize step.
 
-    The earlier form ``build(model, target, out, int8=..., tune=..., log=...)`` still works
-    (with a ``DeprecationWarning``) and returns the ``Artifact`` itself.
-
     Raises:
         FileNotFoundError: ``model`` does not exist.
-        InputError: not a valid ONNX file, an op TVM cannot import (each op and node named),
-            or an unknown / malformed target.
+        InputError: ``config`` is not a ``BuildConfig``, not a valid ONNX file, an op TVM cannot
+            import (each op and node named), or an unknown / malformed target.
     """
-    legacy_call = not isinstance(config, (BuildConfig, type(None))) or "target" in legacy_options \
-        or bool(set(legacy_options) & {"int8", "tune", "log"})
-    if legacy_call:
-        import warnings
-
-        warnings.warn("build(model, target, out, ...) is deprecated; call "
-                      "build(model, BuildConfig(target=...), out=out)", DeprecationWarning, stacklevel=2)
-        target = legacy_options.pop("target", config if config is not None else "cpu")
-        if legacy and out is None:
-            out = legacy[0]
-        log = legacy_options.pop("log", None)
-        config = BuildConfig(target=target, int8=legacy_options.pop("int8", None),
-                             tune=legacy_options.pop("tune", None))
-        progress = log if log is not None else progress
-    elif legacy:
-        raise InputError("build takes (model, config) and keyword options; got extra arguments")
-    if legacy_options:
-        raise InputError(f"build got unknown option(s) {sorted(legacy_options)}")
     config = BuildConfig() if config is None else config
+    if not isinstance(config, BuildConfig):
+        hint = f"BuildConfig(target={config!r})" if isinstance(config, str) else "BuildConfig(...)"
+        raise InputError(f"build needs a BuildConfig (or None) as its second argument, got "
+                         f"{type(config).__name__}: call build(model, {hint}, out=...)")
     if out is None:
         raise InputError("build needs out=: the artifact folder to write")
     path, carried, _ = model_input(model, "onnx", "build")
     carried = list(history) if history is not None else carried
-    result = _build(path, config, Path(out), carried, reporter(progress))
-    return result.output if legacy_call else result
+    return _build(path, config, Path(out), carried, reporter(progress))
 
 
 def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> StepResult:
@@ -199,7 +177,7 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
     try:
         mod = from_onnx(onnx_model, keep_params_in_input=False)
     except Exception as e:
-        raise InputError(f"TVM's ONNX frontend failed on {str(model)!r}: {_last_line(e)}") from None
+        raise InputError(f"TVM's ONNX frontend failed on {str(model)!r}: {last_line(e)}") from None
     if int8 is None:
         int8 = any(n.op_type == "QuantizeLinear" for n in onnx_model.graph.node)
     kernels, why = kernel_source(spec, config)
@@ -445,7 +423,7 @@ def lower_and_compile(mod, spec: dict, config: BuildConfig, log=lambda s: None, 
             mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
         except Exception as e:  # TVM's pass stops at some imported graphs (a Clip lowered to TIR)
             raise InputError(f"TVM's fp16 conversion (ToMixedPrecision) failed on this model: "
-                             f"{_last_line(e)[:200]}; build it with precision fp32") from None
+                             f"{last_line(e, 200)}; build it with precision fp32") from None
     if cuda and nhwc_on_cuda:
         # dlight (TVM's GPU schedules) has no conv rule: an NCHW conv falls to its Fallback
         # schedule, while an NHWC conv is an implicit GEMM its Matmul rule tiles through shared
@@ -523,6 +501,6 @@ def lower_and_compile(mod, spec: dict, config: BuildConfig, log=lambda s: None, 
     return executable, details
 
 
-def _last_line(e: Any) -> str:
+def last_line(e: Any) -> str:
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
     return lines[-1] if lines else type(e).__name__

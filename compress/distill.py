@@ -17,7 +17,7 @@ Example:
     >>> import edgeopt.compress as ec  # doctest: +SKIP
     >>> from edgeopt.pipeline.tasks import load_task  # doctest: +SKIP
     >>> task = load_task("digits")  # doctest: +SKIP
-    >>> student = ec.distill(pruned, teacher=model, data=task, config=ec.DistillConfig(epochs=5))  # doctest: +SKIP
+    >>> student = ec.distill(pruned, ec.DistillConfig(epochs=5), task, teacher=model)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeopt.core.config import check_field_types
+from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
 from edgeopt.core.result import Progress, StepResult, reporter, shows_bars, unwrap
 
@@ -41,7 +44,7 @@ from .pt2 import refuse_exported
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(StepConfig):
     """Distillation settings.
 
     Args:
@@ -74,8 +77,7 @@ class DistillConfig:
     seed: int = 0
     precompute_teacher: bool = False
 
-    def __post_init__(self):
-        check_field_types(self)
+    def validate(self):
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise InputError(f"epochs must be an integer >= 1, got {self.epochs!r}")
         if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
@@ -95,7 +97,7 @@ class DistillConfig:
                 raise InputError(f"features must be (student module, teacher module) pairs, got {pair!r}")
 
 
-def distill(student, config: DistillConfig | None = None, data: Any = None, *legacy, teacher=None, val: Any = None,
+def distill(student, config: DistillConfig | None = None, data: Any = None, *, teacher=None, val: Any = None,
             progress: Progress = None, nproc: int = 1,
             checkpoint_dir: str | os.PathLike | None = None) -> StepResult:
     """Train a copy of ``student`` against ``teacher``; return it (best validation epoch).
@@ -124,22 +126,15 @@ def distill(student, config: DistillConfig | None = None, data: Any = None, *leg
             epoch, early-stopping state); a later call with the same folder and config resumes
             from the last one and ends where an uninterrupted run would.
 
-    The earlier order ``distill(student, teacher, data, config, ...)`` still works (with a
-    ``DeprecationWarning``) and returns the same ``StepResult``.
+    Raises:
+        InputError: ``config`` is not a ``DistillConfig``, no teacher, no or empty training
+            data, or an ``nproc`` the data cannot be split over.
     """
     import torch.distributed as dist
 
-    if config is not None and _is_module(config):
-        # distill(student, teacher, data, config): the order before the step contract.
-        import warnings
-
-        warnings.warn("distill(student, teacher, data, config) is deprecated; call "
-                      "distill(student, config, data, teacher=teacher)", DeprecationWarning, stacklevel=2)
-        teacher, config = config, (legacy[0] if legacy else None)
-    elif legacy:
-        raise InputError("distill takes (student, config, data) and keyword options; got extra arguments")
     if not isinstance(config, DistillConfig):
-        raise InputError(f"distill needs a DistillConfig as its second argument, got {type(config).__name__}")
+        raise InputError(f"distill needs a DistillConfig as its second argument, got {type(config).__name__}: "
+                         "call distill(student, DistillConfig(...), data, teacher=teacher)")
     if teacher is None:
         raise InputError("distill needs teacher=: the model whose outputs the student learns")
     if data is None:
@@ -153,21 +148,13 @@ def distill(student, config: DistillConfig | None = None, data: Any = None, *leg
         raise InputError(f"nproc must be an integer >= 1, got {nproc!r}")
     bars = shows_bars(progress)
     if nproc > 1 and not (dist.is_available() and dist.is_initialized()):
-        from .distributed import launch
-
-        model, record = launch(module, teacher, data, config, val, nproc, checkpoint_dir, bars)
+        model, record = _launch(module, teacher, data, config, val, nproc, checkpoint_dir, bars)
     else:
         model, record = train_distill(module, teacher, data, config, val, bars, checkpoint_dir)
     m = record["metrics"]
     reporter(progress)(f"distill: {m['epochs_run']} epochs run, best epoch {m['best_epoch']}")
     with_record(model, record, previous=module)
     return StepResult(model, record, history)
-
-
-def _is_module(value) -> bool:
-    import torch
-
-    return isinstance(value, torch.nn.Module) or isinstance(value, StepResult)
 
 
 def train_distill(student, teacher, data, config: DistillConfig, val=None, progress: bool = True,
@@ -342,6 +329,46 @@ def check_split(config: DistillConfig, n_train: int | None, nproc: int) -> None:
                          f"use a batch size that is a multiple of nproc")
     if config.features:
         raise InputError("feature matching is single-process only; drop features or use nproc 1")
+
+
+#: A distributed run that takes longer than this is stopped (seconds).
+TIMEOUT_S = 6 * 3600
+
+
+def _launch(student, teacher, data, config, val, nproc: int, checkpoint_dir, progress: bool):
+    """Run ``train_distill`` on ``nproc`` processes under torchrun; return ``(model, record)``."""
+    import torch
+
+    train_x, train_y, batches = _training_data(data)
+    check_split(config, len(train_x) if batches is None else None, nproc)
+    if val is None and hasattr(data, "val"):
+        val = data.val
+    val_xy = _xy(val) if val is not None else None
+    with tempfile.TemporaryDirectory(prefix="edgeopt-distill-") as tmp:
+        job = Path(tmp) / "job.pt"
+        # the metric travels with the arrays: float targets alone cannot say mae or cosine
+        torch.save({"student": student, "teacher": teacher, "train": (train_x, train_y), "val": val_xy,
+                    "metric": data_metric(data),
+                    "config": asdict(config), "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+                    "progress": progress, "result": str(Path(tmp) / "result.pt")}, job)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "edgeopt.compress.distributed", str(job)]
+        # One compute thread per worker unless told otherwise: N workers share the machine's cores.
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+        r = subprocess.run(cmd, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, env=env, timeout=TIMEOUT_S)
+        if r.returncode != 0:
+            lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+            errors = [ln for ln in lines if "InputError" in ln]
+            if errors:
+                raise InputError(errors[-1].split("InputError:", 1)[-1].strip())
+            raise RuntimeError(f"distributed distillation failed (torchrun exit {r.returncode}):\n"
+                               + "\n".join(lines[-15:]))
+        result = torch.load(Path(tmp) / "result.pt", map_location="cpu", weights_only=False)
+    model = copy.deepcopy(student)
+    model.load_state_dict(result["state"])
+    model.eval()
+    return model, result["record"]
 
 
 #: Whether a higher value of a metric the labels are scored by is better.

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
 
 from edgeopt.core.result import StepResult, reporter, shows_bars, unwrap
@@ -58,7 +59,7 @@ CANDIDATES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75)
 
 
 @dataclass(frozen=True)
-class LowRankConfig:
+class LowRankConfig(StepConfig):
     """Exactly one of ``rank_ratio``, ``energy``, ``flops_budget``, ``params_budget``.
 
     Args:
@@ -86,11 +87,11 @@ class LowRankConfig:
     method: str = "tucker"
     params_budget: float | None = None
     only_if_cheaper: bool = True
-    skip: tuple = ()
-    candidates: tuple = CANDIDATES
+    skip: tuple[str, ...] = ()
+    candidates: tuple[float, ...] = CANDIDATES
     energy_on: str = "weights"
 
-    def __post_init__(self):
+    def validate(self):
         chosen = [n for n in ("rank_ratio", "energy", "flops_budget", "params_budget")
                   if getattr(self, n) is not None]
         if len(chosen) != 1:

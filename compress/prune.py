@@ -57,7 +57,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edgeopt.core.errors import InputError
+from edgeopt.core.config import StepConfig
+from edgeopt.core.errors import InputError, first_line
 from edgeopt.core.result import StepResult, reporter, unwrap
 
 from .counting import count_params, model_stats
@@ -71,7 +72,7 @@ ENGINES = ("auto", "torch_pruning", "edgeopt")
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(StepConfig):
     """What to prune: exactly one of ``amount``, ``flops_budget``, ``params_budget``.
 
     Args:
@@ -97,27 +98,21 @@ class PruneConfig:
     norm: str = "l1"
     scope: str = "global"
     min_keep: float = 0.1
-    skip: tuple = ()
+    skip: tuple[str, ...] = ()
     engine: str = "auto"
     flops_budget: float | None = None
     params_budget: float | None = None
     round_to: int | None = None
 
-    def __post_init__(self):
-        # A str is one name: iterating it would match single letters or substrings.
-        skip = (self.skip,) if isinstance(self.skip, str) else self.skip
-        if not isinstance(skip, (tuple, list)) or not all(isinstance(s, str) for s in skip):
-            raise InputError(f"skip must be module names (a str or a list of str), got {self.skip!r}")
-        object.__setattr__(self, "skip", tuple(skip))
+    def validate(self):
         chosen = [n for n in ("amount", "flops_budget", "params_budget") if getattr(self, n) is not None]
         if len(chosen) != 1:
             raise InputError(f"set exactly one of amount, flops_budget, params_budget; got {chosen or 'none'}")
-        if self.amount is not None and (isinstance(self.amount, bool) or not isinstance(self.amount, (int, float))
-                                        or not (0 <= self.amount < 1)):
+        if self.amount is not None and not (0 <= self.amount < 1):
             raise InputError(f"amount must be in [0, 1), got {self.amount!r}")
         for name in ("flops_budget", "params_budget"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or not (0 < v < 1)):
+            if v is not None and not (0 < v < 1):
                 raise InputError(f"{name} must be in (0, 1) (a fraction of the original), got {v!r}")
         if self.amount is None and not self.structured:
             raise InputError("flops_budget/params_budget need structured=True: zeroed weights "
@@ -128,8 +123,7 @@ class PruneConfig:
             raise InputError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if not (0 < self.min_keep <= 1):
             raise InputError(f"min_keep must be in (0, 1], got {self.min_keep!r}")
-        if self.round_to is not None and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
-                                          or self.round_to < 1):
+        if self.round_to is not None and self.round_to < 1:
             raise InputError(f"round_to must be a positive integer or None, got {self.round_to!r}")
         if self.engine not in ENGINES:
             raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
@@ -244,7 +238,7 @@ def _structured(original, config: PruneConfig, args, reference, calibration, bef
                 raise
             failure = str(e)
         except Exception as e:  # an engine failing on an architecture is what "auto" recovers from
-            failure = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            failure = f"{type(e).__name__}: {first_line(e, 200)}"
         if failure is None:
             why = "requested" if config.engine != "auto" else (
                 "first choice" if not reasons else "; ".join(reasons))
@@ -482,7 +476,7 @@ def _analyse(model, args) -> tuple[_Groups, dict]:
         gm = fx.GraphModule(model, Tracer().trace(model))
     except Exception as e:
         raise InputError(f"structured pruning needs a torch.fx-traceable model; tracing "
-                         f"{type(model).__name__} failed: {str(e).splitlines()[0]}") from None
+                         f"{type(model).__name__} failed: {first_line(e)}") from None
     ShapeProp(gm).propagate(*args)
     groups = _Groups()
     info: dict = {}  # node -> (group id, layout, spatial)

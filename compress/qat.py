@@ -42,13 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.core.config import check_field_types
+from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
 from edgeopt.core.result import Progress, StepResult, reporter, unwrap
 
 
 @dataclass(frozen=True)
-class QATConfig:
+class QATConfig(StepConfig):
     """How to fine-tune under fake quantization (see the module docstring).
 
     Args:
@@ -75,8 +75,7 @@ class QATConfig:
     max_train_samples: int | None = None
     seed: int = 0
 
-    def __post_init__(self):
-        check_field_types(self)
+    def validate(self):
         for name in ("epochs", "batch_size", "calibration_samples"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1; got {getattr(self, name)!r}")
@@ -399,10 +398,10 @@ def _export_qdq(fp32: Path, wrapped: dict, calib: np.ndarray, config: QATConfig,
     from onnxruntime.quantization.calibrate import TensorData, create_calibrator
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    from .quantize import _quiet, _Reader
+    from .calibration import CalibrationReader, quiet_onnxruntime
 
     pre = tmp / "pre.onnx"
-    with _quiet():
+    with quiet_onnxruntime():
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
     model = onnx.load(str(pre))
     g = model.graph
@@ -426,12 +425,12 @@ def _export_qdq(fp32: Path, wrapped: dict, calib: np.ndarray, config: QATConfig,
             matched[n.name] = (n, *hit)
     feeds = [{g.input[0].name: calib[i:i + 1]} for i in range(len(calib))]
     cache = tmp / "ranges.json"
-    with _quiet():
+    with quiet_onnxruntime():
         calibrator = create_calibrator(pre, sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
                                        augmented_model_path=str(tmp / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.MinMax,
                                        extra_options={"symmetric": False})
-        calibrator.collect_data(_Reader(feeds))
+        calibrator.collect_data(CalibrationReader(feeds))
         ranges = calibrator.compute_data()
         for n, q, _ in matched.values():
             s, z = q.act.qparams()
@@ -439,7 +438,7 @@ def _export_qdq(fp32: Path, wrapped: dict, calib: np.ndarray, config: QATConfig,
                                                  highest=np.array((255 - z) * s, np.float32))
         save_tensors_data(ranges, cache)
         qdq = tmp / "qdq.onnx"
-        quantize_static(str(pre), str(qdq), _Reader(feeds), quant_format=QuantFormat.QDQ,
+        quantize_static(str(pre), str(qdq), CalibrationReader(feeds), quant_format=QuantFormat.QDQ,
                         per_channel=config.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         calibration_cache_path=str(cache))
@@ -511,7 +510,7 @@ def quantize_or_qat(model, fp32, config, data, *, calibration: Any, eval_data: A
         accuracy, and ``metrics["budget_met"]`` says whether the last one met the budget.
     """
     from .fidelity import runner_outputs
-    from .quantize import BudgetMissed, QuantizeConfig, _Scorer, quantize
+    from .quantize import BudgetMissed, BudgetScorer, QuantizeConfig, quantize
 
     if not isinstance(config, QuantizeConfig) or not config.has_budget:
         raise InputError("quantize_or_qat needs a QuantizeConfig with max_accuracy_drop or min_agreement")
@@ -526,7 +525,7 @@ def quantize_or_qat(model, fp32, config, data, *, calibration: Any, eval_data: A
     from edgeopt.runtimes.artifact import model_input
 
     fp32_path = model_input(fp32, "onnx", "quantize_or_qat")[0]
-    score = _Scorer(fp32_path, eval_data, config)
+    score = BudgetScorer(fp32_path, eval_data, config)
     module, carried = unwrap(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ Example:
     >>> import numpy as np  # doctest: +SKIP
     >>> import edgeopt.compress as ec  # doctest: +SKIP
     >>> calib = [np.random.rand(1, 1, 32, 32).astype("float32") for _ in range(32)]  # doctest: +SKIP
-    >>> r = ec.quantize("build/demo/fp32-onnx/model.onnx", calib, ec.QuantizeConfig(),
+    >>> r = ec.quantize("build/demo/fp32-onnx/model.onnx", ec.QuantizeConfig(), calib,
     ...                 out="build/int8.onnx")  # doctest: +SKIP
     >>> r.record["metrics"]["size_ratio"] < 0.3  # doctest: +SKIP
     True
@@ -28,8 +28,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -38,14 +36,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgeopt.core.config import check_field_types
+from edgeopt.core.config import StepConfig
 from edgeopt.core.files import atomic_file
 from edgeopt.core.result import Progress, StepResult, reporter
-from edgeopt.core.tensors import TensorSpec
 from edgeopt.runtimes.artifact import Artifact, write_artifact
-from edgeopt.runtimes.base import check_array
 from edgeopt.core.errors import InputError
 
+from .calibration import CalibrationReader, calibration_feeds, quiet_onnxruntime
 from .output_guard import guard
 
 MODES = ("static", "dynamic")
@@ -68,7 +65,7 @@ _DEFAULT_METHOD = "mean_minmax"
 
 
 @dataclass(frozen=True)
-class QuantizeConfig:
+class QuantizeConfig(StepConfig):
     """How to quantize (see the module docstring).
 
     Args:
@@ -92,8 +89,6 @@ class QuantizeConfig:
             inputs and weights); a name that matches no node is an error, and a name that
             pre-processing fused (``node_MatMul_1`` -> ``node_MatMul_1/MatMulAddFusion``)
             stands for the fused node.
-        calibration: the earlier name of ``method`` (still accepted; ``quantize``'s third
-            argument, the calibration data, now owns the word).
         equalize: cross-layer equalization of Conv pairs before quantizing (Relu/ReLU6-aware,
             depthwise included; exact in float). Static mode.
         bias_correction: subtract the mean output shift that int8 weights cause, measured on
@@ -135,7 +130,6 @@ class QuantizeConfig:
     percentile: float = 99.999
     max_calibration_samples: int | None = 256
     nodes_to_exclude: tuple = ()
-    calibration: str | None = None
     equalize: bool = False
     bias_correction: bool = False
     smooth_quant: bool = False
@@ -146,14 +140,7 @@ class QuantizeConfig:
     debug_layers: int | None = None
     engine: str = "edgeopt"
 
-    def __post_init__(self):
-        check_field_types(self)
-        if self.calibration is not None:  # the earlier name of ``method``
-            if self.method != _DEFAULT_METHOD and self.method != self.calibration:
-                raise InputError(f"method {self.method!r} and calibration {self.calibration!r} disagree; "
-                                 "set method only (calibration is its earlier name)")
-            object.__setattr__(self, "method", self.calibration)
-            object.__setattr__(self, "calibration", None)
+    def validate(self):
         def one_of(name, allowed):
             v = getattr(self, name)
             if v not in allowed:
@@ -320,7 +307,7 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.quantize-", dir=out.parent) as tmp:
         tmp = Path(tmp).resolve()  # absolute: onnxruntime's pre-processing runs inside it
         pre = tmp / "pre.onnx"
-        with _quiet():
+        with quiet_onnxruntime():
             from onnxruntime.quantization import quant_pre_process
 
             from edgeopt.compile.onnx_prepare import prepare_onnx_file
@@ -349,7 +336,7 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
 
             candidate = nncf_quantize(pre, feeds, tmp / "nncf.onnx", ignored=excluded)
         elif config.has_budget:
-            score = _Scorer(model, eval_data, config)
+            score = BudgetScorer(model, eval_data, config)
             ladder = _ladder(config, pre)
             best = None
             for transforms in ladder:
@@ -475,100 +462,6 @@ def _has_labels(data: Any) -> bool:
     return isinstance(data, (tuple, list)) and len(data) == 2 and not hasattr(data[0], "keys")
 
 
-def calibration_feeds(data: Any, inputs: Sequence[TensorSpec], limit: int | None = None) -> list[dict]:
-    """Turn calibration data into a list of {input name: array} feeds that fit the model.
-
-    Raises ``InputError`` for empty data and for samples of the wrong shape or dtype (naming the
-    sample and what the model expects).
-    """
-    if data is None:
-        raise InputError("static quantization needs calibration data; got none "
-                         "(pass samples, or use mode='dynamic')")
-    if hasattr(data, "x") and not isinstance(data, np.ndarray):
-        data = data.x
-    names = [s.name for s in inputs]
-    if isinstance(data, dict):  # {input name: stacked array}, e.g. a .npz
-        if set(data) != set(names):
-            raise InputError(f"calibration data holds arrays {sorted(data)}; the model takes inputs {names} "
-                             "(a .npz holds one array per input, named as the inputs, or x and y of a task)")
-        split = {spec.name: _split_batch(np.asarray(data[spec.name]), spec) for spec in inputs}
-        counts = {len(v) for v in split.values()}
-        if len(counts) != 1:
-            raise InputError("calibration arrays hold different numbers of samples: "
-                             + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
-        samples = [{k: v[i] for k, v in split.items()} for i in range(counts.pop())]
-    elif isinstance(data, np.ndarray):
-        samples = _split_batch(data, inputs[0])
-    else:
-        samples = list(data)
-    if len(samples) == 0:
-        raise InputError("calibration data is empty: expected at least one sample of shape "
-                         f"{tuple(inputs[0].shape)}")
-    feeds = []
-    for i, s in enumerate(samples[:limit] if limit else samples):
-        if isinstance(s, dict):
-            feed = s
-        elif len(inputs) == 1:
-            feed = {names[0]: s}
-        else:
-            feed = dict(zip(names, s))
-        if set(feed) != set(names):
-            raise InputError(f"calibration sample {i} has inputs {sorted(feed)}; the model takes {names}")
-        for spec in inputs:
-            a = np.asarray(feed[spec.name])
-            try:
-                check_array(spec, a)
-            except InputError as e:
-                raise InputError(f"calibration sample {i}: {e}") from None
-            refuse_non_finite(a, f"calibration sample {i}, input {spec.name!r}")
-        # np.asarray(order="C") keeps a 0-d input 0-d (ascontiguousarray makes it (1,), which
-        # the model's scalar input then rejects)
-        feeds.append({k: np.asarray(v, order="C") for k, v in feed.items()})
-    return feeds
-
-
-def refuse_non_finite(a: np.ndarray, what: str) -> None:
-    """``InputError`` for NaN or infinite values: the ranges calibrated from them would be NaN
-    (onnxruntime then fails with "scale issue") or, for one NaN among many samples, silently
-    ignored by its nan-aware statistics while the data is plainly wrong."""
-    if a.dtype.kind not in "fc":
-        return
-    bad = ~np.isfinite(a)
-    if bad.any():
-        nan, inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
-        found = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
-        raise InputError(f"{what} holds {found} value(s) out of {a.size}; expected finite numbers")
-
-
-def _split_batch(x: np.ndarray, spec: TensorSpec) -> list[np.ndarray]:
-    """A stacked array (N, ...) becomes N samples of the model's fixed batch size."""
-    if x.ndim == len(spec.shape) + 1:  # one sample per row: a scalar or (1,) input stacked
-        return list(x)
-    b = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
-    if b is None or x.ndim != len(spec.shape):
-        return [x] if x.size else []
-    if len(x) % b:
-        raise InputError(f"calibration array of {len(x)} samples does not split into batches of {b}")
-    return [x[i:i + b] for i in range(0, len(x), b)]
-
-
-class _Reader:
-    """onnxruntime CalibrationDataReader over a list of feeds."""
-
-    def __init__(self, feeds: list[dict]):
-        self.feeds = feeds
-        self._it = iter(feeds)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self):
-        self._it = iter(self.feeds)
-
-    def __len__(self):
-        return len(self.feeds)
-
-
 # -- quantization and fallback ----------------------------------------------------------------
 
 class _Quantizer:
@@ -605,7 +498,7 @@ class _Quantizer:
             options.update(num_bins=2048, num_quantized_bins=128)
         elif c.method == "percentile":
             options.update(num_bins=2048, percentile=c.percentile)
-        with _quiet():
+        with quiet_onnxruntime():
             ranges = self._collect(method, options)
             if c.method != "minmax":
                 # Histogram and averaging methods clip rare large values, which is right inside the network
@@ -629,7 +522,7 @@ class _Quantizer:
             self.pre, sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
             augmented_model_path=str(self.tmp / f"augmented-{method.name}.onnx"),
             calibrate_method=method, extra_options=options)
-        calibrator.collect_data(_Reader(self.feeds))
+        calibrator.collect_data(CalibrationReader(self.feeds))
         return calibrator.compute_data()
 
     def __call__(self, exclude: Sequence[str]) -> Path:
@@ -642,14 +535,14 @@ class _Quantizer:
         self.count += 1
         path = self.tmp / f"q{self.count}.onnx"
         qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-        with _quiet():
+        with quiet_onnxruntime():
             if c.mode == "dynamic":
                 quantize_dynamic(str(self.pre), str(path), per_channel=c.per_channel,
                                  weight_type=qtype[c.weight_type], nodes_to_exclude=list(exclude),
                                  op_types_to_quantize=["MatMul", "Gemm", "Conv"])
             else:
                 quantize_static(
-                    str(self.pre), str(path), _Reader(self.feeds),
+                    str(self.pre), str(path), CalibrationReader(self.feeds),
                     quant_format=QuantFormat.QDQ if c.format == "qdq" else QuantFormat.QOperator,
                     per_channel=c.per_channel, activation_type=qtype[c.activation_type],
                     weight_type=qtype[c.weight_type], nodes_to_exclude=list(exclude),
@@ -761,7 +654,7 @@ class _Prepared:
 _TRANSFORM_SAMPLES = 32
 
 
-#: The keys of a score (``_Scorer.__call__``) that attempts and fallback steps record.
+#: The keys of a score (``BudgetScorer.__call__``) that attempts and fallback steps record.
 SCORE_KEYS = ("accuracy", "agreement", "accuracy_drop", "metric", "value", "fp32_value")
 
 #: Labelled metrics the budget can be judged on (a task's ``metric``; top1 for class labels).
@@ -796,7 +689,7 @@ def _metric_value(outputs: np.ndarray, targets: np.ndarray, metric: str) -> floa
     return compare_outputs(outputs, targets, metric)
 
 
-class _Scorer:
+class BudgetScorer:
     """Scores a candidate ONNX model against the fp32 model on the evaluation data.
 
     Labelled data is judged by its metric (``eval_metric``). ``accuracy_drop`` is what
@@ -883,7 +776,7 @@ def _top1(logits: np.ndarray) -> np.ndarray:
     return logits.reshape(len(logits), -1).argmax(axis=1)
 
 
-def _fallback(quantize_with: _Quantizer, score: _Scorer, candidate: Path, excluded: list,
+def _fallback(quantize_with: _Quantizer, score: BudgetScorer, candidate: Path, excluded: list,
               config: QuantizeConfig, say: Callable[[str], None]):
     first = score(candidate)
     steps = [{"nodes_in_float": list(excluded), **first}]
@@ -983,16 +876,3 @@ def _working_directory(path: Path):
         yield
     finally:
         os.chdir(before)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """onnxruntime.quantization logs warnings and prints for routine steps; keep them out."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)

@@ -1,33 +1,44 @@
-"""Field types of step configs, checked before any range check.
+"""The config contract: field types checked first, then the config's own validation.
 
-Every step config is a frozen dataclass whose ``__post_init__`` starts with
-``check_field_types(self)``: each field's value must match its annotation (``float`` accepts an
-int, no number accepts a bool, ``tuple`` accepts a list or a lone string and stores a tuple), so a
-value of the wrong type is an ``InputError`` naming the field, never a ``TypeError`` from a
-comparison deep inside.
+Every step config is a frozen dataclass that derives from ``StepConfig``: its ``__post_init__``
+runs ``check_field_types(self)`` (each field's value must match its annotation: ``float`` accepts
+an int, no number accepts a bool, ``tuple`` accepts a list or a lone string and stores a tuple),
+then ``self.validate()`` (ranges, choices, fields that go together). A value of the wrong type is
+an ``InputError`` naming the field and the type expected, never a ``TypeError`` from a comparison
+deep inside.
+
+A field whose value is itself a config (``BuildConfig.tune``, a ``TuneConfig``) says so in its
+metadata, ``field(default=None, metadata={"nested": "edgeopt.compile.tune:TuneConfig"})``:
+recipes and CLI flags spell its fields flat, as ``<field>_<nested field>`` (``tune_trials``,
+``--tune-trials``); ``flat_fields`` lists them and ``config_from_flat`` builds the config.
 
 Example:
     >>> from dataclasses import dataclass
-    >>> from edgeopt.core.config import check_field_types
+    >>> from edgeopt.core.config import StepConfig
     >>> @dataclass(frozen=True)
-    ... class C:
+    ... class C(StepConfig):
     ...     alpha: float = 0.5
-    ...     def __post_init__(self):
-    ...         check_field_types(self)
+    ...     def validate(self):
+    ...         if not 0 <= self.alpha <= 1:
+    ...             raise ValueError("alpha must be in [0, 1]")
     >>> C(alpha="0.5")
     Traceback (most recent call last):
     ...
     edgeopt.core.errors.InputError: alpha must be a number, got '0.5'
+    >>> C(alpha=1).alpha
+    1.0
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 from .errors import InputError
 
 _NAMES = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string",
           "tuple": "a list", "dict": "a mapping"}
+_PLURALS = {"float": "numbers", "int": "integers", "bool": "true or false values", "str": "strings"}
 
 
 def _accepts(kind: str, value) -> bool:
@@ -55,6 +66,14 @@ def field_kinds(annotation) -> tuple[list[str], bool]:
     return kinds, optional
 
 
+def element_kind(annotation) -> str | None:
+    """``"tuple[str, ...]"`` -> ``"str"``: the kind every item of a tuple field must have."""
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    if "tuple[" not in text:
+        return None
+    return text.split("tuple[", 1)[1].split(",")[0].split("]")[0].strip()
+
+
 def check_field_types(config) -> None:
     """Raise ``InputError`` for the first field whose value does not match its annotation."""
     for f in dataclasses.fields(config):
@@ -64,13 +83,104 @@ def check_field_types(config) -> None:
             continue
         if "tuple" in kinds and isinstance(value, str):
             # skip="conv1" means the one layer conv1, never the characters of its name
-            object.__setattr__(config, f.name, (value,))
-            continue
+            value = (value,)
+            object.__setattr__(config, f.name, value)
         if any(_accepts(k, value) for k in kinds) or not kinds:
-            if "tuple" in kinds and isinstance(value, list):
+            if "tuple" in kinds and isinstance(value, (tuple, list)):
+                item = element_kind(f.type)
+                if item and not all(_accepts(item, v) for v in value):
+                    raise InputError(f"{f.name} must be a list of {_PLURALS.get(item, item)}, got {value!r}")
+                if item == "float":
+                    value = tuple(float(v) for v in value)
                 object.__setattr__(config, f.name, tuple(value))
             if kinds == ["float"] and isinstance(value, int):
                 object.__setattr__(config, f.name, float(value))
             continue
         names = " or ".join(_NAMES.get(k, k) for k in kinds) + (" or null" if optional else "")
         raise InputError(f"{f.name} must be {names}, got {value!r}")
+
+
+class StepConfig:
+    """Base of every step config (a frozen dataclass): types first, then ``validate()``.
+
+    A subclass does not define ``__post_init__``; it overrides ``validate`` for its range and
+    cross-field checks, which can rely on every field having its annotated type.
+    """
+
+    def __post_init__(self):
+        check_field_types(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Range, choice and cross-field checks; ``InputError`` naming the field."""
+
+
+def nested_config(f: dataclasses.Field):
+    """The config class a field holds (its ``nested`` metadata: the class, or its
+    ``module:attribute`` path, imported on first use), or ``None`` for a plain field."""
+    path = f.metadata.get("nested")
+    if path is None or not isinstance(path, str):
+        return path
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def flat_fields(cls) -> list[tuple[str, dataclasses.Field]]:
+    """``[(flat name, field)]``: a nested config's fields as ``<field>_<nested field>``.
+
+    Example:
+        >>> from dataclasses import dataclass, field
+        >>> @dataclass(frozen=True)
+        ... class Inner(StepConfig):
+        ...     trials: int = 0
+        >>> @dataclass(frozen=True)
+        ... class Outer(StepConfig):
+        ...     target: str = "cpu"
+        ...     tune: object = field(default=None, metadata={"nested": Inner})
+        >>> [name for name, _ in flat_fields(Outer)]
+        ['target', 'tune_trials']
+    """
+    out = []
+    for f in dataclasses.fields(cls):
+        inner = nested_config(f)
+        if inner is None:
+            out.append((f.name, f))
+        else:
+            out += [(f"{f.name}_{g.name}", g) for g in dataclasses.fields(inner)]
+    return out
+
+
+def config_from_flat(cls, params: dict):
+    """Build ``cls`` from flat names (``flat_fields``); a nested config is made when any of its
+    fields is given, and is ``None`` otherwise. Unknown names are the caller's to refuse."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        inner = nested_config(f)
+        if inner is None:
+            if f.name in params:
+                kwargs[f.name] = params[f.name]
+            continue
+        prefix = f.name + "_"
+        sub = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+        if f.name in params:
+            kwargs[f.name] = params[f.name]
+        elif sub:
+            kwargs[f.name] = inner(**sub)
+    return cls(**kwargs)
+
+
+def flat_params(config) -> dict:
+    """The fields of ``config`` that differ from their defaults, by flat name (what a recipe says)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if nested_config(f) is not None and value is not None:
+            # a nested config left at its defaults still says it is there, by its first field
+            inner = flat_params(value) or {(g := dataclasses.fields(value)[0]).name: getattr(value, g.name)}
+            out.update({f"{f.name}_{k}": v for k, v in inner.items()})
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if default is dataclasses.MISSING or value != default:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out

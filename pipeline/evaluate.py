@@ -38,8 +38,10 @@ from typing import Callable
 
 import numpy as np
 
-from edgeopt.core.config import check_field_types
+from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
+
+from .report_figures import png_bytes
 
 ECE_BINS = 15
 # Perturbation strengths, in units of the test inputs' standard deviation (inputs are usually
@@ -52,7 +54,7 @@ SLICE_NAMES = ("low", "mid", "high")
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(StepConfig):
     """The recipe's ``evaluate`` section (every key optional).
 
     ``enabled``: False skips everything below (entries keep accuracy and agreement only).
@@ -70,8 +72,7 @@ class EvaluateConfig:
     thumbnails: int = 40
     seed: int = 0
 
-    def __post_init__(self):
-        check_field_types(self)
+    def validate(self):
         if self.samples < 1:
             raise InputError(f"samples must be an integer >= 1, got {self.samples!r}")
         if self.thumbnails < 0:
@@ -314,8 +315,6 @@ class Evaluation:
 def thumbnail_sheet(arrays: dict, classes: tuple, limit: int, title: str) -> bytes:
     """A PNG grid of up to ``limit`` exemplars, each titled ``true: fp32 -> variant`` (or
     ``fp32 -> variant`` without labels)."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,9 +339,4 @@ def thumbnail_sheet(arrays: dict, classes: tuple, limit: int, title: str) -> byt
     fig.suptitle(f"{title}: {total} input(s) where it disagrees with fp32"
                  + (f" (first {n} shown)" if total > n else "")
                  + ("; label / fp32 > variant" if "y" in arrays else "; fp32 > variant"), fontsize=8)
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)

@@ -22,20 +22,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeopt.core.config import check_field_types
+from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(StepConfig):
     """Timing settings: untimed warm-up runs, timed runs, worker threads per backend."""
 
     warmup: int = 10
     repeat: int = 100
     threads: int | None = None
 
-    def __post_init__(self):
-        check_field_types(self)
+    def validate(self):
         if self.warmup < 0:
             raise InputError(f"warmup must be an integer >= 0, got {self.warmup!r}")
         if self.repeat < 1:
@@ -240,19 +239,24 @@ def artifact_digest(artifact) -> str:
 
 def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, run_artifact,
                   model, fp32_onnx, task, reference: np.ndarray, example: np.ndarray,
-                  bench: BenchConfig, evaluation=None, references: Sequence[np.ndarray] | None = None) -> dict:
+                  bench: BenchConfig, evaluation=None, references: Sequence[np.ndarray] | None = None,
+                  latency: dict | None = None) -> dict:
     """Time ``runner`` and score it on ``task`` against the fp32 ``reference`` outputs; return the
-    report entry (its fields are documented in ``edgeopt.pipeline.report``).
+    report entry (its fields are documented in ``edgeopt.pipeline.report_schema``).
 
     ``references``: every output of the fp32 model (``reference`` is the first); each output of
     the variant is compared with its own (``output_quality``, ``worst_output``). Without it, the
     first output only.
 
     ``evaluation``: an ``edgeopt.pipeline.evaluate.Evaluation`` adds per-class accuracy, slices,
-    calibration, robustness and exemplars (it reuses the test outputs computed here)."""
+    calibration, robustness and exemplars (it reuses the test outputs computed here).
+
+    ``latency``: the ``latency_ms`` object when it was measured elsewhere (a cache of earlier
+    measurements); ``None`` times ``runner`` here."""
     from edgeopt.compress import count_params, onnx_flops
 
-    result = runner.benchmark(example, warmup=bench.warmup, repeat=bench.repeat)
+    if latency is None:
+        latency = runner.benchmark(example, warmup=bench.warmup, repeat=bench.repeat).latency.to_report()
     every_output = collect_outputs(runner.run, task.test.x)
     outputs = every_output[0]
     if references is None:
@@ -267,7 +271,7 @@ def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, 
         "size_bytes": run_artifact.size_bytes(),
         "params": count_params(model) if hasattr(model, "parameters") else onnx_params(fp32_onnx),
         "flops": onnx_flops(fp32_onnx),
-        "latency_ms": result.latency.to_report(),
+        "latency_ms": latency,
         **scores(task, outputs, reference, every_output, references or [reference]),
         **sample_outcomes(task, outputs),
         "artifact": str(run_artifact.path),

@@ -134,7 +134,9 @@ def test_flops_budget_met_and_impossible_budget_refused():
     ({"params_budget": 1.2}, r"params_budget must be in \(0, 1\)"),
     ({"flops_budget": 0.5, "structured": False}, "need structured=True"),
     ({"amount": 0.5, "engine": "nni"}, "engine must be one of auto, torch_pruning, edgeopt"),
-    ({"amount": 0.5, "skip": 3}, "skip must be module names"),
+    ({"amount": 0.5, "skip": 3}, "skip must be a list, got 3"),
+    ({"amount": 0.5, "skip": ["conv1", 3]}, r"skip must be a list of strings, got \['conv1', 3\]"),
+    ({"amount": "0.5"}, "amount must be a number or null, got '0.5'"),
     ({"amount": 0.5, "round_to": 0}, "round_to must be a positive integer or None, got 0"),
 ])
 def test_prune_config_errors(kwargs, message):
