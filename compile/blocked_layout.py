@@ -28,6 +28,8 @@ Example:
 
 from __future__ import annotations
 
+from edgeopt.core.errors import last_line
+
 #: Channels per block: one AVX-512 register of fp32, and 16 int32 accumulators of ``vpdpbusd``.
 BLOCK = 16
 #: uint8 values ``vpdpbusd`` multiplies into one int32 accumulator.
@@ -181,8 +183,7 @@ def to_blocked_layout(mod):
     try:
         mod = relax.transform.ConvertLayout({}, layout_cb)(mod)
     except Exception as e:  # an op whose layout inference fails on a blocked input
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-        raise BlockedLayoutUnsupported(lines[-1] if lines else type(e).__name__) from None
+        raise BlockedLayoutUnsupported(last_line(e)) from None
     mod = tvm.transform.Sequential([
         # ConvertLayout transforms a tensor once per consumer: a residual's input twice
         relax.transform.EliminateCommonSubexpr(), relax.transform.FoldConstant(),

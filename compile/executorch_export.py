@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, first_line
 from edgeopt.core.tensors import TensorSpec
 from edgeopt.runtimes.artifact import Artifact, write_artifact
 
@@ -73,7 +73,7 @@ def to_executorch(model: Any, example: np.ndarray, out: str | os.PathLike, *,
     except InputError:
         raise
     except Exception as e:  # torch.export / EXIR raise many types; name the first line
-        raise InputError(f"executorch cannot export this model: {_first_line(e)}") from None
+        raise InputError(f"executorch cannot export this model: {first_line(e)}") from None
     with torch.no_grad():
         outputs = module(*x)
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
@@ -107,8 +107,3 @@ def _quantized(program, x: tuple, calibration: np.ndarray):
         for i in range(0, len(calibration) - batch + 1, batch):  # the program's batch size
             prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + batch])))
     return torch.export.export(convert_pt2e(prepared), x)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

@@ -41,7 +41,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, first_line
 
 TARGET_OPSET = 17
 # Never folded: random ops (a value per run), control flow (sub-graphs), and the quantization
@@ -161,9 +161,8 @@ def _upgrade(model, target: int) -> None:
     try:
         converted = version_converter.convert_version(model, target)
     except Exception as e:  # the converter names the node it could not adapt in its message
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
         raise InputError(f"cannot upgrade the ONNX model from opset {version} to {target}: "
-                         f"{lines[0] if lines else type(e).__name__}") from None
+                         f"{first_line(e)}") from None
     model.CopyFrom(converted)
     # Opset 17 needs IR version 8; old files converted up keep their old IR number otherwise.
     model.ir_version = max(model.ir_version, 8)
@@ -219,8 +218,7 @@ def _infer(model):
     try:
         return shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as e:  # contradictory shapes: the model would fail later, say so now
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        raise InputError(f"ONNX shape inference failed: {lines[0] if lines else type(e).__name__}") from None
+        raise InputError(f"ONNX shape inference failed: {first_line(e)}") from None
 
 
 def _static_shape(model, name: str) -> list[int] | None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, first_line
 from edgeopt.core.tensors import TensorSpec
 
 #: How the option is named where no caller names it (CLI commands and recipes share the word).
@@ -212,10 +212,9 @@ def fix_input_dims(model, shapes: Mapping[str, Sequence] | None = None):
     try:
         return onnx.shape_inference.infer_shapes(out, strict_mode=False, data_prop=True)
     except Exception as e:  # noqa: BLE001 - a given shape the graph cannot take (a Reshape to a fixed size)
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
         given = ", ".join(f"{k} {show_shape(v)}" for k, v in shapes.items())
         raise InputError(f"the model cannot take the input shape(s) {given or '(declared)'}: ONNX shape "
-                         f"inference failed: {lines[0] if lines else type(e).__name__}") from None
+                         f"inference failed: {first_line(e)}") from None
 
 
 def onnx_inputs(model) -> list[TensorSpec]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, last_line
 
 AARCH64_TRIPLE = "aarch64-linux-gnu"
 ARM_BOARDS = {
@@ -214,7 +214,7 @@ def resolve_target(target: str | dict | Any) -> dict:
     try:
         tvm.target.Target(spec)
     except Exception as e:
-        raise InputError(f"TVM rejects target {spec!r}: {str(e).strip().splitlines()[-1]}") from None
+        raise InputError(f"TVM rejects target {spec!r}: {last_line(e)}") from None
     if spec.get("kind") == "llvm" and spec.get("mcpu"):
         # LLVM only warns about an unknown CPU and silently builds for a generic one.
         import tvm.target.codegen as codegen

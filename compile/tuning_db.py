@@ -22,8 +22,10 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, last_line
 from edgeopt.core.files import write_text_atomic
+
+from .intrinsics import load_tensor_intrinsics
 
 RECORDS = "database_tuning_record.json"
 WORKLOADS = "database_workload.json"
@@ -39,11 +41,6 @@ def _stamp(db: Path) -> str:
         st = (db / name).stat() if (db / name).exists() else None
         parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}" if st else f"{name}:-")
     return " ".join(parts)
-
-
-def _last_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
 
 
 def check_database(db: str | os.PathLike, log: Callable[[str], None] = lambda s: None,
@@ -83,12 +80,12 @@ def check_database(db: str | os.PathLike, log: Callable[[str], None] = lambda s:
             keep_workloads.append(line)
         except Exception as e:
             if i == len(workload_lines) - 1:  # cut short by a killed process: nothing points at it yet
-                log(f"tuning database {db}: dropped an unreadable last workload line ({_last_line(e)})")
+                log(f"tuning database {db}: dropped an unreadable last workload line ({last_line(e)})")
                 workloads.append(None)
                 continue
             raise InputError(f"tuning database {str(db)!r}: workload line {i + 1} cannot be read "
-                             f"({_last_line(e)}); move {WORKLOADS} and {RECORDS} aside to start afresh "
-                             "(or pass another --tuning-db)") from None
+                             f"({last_line(e)}); move {WORKLOADS} and {RECORDS} aside to start afresh "
+                             "(or pass another --tune-db; recipe: tune_db)") from None
     kept: list[str] = []
     rejected: list[dict] = []
     lines = records_file.read_text().splitlines() if records_file.exists() else []
@@ -102,7 +99,7 @@ def check_database(db: str | os.PathLike, log: Callable[[str], None] = lambda s:
             ms.database.TuningRecord.from_json(record, workloads[index])
             kept.append(line)
         except Exception as e:  # each bad record is set aside on its own; the others stay
-            rejected.append({"line": n, "reason": _last_line(e)[:300], "record": line})
+            rejected.append({"line": n, "reason": last_line(e)[:300], "record": line})
     if rejected:
         previous = (db / REJECTED).read_text() if (db / REJECTED).exists() else ""
         write_text_atomic(db / REJECTED, previous + "".join(json.dumps(r) + "\n" for r in rejected))

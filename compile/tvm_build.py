@@ -499,8 +499,3 @@ def lower_and_compile(mod, spec: dict, config: BuildConfig, log=lambda s: None, 
         pipeline = cuda_pipeline(tvm_target, tensor_cores) if cuda else "default"
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     return executable, details
-
-
-def last_line(e: Any) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeopt.core.errors import first_line
+
 
 def _sig(out: Any):
     import torch
@@ -61,6 +63,5 @@ def broken(model, args: tuple, reference) -> str | None:
     try:
         sig = signature(model, args)
     except Exception as e:  # any failure to run is the thing this check exists to catch
-        first = (str(e).splitlines() or [""])[0][:200]
-        return f"the result fails to run: {type(e).__name__}: {first}"
+        return f"the result fails to run: {type(e).__name__}: {first_line(e, 200)}"
     return None if sig == reference else _describe(reference, sig)

@@ -50,7 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, first_line
 
 LIFTED_ATTR = "edgeopt_lifted"  # set on lifted modules: what was lifted, what was left
 
@@ -99,7 +99,7 @@ def lift_program(program, example_inputs=None, *, rtol: float = 1e-5):
         with torch.no_grad():
             reference = gm(*args)
     except Exception as e:  # the program's shape guards raise AssertionError, its ops anything
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e, 160)
         shapes = [tuple(a.shape) for a in args if hasattr(a, "shape")]
         raise InputError(f"the torch.export program does not run on inputs of shape {shapes} "
                          f"({first}); pass inputs of the shape it was exported with") from None
@@ -161,7 +161,7 @@ def refuse_exported(model, step: str, batch) -> None:
                 shape = tuple(t[0].shape) if t and hasattr(t[0], "shape") else "?"
                 model(*t)
     except Exception as e:  # whatever op holds the fixed size raises its own error type
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e, 160)
         raise InputError(
             f"{step} runs the model on batches of shape {shape}, which this .pt2 program cannot take "
             f"({first}): its graph fixes the shape it was exported with; export it with a dynamic "

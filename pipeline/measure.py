@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeopt.core.config import StepConfig
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, first_line
 
 
 @dataclass(frozen=True)
@@ -289,11 +289,10 @@ def failed_entry(*, name: str, steps: list, runtime: str, target: str, error: Ba
 
 def one_line(error: BaseException) -> str:
     """``error`` as one line: the message's first non-empty line, with the type for non-input errors."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    text = lines[0] if lines else ""
-    if isinstance(error, (InputError, FileNotFoundError)):
-        return text or type(error).__name__
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    text = first_line(error)
+    if isinstance(error, (InputError, FileNotFoundError)) or text == type(error).__name__:
+        return text
+    return f"{type(error).__name__}: {text}"
 
 
 def runtime_target(runtime: str, build: Any) -> str:

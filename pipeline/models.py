@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, first_line
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 FILE_SUFFIXES = (".pt2", ".onnx") + PICKLE_SUFFIXES
@@ -137,9 +137,7 @@ def load_weights(module, path: str | os.PathLike) -> None:
                          "torch.save(model.state_dict(), path)") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
         # (KeyError: pickle reading a text file takes its first byte for an opcode, "KeyError: 101")
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if isinstance(e, KeyError):
-            first = "not a torch.save file"
+        first = "not a torch.save file" if isinstance(e, KeyError) else first_line(e)
         raise InputError(f"weights file {str(path)!r} is not a torch state dict file: {first}") from None
     state = obj
     if isinstance(obj, dict) and not _is_state_dict(obj):
@@ -218,7 +216,7 @@ def _load_factory(spec: str, seed: int = 0) -> LoadedModel:
         raise InputError(f"model {spec!r}: cannot import module {mod_name!r} ({e})") from None
     except Exception as e:  # the user's module raised while importing
         raise InputError(f"model {spec!r}: importing {mod_name!r} raised {type(e).__name__}: "
-                         f"{_first_line(e)}") from None
+                         f"{first_line(e)}") from None
     factory = mod
     for part in attr.split("."):
         if not hasattr(factory, part):
@@ -244,17 +242,12 @@ def _load_factory(spec: str, seed: int = 0) -> LoadedModel:
             torch.manual_seed(seed)
             module = factory()
     except Exception as e:
-        raise InputError(f"model {spec!r}: {attr}() raised {type(e).__name__}: {_first_line(e)}") from None
+        raise InputError(f"model {spec!r}: {attr}() raised {type(e).__name__}: {first_line(e)}") from None
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"model {spec!r}: {attr}() returned {type(module).__name__}, "
                          "expected a torch.nn.Module")
     shape = getattr(module, "input_shape", None)
     return LoadedModel(module.eval(), tuple(shape) if shape else None, spec)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else "(no message)"
 
 
 def example_input(shape: tuple, seed: int = 0):
@@ -286,5 +279,5 @@ def check_forward(module, x, spec: str) -> None:
             module(torch.from_numpy(x))
     except Exception as e:  # the model's own shape checks raise anything
         raise InputError(f"model {spec!r} rejects an input of shape {tuple(x.shape)}: "
-                         f"{type(e).__name__}: {_first_line(e)}; pass an --input-shape it accepts") from None
+                         f"{type(e).__name__}: {first_line(e)}; pass an --input-shape it accepts") from None
 

@@ -52,7 +52,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, first_line
+
+from .task_types import METRICS, Split, Task
 
 # Keywords a task factory may declare; load_task passes those it declares.
 FACTORY_KEYWORDS = ("seed", "input_shape", "data_dir", "limit")
@@ -109,7 +111,7 @@ def resolve_factory(spec: str):
         raise InputError(f"task factory {spec!r}: cannot import module {mod_name!r} ({e})") from None
     except Exception as e:  # a module that fails while importing is the user's error too
         raise InputError(f"task factory {spec!r}: importing {mod_name!r} raised "
-                         f"{type(e).__name__}: {_first_line(e)}") from None
+                         f"{type(e).__name__}: {first_line(e)}") from None
     factory = mod
     for part in attr.split("."):
         if not hasattr(factory, part):
@@ -142,7 +144,7 @@ def load_factory(spec: str, **available):
     try:
         result = factory(**{k: available.get(k) for k in keywords})
     except Exception as e:  # the factory is user code: report it in one line, no traceback
-        raise InputError(f"task factory {spec!r} raised {type(e).__name__}: {_first_line(e)}") from None
+        raise InputError(f"task factory {spec!r} raised {type(e).__name__}: {first_line(e)}") from None
     if isinstance(result, Task):
         return result
     if isinstance(result, dict):
@@ -258,7 +260,7 @@ def _materialise(value, what: str):
         try:
             items = [value[i] for i in range(len(value))]
         except Exception as e:
-            raise InputError(f"{what}: reading the dataset raised {type(e).__name__}: {_first_line(e)}") from None
+            raise InputError(f"{what}: reading the dataset raised {type(e).__name__}: {first_line(e)}") from None
         xs, ys = _unzip(items, what)
         return np.stack([_numpy(v, what) for v in xs]), None if ys is None else np.stack(
             [_numpy(v, what) for v in ys])
@@ -268,7 +270,7 @@ def _materialise(value, what: str):
     try:
         batches = list(value)
     except Exception as e:
-        raise InputError(f"{what}: iterating it raised {type(e).__name__}: {_first_line(e)}") from None
+        raise InputError(f"{what}: iterating it raised {type(e).__name__}: {first_line(e)}") from None
     if not batches:
         raise InputError(f"{what} is empty; expected at least one batch")
     xs, ys = _unzip(batches, what)
@@ -374,7 +376,7 @@ def npz_outputs(data, spec: str):
         value = json.loads(text)
     except (ValueError, TypeError) as e:
         raise InputError(f"{where}: 'outputs' must be a JSON string such as "
-                         f"'[{{\"kind\": \"sequence\", \"decode\": \"ctc\"}}]': {_first_line(e)}") from None
+                         f"'[{{\"kind\": \"sequence\", \"decode\": \"ctc\"}}]': {first_line(e)}") from None
     return parse_outputs(value, where)
 
 
@@ -385,7 +387,7 @@ def _open_npz(spec: str):
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise InputError(f"task data {spec!r} is not a readable .npz file: {_first_line(e)}") from None
+        raise InputError(f"task data {spec!r} is not a readable .npz file: {first_line(e)}") from None
     if not hasattr(data, "files"):
         raise InputError(f"task data {spec!r} holds a single array; expected a .npz archive with "
                          "x (and optionally y, metric)")
@@ -410,7 +412,7 @@ def load_npz(spec: str, seed: int, input_shape: tuple | None):
             metric = str(data["metric"]) if "metric" in data.files else None
             outputs = npz_outputs(data, spec) if "outputs" in data.files else ()
         except ValueError as e:  # object arrays would need unpickling
-            raise InputError(f"task data {spec!r}: {_first_line(e)}; arrays must be numeric") from None
+            raise InputError(f"task data {spec!r}: {first_line(e)}; arrays must be numeric") from None
     what = f"task data {spec!r}"
     if metric == "agreement":  # asked to compare with the reference model only: drop targets
         y = None
@@ -527,7 +529,7 @@ def _read_preprocess_file(spec: str) -> dict | None:
     try:
         value = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise InputError(f"{str(path)!r} is not valid YAML: {_first_line(e)}") from None
+        raise InputError(f"{str(path)!r} is not valid YAML: {first_line(e)}") from None
     ImagePreprocess.coerce(value, str(path))
     return value
 
@@ -560,7 +562,7 @@ def load_image_folder(spec: str, seed: int, input_shape: tuple | None, preproces
                     im = im.resize((size[1], size[0]), Image.BILINEAR)
                 a = np.asarray(im, dtype=np.float32) / 255.0
         except (OSError, ValueError) as e:
-            raise InputError(f"{what}: cannot read image {str(path)!r}: {_first_line(e)}") from None
+            raise InputError(f"{what}: cannot read image {str(path)!r}: {first_line(e)}") from None
         images.append(a[None] if channels == 1 else a.transpose(2, 0, 1))
     x = np.stack(images)
     y = np.array([label for _, label in files], dtype=np.int64)
@@ -576,8 +578,3 @@ def load_image_folder(spec: str, seed: int, input_shape: tuple | None, preproces
     return task_from_data(TaskData(train=parts["train"], calib=parts["calib"], test=parts["test"],
                                    val=parts["val"], metric="top1", num_classes=len(classes),
                                    name=name, classes=tuple(c for c, _ in classes)), name, seed, what)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from edgeopt.core.tensors import TensorSpec
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, first_line
 
 # onnx.TensorProto element types -> numpy dtype names (the subset models use).
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64",
@@ -39,7 +39,7 @@ def load_onnx(path: str | os.PathLike, check: bool = True):
         try:
             onnx.checker.check_model(model)
         except onnx.checker.ValidationError as e:
-            raise InputError(f"{str(path)!r} fails the ONNX checker: {str(e).splitlines()[0]}") from None
+            raise InputError(f"{str(path)!r} fails the ONNX checker: {first_line(e)}") from None
     return model
 
 

@@ -81,7 +81,7 @@ class OpenVinoRunner(Runner):
             read = core.read_model(str(path))
             self.compiled = core.compile_model(read, "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError with the frontend's message
-            raise InputError(f"openvino cannot load {str(path)!r}: {_first_line(e)}") from None
+            raise InputError(f"openvino cannot load {str(path)!r}: {_openvino_reason(e)}") from None
         self.request = self.compiled.create_infer_request()
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type
         self.chosen_precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
@@ -100,7 +100,8 @@ class OpenVinoRunner(Runner):
         return [np.array(result[out]) for out in self.compiled.outputs]
 
 
-def _first_line(error: BaseException) -> str:
+def _openvino_reason(error: BaseException) -> str:
+    """The line of an OpenVINO error that gives the reason (not always its first)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     # OpenVINO's messages start with a "Check '...' failed at <source path>" line: the reason
     # follows it

@@ -30,7 +30,7 @@ import numpy as np
 
 from .artifact import Artifact
 from .base import BenchmarkResult, Runner, example_inputs
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, last_line
 from .fingerprint import machine_fingerprint
 from .timing import TimingStats, check_counts
 
@@ -81,7 +81,7 @@ def connect_server(address: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Remote
     try:
         return RemoteDevice(rpc.connect(host, port), f"{host}:{port}")
     except Exception as e:
-        raise InputError(f"could not open an RPC session at {host}:{port}: {_last_line(e)}") from None
+        raise InputError(f"could not open an RPC session at {host}:{port}: {last_line(e)}") from None
 
 
 def tracker_summary(tracker: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
@@ -134,7 +134,7 @@ def request_device(tracker: str, key: str, timeout_s: float = 60.0) -> RemoteDev
         session = rpc.connect(url, server_port, matchkey)
     except Exception as e:
         raise InputError(f"the tracker handed out {url}:{server_port}, but the session failed: "
-                         f"{_last_line(e)}") from None
+                         f"{last_line(e)}") from None
     return RemoteDevice(session, f"{url}:{server_port}")
 
 
@@ -192,7 +192,7 @@ class RpcRunner(Runner):
             self.vm = VirtualMachine(lib, self.dev)
         except Exception as e:
             raise InputError(f"{device.name} could not load {str(artifact.model_file)!r} (is it built for "
-                             f"that device's CPU?): {_last_line(e)}") from None
+                             f"that device's CPU?): {last_line(e)}") from None
 
     def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
         return example_inputs(self.inputs, seed)
@@ -223,17 +223,12 @@ class RpcRunner(Runner):
             samples = [float(s) * 1e3 for s in timer("main").results]
             self.last_samples = samples
         except Exception as e:
-            raise RuntimeError(f"device {self.device.name} failed during the benchmark: {_last_line(e)}") from None
+            raise RuntimeError(f"device {self.device.name} failed during the benchmark: {last_line(e)}") from None
         del bound
         machine = machine_fingerprint(self.threads)
         machine = {"device": self.device.name, "via": "tvm rpc", "threads": self.threads,
                    "client": {k: machine[k] for k in ("cpu", "machine", "versions")}}
         return BenchmarkResult(f"rpc ({self.device.name})", TimingStats.from_samples(samples), machine)
-
-
-def _last_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
 
 
 # ---- fleet benchmarking: every free device under a key ---------------------------------------
@@ -297,7 +292,7 @@ def benchmark_fleet(artifact: Artifact, tracker: str, key: str, inputs: Any = No
                 device_samples[dev.name] = samples
         except Exception as e:  # a lost device is a result, not a failure of the fleet run
             with lock:
-                lost[dev.name] = _last_line(e)
+                lost[dev.name] = last_line(e)
         finally:
             dev.close()
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgeopt.core.tensors import TensorSpec
 from .base import Runner, example_inputs
-from edgeopt.core.errors import InputError
+from edgeopt.core.errors import InputError, last_line
 
 
 class TvmRunner(Runner):
@@ -77,7 +77,7 @@ class TvmRunner(Runner):
         try:
             lib = tvm.runtime.load_module(str(library))
         except Exception as e:
-            raise InputError(f"TVM cannot load {str(library)!r}: {str(e).splitlines()[-1]}") from None
+            raise InputError(f"TVM cannot load {str(library)!r}: {last_line(e)}") from None
         self.vm = VirtualMachine(lib, self.device)
         if plugins:
             import weakref

@@ -18,7 +18,7 @@ import argparse
 import sys
 from importlib.metadata import version
 
-from edgeopt.core.errors import CheckFailed, InputError
+from edgeopt.core.errors import CheckFailed, InputError, first_line
 
 from . import bench, check, compile, compress, demo, export, run, search, shadow
 from .common import EPILOG, accept_debug_after
@@ -56,10 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _message(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"{e.filename!s}: {e.strerror}"
-    return lines[0] if lines else type(e).__name__
+    return first_line(e)
 
 
 def main(argv: list[str] | None = None) -> int:
