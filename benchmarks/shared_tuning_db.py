@@ -1,6 +1,6 @@
 """One tuning database shared by the fp32, pruned and int8 builds of ResNet-18 and by MobileNetV2.
 
-Builds the four models one after another with tuning into the same ``--tuning-db`` folder (each
+Builds the four models one after another with tuning into the same ``--tune-db`` folder (each
 for ``--minutes`` of tuning), then checks that the database loads with every record
 (``edgeopt.compile.tuning_db.check_database`` replays each one; nothing may be set aside) and that
 MetaSchedule's own ``JSONDatabase`` loads it. Prints a Markdown table; ``--record`` appends it to
@@ -88,10 +88,10 @@ def main(argv=None) -> None:
     table = "\n".join(lines)
     print(table)
     if args.record:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-            f.write("\n## One tuning database shared by ResNet-18 fp32 / pruned / int8 and MobileNetV2 "
-                    f"({time.strftime('%Y-%m-%d')})\n\nCommand: `.venv/bin/python benchmarks/shared_tuning_db.py "
-                    f"--minutes {args.minutes:g} --record` (CPU: AMD EPYC, 2 cores)\n\n{table}\n")
+        from results import record
+
+        record("shared-tuning-db", "Can one tuning database serve several models and variants?", table,
+               "`kernels: tvm`, one database folder for all four builds.")
 
 
 if __name__ == "__main__":

@@ -58,8 +58,8 @@ class ExportConfig(StepConfig):
     opset: int = 18
     dynamic_batch: bool = False
     rtol: float = 1e-4
-    input_names: tuple = ()
-    output_names: tuple = ()
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
 
     def validate(self):
         if not isinstance(self.opset, int) or self.opset < MIN_OPSET:

@@ -15,8 +15,9 @@ that hold most of the measured time (``round_tasks``).
 
 Example:
     >>> import edgeopt.compile as eoc  # doctest: +SKIP
-    >>> art = eoc.build("build/resnet18.onnx", target="cpu", out="build/r18-tuned",
-    ...                 tune=eoc.TuneConfig(trials=512, timeout_s=1800))  # doctest: +SKIP
+    >>> tune = eoc.TuneConfig(trials=512, timeout_s=1800)  # doctest: +SKIP
+    >>> r = eoc.build("build/resnet18.onnx", eoc.BuildConfig(target="cpu", tune=tune),
+    ...               out="build/r18-tuned")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -239,6 +240,8 @@ class TuneConfig(StepConfig):
             raise InputError(f"population must be an integer >= 16, got {self.population!r}")
         if bool(self.tracker) != bool(self.key):
             raise InputError("tracker and key go together: the tracker's address and the device key")
+        if self.tracker and not self.trials:
+            raise InputError("tracker is for tuning (candidates measured on its devices); give trials as well")
         if not self.build_timeout_s > 0:
             raise InputError(f"build_timeout_s must be > 0, got {self.build_timeout_s!r}")
         if self.cost_model not in COST_MODELS:
@@ -555,7 +558,7 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
                 raise TuningFailed(
                     f"tuning failed in round {rounds + 1}: {last_line(e)}; "
                     f"the database {db} keeps {kept} checked records: build again to continue from them, "
-                    "or pass --tuning-db with a new folder") from None
+                    "or pass --tune-db (recipe: tune_db) with a new folder") from None
         # this round's records are checked now, while they are the only new ones
         log(f"tuning: round {rounds + 1} measured {max(0, records_in(db) - in_db)} candidates; "
             f"checking that they replay ({time.perf_counter() - t0:.0f} s)")

@@ -64,8 +64,6 @@ def check_database(db: str | os.PathLike, log: Callable[[str], None] = lambda s:
         workloads = sum(1 for ln in workloads_file.open() if ln.strip()) if workloads_file.exists() else 0
         return {"records": records, "workloads": workloads, "rejected": 0}
 
-    from .tune import load_tensor_intrinsics
-
     # traces of tensorized candidates name the target's intrinsics (x86/ARM for llvm, wmma for cuda):
     # unregistered, every such record would fail to replay and be set aside wrongly
     load_tensor_intrinsics(kind)
@@ -187,8 +185,6 @@ def task_speeds(db: str | os.PathLike) -> list[dict]:
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
-
-    from .tune import load_tensor_intrinsics
 
     load_tensor_intrinsics("llvm")  # tensorized traces (VNNI) name their intrinsic
     database = ms.database.JSONDatabase(work_dir=str(db))

@@ -165,7 +165,13 @@ def config_from_flat(cls, params: dict):
         if f.name in params:
             kwargs[f.name] = params[f.name]
         elif sub:
-            kwargs[f.name] = inner(**sub)
+            try:
+                kwargs[f.name] = inner(**sub)
+            except InputError as e:
+                # "trials must be ..." said as the caller spelled it: "tune_trials must be ..."
+                first = str(e).split(" ", 1)[0]
+                names = {g.name for g in dataclasses.fields(inner)}
+                raise InputError(f"{prefix}{e}" if first in names else f"{f.name}: {e}") from None
     return cls(**kwargs)
 
 

@@ -7,7 +7,7 @@ input_shape: [1, 1, 32, 32]    # optional for zoo models
 variants:
   fp32: []
   lowrank+kd: [{lowrank: {energy: 0.97, energy_on: responses}}, {distill: {epochs: 5}}]
-  int8: [{quantize: {calibration: entropy, per_channel: true}}]
+  int8: [{quantize: {method: entropy, per_channel: true}}]
 targets: [{runtime: torch}, {runtime: onnxruntime}, {runtime: tvm, target: cpu, tune_trials: 256}]
 bench: {warmup: 10, repeat: 100, threads: 2}
 ```
@@ -40,16 +40,17 @@ from pathlib import Path
 
 from edgeopt.core.errors import InputError
 
+from .search_space import SearchSpace
 from .steps import STEPS, Step, check_order, make_step
+
+VARIANT_STEPS = tuple(name for name, kind in STEPS.items() if kind.in_variants)
 
 TOP_KEYS = ("model", "weights", "task", "input_shape", "variants", "targets", "bench", "seed", "train",
             "evaluate", "search")
-#: Keys of a target entry per runtime; the tvm ones beyond ``target`` configure tuning
-#: (``edgeopt compile --tune-trials/--tune-timeout/--tuning-db``).
-TUNE_KEYS = {"tune_trials": (int,), "tune_timeout": (int, float), "tuning_db": (str,)}
+#: Keys of a target entry per runtime; a tvm target takes the compile step's config fields as well
+#: (``target_keys``).
 TARGET_KEYS = {"torch": ("runtime",), "onnxruntime": ("runtime",), "openvino": ("runtime", "precision"),
-               "executorch": ("runtime",),
-               "tvm": ("runtime", "target", "int8", "precision", "cuda_graph", "kernels", "fast_math", *TUNE_KEYS)}
+               "executorch": ("runtime",), "tvm": ("runtime",)}
 BENCH_KEYS = ("warmup", "repeat", "threads")
 #: Keys of the ``evaluate`` section (``edgeopt.pipeline.evaluate.EvaluateConfig``) and their types.
 EVALUATE_KEYS = {"enabled": (bool,), "robustness": (bool,), "samples": (int,), "exemplars": (bool,),
@@ -103,7 +104,7 @@ class Recipe:
     source: str = "<recipe>"
     weights: str | None = None
     evaluate: dict = field(default_factory=dict)
-    search: dict = field(default_factory=dict)  # the `search` section (edgeopt.pipeline.search.SearchSpace)
+    search: dict = field(default_factory=dict)  # the `search` section (edgeopt.pipeline.search_space.SearchSpace)
     task_outputs: list | None = None  # `task: {source, outputs}`: what the model's outputs are
 
 
@@ -241,8 +242,6 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
 
     search = {}
     if "search" in top:
-        from .search import SearchSpace
-
         snode = top["search"][1]
         for k, v in mapping(snode, "'search'"):
             search[k.value] = yaml.safe_load(yaml.serialize(v))
@@ -282,9 +281,9 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
             raise err(entries["runtime"][1], f"unknown runtime {runtime!r}; expected one of "
                       f"{', '.join(TARGET_KEYS)}")
         for key, (knode, _) in entries.items():
-            if key not in TARGET_KEYS[runtime]:
+            if key not in target_keys(runtime):
                 raise err(knode, f"unknown key {key!r} for runtime {runtime!r}; expected "
-                          f"{', '.join(TARGET_KEYS[runtime])}")
+                          f"{', '.join(target_keys(runtime))}")
         target = None
         if "target" in entries:
             tv = entries["target"][1]
@@ -293,7 +292,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
                 raise err(tv, f"'target' must be a preset name or a mapping, got {target!r}")
         build = None
         if runtime == "tvm":
-            build = _build_config(target, entries, err, scalar)
+            build = _build_config(entries, err)
         precision = None
         if runtime in ("openvino", "executorch"):
             import importlib.util
@@ -337,7 +336,11 @@ def _step(node, variant: str, err, mapping) -> Step:
         (knode, params_node), = items
         name = knode.value
         if name not in STEPS:
-            raise err(knode, f"unknown step {name!r} in variant {variant!r}; expected one of {', '.join(STEPS)}")
+            raise err(knode, f"unknown step {name!r} in variant {variant!r}; expected one of {', '.join(VARIANT_STEPS)}")
+    if not STEPS[name].in_variants:
+        raise err(node, f"step {name!r} is not listed in a variant: every variant is exported, and a "
+                  "tvm target compiles it (its keys are the compile options); expected one of "
+                  f"{', '.join(VARIANT_STEPS)}")
     params = {}
     if params_node is not None and not (isinstance(params_node, yaml.ScalarNode) and params_node.value in ("", "~", "null")):
         for k, v in mapping(params_node, f"the parameters of step {name!r}"):
@@ -349,36 +352,32 @@ def _step(node, variant: str, err, mapping) -> Step:
         raise err(node, f"step {name!r} of variant {variant!r}: {e}") from None
 
 
-def _build_config(target, entries: dict, err, scalar):
-    """The tvm target's BuildConfig (target checked now, tuning from the tune_* keys)."""
-    from edgeopt.compile import BuildConfig, TuneConfig
+def target_keys(runtime: str) -> tuple[str, ...]:
+    """The keys a target entry of ``runtime`` takes. A tvm target's are ``runtime`` and the
+    compile step's config fields as ``flat_fields`` spells them (``tune_trials`` for
+    ``BuildConfig.tune.trials``), less ``input_shape``: the recipe's own serves every target.
 
-    tune = {}
-    for key, types in TUNE_KEYS.items():
-        if key in entries:
-            tune[key] = scalar(entries[key][1], f"'{key}'", types)
-    int8 = None
-    if "int8" in entries:
-        import yaml
+    Example:
+        >>> target_keys("tvm")[:4]
+        ('runtime', 'target', 'int8', 'tune_trials')
+    """
+    if runtime != "tvm":
+        return TARGET_KEYS[runtime]
+    from edgeopt.core.config import flat_fields
 
-        int8 = yaml.safe_load(yaml.serialize(entries["int8"][1]))
-    options = {}
-    if "precision" in entries:
-        options["precision"] = scalar(entries["precision"][1], "'precision'", (str,))
-    if "cuda_graph" in entries:
-        options["cuda_graph"] = scalar(entries["cuda_graph"][1], "'cuda_graph'", (bool,))
-    if "kernels" in entries:
-        options["kernels"] = scalar(entries["kernels"][1], "'kernels'", (str,))
-    if "fast_math" in entries:
-        options["fast_math"] = scalar(entries["fast_math"][1], "'fast_math'", (bool,))
-    where = entries.get("target", entries["runtime"])[1]
+    return TARGET_KEYS["tvm"] + tuple(n for n, _ in flat_fields(STEPS["compile"].config) if n != "input_shape")
+
+
+def _build_config(entries: dict, err):
+    """The tvm target's BuildConfig through the registry (so a bad value fails now, naming its key)."""
+    import yaml
+
+    params = {key: yaml.safe_load(yaml.serialize(v)) for key, (_, v) in entries.items() if key != "runtime"}
     try:
-        tuning = None
-        if tune:
-            tuning = TuneConfig(trials=tune.get("tune_trials", 0), timeout_s=tune.get("tune_timeout"),
-                                db=tune.get("tuning_db"))
-        return BuildConfig(target=target or "cpu", int8=int8, tune=tuning, **options)
+        return make_step("compile", params).config
     except (InputError, FileNotFoundError) as e:
+        named = str(e).split(" ", 1)[0]
+        where = entries.get(named, entries.get("target", entries["runtime"]))[1]
         raise err(where, str(e)) from None
 
 

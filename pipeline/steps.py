@@ -1,19 +1,23 @@
 """The step registry: the one place that maps a step name to its config class and function.
 
-The recipe loader (``edgeopt.pipeline.recipe``), the study runner (``edgeopt.pipeline.run``) and
-the CLI (``edgeopt compress STEP``, whose options are generated from the config's fields) all look
-steps up here and nowhere else. A ``Step`` is a step name with its validated config, built once
+The recipe loader (``edgeopt.pipeline.recipe``), the study (``edgeopt.pipeline.study``) and the
+CLI (``edgeopt compress STEP`` and ``edgeopt compile``, whose options are generated from the
+config's fields) all look steps up here and nowhere else; the report describes a step's record
+with its registered ``describe``. A ``Step`` is a step name with its validated config, built once
 when a recipe is read; the runner applies it with ``apply_step``.
 
 Levels say where a step sits in a variant: ``torch`` steps (module in, module out) come first,
 then the variant is exported, then at most one final step: an ``onnx`` step (ONNX in, ONNX out)
 or a ``torch-to-onnx`` step (the variant's module in, an ONNX artifact out: ``qat`` trains the
-module and writes the quantized ONNX itself).
+module and writes the quantized ONNX itself). Two more steps every study applies itself, never
+listed in a recipe's variants: ``export`` (level ``export``: each variant's module to ONNX, parity
+checked) and ``compile`` (level ``compile``: an ONNX model to a TVM artifact, once per ``tvm``
+target; the target's keys are ``BuildConfig``'s fields, ``tune_<field>`` for its ``TuneConfig``).
 
 Example:
     >>> from edgeopt.pipeline.steps import STEPS, make_step
     >>> sorted(STEPS)
-    ['distill', 'lowrank', 'prune', 'qat', 'quantize']
+    ['compile', 'distill', 'export', 'lowrank', 'prune', 'qat', 'quantize']
     >>> step = make_step("prune", {"amount": 0.5})
     >>> step.config.amount, step.kind.level
     (0.5, 'torch')
@@ -26,6 +30,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from edgeopt.core.config import config_from_flat, flat_fields, flat_params
 from edgeopt.core.errors import InputError
 
 
@@ -45,24 +50,28 @@ class StepKind:
     """One registered step.
 
     Attributes:
-        name: the name used in recipes and on the command line.
-        config_path, function_path: ``module:attribute`` of the config class and the function
-            (imported on first use, so that reading a recipe does not import torch).
-        level: ``torch``, ``onnx`` or ``torch-to-onnx`` (see the module docstring).
+        name: the name users read and write: recipes, the command line, history records, the report.
+        module: the module that holds the step's config class, its function and its
+            ``describe(metrics) -> list[str]`` (the phrases the report shows for a record of the
+            step); imported on first use, so that reading a recipe does not import torch.
+        config_name: the config class in ``module``.
+        level: where the step sits in a variant (``LEVELS``, the module docstring).
         summary: one line for ``--help`` and the docs.
         feed: the keyword arguments the step takes from a ``StepData``.
+        function_name: the function in ``module`` (default: ``name``).
     """
 
     name: str
-    config_path: str
-    function_path: str
+    module: str
+    config_name: str
     level: str
     summary: str
     feed: Callable[[Any, StepData], dict]
+    function_name: str = ""
 
     @property
     def config(self) -> type:
-        return _resolve(self.config_path)
+        return _resolve(self.module, self.config_name)
 
     @property
     def final(self) -> bool:
@@ -70,12 +79,21 @@ class StepKind:
         return self.level in ("onnx", "torch-to-onnx")
 
     @property
+    def in_variants(self) -> bool:
+        """Whether a recipe lists the step in a variant (export and compile it does not: every
+        variant is exported, and a ``tvm`` target's keys are compile's config)."""
+        return self.level in VARIANT_LEVELS
+
+    @property
     def function(self) -> Callable:
-        return _resolve(self.function_path)
+        return _resolve(self.module, self.function_name or self.name)
+
+    @property
+    def describe(self) -> Callable[[dict], list]:
+        return _resolve(self.module, "describe")
 
 
-def _resolve(path: str):
-    module, _, attr = path.partition(":")
+def _resolve(module: str, attr: str):
     return getattr(importlib.import_module(module), attr)
 
 
@@ -101,25 +119,38 @@ def _qat_data(config, data: StepData) -> dict:
             "example_inputs": data.example, "progress": data.progress}
 
 
+def _nothing(config, data: StepData) -> dict:
+    return {}
+
+
+def _example(config, data: StepData) -> dict:
+    return {"example_inputs": data.example}
+
+
 STEPS: dict[str, StepKind] = {kind.name: kind for kind in (
-    StepKind("lowrank", "edgeopt.compress.lowrank:LowRankConfig", "edgeopt.compress.lowrank:lowrank",
-             "torch", "low-rank factorization of Linear and convolution layers (SVD, Tucker-2, CP)",
+    StepKind("lowrank", "edgeopt.compress.lowrank", "LowRankConfig", "torch",
+             "low-rank factorization of Linear and convolution layers (SVD, Tucker-2, CP)",
              _example_and_calibration),
-    StepKind("prune", "edgeopt.compress.prune:PruneConfig", "edgeopt.compress.prune:prune",
-             "torch", "structured (channels removed) or unstructured (weights zeroed) pruning",
-             _example_and_calibration),
-    StepKind("distill", "edgeopt.compress.distill:DistillConfig", "edgeopt.compress.distill:distill",
-             "torch", "knowledge distillation from the fp32 model (fine-tuning when alpha=0)",
-             _distill_data),
-    StepKind("quantize", "edgeopt.compress.quantize:QuantizeConfig", "edgeopt.compress.quantize:quantize",
-             "onnx", "int8 post-training quantization of the exported ONNX model",
-             _quantize_data),
-    StepKind("qat", "edgeopt.compress.qat:QATConfig", "edgeopt.compress.qat:qat",
-             "torch-to-onnx", "quantization-aware training (learned int8 scales), written as QDQ ONNX",
-             _qat_data),
+    StepKind("prune", "edgeopt.compress.prune", "PruneConfig", "torch",
+             "structured (channels removed) or unstructured (weights zeroed) pruning", _example_and_calibration),
+    StepKind("distill", "edgeopt.compress.distill", "DistillConfig", "torch",
+             "knowledge distillation from the fp32 model (fine-tuning when alpha=0)", _distill_data),
+    StepKind("quantize", "edgeopt.compress.quantize", "QuantizeConfig", "onnx",
+             "int8 post-training quantization of the exported ONNX model", _quantize_data),
+    StepKind("qat", "edgeopt.compress.qat", "QATConfig", "torch-to-onnx",
+             "quantization-aware training (learned int8 scales), written as QDQ ONNX", _qat_data),
+    StepKind("export", "edgeopt.compile.export", "ExportConfig", "export",
+             "the variant's module to ONNX, checked against torch on the same inputs", _example),
+    StepKind("compile", "edgeopt.compile.tvm_build", "BuildConfig", "compile",
+             "an ONNX model compiled by TVM for a target (a tvm target of a recipe)", _nothing,
+             function_name="build"),
 )}
 
-LEVELS = ("torch", "onnx", "torch-to-onnx")
+#: Variant levels first (``torch``, then one ``onnx`` or ``torch-to-onnx`` step), then the two
+#: steps every study applies itself: ``export`` (torch to ONNX) and ``compile`` (ONNX to a TVM
+#: artifact, once per ``tvm`` target).
+LEVELS = ("torch", "onnx", "torch-to-onnx", "export", "compile")
+VARIANT_LEVELS = LEVELS[:3]
 
 
 @dataclass(frozen=True)
@@ -137,14 +168,7 @@ class Step:
     @property
     def params(self) -> dict:
         """The config's fields that differ from their defaults (what the recipe said)."""
-        out = {}
-        for f in dataclasses.fields(self.config):
-            value = getattr(self.config, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-            if default is dataclasses.MISSING or value != default:
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return flat_params(self.config)
 
     def to_dict(self) -> dict:
         return {self.name: self.params}
@@ -160,7 +184,7 @@ def kind(name: str) -> StepKind:
 def make_config(name: str, params: dict):
     """Build (and so validate) the config of step ``name`` from a mapping of its fields."""
     cls = kind(name).config
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = dict(flat_fields(cls))
     unknown = sorted(set(params) - set(fields))
     if unknown:
         raise InputError(f"unknown parameter(s) {unknown}; expected some of {', '.join(sorted(fields))}")
@@ -169,7 +193,7 @@ def make_config(name: str, params: dict):
     if missing:
         raise InputError(f"missing required parameter(s) {missing}")
     try:
-        return cls(**params)
+        return config_from_flat(cls, params)
     except InputError:
         raise
     except (TypeError, ValueError) as e:

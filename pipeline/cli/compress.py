@@ -1,8 +1,8 @@
 """``edgeopt compress STEP``: one compression step, its options generated from the step's config.
 
 Every field of the step's config (``edgeopt.pipeline.steps``) is an option with the same name
-(``-`` for ``_``) and the help text of the config's docstring; an option not given leaves the
-config's own default. So the CLI, recipes and the Python API cannot drift apart.
+(``-`` for ``_``) and the help text of the config's docstring (``options.py``); an option not given
+leaves the config's own default. So the CLI, recipes and the Python API cannot drift apart.
 Torch-level steps read a torch MODEL and write an ONNX artifact folder (exported with the parity
 check); ``quantize`` reads and writes ONNX; ``qat`` reads a torch MODEL and a labelled task
 (``--task``), fine-tunes it under fake quantization and writes the quantized ONNX.
@@ -10,93 +10,14 @@ check); ``quantize`` reads and writes ONNX; ``qat`` reads a torch MODEL and a la
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import re
-import sys
-
-from edgeopt.core.config import field_kinds
 from edgeopt.core.errors import InputError
 
-from .common import accept_debug_after, list_zoo_in_help
-
-from .common import EPILOG, INPUT_SHAPE_HELP, WEIGHTS_HELP, load_samples, refuse_existing_file_parent, say, torch_model
+from .common import (EPILOG, INPUT_SHAPE_HELP, WEIGHTS_HELP, accept_debug_after, list_zoo_in_help, load_samples,
+                     refuse_existing_file_parent, say, torch_model)
+from .options import add_config_options, config_from_args
 
 #: Steps offered on the command line (distill needs a teacher and training data: recipes).
 CLI_STEPS = ("lowrank", "prune", "quantize", "qat")
-#: Fields that are not options: deprecated spellings kept for Python callers.
-HIDDEN = {"quantize": {"calibration"}}
-#: Older flags that stay accepted: (flag, field, value it sets).
-ALIASES = {"prune": [("--unstructured", "structured", False)],
-           "quantize": [("--per-tensor", "per_channel", False)]}
-
-
-def field_help(cls) -> dict[str, str]:
-    """``{field: help}`` from the ``Args:`` section of a config's docstring."""
-    doc = cls.__doc__ or ""
-    text = doc.split("Args:", 1)[1] if "Args:" in doc else ""
-    helps: dict[str, str] = {}
-    current = None
-    for line in text.splitlines():
-        m = re.match(r"^\s{8}([a-z_][a-z0-9_, ]*):\s*(.*)$", line)
-        if m:
-            names = [n.strip() for n in m.group(1).split(",")]
-            current = names
-            for n in names:
-                helps[n] = m.group(2).strip()
-        elif current and line.strip():
-            for n in current:
-                helps[n] += " " + line.strip()
-        elif not line.strip():
-            current = None
-    return {k: v.replace("%", "%%") for k, v in helps.items()}
-
-
-def _value_type(kinds: list[str]):
-    """An argparse type for a field of these kinds (tuples are comma-separated)."""
-    def number_or_text(text: str):
-        for cast in (int, float):
-            try:
-                return cast(text)
-            except ValueError:
-                pass
-        return text
-
-    if "tuple" in kinds:
-        return lambda text: tuple(number_or_text(p.strip()) for p in text.split(",") if p.strip())
-    if kinds == ["float"]:
-        return float
-    if kinds == ["int"]:
-        return int
-    return str
-
-
-def add_config_options(parser, cls, step: str) -> list[str]:
-    """One option per config field; returns the field names added."""
-    helps = field_help(cls)
-    added = []
-    for f in dataclasses.fields(cls):
-        if f.name in HIDDEN.get(step, ()):
-            continue
-        kinds, optional = field_kinds(f.type)
-        flag = "--" + f.name.replace("_", "-")
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        text = helps.get(f.name, "")
-        if not required:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            text += f" (default: {default})"
-        if kinds == ["bool"]:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=text)
-        else:
-            metavar = "A,B,..." if "tuple" in kinds else None
-            parser.add_argument(flag, dest=f.name, type=_value_type(kinds), default=argparse.SUPPRESS,
-                                metavar=metavar, help=text)
-        added.append(f.name)
-    for flag, name, value in ALIASES.get(step, ()):
-        parser.add_argument(flag, dest=name, action="store_const", const=value, default=argparse.SUPPRESS,
-                            help=f"the same as --{'no-' if value is False else ''}{name.replace('_', '-')}")
-    return added
 
 
 def add_parser(sub):
@@ -140,21 +61,14 @@ def add_parser(sub):
                            "task's validation split (with labels), or a .npy of inputs (agreement only)")
             p.add_argument("--input-shape", action="append", default=None, metavar="[NAME=]1,3,H,W",
                            help=INPUT_SHAPE_HELP)
-        add_config_options(p, kind.config, name)
+        add_config_options(p, name)
         accept_debug_after(p)  # edgeopt compress quantize ... --debug
         p.set_defaults(func=run)
     return c
 
 
-def _config(args):
-    from edgeopt.pipeline.steps import STEPS, make_config
-
-    fields = {f.name for f in dataclasses.fields(STEPS[args.step].config)}
-    return make_config(args.step, {k: v for k, v in vars(args).items() if k in fields})
-
-
 def run(args) -> int:
-    config = _config(args)  # bad values fail before the model is loaded
+    config = config_from_args(args.step, args)  # bad values fail before the model is loaded
     refuse_existing_file_parent(args.out)  # and an --out that cannot be written
     if args.step == "quantize":
         return _quantize(args, config)
@@ -238,8 +152,7 @@ def _qat(args, config) -> int:
 
 
 def _torch_step(args, config) -> int:
-    from edgeopt.compile import ExportConfig, export
-    from edgeopt.pipeline.steps import STEPS
+    from edgeopt.pipeline.steps import STEPS, make_config
 
     module, x = torch_model(args.model, args.input_shape, weights=args.weights)
     calibration = load_samples(args.calibration_data, "calib")
@@ -247,7 +160,7 @@ def _torch_step(args, config) -> int:
         calibration = calibration.x
     result = STEPS[args.step].function(module, config, x, calibration=calibration, progress=say)
     m = result.metrics
-    exported = export(result, ExportConfig(), x, out=args.out)
+    exported = STEPS["export"].function(result, make_config("export", {}), x, out=args.out)
     if m.get("engine") == "unstructured":
         # zeros inside the weights: the counts of params and FLOPs do not move, the sparsity does
         print(f"{args.step}: {m['overall_sparsity'] * 100:.1f}% of the prunable weights set to zero "

@@ -179,7 +179,7 @@ def test_a_task_npz_is_calibration_data_without_task_prefix(files, capsys, monke
 
 
 def test_unstructured_prune_prints_the_sparsity(files, capsys):
-    code, lines, out = run_cli(["compress", "prune", "helpers:tiny_conv_net", "--unstructured", "--amount", "0.5",
+    code, lines, out = run_cli(["compress", "prune", "helpers:tiny_conv_net", "--no-structured", "--amount", "0.5",
                                 "--out", str(files / "sparse")], capsys)
     assert code == 0, lines
     assert "50.0% of the prunable weights set to zero" in out
@@ -268,7 +268,7 @@ def test_ctrl_c_during_tuning_exits_130_cleanly(tmp_path, to):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
     exe = Path(sys.executable).with_name("edgeopt")
     p = subprocess.Popen([str(exe), "compile", str(model), "--kernels", "tvm", "--tune-trials", "64",
-                          "--tuning-db", str(tmp_path / "db"), "--out", str(tmp_path / "art")],
+                          "--tune-db", str(tmp_path / "db"), "--out", str(tmp_path / "art")],
                          stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     try:
         seen = []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeopt.compile import TuneConfig, build, export
+from edgeopt.compile import BuildConfig, ExportConfig, TuneConfig, build, export
 from edgeopt.runtimes import load
 from edgeopt.core.errors import InputError
 from helpers import edgeopt_cli
@@ -18,9 +18,9 @@ def test_tuned_build_then_warm_database_build(tmp_path):
     # a first layer above onednn_offload.MIN_FLOPS, so the oneDNN build has a oneDNN call to time
     model = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 4)).eval()
     x = np.random.default_rng(0).standard_normal((1, 128)).astype(np.float32)
-    onnx_path = export(model, x, tmp_path / "mlp.onnx").path
+    onnx_path = export(model, ExportConfig(), x, out=tmp_path / "mlp.onnx").path
     cfg = TuneConfig(trials=4, db=str(tmp_path / "db"), cost_model="random")
-    first = build(onnx_path, "cpu", tmp_path / "a", tune=cfg)
+    first = build(onnx_path, BuildConfig(target="cpu", tune=cfg), out=tmp_path / "a").output
     metrics = first.history[-1]["metrics"]
     t = metrics["tuning"]
     assert t["trials_before"] == 0 and t["trials_after"] >= 4 and t["rounds"] >= 1
@@ -38,7 +38,7 @@ def test_tuned_build_then_warm_database_build(tmp_path):
     np.testing.assert_allclose(load(first).run(x)[0], load(onnx_path).run(x)[0], rtol=1e-5, atol=1e-6)
 
     # the warm rebuild's speed is a benchmark figure (RESULTS.md), not a test assertion
-    r = edgeopt_cli("compile", onnx_path, "--tune-trials", "4", "--tuning-db", tmp_path / "db",
+    r = edgeopt_cli("compile", onnx_path, "--tune-trials", "4", "--tune-db", tmp_path / "db",
                     "--out", tmp_path / "b")
     assert r.returncode == 0, r.stderr
     second = load(tmp_path / "b")
@@ -71,7 +71,7 @@ def test_structure_key_ignores_weights_and_depends_on_target():
     def kernels(seed, tmp):
         torch.manual_seed(seed)
         m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
-        path = export(m, np.zeros((1, 8), np.float32), tmp / f"m{seed}.onnx").path
+        path = export(m, ExportConfig(), np.zeros((1, 8), np.float32), out=tmp / f"m{seed}.onnx").path
         mod = from_onnx(onnx.load(str(path)), keep_params_in_input=False)
         with tvm.target.Target(resolve_target("cpu")):
             return relax.get_pipeline("zero")(mod)
@@ -88,10 +88,10 @@ def test_structure_key_ignores_weights_and_depends_on_target():
 
 INTERRUPTED_TUNING = """
 import sys, numpy as np, torch
-from edgeopt.compile import TuneConfig, build
+from edgeopt.compile import BuildConfig, TuneConfig, build
 
-build(sys.argv[1], "cpu", sys.argv[2], tune=TuneConfig(trials=400, db=sys.argv[3], cost_model="random",
-      trials_per_round=4, trials_per_iter=4))
+tune = TuneConfig(trials=400, db=sys.argv[3], cost_model="random", trials_per_round=4, trials_per_iter=4)
+build(sys.argv[1], BuildConfig(target="cpu", tune=tune), out=sys.argv[2])
 """
 
 
@@ -108,7 +108,7 @@ def test_interrupted_tuning_keeps_its_rounds_and_resumes(tmp_path):
 
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
     x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
-    onnx_path = export(model, x, tmp_path / "mlp.onnx").path
+    onnx_path = export(model, ExportConfig(), x, out=tmp_path / "mlp.onnx").path
     db = tmp_path / "db"
     proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_TUNING, str(onnx_path), str(tmp_path / "killed"),
                              str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -123,9 +123,8 @@ def test_interrupted_tuning_keeps_its_rounds_and_resumes(tmp_path):
     assert proc.returncode != 0 and not (tmp_path / "killed").exists(), "no half-written artifact"
     kept = records_in(db)
     assert kept >= 4
-    art = build(onnx_path, "cpu", tmp_path / "resumed",
-                tune=TuneConfig(trials=kept + 4, db=str(db), cost_model="random", trials_per_round=4,
-                                trials_per_iter=4))
+    tune = TuneConfig(trials=kept + 4, db=str(db), cost_model="random", trials_per_round=4, trials_per_iter=4)
+    art = build(onnx_path, BuildConfig(target="cpu", tune=tune), out=tmp_path / "resumed").output
     t = art.history[-1]["metrics"]["tuning"]
     assert t["trials_before"] == kept and t["trials_after"] >= kept + 4
     np.testing.assert_allclose(load(art).run(x)[0], load(onnx_path).run(x)[0], rtol=1e-5, atol=1e-6)
