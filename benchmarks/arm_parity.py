@@ -20,7 +20,7 @@ from edgeopt.compile import build, export
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes import load
 
-from results import record
+from results import make_key, record
 
 ELF_MACHINES = {62: "x86-64", 183: "aarch64"}
 
@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        record(f"ARM ({args.target}) builds of the zoo under qemu-aarch64 vs the x86 build", table,
+        record(make_key(args.target, "parity"),
+               f"Do ARM builds (target {args.target}) compute what the x86 build computes?", table,
                "Run by the aarch64 edgeopt-run under qemu-aarch64 (correctness only; no latency).")
     return 0
 

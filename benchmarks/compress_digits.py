@@ -28,7 +28,7 @@ from edgeopt.pipeline.tasks import TrainConfig, load_task, train
 from edgeopt.pipeline.zoo import create
 from edgeopt.runtimes import load
 
-from results import record
+from results import make_key, record
 
 
 def main(argv=None) -> int:
@@ -115,8 +115,9 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        record(f"Compression on the {task.name} task: lowrank / structured pruning + distillation",
-               table,
+        record(make_key("compress", task.name),
+               f"How far do lowrank and pruning compress the {task.name} CNN, and does distillation "
+               "beat fine-tuning?", table,
                f"Teacher: {model}, {tcfg.epochs} epochs on {len(task.train):,} training images"
                f"{'' if args.limit is None else f' (--limit {args.limit})'}. "
                f"Distillation: T={args.temperature:g}, alpha=0.7, {args.epochs} epochs, AdamW 1e-3 cosine, 2-pixel shift "

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        record("Export parity, all zoo models", table,
+        record("export-parity", "Do the exported ONNX models compute what the torch models compute?", table,
                "Relative error is max|torch - onnxruntime| / max|torch| per output; the tolerance is 1e-4.")
     return 0
 

@@ -127,9 +127,10 @@ def main(argv=None) -> int:
     body = "\n".join(engines) + "\n\n" + "\n".join(latency) + "\n"
     print(f"(took {wall:.0f} s on {cpu_name()})")
     if args.record:
-        record(f"Structured pruning on the architecture suite, {args.amount:.0%} of channels: "
-               "Torch-Pruning vs edgeopt's tracer; onnxruntime latency", body,
-               f"CPU: {cpu_name()}, onnxruntime with {args.threads} threads, batch 1, random weights. "
+        record("prune-suite",
+               f"Which architectures can structured pruning handle ({args.amount:.0%} of channels): "
+               "Torch-Pruning against edgeopt's tracer?", body,
+               f"onnxruntime with {args.threads} threads, batch 1, random weights. "
                f"Whole run {wall:.0f} s. \"groups left whole\" counts the record's `left_whole` "
                "entries (the output layer is always one); the row's engine is the one that ran "
                "(a refused engine says why). Latency ratio < 1 means the pruned model is faster.")
