@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.compile import build, export
+from edgeopt.compile import BuildConfig, ExportConfig, build, export
+from edgeopt.compile.native_build import runner_binary
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes import load
 
-from results import make_key, record
+from results import record
 
 ELF_MACHINES = {62: "x86-64", 183: "aarch64"}
 
@@ -34,9 +35,9 @@ def main(argv=None) -> int:
     for name in sorted(ZOO):
         x = np.random.default_rng(0).standard_normal(ZOO[name].input_shape).astype(np.float32)
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = export(create(name), x, Path(tmp) / "m.onnx").path
-            x86 = build(onnx_path, "cpu", Path(tmp) / "cpu")
-            arm = build(onnx_path, args.target, Path(tmp) / "arm")
+            onnx_path = export(create(name), ExportConfig(), x, out=Path(tmp) / "m.onnx").path
+            x86 = build(onnx_path, BuildConfig(target="cpu"), out=Path(tmp) / "cpu").output
+            arm = build(onnx_path, BuildConfig(target=args.target), out=Path(tmp) / "arm").output
             machine = int.from_bytes(arm.model_file.read_bytes()[18:20], "little")
             got = load(arm, runtime="native", emulate="qemu").run(x)[0]
             ref = load(x86, runtime="tvm").run(x)[0]

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgeopt.compile import export
+from edgeopt.compile import ExportConfig, export
 from edgeopt.compress import (DistillConfig, LowRankConfig, PruneConfig, count_flops, count_params,
                               distill, last_record, lowrank, prune)
 from edgeopt.compress.fidelity import runner_outputs
@@ -28,7 +28,7 @@ from edgeopt.pipeline.tasks import TrainConfig, load_task, train
 from edgeopt.pipeline.zoo import create
 from edgeopt.runtimes import load
 
-from results import make_key, record
+from results import record
 
 
 def main(argv=None) -> int:
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
             "|---|---|---|---|---|---|---|---|"]
 
     def score(model, tmp, name) -> float:
-        path = export(model, x1, Path(tmp) / f"{name}.onnx",
+        path = export(model, ExportConfig(), x1, out=Path(tmp) / f"{name}.onnx",
                       check_inputs=[task.test.x[i:i + 1] for i in range(8)]).path
         return task.score(runner_outputs(load(path), task.test.x))
 

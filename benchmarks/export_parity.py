@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.compile import export
+from edgeopt.compile import ExportConfig, export
 from edgeopt.pipeline.zoo import ZOO, create
 
 from results import record
@@ -34,11 +34,12 @@ def main(argv=None) -> int:
             x = rng.standard_normal(entry.input_shape).astype(np.float32)
             checks = [rng.standard_normal(entry.input_shape).astype(np.float32) for _ in range(4)]
             t0 = time.perf_counter()
-            r = export(create(name), x, Path(tmp) / f"{name}.onnx", check_inputs=checks)
+            r = export(create(name), ExportConfig(), x, out=Path(tmp) / f"{name}.onnx", check_inputs=checks)
             secs = time.perf_counter() - t0
+            parity = r.metrics["parity"]
             rows.append(f"| {name} | {'x'.join(map(str, entry.input_shape))} | {r.record['metrics']['opset']} "
-                        f"| {r.path.stat().st_size / 1e6:.2f} MB | {r.parity.max_abs:.2e} "
-                        f"| {r.parity.max_rel:.2e} | {r.parity.n_inputs} | {secs:.1f} |")
+                        f"| {r.path.stat().st_size / 1e6:.2f} MB | {parity['max_abs']:.2e} "
+                        f"| {parity['max_rel']:.2e} | {parity['n_inputs']} | {secs:.1f} |")
     table = "\n".join(rows)
     print(table)
     if args.record:

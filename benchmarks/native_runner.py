@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.compile import TuneConfig, build, export
+from edgeopt.compile import BuildConfig, ExportConfig, TuneConfig, build, export
+from edgeopt.compile.native_build import runner_binary
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes import load
 
@@ -38,8 +39,9 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         x = np.random.default_rng(0).standard_normal(ZOO[name].input_shape).astype(np.float32)
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = export(create(name), x, Path(tmp) / "m.onnx").path
-            art = build(onnx_path, "cpu", Path(tmp) / "tvm", tune=TuneConfig(trials=0))
+            onnx_path = export(create(name), ExportConfig(), x, out=Path(tmp) / "m.onnx").path
+            art = build(onnx_path, BuildConfig(target="cpu", tune=TuneConfig(trials=0)),
+                        out=Path(tmp) / "tvm").output
             trials = art.history[-1]["metrics"]["tuning"]["trials_after"]
             runners = {"python": load(art, runtime="tvm", threads=args.threads),
                        "native": load(art, runtime="native", threads=args.threads)}
@@ -57,8 +59,7 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        record("native-runner", "Does the native runner (edgeopt-run) cost anything against the Python TVM VM?",
-               table, f"Batch 1, {args.threads} threads.")
+        record(f"Native runner (edgeopt-run) vs the Python TVM VM, batch 1, {args.threads} threads", table)
     return 0
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.compile import export
+from edgeopt.compile import ExportConfig, export
 from edgeopt.compress import QuantizeConfig, quantize
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes.onnxruntime_runner import profile_ops
 
-from results import make_key, record
+from results import record
 
 
 def main(argv=None) -> int:
@@ -32,8 +32,8 @@ def main(argv=None) -> int:
     x = rng.standard_normal(shape).astype(np.float32)
     calib = [rng.standard_normal(shape).astype(np.float32) for _ in range(16)]
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export(create(args.model), x, Path(tmp) / "fp32.onnx").path
-        q = quantize(fp32, calib, QuantizeConfig(calibration="minmax"), Path(tmp) / "int8.onnx").path
+        fp32 = export(create(args.model), ExportConfig(), x, out=Path(tmp) / "fp32.onnx").path
+        q = quantize(fp32, QuantizeConfig(method="minmax"), calib, out=Path(tmp) / "int8.onnx").path
         profiles = {"fp32": profile_ops(fp32, x, args.runs, args.threads),
                     "int8": profile_ops(q, x, args.runs, args.threads)}
     rows = [f"| {args.model} | kernel | nodes | ms per run |", "|---|---|---|---|"]
@@ -44,8 +44,7 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        record(make_key("profile-int8", args.model), f"Where does {args.model}'s int8 time go on onnxruntime?",
-               table,
+        record(f"onnxruntime kernel profile, {args.model}, fp32 vs int8", table,
                "(Profiler timings carry overhead; compare kernel kinds, not totals with the benchmark.)")
     return 0
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from arch_suite import SUITE, build  # noqa: E402
 
 import edgeopt.compress as ec  # noqa: E402
-from edgeopt.compile import export  # noqa: E402
+from edgeopt.compile import ExportConfig, export  # noqa: E402
 from edgeopt.core.errors import InputError  # noqa: E402
 from edgeopt.pipeline.zoo import create  # noqa: E402
 from edgeopt.runtimes import load  # noqa: E402
@@ -66,7 +66,8 @@ def engine_table(amount: float, tmp: Path) -> list[str]:
                 continue
             m = r.metrics
             try:
-                rel = f"{export(r.output, x.numpy(), tmp / f'{name}-{engine}.onnx').parity.max_rel:.1e}"
+                parity = export(r.output, ExportConfig(), x.numpy(), out=tmp / f'{name}-{engine}.onnx').metrics["parity"]
+                rel = f"{parity['max_rel']:.1e}"
             except Exception as e:  # a parity failure is a result to show, not a crash
                 rel = f"FAIL ({type(e).__name__})"
             note = f"{len(m.get('left_whole', []))} ({time.perf_counter() - t0:.1f} s)"
@@ -94,9 +95,9 @@ def latency_table(amount: float, threads: int, repeat: int, tmp: Path) -> list[s
             variants[round_to] = (r.output, r.metrics)
         runners, rel = {}, {}
         for label, (mod, _) in variants.items():
-            e = export(mod, x.numpy(), tmp / f"{name.split()[0]}-{label}")
+            e = export(mod, ExportConfig(), x.numpy(), out=tmp / f"{name.split()[0]}-{label}")
             runners[label] = load(e.path.parent, runtime="onnxruntime", threads=threads)
-            rel[label] = e.parity.max_rel
+            rel[label] = e.metrics["parity"]["max_rel"]
         times = {k: [] for k in runners}
         arr = x.numpy()
         for _ in range(3):  # alternating blocks: drift on a shared machine hits all variants alike

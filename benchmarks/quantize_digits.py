@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgeopt.compile import export
+from edgeopt.compile import ExportConfig, export
 from edgeopt.compress import QuantizeConfig, fidelity, quantize
 from edgeopt.compress.fidelity import runner_outputs
 from edgeopt.pipeline.tasks import load_task, train
@@ -33,14 +33,14 @@ def main(argv=None) -> int:
     rows = ["| variant | top-1 | drop (points) | agreement | SQNR dB | max abs | .onnx bytes | size ratio |",
             "|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export(model, task.test.x[:1], Path(tmp) / "fp32.onnx").path
+        fp32 = export(model, ExportConfig(), task.test.x[:1], out=Path(tmp) / "fp32.onnx").path
         ref = runner_outputs(load(fp32), task.test.x)
         acc32 = task.score(ref)
         rows.append(f"| fp32 | {acc32 * 100:.2f}% | - | - | - | - | {fp32.stat().st_size:,} | 1.00 |")
         for method in ("minmax", "entropy", "percentile"):
             for per_channel in (True, False):
-                cfg = QuantizeConfig(calibration=method, per_channel=per_channel)
-                q = quantize(fp32, task.calib, cfg, Path(tmp) / f"{method}{per_channel}.onnx").path
+                cfg = QuantizeConfig(method=method, per_channel=per_channel)
+                q = quantize(fp32, cfg, task.calib, out=Path(tmp) / f"{method}{per_channel}.onnx").path
                 out = runner_outputs(load(q), task.test.x)
                 f = fidelity(ref, out)
                 acc = task.score(out)
@@ -51,8 +51,8 @@ def main(argv=None) -> int:
         # Accuracy-aware fallback with a deliberately tight budget: no top-1 drop at all. Plain
         # int8 meets it on the train and validation splits, so the budget is measured on the test
         # split itself (a demonstration of the mechanism, not a model-selection protocol).
-        cfg = QuantizeConfig(calibration="percentile", max_accuracy_drop=0.0)
-        r = quantize(fp32, task.calib, cfg, Path(tmp) / "fallback.onnx", eval_data=task.test)
+        cfg = QuantizeConfig(method="percentile", max_accuracy_drop=0.0)
+        r = quantize(fp32, cfg, task.calib, out=Path(tmp) / "fallback.onnx", eval_data=task.test)
         out = runner_outputs(load(r.path), task.test.x)
         f = fidelity(ref, out)
         acc = task.score(out)

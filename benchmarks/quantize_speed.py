@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.compile import export
+from edgeopt.compile import ExportConfig, export
 from edgeopt.compress import QuantizeConfig, fidelity, quantize
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
-from results import make_key, record
+from results import record
 
 
 def measure(model: str, threads: int, repeat: int, fmt: str, per_channel: bool, tmp: Path) -> list[str]:
@@ -31,9 +31,9 @@ def measure(model: str, threads: int, repeat: int, fmt: str, per_channel: bool, 
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
     calib = [rng.standard_normal(shape).astype(np.float32) for _ in range(16)]
-    fp32 = export(create(model), x, tmp / f"{model}.onnx").path
-    q = quantize(fp32, calib, QuantizeConfig(calibration="minmax", format=fmt, per_channel=per_channel),
-                 tmp / f"{model}-int8.onnx").path
+    fp32 = export(create(model), ExportConfig(), x, out=tmp / f"{model}.onnx").path
+    q = quantize(fp32, QuantizeConfig(method="minmax", format=fmt, per_channel=per_channel), calib,
+                 out=tmp / f"{model}-int8.onnx").path
     runners = {"fp32": OnnxRuntimeRunner(fp32, threads=threads),
                "int8": OnnxRuntimeRunner(q, threads=threads)}
     samples = {"fp32": [], "int8": []}
@@ -65,10 +65,7 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        record(make_key("quantize-speed", *([args.format] if args.format != "qdq" else []),
-                        *(["per-tensor"] if args.per_tensor else [])),
-               f"What does int8 buy on onnxruntime ({args.models.replace(',', ', ')})?", table,
-               f"Batch 1, {args.threads} threads.")
+        record(f"onnxruntime int8 vs fp32, batch 1, {args.threads} threads", table)
     return 0
 
 

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.compile import BuildConfig, TuneConfig, build, export
+from edgeopt.compile import BuildConfig, ExportConfig, TuneConfig, build, export
 from edgeopt.compile.int8_rewrite import output_step
 from edgeopt.compile.tuning_db import task_speeds
 from edgeopt.compress import QuantizeConfig, onnx_flops, quantize
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes import load
 
-from results import make_key, record
+from results import record
 
 PEAK_GFLOPS = 237.0
 #: VNNI: 2 cores x 2 pipes x 64 uint8 x int8 multiply-adds (2 operations each) ... halved on Zen 4's
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     shape = ZOO[args.model].input_shape
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export(create(args.model), x, Path(tmp) / "m.onnx").path
+        onnx_path = export(create(args.model), ExportConfig(), x, out=Path(tmp) / "m.onnx").path
         flops = onnx_flops(onnx_path)
         if args.int8:
             rng = np.random.default_rng(1)
@@ -107,9 +107,8 @@ def main(argv=None) -> int:
     print(table)
     print(f"(build with tuning took {build_s:.0f} s)")
     if args.record:
-        record(make_key("tune", args.model, precision, args.layout),
-               f"Do TVM's own tuned {precision} kernels ({args.layout} layout) reach onnxruntime {precision} "
-               f"on {args.model}?", table, f"Batch 1, {args.threads} threads; `kernels: tvm`.")
+        record(f"Tuned TVM (own kernels, {args.layout}) vs onnxruntime, {args.model} {precision}, batch 1, "
+               f"{args.threads} threads", table)
     return 0
 
 

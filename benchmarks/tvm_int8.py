@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.compile import build, export
+from edgeopt.compile import BuildConfig, ExportConfig, build, export
 from edgeopt.compile.int8_rewrite import output_step
 from edgeopt.compress import QuantizeConfig, fidelity, quantize
 from edgeopt.pipeline.zoo import ZOO, create
@@ -41,12 +41,12 @@ def main(argv=None) -> int:
             shape = ZOO[name].input_shape
             rng = np.random.default_rng(0)
             x = rng.standard_normal(shape).astype(np.float32)
-            fp32 = export(create(name), x, tmp / f"{name}.onnx").path
+            fp32 = export(create(name), ExportConfig(), x, out=tmp / f"{name}.onnx").path
             calib = [rng.standard_normal(shape).astype(np.float32) for _ in range(8)]
-            q = quantize(fp32, calib, QuantizeConfig(calibration="minmax"), tmp / f"{name}-int8.onnx").path
+            q = quantize(fp32, QuantizeConfig(method="minmax"), calib, out=tmp / f"{name}-int8.onnx").path
             t0 = time.perf_counter()
-            a32 = build(fp32, "cpu", tmp / f"{name}-tvm")
-            a8 = build(q, "cpu", tmp / f"{name}-tvm-int8")
+            a32 = build(fp32, BuildConfig(target="cpu"), out=tmp / f"{name}-tvm").output
+            a8 = build(q, BuildConfig(target="cpu"), out=tmp / f"{name}-tvm-int8").output
             secs = time.perf_counter() - t0
             ort8, tvm8 = load(q), load(a8)
             checks = [rng.standard_normal(shape).astype(np.float32) for _ in range(args.inputs)]

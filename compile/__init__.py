@@ -11,10 +11,10 @@ Example:
     True
 """
 
-from .export import ExportConfig, ExportResult, ParityReport, export, parity_check
+from .export import ExportConfig, ParityReport, export, parity_check
 from .targets import resolve_target
 from .tune import TuneConfig
 from .tvm_build import BuildConfig, build
 
-__all__ = ["BuildConfig", "ExportConfig", "ExportResult", "ParityReport", "TuneConfig", "build", "export",
-           "parity_check", "resolve_target"]
+__all__ = ["BuildConfig", "ExportConfig", "ParityReport", "TuneConfig", "build", "export", "parity_check",
+           "resolve_target"]

@@ -14,8 +14,8 @@ from .history import history, last_record
 from .lowrank import LowRankConfig, lowrank
 from .prune import PruneConfig, prune
 from .qat import QATConfig, qat
-from .quantize import QuantizeConfig, QuantizeResult, quantize
+from .quantize import QuantizeConfig, quantize
 
 __all__ = ["DistillConfig", "Fidelity", "LowRankConfig", "PruneConfig", "QATConfig", "QuantizeConfig",
-           "QuantizeResult", "count_flops", "count_params", "distill", "fidelity", "history",
-           "last_record", "lowrank", "model_stats", "onnx_flops", "prune", "qat", "quantize"]
+           "count_flops", "count_params", "distill", "fidelity", "history", "last_record", "lowrank",
+           "model_stats", "onnx_flops", "prune", "qat", "quantize"]

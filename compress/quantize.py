@@ -214,11 +214,7 @@ def nncf_conflicts(config: QuantizeConfig) -> list[str]:
             if getattr(config, k) != v and getattr(config, k) not in harmless.get(k, ())]
 
 
-#: ``quantize`` returns the one step result type; the earlier name stays importable.
-QuantizeResult = StepResult
-
-
-def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any = None, *legacy,
+def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any = None, *,
              out: str | os.PathLike | None = None, eval_data: Any = None,
              progress: Progress = None, history: Sequence[dict] | None = None,
              input_shape: Any = None) -> StepResult:
@@ -246,29 +242,18 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
             calibration, so every tensor has a static shape (the written model keeps it). Static
             mode needs it for any dynamic dimension but the batch axis.
 
-    The earlier order ``quantize(model, calibration, config, out)`` still works (with a
-    ``DeprecationWarning``).
-
     Raises:
-        InputError: corrupt model, no quantizable op, empty or mismatched calibration data,
-            a budget without evaluation data, or a budget that even all-float cannot meet.
+        InputError: ``config`` is not a ``QuantizeConfig``, corrupt model, no quantizable op,
+            empty or mismatched calibration data, a budget without evaluation data, or a budget
+            that even all-float cannot meet.
     """
     from edgeopt.runtimes.artifact import model_input
     from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
 
-    if isinstance(calibration, QuantizeConfig) and not isinstance(config, QuantizeConfig):
-        import warnings
-
-        warnings.warn("quantize(model, calibration, config, out) is deprecated; call "
-                      "quantize(model, config, calibration, out=out)", DeprecationWarning, stacklevel=2)
-        config, calibration = calibration, config
-        if legacy and out is None:
-            out, legacy = legacy[0], legacy[1:]
-    if legacy:
-        raise InputError("quantize takes (model, config, calibration) and keyword options; got extra arguments")
     config = QuantizeConfig() if config is None else config
     if not isinstance(config, QuantizeConfig):
-        raise InputError(f"quantize needs a QuantizeConfig as its second argument, got {type(config).__name__}")
+        raise InputError(f"quantize needs a QuantizeConfig (or None) as its second argument, got "
+                         f"{type(config).__name__}: call quantize(model, QuantizeConfig(...), calibration, out=...)")
     if out is None:
         raise InputError("quantize needs out=: an .onnx file or a folder for the artifact")
     say = reporter(progress)

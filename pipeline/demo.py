@@ -35,11 +35,11 @@ variants:
     - prune: {amount: 0.5, scope: local}
     - distill: {epochs: 2, batch_size: 128, patience: null}
   int8:
-    - quantize: {calibration: entropy, per_channel: true}
+    - quantize: {method: entropy, per_channel: true}
   pruned+kd+int8:
     - prune: {amount: 0.5, scope: local}
     - distill: {epochs: 2, batch_size: 128, patience: null}
-    - quantize: {calibration: entropy, per_channel: true}
+    - quantize: {method: entropy, per_channel: true}
 targets:
   - runtime: torch
   - runtime: onnxruntime
@@ -61,11 +61,11 @@ variants:
     - prune: {amount: 0.5, scope: local}
     - distill: {epochs: 10, shift: 2, patience: null}
   int8:
-    - quantize: {calibration: entropy, per_channel: true}
+    - quantize: {method: entropy, per_channel: true}
   pruned+kd+int8:
     - prune: {amount: 0.5, scope: local}
     - distill: {epochs: 10, shift: 2, patience: null}
-    - quantize: {calibration: entropy, per_channel: true}
+    - quantize: {method: entropy, per_channel: true}
 targets:
   - runtime: torch
   - runtime: onnxruntime

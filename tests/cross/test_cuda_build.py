@@ -16,8 +16,8 @@ FATBIN_MAGIC = (0xBA55ED50).to_bytes(4, "little")
 
 @pytest.mark.parametrize("target, arch", [("cuda", "sm_90"), ("cuda:sm_80", "sm_80")])
 def test_cuda_artifact_has_compiled_kernels_not_source(tmp_path, target, arch):
-    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
-    art = build(onnx_path, target, tmp_path / "cuda")
+    onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=tmp_path / "m.onnx").path
+    art = build(onnx_path, BuildConfig(target=target), out=tmp_path / "cuda").output
     data = art.model_file.read_bytes()
     assert art.manifest["target"]["kind"] == "cuda" and art.manifest["target"]["arch"] == arch
     assert FATBIN_MAGIC in data, "a CUDA fatbin is embedded"
@@ -30,8 +30,8 @@ def test_cuda_artifact_without_gpu_gives_a_clear_error(tmp_path):
 
     if tvm.cuda(0).exist:
         pytest.skip("a GPU is present; tests/device runs the artifact")
-    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
-    art = build(onnx_path, "cuda", tmp_path / "cuda")
+    onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=tmp_path / "m.onnx").path
+    art = build(onnx_path, BuildConfig(target="cuda"), out=tmp_path / "cuda").output
     with pytest.raises(InputError, match="no usable CUDA device"):
         load(art)
 
@@ -43,15 +43,15 @@ def test_cuda_artifact_bench_in_a_fresh_process_says_no_gpu(tmp_path):
 
     if tvm.cuda(0).exist:
         pytest.skip("a GPU is present; tests/device runs the artifact")
-    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
-    build(onnx_path, "cuda", tmp_path / "cuda")
+    onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=tmp_path / "m.onnx").path
+    build(onnx_path, BuildConfig(target="cuda"), out=tmp_path / "cuda")
     r = edgeopt_cli("bench", tmp_path / "cuda", "--repeat", "2")
     assert r.returncode == 2, r.stderr
     assert "no usable CUDA device" in r.stderr and "loader" not in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cuda_graphs_are_on_by_default_and_can_be_turned_off(tmp_path):
-    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
+    onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=tmp_path / "m.onnx").path
     graph = build(onnx_path, BuildConfig(target="cuda"), out=tmp_path / "graph")
     assert b"vm.builtin.cuda_graph.run_or_capture" in graph.artifact.model_file.read_bytes()
     assert graph.record["config"]["cuda_graph"] is True and graph.record["config"]["precision"] == "fp32"
@@ -62,7 +62,7 @@ def test_cuda_graphs_are_on_by_default_and_can_be_turned_off(tmp_path):
 
 @pytest.mark.slow  # TVM registers its CUDA tensor intrinsics on first use: 30 s of CPU or more
 def test_cuda_fp16_build_records_its_precision(tmp_path):
-    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
+    onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=tmp_path / "m.onnx").path
     result = build(onnx_path, BuildConfig(target="cuda", precision="fp16"), out=tmp_path / "cuda")
     data = result.artifact.model_file.read_bytes()
     assert result.record["config"]["precision"] == "fp16" and result.record["config"]["cuda_graph"]

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgeopt.compile import build, export
+from edgeopt.compile import BuildConfig, ExportConfig, build, export
 from edgeopt.compile.bundle import make_bundle
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes import load
@@ -32,9 +32,9 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_model_arm_build_matches_x86_under_qemu(tmp_path, name):
     x = np.random.default_rng(0).standard_normal(ZOO[name].input_shape).astype(np.float32)
-    onnx_path = export(create(name), x, tmp_path / "m.onnx").path
-    x86 = build(onnx_path, "cpu", tmp_path / "cpu")
-    arm = build(onnx_path, "arm", tmp_path / "arm")
+    onnx_path = export(create(name), ExportConfig(), x, out=tmp_path / "m.onnx").path
+    x86 = build(onnx_path, BuildConfig(target="cpu"), out=tmp_path / "cpu").output
+    arm = build(onnx_path, BuildConfig(target="arm"), out=tmp_path / "arm").output
     assert arm.model_file.read_bytes()[18] == EM_AARCH64
     runner = load(arm, runtime="native", emulate="qemu")
     got, ref = runner.run(x)[0], load(x86, runtime="tvm").run(x)[0]
@@ -52,16 +52,16 @@ def test_fetch_aarch64_cli_prints_the_fetched_folder():
 
 
 def test_x86_library_given_to_the_aarch64_runner(tmp_path):
-    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
-    x86 = build(onnx_path, "cpu", tmp_path / "cpu")
-    runner = load(x86, runtime="native", arch="aarch64", emulate="qemu")
+    onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=tmp_path / "m.onnx").path
+    x86 = build(onnx_path, BuildConfig(target="cpu"), out=tmp_path / "cpu").output
+    runner = load(x86, runtime="native", arch="aarch64", emulate="qemu", provide_binary=runner_binary)
     with pytest.raises(InputError, match="was built for x86_64; this runner is aarch64"):
         runner.run(example_inputs())
 
 
 def test_arm_artifact_needs_emulation_here(tmp_path):
-    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
-    arm = build(onnx_path, "arm", tmp_path / "arm")
+    onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=tmp_path / "m.onnx").path
+    arm = build(onnx_path, BuildConfig(target="arm"), out=tmp_path / "arm").output
     with pytest.raises(InputError, match="emulate='qemu'"):
         load(arm, runtime="native")
     bundle = make_bundle(arm, tmp_path / "bundle")
@@ -89,13 +89,12 @@ def test_int8_build_for_a_dotprod_board_uses_sdot_and_matches_x86_under_qemu(tmp
     the extension they do not. Its outputs under qemu match the x86 build within one step."""
     import torch
 
-    from edgeopt.compile import BuildConfig
     from edgeopt.compile.int8_rewrite import output_step
     from edgeopt.compress import QuantizeConfig, quantize
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    fp32 = export(_Mlp().eval(), torch.randn(1, 64), tmp_path / "mlp.onnx").path
+    fp32 = export(_Mlp().eval(), ExportConfig(), torch.randn(1, 64), out=tmp_path / "mlp.onnx").path
     q = tmp_path / "mlp-int8.onnx"
     quantize(fp32, QuantizeConfig(), [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(8)], out=q)
 

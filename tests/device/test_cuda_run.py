@@ -18,13 +18,14 @@ def _gpu_available() -> bool:
 
 @pytest.mark.skipif(not _gpu_available(), reason="no CUDA GPU and driver on this host")
 def test_cuda_artifact_matches_torch(tmp_path):
-    from edgeopt.compile import build, export
+    from edgeopt.compile import BuildConfig, ExportConfig, build, export
     from edgeopt.pipeline.zoo import create
     from edgeopt.runtimes import load
 
     model = create("resnet18")
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    art = build(export(model, x, tmp_path / "r.onnx").path, "cuda", tmp_path / "cuda")
+    onnx = export(model, ExportConfig(), x, out=tmp_path / "r.onnx")
+    art = build(onnx, BuildConfig(target="cuda"), out=tmp_path / "cuda").output
     runner = load(art)
     got = runner.run(x)[0]
     with torch.inference_mode():

@@ -23,7 +23,7 @@ variants:
   pruned:
     - prune: {amount: 0.75, scope: local}
   int8:
-    - quantize: {calibration: minmax}
+    - quantize: {method: minmax}
 targets:
   - runtime: onnxruntime
 bench: {warmup: 1, repeat: 3, threads: 1}

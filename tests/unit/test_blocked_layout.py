@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeopt.compile import BuildConfig, TuneConfig, build, export
+from edgeopt.compile import BuildConfig, ExportConfig, TuneConfig, build, export
 from edgeopt.compile.int8_rewrite import output_step
 from edgeopt.compress import QuantizeConfig, quantize
 from edgeopt.runtimes import load
@@ -56,7 +56,7 @@ def _inputs(n, seed=0):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("blocked")
-    fp32 = export(Blocks().eval(), _inputs(1)[0], d / "fp32.onnx").path
+    fp32 = export(Blocks().eval(), ExportConfig(), _inputs(1)[0], out=d / "fp32.onnx").path
     int8 = quantize(fp32, QuantizeConfig(debug_layers=0), _inputs(8, seed=1), out=d / "int8.onnx").path
     return d, fp32, int8
 
@@ -164,7 +164,7 @@ def test_rounds_after_the_first_tune_only_where_the_time_is(tmp_path):
     # one conv with nearly all the arithmetic (10M multiply-adds), three small kernels
     small = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 256, 5), nn.ReLU(), nn.Flatten(),
                           nn.Linear(256 * 10 * 10, 4)).eval()
-    fp32 = export(small, _inputs(1)[0], tmp_path / "small.onnx").path
+    fp32 = export(small, ExportConfig(), _inputs(1)[0], out=tmp_path / "small.onnx").path
     first = TuneConfig(trials=1, trials_per_iter=2, population=16, db=str(tmp_path / "db"),
                        cost_model="random", blocked_layout=False)
     tasks = build(fp32, BuildConfig(target="cpu", kernels="tvm", tune=first),
@@ -184,7 +184,7 @@ def test_a_transposed_conv_after_a_blocked_conv_builds_and_matches(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Hardswish(), nn.AvgPool2d(3, 2, padding=1),
                           nn.MaxPool2d(3, 2, ceil_mode=True), nn.ConvTranspose2d(32, 16, 2, stride=2),
                           nn.Conv2d(16, 16, 3, padding=1)).eval()
-    fp32 = export(model, _inputs(1)[0], tmp_path / "t.onnx").path
+    fp32 = export(model, ExportConfig(), _inputs(1)[0], out=tmp_path / "t.onnx").path
     nchw, _, _ = _compile(fp32, blocked=False)
     blocked, text, count = _compile(fp32, blocked=True)
     assert count == 2 and "conv2d_transpose" in text

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import edgeopt.compress as ec
-from edgeopt.compile import export
+from edgeopt.compile import ExportConfig, export
 from edgeopt.pipeline.zoo import create
 from edgeopt.core.errors import InputError
 from helpers import listing
@@ -129,9 +129,10 @@ def test_structured_pruning_removes_channels_and_exports(name, shape, tmp_path):
     assert ec.count_params(pruned) == m["params_after"] < m["params_before"] / 1.8
     assert pruned(x).shape == model(x).shape
     assert all(g["channels_after"] < g["channels_before"] for g in m["groups"])
-    result = export(pruned, x.numpy(), tmp_path / "p.onnx")
+    result = export(pruned, ExportConfig(), x.numpy(), out=tmp_path / "p.onnx")
     assert result.metrics["parity"]["passed"]
-    assert result.path.stat().st_size < export(model, x.numpy(), tmp_path / "o.onnx").path.stat().st_size
+    original = export(model, ExportConfig(), x.numpy(), out=tmp_path / "o.onnx")
+    assert result.path.stat().st_size < original.path.stat().st_size
 
 
 def test_residual_adds_tie_channels_into_one_group():
@@ -231,6 +232,6 @@ def test_step_records_reach_the_artifact_manifest(tmp_path):
     model = create("digits_cnn")
     x = torch.randn(1, 1, 32, 32)
     small = ec.prune(ec.lowrank(model, ec.LowRankConfig(rank_ratio=0.5), x), ec.PruneConfig(amount=0.3), x).output
-    art = export(small, x.numpy(), tmp_path / "art").artifact
+    art = export(small, ExportConfig(), x.numpy(), out=tmp_path / "art").artifact
     assert [h["name"] for h in art.history] == ["lowrank", "prune", "export"]
     assert listing(tmp_path) == ["art", "art/manifest.json", "art/model.onnx"]

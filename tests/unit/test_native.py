@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeopt.compile import build, export
+from edgeopt.compile import BuildConfig, ExportConfig, build, export
 from edgeopt.compile.bundle import make_bundle
 from edgeopt.runtimes import load
 from edgeopt.core.errors import InputError
@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(shutil.which("cmake") 
 @pytest.fixture(scope="module")
 def cpu_artifact(tmp_path_factory):
     d = tmp_path_factory.mktemp("native")
-    onnx_path = export(tiny_conv_net(), example_inputs(), d / "m.onnx").path
-    return build(onnx_path, "cpu", d / "cpu")
+    onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=d / "m.onnx").path
+    return build(onnx_path, BuildConfig(target="cpu"), out=d / "cpu").output
 
 
 def run_binary(binary, *args, env=None):
@@ -68,6 +68,9 @@ def test_the_runner_binary_is_injected(cpu_artifact, tmp_path):
     expected = load(cpu_artifact, runtime="native", threads=1).run(x)[0]
     np.testing.assert_array_equal(load(cpu_artifact, runtime="native", provide_binary=provide).run(x)[0], expected)
     assert asked == ["host"]
+    # the runtime imports nothing of the compile side: without a binary or a provider it says so
+    with pytest.raises(InputError, match="needs a built edgeopt-run"):
+        load(cpu_artifact, runtime="native")
 
     def never(arch, log):
         raise AssertionError("a given binary is used as it is")
@@ -175,7 +178,7 @@ def test_bundle_runs_from_its_own_folder(cpu_artifact, tmp_path):
 
 
 def test_compile_cli_writes_a_bundle(tmp_path):
-    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
+    onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=tmp_path / "m.onnx").path
     r = edgeopt_cli("compile", onnx_path, "--target", "cpu", "--out", tmp_path / "a", "--bundle", tmp_path / "b")
     assert r.returncode == 0, r.stderr
     assert "./edgeopt-run model" in r.stdout and (tmp_path / "b" / "edgeopt-run").exists()

@@ -106,7 +106,7 @@ def test_quantize_accepts_an_old_opset_file_with_constant_weights(tmp_path):
     path = tmp_path / "old.onnx"
     model = third_party_model(11, path)
     calib = np.random.default_rng(2).standard_normal((16, 1, 1, 8, 8)).astype(np.float32)
-    result = ec.quantize(path, list(calib), ec.QuantizeConfig(), tmp_path / "int8.onnx")
+    result = ec.quantize(path, ec.QuantizeConfig(), list(calib), out=tmp_path / "int8.onnx")
     q = onnx.load(str(result.path))
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
     assert result.record["metrics"]["compute_nodes_quantized"] >= 1
@@ -118,11 +118,11 @@ def test_quantize_accepts_an_old_opset_file_with_constant_weights(tmp_path):
 @pytest.mark.slow  # a TVM compile: tens of seconds on a loaded 2-core machine
 def test_tvm_builds_an_old_opset_file_with_constant_weights(tmp_path):
     pytest.importorskip("tvm")
-    from edgeopt.compile.tvm_build import build
+    from edgeopt.compile.tvm_build import BuildConfig, build
     from edgeopt.runtimes import load
 
     path = tmp_path / "old.onnx"
     model = third_party_model(11, path)
-    art = build(path, target="cpu", out=tmp_path / "tvm")
+    art = build(path, BuildConfig(target="cpu"), out=tmp_path / "tvm").output
     x = np.random.default_rng(3).standard_normal((1, 1, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(load(art).run(x)[0], _run(model, x), rtol=1e-4, atol=1e-5)

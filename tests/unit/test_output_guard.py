@@ -5,7 +5,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgeopt.compile import export
+from edgeopt.compile import ExportConfig, export
 from edgeopt.compress import QuantizeConfig, quantize
 from edgeopt.compress.output_guard import snr_db
 
@@ -39,7 +39,7 @@ def _samples(n, seed):
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
     d = tmp_path_factory.mktemp("det")
-    return export(BoxesAndScores(), _samples(1, 0)[0], d / "fp32.onnx").path
+    return export(BoxesAndScores(), ExportConfig(), _samples(1, 0)[0], out=d / "fp32.onnx").path
 
 
 def _scores_snr(fp32, int8, samples):
@@ -107,7 +107,7 @@ def test_a_broken_output_without_a_concat_keeps_its_producers_in_float(tmp_path,
         def forward(self, x):
             return self.a(x), self.b(x)
 
-    onnx_path = export(TwoHeads(), _samples(1, 0)[0], tmp_path / "two.onnx").path
+    onnx_path = export(TwoHeads(), ExportConfig(), _samples(1, 0)[0], out=tmp_path / "two.onnx").path
     monkeypatch.setattr(og, "BROKEN_DB", 999.0)  # every output counts as broken
     r = quantize(onnx_path, QuantizeConfig(debug_layers=0), _samples(8, 1), out=tmp_path / "q.onnx")
     m = r.record["metrics"]

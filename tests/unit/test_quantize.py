@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from edgeopt.compile import export
+from edgeopt.compile import ExportConfig, export
 from edgeopt.compress import QuantizeConfig, fidelity, quantize
 from edgeopt.compress.fidelity import runner_outputs
 from edgeopt.runtimes import load
@@ -16,7 +16,7 @@ from helpers import OutlierMLP, example_inputs, listing, outlier_samples, tiny_c
 @pytest.fixture(scope="module")
 def conv_onnx(tmp_path_factory):
     d = tmp_path_factory.mktemp("q")
-    return export(tiny_conv_net(), example_inputs(), d / "fp32.onnx").path
+    return export(tiny_conv_net(), ExportConfig(), example_inputs(), out=d / "fp32.onnx").path
 
 
 def _calib(n=16):
@@ -25,7 +25,7 @@ def _calib(n=16):
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile", "mean_minmax"])
 def test_static_int8_is_smaller_close_and_really_quantized(conv_onnx, tmp_path, method):
-    r = quantize(conv_onnx, _calib(), QuantizeConfig(calibration=method), tmp_path / "q.onnx")
+    r = quantize(conv_onnx, QuantizeConfig(method=method), _calib(), out=tmp_path / "q.onnx")
     g = onnx.load(str(r.path)).graph
     ops = {n.op_type for n in g.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -50,7 +50,6 @@ def _input_scale(path):
 
 def test_mean_minmax_is_the_default_and_averages_per_sample_ranges(conv_onnx, tmp_path):
     assert QuantizeConfig().method == "mean_minmax"
-    assert QuantizeConfig(calibration="entropy").method == "entropy"  # the earlier name still sets it
     calib = _calib(16)
     calib[3] = calib[3] * 20  # one outlier sample: minmax follows it, the mean barely does
     mean = quantize(conv_onnx, QuantizeConfig(debug_layers=0), calib, out=tmp_path / "mean.onnx")
@@ -66,7 +65,7 @@ def test_mean_minmax_is_the_default_and_averages_per_sample_ranges(conv_onnx, tm
 
 
 def test_artifact_output_carries_history(conv_onnx, tmp_path):
-    r = quantize(conv_onnx, np.concatenate(_calib(8)), QuantizeConfig(), tmp_path / "art",
+    r = quantize(conv_onnx, QuantizeConfig(), np.concatenate(_calib(8)), out=tmp_path / "art",
                  history=[{"name": "export", "config": {}, "metrics": {}}])
     assert [h["name"] for h in r.artifact.history] == ["export", "quantize"]
     assert r.record["metrics"]["calibration_samples"] == 8  # a stacked (8, ...) array splits
@@ -74,19 +73,18 @@ def test_artifact_output_carries_history(conv_onnx, tmp_path):
 
 def test_fallback_keeps_sensitive_node_in_float_until_budget_holds(tmp_path):
     model = OutlierMLP().eval()
-    fp32 = export(model, outlier_samples(1), tmp_path / "mlp.onnx").path
+    fp32 = export(model, ExportConfig(), outlier_samples(1), out=tmp_path / "mlp.onnx").path
     calib, held_out = outlier_samples(64, seed=1), outlier_samples(200, seed=2)
     # onnxruntime's plain result: the output guard would repair this collapsed output on its
     # own (test_output_guard); here the budget's fallback is what is under test
-    plain = quantize(fp32, calib, QuantizeConfig(calibration="minmax", per_channel=False, guard_outputs=False),
-                     tmp_path / "plain.onnx")
+    plain = quantize(fp32, QuantizeConfig(method="minmax", per_channel=False, guard_outputs=False), calib,
+                     out=tmp_path / "plain.onnx")
     ref = runner_outputs(load(fp32), held_out)
     plain_agreement = fidelity(ref, runner_outputs(load(plain.path), held_out)).agreement
     assert plain_agreement < 0.95  # the budget below is out of reach for plain int8
 
-    r = quantize(fp32, calib, QuantizeConfig(calibration="minmax", per_channel=False, min_agreement=0.99,
-                                             guard_outputs=False),
-                 tmp_path / "fallback.onnx", eval_data=held_out)
+    r = quantize(fp32, QuantizeConfig(method="minmax", per_channel=False, min_agreement=0.99, guard_outputs=False),
+                 calib, out=tmp_path / "fallback.onnx", eval_data=held_out)
     m = r.record["metrics"]
     assert m["nodes_in_float"], "the fallback names the nodes it kept in float"
     assert m["attempts"][0]["agreement"] == pytest.approx(plain_agreement)
@@ -99,7 +97,7 @@ def test_fallback_keeps_sensitive_node_in_float_until_budget_holds(tmp_path):
 
 def test_dynamic_mode_quantizes_matmuls_without_calibration(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).eval()
-    fp32 = export(model, np.zeros((1, 64), np.float32), tmp_path / "lin.onnx").path
+    fp32 = export(model, ExportConfig(), np.zeros((1, 64), np.float32), out=tmp_path / "lin.onnx").path
     r = quantize(fp32, None, QuantizeConfig(mode="dynamic"), tmp_path / "dyn.onnx")
     assert r.record["metrics"]["size_ratio"] < 0.35
     x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
@@ -115,7 +113,7 @@ def test_dynamic_mode_quantizes_matmuls_without_calibration(tmp_path):
 ])
 def test_bad_calibration_data_is_named_and_nothing_written(conv_onnx, tmp_path, calibration, message):
     with pytest.raises(InputError, match=message):
-        quantize(conv_onnx, calibration, QuantizeConfig(), tmp_path / "q.onnx")
+        quantize(conv_onnx, QuantizeConfig(), calibration, out=tmp_path / "q.onnx")
     assert listing(tmp_path) == []
 
 
@@ -124,19 +122,19 @@ def test_model_without_quantizable_op(tmp_path):
         def forward(self, x):
             return torch.relu(x) + 1.0
 
-    fp32 = export(Act().eval(), np.zeros((1, 4), np.float32), tmp_path / "act.onnx").path
+    fp32 = export(Act().eval(), ExportConfig(), np.zeros((1, 4), np.float32), out=tmp_path / "act.onnx").path
     with pytest.raises(InputError, match="has no quantizable op: expected at least one of Conv, MatMul"):
-        quantize(fp32, [np.zeros((1, 4), np.float32)], QuantizeConfig(), tmp_path / "q.onnx")
+        quantize(fp32, QuantizeConfig(), [np.zeros((1, 4), np.float32)], out=tmp_path / "q.onnx")
     assert not (tmp_path / "q.onnx").exists()
 
 
 def test_config_validation_and_budget_without_data(conv_onnx, tmp_path):
     with pytest.raises(ValueError, match="method must be one of minmax, entropy, percentile, mean_minmax; got .kl."):
-        QuantizeConfig(calibration="kl")
+        QuantizeConfig(method="kl")
     with pytest.raises(ValueError, match="max_accuracy_drop must be in \\[0, 1\\)"):
         QuantizeConfig(max_accuracy_drop=5)
     with pytest.raises(InputError, match="need eval_data"):
-        quantize(conv_onnx, _calib(2), QuantizeConfig(min_agreement=0.99), tmp_path / "q.onnx")
+        quantize(conv_onnx, QuantizeConfig(min_agreement=0.99), _calib(2), out=tmp_path / "q.onnx")
 
 
 def test_fidelity_metrics():

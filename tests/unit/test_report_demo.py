@@ -79,7 +79,7 @@ def _entry(name, runtime, median, acc, **extra):
 
 def _failed(name="int8", runtime="tvm", error="TVM build failed:\n  no schedule for qlinearconv"):
     return {"name": name, "runtime": runtime, "target": "cpu", "status": "failed", "error": error,
-            "steps": [{"quantize": {"calibration": "minmax"}}]}
+            "steps": [{"quantize": {"method": "minmax"}}]}
 
 
 def _full_report(resumed=False):

@@ -36,7 +36,7 @@ task: digits
 train: {epochs: 1}
 variants:
   fp32: []
-  int8: [{quantize: {calibration: minmax}}]
+  int8: [{quantize: {method: minmax}}]
 targets: [{runtime: onnxruntime}]
 bench: {warmup: 1, repeat: 5, threads: 1}
 """

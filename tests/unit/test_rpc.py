@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeopt.compile import TuneConfig, build, export
+from edgeopt.compile import BuildConfig, ExportConfig, TuneConfig, build, export
 from edgeopt.runtimes import load
 from edgeopt.core.errors import InputError
 from edgeopt.pipeline.farm import free_port, start_local_farm
@@ -36,8 +36,8 @@ def farm(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cpu_artifact(tmp_path_factory):
     d = tmp_path_factory.mktemp("rpc-art")
-    onnx_path = export(tiny_conv_net(), example_inputs(), d / "m.onnx").path
-    return build(onnx_path, "cpu", d / "cpu")
+    onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=d / "m.onnx").path
+    return build(onnx_path, BuildConfig(target="cpu"), out=d / "cpu").output
 
 
 def test_bench_through_the_tracker_names_the_server(farm, cpu_artifact, tmp_path):
@@ -134,11 +134,11 @@ def test_fleet_survives_a_device_lost_mid_run(cpu_artifact, tmp_path):
 def test_tuning_measured_on_the_farm(farm, tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
     x = np.random.default_rng(0).standard_normal((1, 32)).astype(np.float32)
-    onnx_path = export(model, x, tmp_path / "mlp.onnx").path
+    onnx_path = export(model, ExportConfig(), x, out=tmp_path / "mlp.onnx").path
     before = {name: _loads(farm, i) for i, (name, _) in enumerate(farm.servers)}
     cfg = TuneConfig(trials=16, db=str(tmp_path / "db"), cost_model="random", trials_per_iter=4,
                      tracker=farm.tracker, key=KEY)
-    art = build(onnx_path, "cpu", tmp_path / "tuned", tune=cfg)
+    art = build(onnx_path, BuildConfig(target="cpu", tune=cfg), out=tmp_path / "tuned").output
     assert art.history[-1]["metrics"]["tuning"]["trials_after"] >= 8
     after = {name: _loads(farm, i) for i, (name, _) in enumerate(farm.servers)}
     assert all(after[n] > before[n] for n in after), f"candidates measured on every server: {before} -> {after}"
@@ -153,7 +153,7 @@ def _loads(farm, index) -> int:
 def test_tracker_tuning_errors(tmp_path):
     with pytest.raises(InputError, match="tracker and key go together"):
         TuneConfig(trials=4, tracker="127.0.0.1:9190")
-    onnx_path = export(tiny_conv_net(), example_inputs(), tmp_path / "m.onnx").path
+    onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=tmp_path / "m.onnx").path
     port = free_port()
     r = edgeopt_cli("compile", onnx_path, "--out", tmp_path / "a", "--tune-trials", "4",
                     "--tracker", f"127.0.0.1:{port}", "--key", KEY)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import edgeopt.runtimes as ert
-from edgeopt.compile import export
-from edgeopt.compile.tvm_build import build
+from edgeopt.compile import ExportConfig, export
+from edgeopt.compile.tvm_build import BuildConfig, build
 from edgeopt.pipeline.measure import save_torch_artifact
 from edgeopt.core.errors import InputError
 from edgeopt.runtimes.timing import TimingStats
@@ -18,12 +18,12 @@ def artifacts(tmp_path_factory):
     d = tmp_path_factory.mktemp("runtimes")
     model = tiny_conv_net()
     x = example_inputs()
-    onnx_art = export(model, x, d / "onnx").artifact
+    onnx_art = export(model, ExportConfig(), x, out=d / "onnx").artifact
     return {
         "model": model, "x": x,
         "onnxruntime": onnx_art,
         "torch": save_torch_artifact(model, x, d / "torch"),
-        "tvm": build(onnx_art.model_file, target="cpu", out=d / "tvm"),
+        "tvm": build(onnx_art.model_file, BuildConfig(target="cpu"), out=d / "tvm").output,
     }
 
 

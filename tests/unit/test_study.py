@@ -28,7 +28,7 @@ variants:
   pruned+kd+int8:
     - prune: {amount: 0.5, scope: local}
     - distill: {epochs: 3, patience: null}
-    - quantize: {calibration: minmax}
+    - quantize: {method: minmax}
 targets:
   - runtime: onnxruntime
 bench: {warmup: 1, repeat: 5}
@@ -45,7 +45,7 @@ bench: {warmup: 1, repeat: 5}
     (SMALL.replace("repeat: 5", "repeat: many"), "line 15: 'bench.repeat' must be an integer, got 'many'"),
     (SMALL.replace("task: digits", "task: [digits]"), "line 2: 'task' must be a string"),
     (SMALL.replace("- runtime: onnxruntime", "- runtime: tflite"), "line 14: unknown runtime 'tflite'"),
-    (SMALL.replace("{calibration: minmax}", "{calibration: minmax, bits: 4}"),
+    (SMALL.replace("{method: minmax}", "{method: minmax, bits: 4}"),
      "line 12: step 'quantize' of variant 'pruned\\+kd\\+int8': unknown parameter\\(s\\) \\['bits'\\]"),
     ("model: zoo:digits_cnn\nvariants: {fp32: []}\n", "missing key 'task'"),
     ("model: [unclosed\n", "not valid YAML"),
@@ -67,7 +67,7 @@ def test_tvm_targets_take_precision_and_cuda_graph():
 
 
 def test_quantize_must_come_last():
-    text = SMALL.replace("    - quantize: {calibration: minmax}\n", "").replace(
+    text = SMALL.replace("    - quantize: {method: minmax}\n", "").replace(
         "  pruned+kd+int8:\n", "  pruned+kd+int8:\n    - quantize: {}\n")
     with pytest.raises(InputError, match="comes after quantize"):
         parse_recipe(text, "r.yaml")

@@ -100,7 +100,7 @@ def test_shared_kernels_get_the_same_block_names_in_every_model(tmp_path):
     x = np.zeros((4, 16), np.float32)
     names = []
     for depth in (1, 3):
-        path = export(Net(depth).eval(), x, tmp_path / f"m{depth}.onnx").path
+        path = export(Net(depth).eval(), ExportConfig(), x, out=tmp_path / f"m{depth}.onnx").path
         mod = from_onnx(onnx.load(str(path)), keep_params_in_input=False)
         with tvm.target.Target(resolve_target("cpu")):
             mod = relax.get_pipeline("zero")(mod)

@@ -5,7 +5,7 @@ import onnx
 import pytest
 import torch
 
-from edgeopt.compile import build, export
+from edgeopt.compile import BuildConfig, ExportConfig, build, export
 from edgeopt.compile.int8_rewrite import output_step, rewrite_qdq_to_int8
 from edgeopt.compress import QuantizeConfig, quantize
 from edgeopt.runtimes import load
@@ -31,9 +31,9 @@ class ConvMLP(torch.nn.Module):
 def qdq_model(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("tvmq")
     model = tiny_conv_net() if request.param == "tiny_conv_net" else ConvMLP().eval()
-    fp32 = export(model, example_inputs(), d / "fp32.onnx").path
+    fp32 = export(model, ExportConfig(), example_inputs(), out=d / "fp32.onnx").path
     calib = [example_inputs(seed=s) for s in range(16)]
-    q = quantize(fp32, calib, QuantizeConfig(calibration="minmax"), d / "int8.onnx").path
+    q = quantize(fp32, QuantizeConfig(method="minmax"), calib, out=d / "int8.onnx").path
     return d, fp32, q
 
 
@@ -58,7 +58,7 @@ def test_rewrite_makes_integer_convs_and_matmuls_with_int8_weights(qdq_model):
 
 def test_int8_artifact_matches_onnxruntime_within_one_step(qdq_model):
     d, _, q = qdq_model
-    art = build(q, "cpu", d / "tvm-int8")
+    art = build(q, BuildConfig(target="cpu"), out=d / "tvm-int8").output
     assert art.history[-1]["config"]["int8"] is True and art.history[-1]["metrics"]["int8_ops"] >= 2
     ort, tvm = load(q), load(art)
     step = output_step(q)
@@ -70,7 +70,7 @@ def test_int8_artifact_matches_onnxruntime_within_one_step(qdq_model):
 
 def test_int8_off_keeps_float_qdq_semantics(qdq_model):
     d, _, q = qdq_model
-    art = build(q, "cpu", d / "tvm-qdq-float", int8=False)
+    art = build(q, BuildConfig(target="cpu", int8=False), out=d / "tvm-qdq-float").output
     assert art.history[-1]["metrics"]["int8_ops"] == 0
     x = example_inputs(seed=7)
     from edgeopt.runtimes.onnxruntime_runner import OnnxRuntimeRunner

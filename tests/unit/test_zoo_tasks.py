@@ -58,11 +58,11 @@ def test_train_config_validation():
 
 
 def test_onnx_flops_counts_conv_and_gemm(tmp_path):
-    from edgeopt.compile import export
+    from edgeopt.compile import ExportConfig, export
 
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 5 * 5, 7)).eval()
-    path = export(model, np.zeros((1, 2, 5, 5), np.float32), tmp_path / "f.onnx").path
+    path = export(model, ExportConfig(), np.zeros((1, 2, 5, 5), np.float32), out=tmp_path / "f.onnx").path
     conv = 2 * (4 * 5 * 5) * (2 * 3 * 3)
     fc = 2 * 7 * 100
     assert onnx_flops(path) == conv + fc
