@@ -1,8 +1,10 @@
-"""``edgeopt export``: a torch model to ONNX with a parity check."""
+"""``edgeopt export``: a torch model to ONNX with a parity check; its options are ``ExportConfig``'s
+fields (``options.py``)."""
 
 from __future__ import annotations
 
 from .common import EPILOG, WEIGHTS_HELP, list_zoo_in_help, refuse_existing_file_parent, torch_model
+from .options import add_config_options, config_from_args
 
 
 def add_parser(sub):
@@ -16,23 +18,20 @@ def add_parser(sub):
     e.add_argument("--out", required=True, help="output .onnx file, or a folder for an artifact")
     e.add_argument("--input-shape", default=None,
                    help="example input shape, e.g. 1,3,32,32 (default: the model's own)")
-    e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default: 18)")
-    e.add_argument("--dynamic-batch", action="store_true", help="make the batch axis symbolic")
-    e.add_argument("--rtol", type=float, default=1e-4,
-                   help="parity tolerance: max|torch-onnx| / max|torch| (default: 1e-4)")
     e.add_argument("--weights", default=None, metavar="FILE.pth", help=WEIGHTS_HELP)
     e.add_argument("--seed", type=int, default=0, help="seed for zoo weights and example input")
+    add_config_options(e, "export")  # --opset, --dynamic-batch, --rtol, ...: ExportConfig's fields
     e.set_defaults(func=run)
     return e
 
 
 def run(args) -> int:
-    from edgeopt.compile import ExportConfig, export
+    from edgeopt.pipeline.steps import STEPS
 
-    config = ExportConfig(opset=args.opset, dynamic_batch=args.dynamic_batch, rtol=args.rtol)
+    config = config_from_args("export", args)  # bad values fail before the model is loaded
     refuse_existing_file_parent(args.out)
     module, x = torch_model(args.model, args.input_shape, args.seed, args.weights)
-    result = export(module, config, x, out=args.out)
+    result = STEPS["export"].function(module, config, x, out=args.out)
     p = result.metrics["parity"]
     print(f"wrote {result.path} ({result.path.stat().st_size:,} bytes, opset {config.opset})")
     print(f"parity vs torch: max abs {p['max_abs']:.3e}, max rel {p['max_rel']:.3e} "
