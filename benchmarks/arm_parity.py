@@ -21,7 +21,7 @@ from edgeopt.compile.native_build import runner_binary
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes import load
 
-from results import record
+from results import make_key, record
 
 ELF_MACHINES = {62: "x86-64", 183: "aarch64"}
 

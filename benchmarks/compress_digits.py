@@ -28,7 +28,7 @@ from edgeopt.pipeline.tasks import TrainConfig, load_task, train
 from edgeopt.pipeline.zoo import create
 from edgeopt.runtimes import load
 
-from results import record
+from results import make_key, record
 
 
 def main(argv=None) -> int:

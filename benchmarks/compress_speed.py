@@ -23,7 +23,7 @@ from edgeopt.compress import LowRankConfig, PruneConfig, count_flops, count_para
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
-from results import record
+from results import make_key, record
 
 
 def main(argv=None) -> int:
@@ -67,8 +67,10 @@ def main(argv=None) -> int:
     print(table)
     print(f"(compression took {compress_s:.0f} s)")
     if args.record:
-        record(f"Compressed {args.model} on onnxruntime, batch 1, {args.threads} threads", table,
-               f"Compression (pruning + the lowrank budget search) took {compress_s:.0f} s.")
+        record(make_key("compress-speed", args.model),
+               f"How much faster is a pruned or low-rank {args.model} on onnxruntime?", table,
+               f"Batch 1, {args.threads} threads. Compression (pruning + the lowrank budget search) took "
+               f"{compress_s:.0f} s.")
     return 0
 
 

@@ -51,7 +51,9 @@ def main(argv=None) -> int:
     print(table)
     print(note)
     if args.record:
-        record(f"Distributed distillation: 1 vs {args.nproc} processes (torchrun, gloo), digits", table, note)
+        record("distill-distributed",
+               f"Does distillation on {args.nproc} processes reach the accuracy of 1 (torchrun, gloo, digits)?",
+               table, note)
     return 0
 
 

@@ -230,13 +230,6 @@ def loss_table(rows) -> str:
     return "\n".join(out)
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, type=Path, help="folder with Fashion-MNIST's IDX files")
@@ -278,18 +271,19 @@ def main(argv=None) -> int:
         text += "\n\n" + losses
     print(text)
     if args.record:
-        import datetime as dt
+        from results import record
 
-        from results import RESULTS
-
-        command = (f"`.venv/bin/python benchmarks/int8_accuracy.py --data DIR --models {args.models} "
-                   f"--qat-samples {args.qat_samples} --qat-epochs {args.qat_epochs}` (DIR: the folder of the "
-                   "Debian package dataset-fashion-mnist; each model was run as its own process, in "
-                   "parallel, and the table assembled with --from-json)")
-        with open(RESULTS, "a") as fh:
-            fh.write(f"\n## int8 accuracy: edgeopt PTQ, accuracy-aware flow, NNCF ({dt.date.today().isoformat()})\n\n"
-                     f"Command: {command}\n\nCPU: {cpu_name()}, batch 1, 2 threads; accuracies are top-1 "
-                     f"(%) on 2,000 Fashion-MNIST test images.\n\n{text}\n")
+        # per-tensor weights are the configuration that loses more than a point: its own question
+        if args.per_tensor:
+            key, title = ("int8-loss-recovery", "When int8 PTQ loses more than a point, do QAT and the "
+                          "debugger's layers in float recover it?")
+        else:
+            key, title = ("int8-accuracy", "Is edgeopt's int8 as accurate as NNCF's: default PTQ, the "
+                          "accuracy-aware flow and NNCF?")
+        record(key, title, text,
+               f"DIR: the folder of the Debian package dataset-fashion-mnist (a table from `--from-json` "
+               f"gathers runs of one model each). Batch 1, 2 threads; top-1 (%) on 2,000 Fashion-MNIST "
+               f"test images; QAT: {args.qat_samples} samples, {args.qat_epochs} epochs.")
     return 0
 
 

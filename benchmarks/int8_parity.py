@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     body = ("Largest difference over the inputs, in output quantization steps.\n\n" + "\n".join(lines))
     print(body)
     if args.record:
-        record("int8 parity: TVM against onnxruntime's fused and literal evaluations", body,
+        record("int8-parity", "Does TVM's int8 compute what onnxruntime's int8 computes?", body,
                f"{args.inputs} seeded random inputs per model, random-weight zoo models, edgeopt's default "
                "quantization (16 random calibration inputs).")
     return 0

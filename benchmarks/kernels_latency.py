@@ -17,7 +17,6 @@ Needs OpenVINO and NNCF: ``.venv/bin/python -m pip install -r requirements/bench
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -141,8 +140,9 @@ def main(argv=None) -> int:
     body = header + "\n".join(lines) + "\n\nParity:\n" + parity + "\n"
     print(body)
     if args.record:
-        record(f"TVM + oneDNN kernels vs onnxruntime and OpenVINO, batch 1, {args.threads} threads",
-               body, note=f"CPU: {platform.processor() or platform.machine()}, {args.threads} threads; "
+        record("kernels-latency",
+               "How fast is a TVM artifact with oneDNN kernels against onnxruntime and OpenVINO on CPU?",
+               body, note=f"Batch 1, {args.threads} threads; "
                           f"medians of {args.rounds} interleaved rounds of {args.repeat} runs; untuned TVM "
                           "builds (`kernels: onednn`), no tuning time.")
     return 0

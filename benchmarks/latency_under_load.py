@@ -179,7 +179,10 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(Path(__file__).parent))
         from results import record
 
-        record(f"ResNet-18 p50/p99 quiet and under {load_line}, {args.threads} threads", table)
+        record("latency-under-load",
+               "Latency under load: how much does a busy core slow each runtime (p50 quiet, p99 loaded)?",
+               table, f"ResNet-18, {args.threads} threads; {args.rounds} rounds x {args.repeat} runs per "
+               f"phase, quiet then under {load_line}.")
     return 0
 
 

@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        record(f"Native runner (edgeopt-run) vs the Python TVM VM, batch 1, {args.threads} threads", table)
+        record("native-runner", "Does the native runner (edgeopt-run) cost anything against the Python TVM VM?",
+               table, f"Batch 1, {args.threads} threads.")
     return 0
 
 

@@ -17,7 +17,7 @@ from edgeopt.compress import QuantizeConfig, quantize
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes.onnxruntime_runner import profile_ops
 
-from results import record
+from results import make_key, record
 
 
 def main(argv=None) -> int:
@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        record(f"onnxruntime kernel profile, {args.model}, fp32 vs int8", table,
+        record(make_key("profile-int8", args.model), f"Where does {args.model}'s int8 time go on onnxruntime?",
+               table,
                "(Profiler timings carry overhead; compare kernel kinds, not totals with the benchmark.)")
     return 0
 

@@ -23,7 +23,7 @@ from edgeopt.compress import QuantizeConfig, fidelity, quantize
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes.onnxruntime_runner import OnnxRuntimeRunner
 
-from results import record
+from results import make_key, record
 
 
 def measure(model: str, threads: int, repeat: int, fmt: str, per_channel: bool, tmp: Path) -> list[str]:
@@ -65,7 +65,10 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print(table)
     if args.record:
-        record(f"onnxruntime int8 vs fp32, batch 1, {args.threads} threads", table)
+        record(make_key("quantize-speed", *([args.format] if args.format != "qdq" else []),
+                        *(["per-tensor"] if args.per_tensor else [])),
+               f"What does int8 buy on onnxruntime ({args.models.replace(',', ', ')})?", table,
+               f"Batch 1, {args.threads} threads.")
     return 0
 
 

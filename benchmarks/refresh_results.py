@@ -1,5 +1,5 @@
-"""Append `make bench`'s results to benchmarks/RESULTS.md: the micro-benchmarks and the digits
-study, dated, with the machine fingerprint.
+"""Write `make bench`'s results into their section of benchmarks/RESULTS.md: the micro-benchmarks
+and the digits study, dated, with the machine fingerprint.
 
     .venv/bin/python benchmarks/refresh_results.py build/bench/micro.json build/bench/digits/report.json
 """
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     if len(argv) > 1:
         report = json.loads(Path(argv[1]).read_text())
         body += "\n\nDigits study (`edgeopt run benchmarks/digits.yaml`):\n\n" + markdown(report).split("\n", 2)[2]
-    record("make bench", body)
+    record("make-bench", "What do `make bench`'s micro-benchmarks and digits study measure?", body)
     return 0
 
 

@@ -21,7 +21,7 @@ from edgeopt.pipeline.recipe import load_recipe
 from edgeopt.pipeline.report import markdown, text_table
 from edgeopt.pipeline.run import run_recipe
 
-from results import record
+from results import make_key, record
 
 RECIPE = Path(__file__).with_name("runtimes.yaml")
 
@@ -41,8 +41,9 @@ def main(argv=None) -> int:
         report = run_recipe(recipe, tmp, log=lambda s: print(s, file=sys.stderr))
     print(text_table(report))
     if args.record:
-        record(f"{args.model}, batch 1, {args.threads} threads: torch / onnxruntime / untuned TVM",
-               markdown(report).split("\n", 2)[2])
+        record(make_key("runtime-latency", args.model),
+               f"How do torch, onnxruntime and untuned TVM compare on {args.model}?",
+               markdown(report).split("\n", 2)[2], f"Batch 1, {args.threads} threads.")
     return 0
 
 

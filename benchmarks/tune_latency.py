@@ -33,7 +33,7 @@ from edgeopt.compress import QuantizeConfig, onnx_flops, quantize
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes import load
 
-from results import record
+from results import make_key, record
 
 PEAK_GFLOPS = 237.0
 #: VNNI: 2 cores x 2 pipes x 64 uint8 x int8 multiply-adds (2 operations each) ... halved on Zen 4's
@@ -107,8 +107,9 @@ def main(argv=None) -> int:
     print(table)
     print(f"(build with tuning took {build_s:.0f} s)")
     if args.record:
-        record(f"Tuned TVM (own kernels, {args.layout}) vs onnxruntime, {args.model} {precision}, batch 1, "
-               f"{args.threads} threads", table)
+        record(make_key("tune", args.model, precision, args.layout),
+               f"Do TVM's own tuned {precision} kernels ({args.layout} layout) reach onnxruntime {precision} "
+               f"on {args.model}?", table, f"Batch 1, {args.threads} threads; `kernels: tvm`.")
     return 0
 
 
