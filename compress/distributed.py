@@ -9,8 +9,8 @@ the result, the checkpoints and the log lines. A user's own torchrun script can 
 
 Example:
     >>> import edgeopt.compress as ec  # doctest: +SKIP
-    >>> student = ec.distill(pruned, teacher, task, ec.DistillConfig(epochs=10), nproc=2)  # doctest: +SKIP
-    >>> student.edgeopt_history[-1]["metrics"]["processes"]  # doctest: +SKIP
+    >>> r = ec.distill(pruned, ec.DistillConfig(epochs=10), task, teacher=teacher, nproc=2)  # doctest: +SKIP
+    >>> r.metrics["processes"]  # doctest: +SKIP
     2
 """
 
