@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/export_parity.py --record
 
 Each model is exported with its default input shape; parity runs on the example input and on
-four more seeded random inputs. ``--record`` appends the table to benchmarks/RESULTS.md.
+four more seeded random inputs. ``--record`` writes the table into its section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

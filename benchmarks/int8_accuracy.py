@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     p.add_argument("--qat-samples", type=int, default=6000)
     p.add_argument("--qat-lr", type=float, default=1e-4)
     p.add_argument("--json", type=Path, default=CACHE / "int8_accuracy.json")
-    p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    p.add_argument("--record", action="store_true", help="write the table into its section of benchmarks/RESULTS.md")
     p.add_argument("--from-json", nargs="*", type=Path, default=None,
                    help="build the table from earlier --json outputs (one run per model, e.g. run in "
                    "parallel) instead of measuring")

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet18,mobilenetv2,tiny_vit")
     p.add_argument("--inputs", type=int, default=8)
-    p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    p.add_argument("--record", action="store_true", help="write the table into its section of benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     rows = {}
     for model in args.models.split(","):

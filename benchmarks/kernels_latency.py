@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeat", type=int, default=30)
     p.add_argument("--calibration", type=int, default=16)
-    p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    p.add_argument("--record", action="store_true", help="write the table into its section of benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     from edgeopt.compile.int8_rewrite import output_step
 

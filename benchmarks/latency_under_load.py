@@ -14,7 +14,8 @@ does to the tail, relative to what the runtime does alone.
 ``--tvm-env NAME:VAR=VALUE,...`` adds a TVM worker with those environment variables set before
 anything is loaded (``spinning:OMP_WAIT_POLICY=``: libgomp's default, which spins before it
 sleeps), to compare wait policies; ``--tvm-threads N`` one on N threads. ``--record``
-appends the table, the command, the CPU, its flags and the load average to benchmarks/RESULTS.md.
+writes the table, the command, the CPU, its flags and the load average into its section of
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from the same run (machines are noisy: compare ratios, not milliseconds).
 
     .venv/bin/python benchmarks/runtime_latency.py --model zoo:resnet18 --threads 2 --repeat 20
 
-``--record`` appends the table, the command and the machine to benchmarks/RESULTS.md.
+``--record`` writes the table, the command and the machine into its section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeat", type=int, default=20)
-    p.add_argument("--record", action="store_true", help="append the result to benchmarks/RESULTS.md")
+    p.add_argument("--record", action="store_true", help="write the table into its section of benchmarks/RESULTS.md")
     args = p.parse_args(argv)
 
     recipe = dataclasses.replace(load_recipe(RECIPE), model=args.model,

@@ -3,8 +3,8 @@
 Builds the four models one after another with tuning into the same ``--tune-db`` folder (each
 for ``--minutes`` of tuning), then checks that the database loads with every record
 (``edgeopt.compile.tuning_db.check_database`` replays each one; nothing may be set aside) and that
-MetaSchedule's own ``JSONDatabase`` loads it. Prints a Markdown table; ``--record`` appends it to
-``benchmarks/RESULTS.md``.
+MetaSchedule's own ``JSONDatabase`` loads it. Prints a Markdown table; ``--record`` writes it into
+its section of ``benchmarks/RESULTS.md``.
 
 Example:
     .venv/bin/python benchmarks/shared_tuning_db.py --minutes 3 --out build/shared-db
