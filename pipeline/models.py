@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.core.errors import InputError, first_line
+from edgeopt.core.factory import resolve_factory
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 FILE_SUFFIXES = (".pt2", ".onnx") + PICKLE_SUFFIXES
@@ -207,34 +207,8 @@ def _load_file(path: Path) -> LoadedModel:
 def _load_factory(spec: str, seed: int = 0) -> LoadedModel:
     import torch
 
-    mod_name, _, attr = spec.partition(":")
-    if not mod_name or not attr:
-        raise InputError(f"model {spec!r}: expected module.path:factory")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise InputError(f"model {spec!r}: cannot import module {mod_name!r} ({e})") from None
-    except Exception as e:  # the user's module raised while importing
-        raise InputError(f"model {spec!r}: importing {mod_name!r} raised {type(e).__name__}: "
-                         f"{first_line(e)}") from None
-    factory = mod
-    for part in attr.split("."):
-        if not hasattr(factory, part):
-            raise InputError(f"model {spec!r}: module {mod_name!r} has no attribute {attr!r}")
-        factory = getattr(factory, part)
-    if not callable(factory):
-        raise InputError(f"model {spec!r}: {attr!r} is not callable; expected a function or class "
-                         "returning a torch.nn.Module")
-    import inspect
-
-    try:
-        required = [p.name for p in inspect.signature(factory).parameters.values()
-                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    except (TypeError, ValueError):  # builtins and some C callables have no signature
-        required = []
-    if required:
-        raise InputError(f"model {spec!r}: {attr}() needs argument(s) {', '.join(required)}; expected a "
-                         "factory callable without arguments (wrap it: def make(): return Net(...))")
+    factory, _ = resolve_factory(spec, "model", "a torch.nn.Module")
+    attr = spec.partition(":")[2]
     try:
         # Seeded like a zoo model: an unseeded factory draws its initial weights from whatever
         # state torch's RNG is in, so one recipe trained to a different model in each run.

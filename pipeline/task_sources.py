@@ -43,8 +43,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.core.errors import InputError, first_line
+from edgeopt.core.factory import resolve_factory
 
 from .task_types import METRICS, Split, Task
 
@@ -99,48 +98,10 @@ def spec_kind(spec: str) -> str:
 
 # -- factories ------------------------------------------------------------------------------
 
-def resolve_factory(spec: str):
-    """The callable of ``module.path:factory`` and the keywords it takes; ``InputError`` when the
-    module does not import, the attribute is missing or not callable, or it needs arguments."""
-    mod_name, _, attr = spec.partition(":")
-    if not mod_name or not attr:
-        raise InputError(f"task {spec!r}: expected module.path:factory")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise InputError(f"task factory {spec!r}: cannot import module {mod_name!r} ({e})") from None
-    except Exception as e:  # a module that fails while importing is the user's error too
-        raise InputError(f"task factory {spec!r}: importing {mod_name!r} raised "
-                         f"{type(e).__name__}: {first_line(e)}") from None
-    factory = mod
-    for part in attr.split("."):
-        if not hasattr(factory, part):
-            raise InputError(f"task factory {spec!r}: module {mod_name!r} has no attribute {attr!r}")
-        factory = getattr(factory, part)
-    if not callable(factory):
-        raise InputError(f"task factory {spec!r}: {attr!r} is not callable; expected a function "
-                         "returning TaskData")
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):  # some builtins have no signature: call them bare
-        return factory, ()
-    needed = [p.name for p in params if p.default is p.empty
-              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-              and (p.kind == p.POSITIONAL_ONLY or p.name not in FACTORY_KEYWORDS)]
-    if needed:
-        raise InputError(f"task factory {spec!r} needs argument(s) {', '.join(needed)}; a task factory "
-                         f"must be callable without arguments (it may take {', '.join(FACTORY_KEYWORDS)})")
-    if any(p.kind == p.VAR_KEYWORD for p in params):
-        return factory, FACTORY_KEYWORDS
-    names = {p.name for p in params if p.kind != p.POSITIONAL_ONLY}
-    return factory, tuple(k for k in FACTORY_KEYWORDS if k in names)
-
-
 def load_factory(spec: str, **available):
     """Call the factory of ``spec`` with the keywords it declares; its result as a ``Task``."""
-    from .tasks import Task
 
-    factory, keywords = resolve_factory(spec)
+    factory, keywords = resolve_factory(spec, "task factory", "TaskData", FACTORY_KEYWORDS)
     try:
         result = factory(**{k: available.get(k) for k in keywords})
     except Exception as e:  # the factory is user code: report it in one line, no traceback

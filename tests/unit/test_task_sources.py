@@ -104,7 +104,7 @@ def test_regression_and_embedding_metrics(plugin):
 
 
 @pytest.mark.parametrize("factory, message", [
-    ("needs_args", r"needs argument\(s\) path; a task factory must be callable without arguments"),
+    ("needs_args", r"needs argument\(s\) path; a factory must be callable without arguments \(it may take seed"),
     ("raises", r"raised RuntimeError: dataset server unreachable$"),
     ("wrong_type", "returned list; expected TaskData"),
     ("bad_metric", "unknown metric 'f1'"),
