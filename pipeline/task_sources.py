@@ -53,8 +53,6 @@ import numpy as np
 from edgeopt.core.errors import InputError, first_line
 from edgeopt.core.factory import resolve_factory
 
-from .task_types import METRICS, Split, Task
-
 # Keywords a task factory may declare; load_task passes those it declares.
 FACTORY_KEYWORDS = ("seed", "input_shape", "data_dir", "limit")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -100,6 +98,7 @@ def spec_kind(spec: str) -> str:
 
 def load_factory(spec: str, **available):
     """Call the factory of ``spec`` with the keywords it declares; its result as a ``Task``."""
+    from .tasks import Task
 
     factory, keywords = resolve_factory(spec, "task factory", "TaskData", FACTORY_KEYWORDS)
     try:
