@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgeopt.pipeline.report import markdown
+from edgeopt.pipeline.report_text import markdown
 from edgeopt.runtimes import machine_fingerprint
 
 from results import record

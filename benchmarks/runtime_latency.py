@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from edgeopt.pipeline.recipe import load_recipe
-from edgeopt.pipeline.report import markdown, text_table
+from edgeopt.pipeline.report_text import markdown, text_table
 from edgeopt.pipeline.run import run_recipe
 
 from results import make_key, record

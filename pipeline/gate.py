@@ -91,7 +91,7 @@ from pathlib import Path
 from edgeopt.core.errors import InputError
 
 from . import gate_stats
-from .report import FAILED, OK, SCHEMA, status
+from .report_schema import FAILED, OK, SCHEMA, status
 
 DEFAULT_AGREEMENT_DROP = 0.005
 DEFAULT_METRIC_RISE = 0.05      # error metrics: a 5 % rise of the baseline's value

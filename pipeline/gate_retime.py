@@ -28,7 +28,7 @@ import numpy as np
 from edgeopt.core.errors import InputError
 
 from . import gate_stats
-from .report import OK, status
+from .report_schema import OK, status
 
 ROUNDS = 30
 BLOCK_SECONDS = 0.02   # one block of runs: long enough for the timer, short enough to interleave

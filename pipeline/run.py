@@ -38,7 +38,9 @@ from edgeopt.core.files import atomic_file, write_json_atomic, write_text_atomic
 
 from .measure import BenchConfig, failed_entry, measure_entry, runtime_target
 from .recipe import Recipe, Target, load_recipe
-from .report import make_report, text_table, write_report
+from .report_html import write_report
+from .report_schema import make_report
+from .report_text import text_table
 from .steps import Step, StepData, apply_step
 
 STATE = "state.json"

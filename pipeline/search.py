@@ -1038,7 +1038,9 @@ def _finish(out: Path, study, recipe, targets, labels, constraints, space, seed,
 
     from edgeopt.core.files import write_bytes_atomic
 
-    from .report import make_report, markdown, write_report
+    from .report_html import write_report
+    from .report_schema import make_report
+    from .report_text import markdown
 
     rows = _rows(study)
     pareto, chosen, closest = _choose(rows, space.choose_tolerance)

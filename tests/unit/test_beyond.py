@@ -277,7 +277,8 @@ def test_shadow_cli_exit_codes(two_models, tmp_path):
 
 
 def test_unlabelled_and_regression_tasks(tmp_path):
-    from edgeopt.pipeline.report import make_report, markdown
+    from edgeopt.pipeline.report_schema import make_report
+    from edgeopt.pipeline.report_text import markdown
     from edgeopt.pipeline.tasks import load_task
 
     task = load_task("random", input_shape=(1, 1, 8, 8))          # no labels: agreement only

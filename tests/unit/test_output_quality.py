@@ -13,7 +13,8 @@ from edgeopt.core.errors import InputError
 from edgeopt.pipeline.measure import scores
 from edgeopt.pipeline.output_quality import (decode_sequences, detection_match, output_quality,
                                              parse_outputs, worst_output)
-from edgeopt.pipeline.report import judged_by, make_report, markdown, quality, text_table
+from edgeopt.pipeline.report_schema import judged_by, make_report, quality
+from edgeopt.pipeline.report_text import markdown, text_table
 from edgeopt.pipeline.tasks import load_task
 
 ANCHORS, CLASSES = 64, 3

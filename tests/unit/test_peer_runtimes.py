@@ -11,7 +11,7 @@ import torch
 from edgeopt.compile import BuildConfig, ExportConfig, build, export
 from edgeopt.compress import QuantizeConfig, quantize
 from edgeopt.core.errors import InputError
-from edgeopt.pipeline import gate, report
+from edgeopt.pipeline import gate, report_figures, report_html, report_schema, report_steps, report_text
 from edgeopt.runtimes import load
 from helpers import edgeopt_cli, edgeopt_without, example_inputs, tiny_conv_net
 
@@ -33,7 +33,7 @@ def test_nncf_engine_writes_a_qdq_model_onnxruntime_runs_and_the_record_names_it
     x = example_inputs(seed=99)
     got, want = load(r.artifact).run(x)[0], load(fp32).run(x)[0]
     assert np.max(np.abs(got - want)) <= 0.1 * np.max(np.abs(want)), "int8 stays close to fp32"
-    assert "quantized by NNCF" in report.describe_record(record)
+    assert "quantized by NNCF" in report_steps.describe_record(record)
     edgeopt = quantize(fp32, QuantizeConfig(debug_layers=0), calib, out=tmp_path / "e.onnx")
     assert edgeopt.record["metrics"]["engine"] == "edgeopt"
 
@@ -90,39 +90,39 @@ def test_the_report_marks_the_fastest_runtime_per_variant_that_keeps_the_quality
             _row("int8", "openvino", 4.0, 0.98),  # the fastest row, but below the limit (0.995)
             {"name": "int8", "runtime": "executorch", "target": "cpu", "status": "failed",
              "error": "executorch cannot export this model: aten.foo is not in Core ATen", "steps": []}]
-    r = report.make_report(rows, {"threads": 2}, {"name": "random", "metric": "agreement"}, None)
-    by = {f"{v['name']}/{v['runtime']}": v for v in report.ok_variants(r)}
+    r = report_schema.make_report(rows, {"threads": 2}, {"name": "random", "metric": "agreement"}, None)
+    by = {f"{v['name']}/{v['runtime']}": v for v in report_schema.ok_variants(r)}
     assert [k for k, v in by.items() if v["fastest"]] == ["fp32/openvino", "int8/onnxruntime"]
     assert by["int8/openvino"]["keeps_quality"] is False and by["int8/tvm"]["keeps_quality"] is True
     line = "fastest here: int8 on onnxruntime (0.50x onnxruntime fp32)"
-    md = report.markdown(r)
-    page = report.index_html(r, plot=b"png")
+    md = report_text.markdown(r)
+    page = report_html.index_html(r, plot=b"png")
     assert f"- {line}" in md and "<th>fastest here</th><td>int8 on onnxruntime (0.50x onnxruntime fp32)" in page
-    table = report.text_table(r).splitlines()
+    table = report_text.text_table(r).splitlines()
     assert table[0].split()[-1] == "fastest"
     marked = [t.split()[:2] for t in table[2:] if t.rstrip().endswith("<-")]
     assert marked == [["int8", "onnxruntime"], ["fp32", "openvino"]]
-    fig = report.pareto_figure(r)
+    fig = report_figures.pareto_figure(r)
     key = "\n".join(t.get_text() for t in fig.texts)
     marks = {ln[7:].split()[0]: ln[4:6] for ln in key.splitlines() if ln[:3].strip().isdigit()}
     assert marks["int8/onnxruntime"] == "*f" and marks["int8/openvino"][1] == " " and marks["fp32/openvino"][1] == "f"
     labels = [t for t in fig.axes[0].texts if t.get_gid() == "pareto-label"]
-    assert sum(t.get_color() == report.FASTEST_COLOR for t in labels) == 2, "the two fastest rows' labels"
+    assert sum(t.get_color() == report_figures.FASTEST_COLOR for t in labels) == 2, "the two fastest rows' labels"
 
 
 def test_an_error_metric_keeps_the_limit_within_5_percent_of_fp32():
     rows = [_row("fp32", "onnxruntime", 10.0, mse=0.100), _row("int8", "onnxruntime", 5.0, mse=0.104),
             _row("int8", "openvino", 3.0, mse=0.106)]
-    r = report.make_report(rows, {"threads": 2}, {"name": "t", "metric": "mse", "higher_is_better": False}, None)
+    r = report_schema.make_report(rows, {"threads": 2}, {"name": "t", "metric": "mse", "higher_is_better": False}, None)
     fastest = [v["runtime"] for v in r["variants"] if v["name"] == "int8" and v["fastest"]]
     assert fastest == ["onnxruntime"], "mse 0.106 is more than 5% above fp32's 0.100"
-    assert dict(report.summary(r))["fastest here"].startswith("int8 on onnxruntime (0.50x onnxruntime fp32)")
+    assert dict(report_text.summary(r))["fastest here"].startswith("int8 on onnxruntime (0.50x onnxruntime fp32)")
 
 
 def test_the_quality_limit_is_the_ci_gates_default():
-    assert report.QUALITY_LIMIT["points"] == gate.Thresholds().max_accuracy_drop == gate.DEFAULT_AGREEMENT_DROP
-    assert report.QUALITY_LIMIT["relative_rise"] == gate.DEFAULT_METRIC_RISE
-    assert report.QUALITY_LIMIT["drop"] == gate.DEFAULT_METRIC_DROP
+    assert report_schema.QUALITY_LIMIT["points"] == gate.Thresholds().max_accuracy_drop == gate.DEFAULT_AGREEMENT_DROP
+    assert report_schema.QUALITY_LIMIT["relative_rise"] == gate.DEFAULT_METRIC_RISE
+    assert report_schema.QUALITY_LIMIT["drop"] == gate.DEFAULT_METRIC_DROP
 
 
 # -- fp32 parity with onnxruntime ------------------------------------------------------------

@@ -113,7 +113,9 @@ def test_regression_study_reports_mse_per_row(tmp_path):
 
 
 def test_make_report_front_follows_lower_is_better():
-    from edgeopt.pipeline.report import make_report, pareto_figure, text_table
+    from edgeopt.pipeline.report_figures import pareto_figure
+    from edgeopt.pipeline.report_schema import make_report
+    from edgeopt.pipeline.report_text import text_table
 
     def row(name, ms, mse, cosine):
         return {"name": name, "runtime": "onnxruntime", "target": "cpu", "steps": [],

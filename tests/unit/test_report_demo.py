@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from edgeopt.pipeline.report import make_report, markdown, pareto_flags, text_table
+from edgeopt.pipeline.report_schema import make_report, pareto_flags
+from edgeopt.pipeline.report_text import markdown, text_table
 from edgeopt.core.errors import InputError
 from helpers import edgeopt_cli
 
@@ -177,7 +178,7 @@ class _Links(__import__("html.parser").parser.HTMLParser):
 
 
 def test_index_html_stands_alone(tmp_path):
-    from edgeopt.pipeline.report import write_report
+    from edgeopt.pipeline.report_html import write_report
 
     r = _full_report(resumed=True)
     write_report(r, tmp_path, plot=True)
@@ -219,7 +220,7 @@ def test_crowded_pareto_plot_labels_never_overlap(seed):
     from matplotlib.text import Text
     import matplotlib.pyplot as plt
 
-    from edgeopt.pipeline.report import pareto_figure
+    from edgeopt.pipeline.report_figures import pareto_figure
 
     rng = random.Random(seed)
     entries = [_entry(f"variant-{i}", ("torch", "onnxruntime", "tvm")[i % 3], 1.0 + rng.random() * 0.03,
@@ -290,7 +291,7 @@ def test_a_latency_axis_over_two_decades_labels_more_than_its_decades():
     """pareto.png once labelled only two ticks (0.1, 1) with most points between them."""
     import matplotlib.pyplot as plt
 
-    from edgeopt.pipeline.report import pareto_figure
+    from edgeopt.pipeline.report_figures import pareto_figure
 
     entries = [_entry(f"v{i}", "onnxruntime", ms, 0.9 + i / 100) for i, ms in
                enumerate((0.029, 0.04, 0.066, 0.09, 0.17, 0.29, 0.6, 2.4))]
@@ -307,7 +308,7 @@ def test_a_latency_axis_over_two_decades_labels_more_than_its_decades():
 
 
 def test_a_compile_record_is_described_in_words_not_its_raw_keys():
-    from edgeopt.pipeline.report import describe_record
+    from edgeopt.pipeline.report_steps import describe_record
 
     line = describe_record({"name": "compile", "config": {"tuned": False}, "metrics": {
         "int8_ops": 0, "kernels": "onednn", "kernels_why": "x86-64 with oneDNN installed",
