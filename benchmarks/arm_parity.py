@@ -39,7 +39,7 @@ def main(argv=None) -> int:
             x86 = build(onnx_path, BuildConfig(target="cpu"), out=Path(tmp) / "cpu").output
             arm = build(onnx_path, BuildConfig(target=args.target), out=Path(tmp) / "arm").output
             machine = int.from_bytes(arm.model_file.read_bytes()[18:20], "little")
-            got = load(arm, runtime="native", emulate="qemu").run(x)[0]
+            got = load(arm, runtime="native", emulate="qemu", provide_binary=runner_binary).run(x)[0]
             ref = load(x86, runtime="tvm").run(x)[0]
             rel = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
             rows.append(f"| {name} | {args.target} | {ELF_MACHINES.get(machine, machine)} "

@@ -44,7 +44,8 @@ def main(argv=None) -> int:
                         out=Path(tmp) / "tvm").output
             trials = art.history[-1]["metrics"]["tuning"]["trials_after"]
             runners = {"python": load(art, runtime="tvm", threads=args.threads),
-                       "native": load(art, runtime="native", threads=args.threads)}
+                       "native": load(art, runtime="native", threads=args.threads,
+                                      provide_binary=runner_binary)}
             out = {k: r.run(x)[0] for k, r in runners.items()}
             rel = float(np.max(np.abs(out["native"] - out["python"])) / np.max(np.abs(out["python"])))
             repeat = args.repeat if trials else min(args.repeat, 5)  # untuned kernels are slow

@@ -45,8 +45,12 @@ import numpy as np
 
 from edgeopt.core.errors import InputError
 
+from .calibration import calibration_feeds
+
 _COMPUTE = ("Conv", "MatMul", "Gemm", "ConvTranspose")
-_DQ_SUFFIX = "_DequantizeLinear_Output"
+#: The suffix onnxruntime's QDQ quantizer gives a dequantized activation (also read by
+#: ``quant_transforms``' bias correction).
+DQ_SUFFIX = "_DequantizeLinear_Output"
 _Q_SUFFIX = "_quantized"
 _QIN_SUFFIX = "_QuantizeLinear_Input"
 
@@ -181,7 +185,6 @@ def _measure(fp32, qdq, data, *, max_samples: int = 16, float_acts: dict | None 
 
     from edgeopt.runtimes.onnx_file import onnx_io
 
-    from .quantize import calibration_feeds
 
     qmodel = onnx.load(str(qdq), load_external_data=False)
     if not any(n.op_type == "DequantizeLinear" for n in qmodel.graph.node):
@@ -217,12 +220,12 @@ def _measure(fp32, qdq, data, *, max_samples: int = 16, float_acts: dict | None 
             # that follows, so the raw output is pre-activation while the float tensor is not)
             # (where a consumer kept in float dropped that QDQ, the activation the quantizer had
             # folded into it was put back as ``<out>_act_in_float``: compare that)
-            q_out = next((name for name in (out + _DQ_SUFFIX, out + "_act_in_float") if name in q_names), out)
+            q_out = next((name for name in (out + DQ_SUFFIX, out + "_act_in_float") if name in q_names), out)
             if out.endswith(_QIN_SUFFIX):  # a graph output: its QDQ ends in the original name
                 out = q_out = out[:-len(_QIN_SUFFIX)]
             if q_out not in q_names or out not in float_names:
                 continue
-            x_float = n.input[0][:-len(_DQ_SUFFIX)] if n.input[0].endswith(_DQ_SUFFIX) else src.input[0]
+            x_float = n.input[0][:-len(DQ_SUFFIX)] if n.input[0].endswith(DQ_SUFFIX) else src.input[0]
             rows.append({"node": n, "out": out, "q_out": q_out, "x_float": x_float,
                          "x_q": n.input[0] if x_float in float_names and n.input[0] in q_names else None,
                          "output": _ErrorSum(), "input": _ErrorSum()})
@@ -277,7 +280,6 @@ def float_share(fp32: str | Path, qdq: str | Path, data: Any, nodes: Sequence[st
 
     from edgeopt.runtimes.onnx_file import onnx_io
 
-    from .quantize import calibration_feeds
 
     qmodel = onnx.load(str(qdq), load_external_data=False)
     feeds = calibration_feeds(data, onnx_io(qmodel)[0], max_samples)

@@ -196,7 +196,7 @@ def bias_correct(pre, qdq, q_acts: dict) -> tuple:
     import onnx
     from onnx import numpy_helper
 
-    from .quant_debug import _DQ_SUFFIX, dequantized_weights
+    from .quant_debug import DQ_SUFFIX, dequantized_weights
 
     pre = onnx.ModelProto.FromString(pre.SerializeToString())
     g = pre.graph
@@ -208,7 +208,7 @@ def bias_correct(pre, qdq, q_acts: dict) -> tuple:
         if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2 or n.input[1] not in inits:
             continue
         q = qnodes.get(n.name)
-        if q is None or not q.input[0].endswith(_DQ_SUFFIX) or q.input[0] not in q_acts:
+        if q is None or not q.input[0].endswith(DQ_SUFFIX) or q.input[0] not in q_acts:
             continue  # kept in float, or its input is not quantized
         w, wq = array(n.input[1]).astype(np.float64), deq.get(n.input[1])
         if wq is None or wq.shape != w.shape:

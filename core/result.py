@@ -22,9 +22,28 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Protocol, Union, runtime_checkable
 
 Progress = Union[None, bool, Callable[[str], None]]
+
+
+@runtime_checkable
+class ArtifactLike(Protocol):
+    """What a written artifact offers a step's caller (``edgeopt.runtimes.artifact.Artifact`` is
+    one): its folder, its manifest and the model file a runtime loads. ``core`` imports nothing
+    of edgeopt, so ``StepResult`` recognizes an artifact by this shape, not by its class.
+
+    Example:
+        >>> from pathlib import Path
+        >>> class Folder:
+        ...     path, manifest, model_file = Path("a"), {}, Path("a/model.onnx")
+        >>> isinstance(Folder(), ArtifactLike), isinstance(Path("a"), ArtifactLike)
+        (True, False)
+    """
+
+    path: Path
+    manifest: dict
+    model_file: Path
 
 
 @dataclass
@@ -54,9 +73,7 @@ class StepResult:
     @property
     def artifact(self):
         """The output as an ``Artifact`` (``None`` for a module or a bare file)."""
-        from edgeopt.runtimes.artifact import Artifact
-
-        return self.output if isinstance(self.output, Artifact) else None
+        return self.output if isinstance(self.output, ArtifactLike) else None
 
     @property
     def path(self) -> Path | None:

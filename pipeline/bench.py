@@ -50,6 +50,10 @@ def open_runner(spec: str, runtime: str | None, threads: int | None, workdir: Pa
         art = build(path, BuildConfig(target="cpu", input_shape=input_shape), out=workdir / "tvm").artifact
         return load(art, runtime="tvm", threads=threads)
     options = {"emulate": emulate} if emulate else {}
+    if runtime == "native":  # the runtime only runs edgeopt-run; the compile side builds it
+        from edgeopt.compile.native_build import runner_binary
+
+        options["provide_binary"] = runner_binary
     return load(path, runtime=runtime, threads=threads, **options)
 
 

@@ -53,6 +53,8 @@ import numpy as np
 from edgeopt.core.errors import InputError, first_line
 from edgeopt.core.factory import resolve_factory
 
+from .task_types import METRICS, Split, Task
+
 # Keywords a task factory may declare; load_task passes those it declares.
 FACTORY_KEYWORDS = ("seed", "input_shape", "data_dir", "limit")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -98,7 +100,6 @@ def spec_kind(spec: str) -> str:
 
 def load_factory(spec: str, **available):
     """Call the factory of ``spec`` with the keywords it declares; its result as a ``Task``."""
-    from .tasks import Task
 
     factory, keywords = resolve_factory(spec, "task factory", "TaskData", FACTORY_KEYWORDS)
     try:
@@ -128,7 +129,6 @@ def load_factory(spec: str, **available):
 def task_from_data(data: TaskData, default_name: str, seed: int = 0, where: str | None = None):
     """A ``Task`` from ``TaskData``: splits materialised and checked, defaults filled in."""
     from .output_quality import parse_outputs
-    from .tasks import METRICS, Split, Task
 
     where = where or f"task {default_name!r}"
     splits = {}
@@ -184,7 +184,6 @@ def task_from_data(data: TaskData, default_name: str, seed: int = 0, where: str 
 
 def to_split(value, what: str):
     """A ``Split`` from any accepted split form (see the module docstring)."""
-    from .tasks import Split
 
     if isinstance(value, Split):
         x, y = value.x, value.y
@@ -271,7 +270,6 @@ def _is_labels(y: np.ndarray) -> bool:
 
 def _carve(split, n: int, seed: int, what: str):
     """(rest, n seeded samples) out of ``split``."""
-    from .tasks import Split
 
     if len(split) <= n:
         raise InputError(f"{what} has {len(split)} samples; at least {n + 1} are needed to carve "

@@ -29,21 +29,19 @@ from __future__ import annotations
 import functools
 import gzip
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from edgeopt.compress.fidelity import compare_outputs
-
 from edgeopt.core.errors import InputError
 from edgeopt.core.factory import resolve_factory
 
+from .task_types import METRICS, Split, Task
+
 TASKS = ("digits", "fashion_mnist", "random")
 
-# metric -> True when a higher score is better.
-METRICS = {"top1": True, "agreement": True, "cosine": True, "mse": False, "mae": False}
 
 # Where the Debian package dataset-fashion-mnist installs the IDX files.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -52,99 +50,6 @@ FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-u
                        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
-
-
-@dataclass(frozen=True)
-class Split:
-    """Inputs (N, ...) float32 and targets (N, ...), or no targets (``y is None``).
-
-    Targets are int64 class indices (N,) for ``top1`` tasks and float32 arrays for ``mse`` /
-    ``mae`` / ``cosine`` tasks. ``len(split)`` is the number of samples, labelled or not.
-    """
-
-    x: np.ndarray
-    y: np.ndarray | None
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def head(self, n: int | None) -> "Split":
-        """The first ``n`` samples (all of them when ``n`` is None)."""
-        if n is None or n >= len(self):
-            return self
-        return Split(self.x[:n], None if self.y is None else self.y[:n])
-
-
-@dataclass(frozen=True)
-class Task:
-    """A dataset with fixed splits and the metric that scores predictions."""
-
-    name: str
-    metric: str
-    input_shape: tuple
-    num_classes: int
-    train: Split
-    val: Split
-    calib: Split
-    test: Split
-    model: str = field(default="digits_cnn")  # the zoo model the task is built for ("" if none)
-    classes: tuple = ()  # class names, index = label, when the task knows them
-    # One group value per test sample (a user task's own slices: site, device, age band, ...),
-    # reported per group by edgeopt.pipeline.evaluate; None when the task declares none.
-    test_groups: np.ndarray | None = None
-    # What each model output is (``edgeopt.pipeline.output_quality.OutputSpec``, in the model's
-    # output order): how each is compared with fp32's; () when the task declares none.
-    outputs: tuple = ()
-
-    @property
-    def labelled(self) -> bool:
-        return self.test.y is not None
-
-    @property
-    def higher_is_better(self) -> bool:
-        """Whether a larger ``score`` is better (False for the error metrics mse and mae)."""
-        return METRICS[self.metric]
-
-    def score(self, outputs: np.ndarray, split: str = "test") -> float:
-        """The task's metric of model outputs on a split.
-
-        ``top1``: accuracy of logits (N, classes) or predicted labels (N,). ``mse`` / ``mae``:
-        mean squared / absolute error of outputs against the targets. ``cosine``: mean cosine
-        similarity of each output to its target embedding. Unlabelled tasks cannot be scored
-        (compare variants with ``agreement``).
-        """
-        y = getattr(self, split).y
-        if y is None:
-            raise InputError(f"task {self.name!r} has no labels; it scores agreement, not {self.metric}")
-        pred = np.asarray(outputs)
-        if self.metric == "top1":
-            if pred.ndim == 2:
-                pred = pred.argmax(axis=1)
-            if pred.shape != y.shape:
-                raise InputError(f"{len(pred)} predictions for a split of {len(y)} samples")
-            return float(np.mean(pred == y))
-        if len(pred) != len(y) or pred.size != y.size:
-            raise InputError(f"outputs of shape {pred.shape} for targets of shape {y.shape}")
-        return compare_outputs(pred.reshape(y.shape), y, self.metric)
-
-    def agreement(self, outputs: np.ndarray, reference: np.ndarray) -> float:
-        """How close a variant's outputs are to the reference (fp32) model's on the same inputs.
-
-        Top-1 agreement (fraction of equal argmax) for ``top1`` and ``agreement`` tasks with
-        class scores (N, C), mean cosine similarity for other outputs of those and for ``cosine``
-        tasks (never exact float equality: fp32 + 1e-6 agrees), and the error metric itself (mse /
-        mae of the outputs against the reference outputs, lower is better) for regression tasks.
-        """
-        a, b = np.asarray(outputs), np.asarray(reference)
-        if a.shape != b.shape:
-            raise InputError(f"outputs of shape {a.shape} vs reference outputs of shape {b.shape}")
-        if self.metric in ("top1", "agreement"):
-            if a.ndim == 2:
-                return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
-            if a.ndim == 1 and np.issubdtype(a.dtype, np.integer):  # predicted labels
-                return float(np.mean(a == b))
-            return compare_outputs(a, b, "cosine")
-        return compare_outputs(a, b, self.metric)
 
 
 def load_task(spec: str, seed: int = 0, input_shape: tuple | None = None,

@@ -3,10 +3,11 @@
 ``NativeRunner`` runs an artifact with an already-built ``edgeopt-run`` in a subprocess: it
 writes the inputs as ``.npy`` files, reads back the ``.npy`` outputs and the timing JSON, so the
 latency is what the program measured around its own calls, without Python or process start-up
-in it. This module only runs the runner. Pass ``binary=`` (a deployment bundle's
-``edgeopt-run``, say) to use a given build; without it the runner comes from ``provide_binary``,
-by default ``build_on_demand``, which asks the compile side (``edgeopt.compile.native_build``,
-imported only then) for its cached build.
+in it. This module only runs the runner: pass ``binary=`` (a deployment bundle's
+``edgeopt-run``, say), or ``provide_binary=`` (``(arch, log) -> Path``), on a workstation
+``edgeopt.compile.native_build.runner_binary``, the compile side's cached build. Runtimes import
+nothing above them, so the build tooling is handed in, never imported here (``edgeopt bench
+--runtime native`` hands it in).
 
 An aarch64 artifact runs here under ``qemu-aarch64`` (``emulate="qemu"``) for correctness
 checks; its timing is labelled emulated and is not ARM latency. Building the aarch64 runner needs
@@ -15,7 +16,8 @@ the aarch64 TVM runtime, fetched once by ``python -m edgeopt.compile.native_buil
 
 Example:
     >>> from edgeopt.runtimes import load  # doctest: +SKIP
-    >>> r = load("build/r18-cpu", runtime="native", threads=2)  # doctest: +SKIP
+    >>> from edgeopt.compile.native_build import runner_binary  # doctest: +SKIP
+    >>> r = load("build/r18-cpu", runtime="native", threads=2, provide_binary=runner_binary)  # doctest: +SKIP
     >>> r.benchmark(r.example_inputs(), warmup=5, repeat=20).latency.median_ms  # doctest: +SKIP
     >>> r = load("build/r18-cpu", runtime="native", binary="bundle/edgeopt-run")  # doctest: +SKIP
 """
@@ -50,15 +52,6 @@ DEFAULT_TIMEOUT_S = 600.0
 BinaryProvider = Callable[[str, Callable[[str], None]], Path]
 
 
-def build_on_demand(arch: str, log: Callable[[str], None] = lambda s: None) -> Path:
-    """The default ``BinaryProvider``: the compile side's cached build of ``edgeopt-run``
-    (``edgeopt.compile.native_build.runner_binary``), imported only when a runner is asked for
-    without a ``binary``; a device with a built runner (a deployment bundle) passes ``binary``."""
-    from edgeopt.compile.native_build import runner_binary
-
-    return runner_binary(arch, log=log)
-
-
 def runner_environment() -> dict:
     """``edgeopt-run``'s environment: this one, with GNU OpenMP's passive waiting unless the user
     chose a policy (the oneDNN plugin's threads; ``tvm_runner.OPENMP_WAIT_POLICY`` says why)."""
@@ -84,8 +77,9 @@ class NativeRunner(Runner):
         log: progress messages (a build on demand says so).
         binary: path of a built ``edgeopt-run`` for ``arch`` to run (a bundle's, say); then
             ``provide_binary`` is not called.
-        provide_binary: ``(arch, log) -> Path`` of ``edgeopt-run`` when ``binary`` is not given;
-            default ``build_on_demand`` (the compile side's cached build).
+        provide_binary: ``(arch, log) -> Path`` of ``edgeopt-run`` when ``binary`` is not given
+            (``edgeopt.compile.native_build.runner_binary`` builds and caches one); one of the
+            two is needed.
     """
 
     runtime = "native"
@@ -133,8 +127,11 @@ class NativeRunner(Runner):
             self.binary = Path(binary)
             if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
                 raise InputError(f"native runner binary {str(self.binary)!r} is not an executable file")
+        elif provide_binary is not None:
+            self.binary = Path(provide_binary(arch, log))
         else:
-            self.binary = Path((provide_binary or build_on_demand)(arch, log))
+            raise InputError("the native runner needs a built edgeopt-run: pass binary= (a bundle's) or "
+                             "provide_binary= (edgeopt.compile.native_build.runner_binary builds one)")
         if self.emulated:
             self.runtime = f"native (emulated: qemu-{runs_on})"
 

@@ -56,7 +56,7 @@ def load_samples(spec: str | None, split: str, inputs_by_name: bool = False):
     with ``inputs_by_name``, ``FILE.npz`` -> ``{input name: array}`` (a model with several inputs)."""
     import numpy as np
 
-    from edgeopt.compress.quantize import refuse_non_finite
+    from edgeopt.compress.calibration import refuse_non_finite
 
     if spec is None:
         return None

@@ -17,7 +17,7 @@ from edgeopt.compile.bundle import make_bundle
 from edgeopt.pipeline.zoo import ZOO, create
 from edgeopt.runtimes import load
 from edgeopt.core.errors import InputError
-from edgeopt.compile.native_build import aarch64_tvm_root
+from edgeopt.compile.native_build import aarch64_tvm_root, runner_binary
 from helpers import example_inputs, tiny_conv_net
 
 EM_AARCH64 = 183
@@ -36,7 +36,7 @@ def test_zoo_model_arm_build_matches_x86_under_qemu(tmp_path, name):
     x86 = build(onnx_path, BuildConfig(target="cpu"), out=tmp_path / "cpu").output
     arm = build(onnx_path, BuildConfig(target="arm"), out=tmp_path / "arm").output
     assert arm.model_file.read_bytes()[18] == EM_AARCH64
-    runner = load(arm, runtime="native", emulate="qemu")
+    runner = load(arm, runtime="native", emulate="qemu", provide_binary=runner_binary)
     got, ref = runner.run(x)[0], load(x86, runtime="tvm").run(x)[0]
     assert got.shape == ref.shape
     assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref))
@@ -109,5 +109,5 @@ def test_int8_build_for_a_dotprod_board_uses_sdot_and_matches_x86_under_qemu(tmp
     assert "\tsdot\t" not in disassembly(plain)
     x = rng.standard_normal((1, 64)).astype(np.float32)
     x86 = build(q, BuildConfig(target="cpu"), out=tmp_path / "x86").artifact
-    got = load(dotprod, runtime="native", emulate="qemu").run(x)[0]
+    got = load(dotprod, runtime="native", emulate="qemu", provide_binary=runner_binary).run(x)[0]
     assert np.max(np.abs(got - load(x86).run(x)[0])) <= output_step(q) * 1.001

@@ -6,7 +6,7 @@ MetaSchedule's generic rules."""
 import numpy as np
 
 from edgeopt.compile.conv_schedules import register_conv_rules, tile_choices
-from edgeopt.compile.tune import load_tensor_intrinsics
+from edgeopt.compile.intrinsics import load_tensor_intrinsics
 
 CANDIDATES = "sample_categorical"
 

@@ -46,7 +46,7 @@ def test_cmake_builds_the_runner_from_the_repository_root(tmp_path, cpu_artifact
 
 
 def test_native_outputs_equal_the_python_vm(cpu_artifact):
-    native = load(cpu_artifact, runtime="native", threads=1)
+    native = load(cpu_artifact, runtime="native", threads=1, provide_binary=runner_binary)
     vm = load(cpu_artifact, runtime="tvm", threads=1)
     for seed in range(3):
         x = example_inputs(seed=seed)
@@ -65,7 +65,7 @@ def test_the_runner_binary_is_injected(cpu_artifact, tmp_path):
         return runner_binary(arch, log=log)
 
     x = example_inputs()
-    expected = load(cpu_artifact, runtime="native", threads=1).run(x)[0]
+    expected = load(cpu_artifact, runtime="native", threads=1, binary=runner_binary("host")).run(x)[0]
     np.testing.assert_array_equal(load(cpu_artifact, runtime="native", provide_binary=provide).run(x)[0], expected)
     assert asked == ["host"]
     # the runtime imports nothing of the compile side: without a binary or a provider it says so

@@ -96,10 +96,11 @@ def test_onednn_build_offloads_convs_and_matmuls_and_matches_onnxruntime(odd_onn
 @needs_onednn
 def test_native_runner_loads_the_artifact_plugin(odd_onnx, tmp_path):
     from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.native_build import runner_binary
     from edgeopt.runtimes import load
 
     art = build(odd_onnx, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art").artifact
-    native, python = load(art, runtime="native", threads=2), load(art)
+    native, python = load(art, runtime="native", threads=2, provide_binary=runner_binary), load(art)
     x = python.example_inputs(seed=1)
     for a, b in zip(native.run(x), python.run(x)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

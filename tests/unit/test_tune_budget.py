@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edgeopt.compile.conv_schedules import conv2d_nchwc_fp32, register_conv_rules
-from edgeopt.compile.tune import load_tensor_intrinsics
+from edgeopt.compile.intrinsics import load_tensor_intrinsics
 
 
 def _fp32_conv(epilogue: str, channels=32, size=8):
