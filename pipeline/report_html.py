@@ -9,6 +9,7 @@ import base64
 import html
 import os
 from pathlib import Path
+from typing import Sequence
 
 from edgeopt.core.errors import InputError
 from edgeopt.core.files import write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -16,19 +17,28 @@ from edgeopt.core.files import write_bytes_atomic, write_json_atomic, write_text
 from .report_figures import pareto_png_bytes, reliability_png_bytes
 from .report_schema import evaluated_variants, failed_variants, row_label
 from .report_steps import format_step, variant_changes
-from .report_text import TIMED, beyond_tables, front_name, markdown, summary, table_rows
+from .report_text import TIMED, Section, beyond_tables, front_name, markdown, summary, table_rows
 
 
 # -- the page ---------------------------------------------------------------------------------
 
 def index_html(report: dict, plot: bytes | str | os.PathLike | None = None,
-               base_dir: str | os.PathLike | None = None) -> str:
+               base_dir: str | os.PathLike | None = None, sections: Sequence[Section] = ()) -> str:
     """A page that stands alone (no external file or URL): summary, table, the plot embedded as
-    a PNG data URI, failed variants, and each variant's steps and what they changed.
+    a PNG data URI, failed variants, each variant's steps and what they changed, then
+    ``sections`` (each with a link in the navigation).
 
     ``plot``: PNG bytes, or a PNG file to embed; ``None`` renders it (``pareto_png_bytes``).
     ``base_dir``: the study folder, where the exemplar thumbnail sheets named by the entries are
     read from (to embed them too).
+
+    Example:
+        >>> from edgeopt.pipeline.report_schema import make_report
+        >>> r = make_report([{"name": "fp32", "runtime": "onnxruntime", "latency_ms": {"median": 1.0}}],
+        ...                 {"threads": 1}, None, None)
+        >>> page = index_html(r, plot=b"png", sections=[Section("Search", "<p>12 trials</p>")])
+        >>> '<h2 id="search">Search</h2>' in page, '<a href="#search">search</a>' in page
+        (True, True)
     """
     e = html.escape
     if plot is None:
@@ -62,6 +72,8 @@ def index_html(report: dict, plot: bytes | str | os.PathLike | None = None,
     nav.append('<a href="#steps">steps</a>')
     beyond_nav, beyond = beyond_html(report, base_dir)
     nav += beyond_nav
+    nav += [f'<a href="#{e(s.id)}">{e(s.title.lower())}</a>' for s in sections]
+    extra = "\n".join(f'<h2 id="{e(s.id)}">{e(s.title)}</h2>\n{s.html}' for s in sections)
     changes = []
     for d in variant_changes(report):
         steps = " -> ".join(d["steps"]) or "no steps (the original model)"
@@ -88,25 +100,28 @@ runtime of each variant among its rows that keep the quality limit (-: below it)
 <h2 id="steps">Steps and what they changed</h2>
 {''.join(changes)}
 {beyond}
+{extra}
 </body></html>
 """
 
 
-def write_report(report: dict, out_dir: str | os.PathLike, plot: bool = False) -> tuple[Path, Path]:
+def write_report(report: dict, out_dir: str | os.PathLike, plot: bool = False,
+                 sections: Sequence[Section] = ()) -> tuple[Path, Path]:
     """Write report.json and report.md into ``out_dir`` (each atomically); with ``plot``, also
     pareto.png, reliability.png (when variants carry calibration data) and index.html (which
-    embeds both plots and the exemplar thumbnails, and needs no other file)."""
+    embeds both plots and the exemplar thumbnails, and needs no other file). ``sections``
+    (``report_text.Section``) are added at the end of report.md and index.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report)
-    write_text_atomic(out / "report.md", markdown(report))
+    write_text_atomic(out / "report.md", markdown(report, sections))
     if plot:
         png = pareto_png_bytes(report)
         write_bytes_atomic(out / "pareto.png", png)
         reliability = reliability_png_bytes(report)
         if reliability is not None:
             write_bytes_atomic(out / "reliability.png", reliability)
-        write_text_atomic(out / "index.html", index_html(report, png, base_dir=out))
+        write_text_atomic(out / "index.html", index_html(report, png, base_dir=out, sections=sections))
     return out / "report.json", out / "report.md"
 
 

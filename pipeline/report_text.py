@@ -16,6 +16,9 @@ Example:
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
+from typing import Sequence
 
 from .report_schema import (PERCENT_METRICS, evaluated_variants, failed_variants, fastest_here, format_metric,
                             judged_by, metric_label, name_runtime, ok_variants, quality, row_label,
@@ -183,8 +186,32 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def markdown(report: dict) -> str:
-    """report.md: the summary, the table, the failed variants and each variant's steps."""
+@dataclass(frozen=True)
+class Section:
+    """A section a caller adds to the report's views (search adds its trials and progress plot):
+    ``title`` heads it, ``html`` is its body in index.html (already escaped: it is inserted as
+    it is), ``markdown`` its body in report.md (the section is left out of report.md when
+    empty), ``anchor`` its id in the page's navigation (from the title when empty).
+
+    >>> Section("Search trials", "<p>12 trials</p>").id
+    'search-trials'
+    """
+
+    title: str
+    html: str
+    markdown: str = ""
+    anchor: str = ""
+
+    @property
+    def id(self) -> str:
+        """The section's HTML id: ``anchor``, or the title in lower case with runs of other
+        characters made one dash."""
+        return self.anchor or re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-") or "section"
+
+
+def markdown(report: dict, sections: Sequence[Section] = ()) -> str:
+    """report.md: the summary, the table, the failed variants, each variant's steps, the
+    evaluation beyond top-1, then each of ``sections`` that has a markdown body."""
     meta = report.get("meta") or {}
     title = f"# edgeopt report: {meta['model']}" if meta.get("model") else "# edgeopt report"
     head = [title, ""] + [f"- {k}: {v}" for k, v in summary(report)]
@@ -206,7 +233,11 @@ def markdown(report: dict) -> str:
                      + (" -> ".join(d["steps"]) or "no steps (the original model)"))
         lines += [f"  - {c}" for c in d["changes"]]
     lines += beyond_markdown(report)
+    for s in sections:
+        if s.markdown:
+            lines += ["", f"## {s.title}", "", s.markdown.rstrip("\n")]
     return "\n".join(lines + [""])
+
 
 # -- beyond top-1: classes, slices, calibration, robustness, exemplars ------------------------
 
