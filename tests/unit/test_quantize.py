@@ -98,7 +98,7 @@ def test_fallback_keeps_sensitive_node_in_float_until_budget_holds(tmp_path):
 def test_dynamic_mode_quantizes_matmuls_without_calibration(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).eval()
     fp32 = export(model, ExportConfig(), np.zeros((1, 64), np.float32), out=tmp_path / "lin.onnx").path
-    r = quantize(fp32, None, QuantizeConfig(mode="dynamic"), tmp_path / "dyn.onnx")
+    r = quantize(fp32, QuantizeConfig(mode="dynamic"), None, out=tmp_path / "dyn.onnx")
     assert r.record["metrics"]["size_ratio"] < 0.35
     x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
     assert fidelity(load(fp32).run(x)[0], load(r.path).run(x)[0]).sqnr_db > 20
