@@ -1,4 +1,8 @@
-"""``edgeopt bench``: time an artifact on a runtime, here or on remote devices."""
+"""``edgeopt bench``: time an artifact on a runtime.
+
+Time ARTIFACT on a runtime and print latency statistics with the machine fingerprint. A torch MODEL
+(zoo:NAME, ...) given with --runtime onnxruntime or tvm is exported (and compiled) first.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,11 @@ from pathlib import Path
 
 from edgeopt.core.errors import InputError
 
-from .common import EPILOG, WEIGHTS_HELP, nonneg_int, positive_int, say
-
-from .common import refuse_existing_file_parent
+from .common import WEIGHTS_HELP, add_command, nonneg_int, positive_int, refuse_existing_file_parent, say
 
 
 def add_parser(sub):
-    b = sub.add_parser("bench", epilog=EPILOG, help="time an artifact on a runtime",
-                       description="Time ARTIFACT on a runtime and print latency statistics with "
-                       "the machine fingerprint. A torch MODEL (zoo:NAME, ...) given with "
-                       "--runtime onnxruntime or tvm is exported (and compiled) first.")
+    b = add_command(sub, __doc__, run)
     b.add_argument("artifact", metavar="ARTIFACT",
                    help="artifact folder, .onnx or .pt2 file, or a torch MODEL spec")
     b.add_argument("--runtime", default=None,
@@ -48,7 +47,6 @@ def add_parser(sub):
                    "of its own (the last cores), started after the quiet timing and ended when the "
                    "loaded one ends (also on Ctrl-C); prints quiet and loaded p50/p99 side by side")
     b.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
-    b.set_defaults(func=run)
     return b
 
 

@@ -1,20 +1,20 @@
-"""``edgeopt check``: the CI gate, a report against a baseline."""
+"""``edgeopt check``: CI gate: compare a report with a baseline.
+
+Compare REPORT with BASELINE variant by variant: latency by re-timing the baseline's artifacts
+beside the report's in interleaved rounds when both are here (else as the ratio to each run's
+reference variant), size in bytes, accuracy and agreement in points (paired, per sample), the task's
+metric in its own units; a variant that failed now but not before is a regression. Every latency and
+accuracy change is printed with its interval. Exit 1 on a regression beyond the limits, 0 otherwise,
+2 on bad input (a baseline of another model or recipe, unless --force).
+"""
 
 from __future__ import annotations
 
-from .common import EPILOG
+from .common import add_command
 
 
 def add_parser(sub):
-    k = sub.add_parser("check", epilog=EPILOG, help="CI gate: compare a report with a baseline",
-                       description="Compare REPORT with BASELINE variant by variant: latency by re-timing the "
-                       "baseline's artifacts beside the report's in interleaved rounds when both are here "
-                       "(else as the ratio to each run's reference variant), size in bytes, accuracy and "
-                       "agreement in points (paired, per sample), the task's metric in its own units; a "
-                       "variant that failed now but not before is a regression. Every latency and "
-                       "accuracy change is printed with its interval. Exit 1 on a regression beyond the "
-                       "limits, 0 otherwise, 2 on bad input (a baseline of another model or recipe, "
-                       "unless --force).")
+    k = add_command(sub, __doc__, run)
     k.add_argument("report", metavar="REPORT.json")
     k.add_argument("--baseline", required=True, metavar="BASE.json")
     k.add_argument("--max-latency-regression", type=float, default=0.10,
@@ -48,7 +48,6 @@ def add_parser(sub):
                    help="interleaved rounds of the A/B re-timing (default: 30)")
     k.add_argument("--force", action="store_true",
                    help="compare with a baseline of another model, task or recipe")
-    k.set_defaults(func=run)
     return k
 
 

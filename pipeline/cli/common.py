@@ -20,6 +20,29 @@ EPILOG = ("exit codes: 0 success, 1 a check failed, 2 bad input or usage, "
           "3 (run) the study finished but some variants failed")
 
 
+def add_command(sub, doc: str, run, epilog: str = EPILOG) -> argparse.ArgumentParser:
+    r"""A command's parser from its module's docstring, ``"``edgeopt NAME``: HELP.\n\nDESCRIPTION"``:
+    the name, the line ``edgeopt --help`` shows and the text of ``edgeopt NAME --help``; every
+    command has the exit codes as its epilog and runs ``run(args)``.
+
+    Example:
+        >>> sub = argparse.ArgumentParser(prog="edgeopt").add_subparsers()
+        >>> p = add_command(sub, "``edgeopt hello``: greet.\n\nPrint one ``line``.", print)
+        >>> p.prog, p.description
+        ('edgeopt hello', 'Print one line.')
+    """
+    head, _, body = doc.strip().partition("\n\n")
+    name, _, summary = head.partition(": ")
+
+    def plain(text: str) -> str:
+        return " ".join(text.replace("``", "").split())
+
+    parser = sub.add_parser(plain(name).split()[-1], epilog=epilog, help=plain(summary).rstrip("."),
+                            description=plain(body) or None)
+    parser.set_defaults(func=run)
+    return parser
+
+
 def int_at_least(minimum: int):
     """An argparse type: an integer >= ``minimum``, with a message naming the bound."""
 

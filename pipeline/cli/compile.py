@@ -1,7 +1,9 @@
-"""``edgeopt compile``: an ONNX model to a TVM artifact for a target (and a deployment bundle).
+"""``edgeopt compile``: compile an ONNX model with TVM for a target.
 
-Its options are generated from ``BuildConfig``'s fields (``options.py``): ``--target``,
-``--int8/--no-int8``, ``--fast-math/--no-fast-math``, ``--tune-trials``, ``--tune-db``, ...
+Compile MODEL.onnx with TVM Relax into an artifact folder (model.so + manifest.json). QDQ-quantized
+models are rewritten to int8 arithmetic with int8 weights. Cross targets need their compiler (arm:
+g++-aarch64-linux-gnu). The options are the fields of BuildConfig, the same names a recipe's tvm
+target uses (--tune-* for its TuneConfig).
 """
 
 from __future__ import annotations
@@ -9,17 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import EPILOG, INPUT_SHAPE_HELP, refuse_existing_file_parent, say
+from .common import INPUT_SHAPE_HELP, add_command, refuse_existing_file_parent, say
 from .options import add_config_options, config_from_args
 
 
 def add_parser(sub):
-    cp = sub.add_parser("compile", epilog=EPILOG, help="compile an ONNX model with TVM for a target",
-                        description="Compile MODEL.onnx with TVM Relax into an artifact folder (model.so + "
-                        "manifest.json). QDQ-quantized models are rewritten to int8 arithmetic with "
-                        "int8 weights. Cross targets need their compiler (arm: g++-aarch64-linux-gnu). "
-                        "The options are the fields of BuildConfig, the same names a recipe's tvm target "
-                        "uses (tune-* for its TuneConfig).")
+    cp = add_command(sub, __doc__, run)
     cp.add_argument("model", metavar="MODEL.onnx", help="ONNX file or ONNX artifact folder")
     cp.add_argument("--out", required=True, help="output artifact folder")
     cp.add_argument("--bundle", metavar="DIR", default=None,
@@ -28,7 +25,6 @@ def add_parser(sub):
     cp.add_argument("--input-shape", action="append", default=None, metavar="[NAME=]1,3,H,W",
                     help=INPUT_SHAPE_HELP)
     add_config_options(cp, "compile", exclude=("input_shape",))
-    cp.set_defaults(func=run)
     return cp
 
 

@@ -1,17 +1,18 @@
-"""``edgeopt export``: a torch model to ONNX with a parity check; its options are ``ExportConfig``'s
-fields (``options.py``)."""
+"""``edgeopt export``: export a torch model to ONNX with a parity check.
+
+Export MODEL to ONNX, run the ONNX checker and shape inference, and compare onnxruntime with torch
+on the example input. The file is written only if the relative error is within --rtol (else exit 1).
+The options --opset to --output-names are the fields of ExportConfig.
+"""
 
 from __future__ import annotations
 
-from .common import EPILOG, WEIGHTS_HELP, list_zoo_in_help, refuse_existing_file_parent, torch_model
+from .common import WEIGHTS_HELP, add_command, list_zoo_in_help, refuse_existing_file_parent, torch_model
 from .options import add_config_options, config_from_args
 
 
 def add_parser(sub):
-    e = sub.add_parser("export", epilog=EPILOG, help="export a torch model to ONNX with a parity check",
-                       description="Export MODEL to ONNX, run the ONNX checker and shape inference, "
-                       "and compare onnxruntime with torch on the example input. The file is "
-                       "written only if the relative error is within --rtol (else exit 1).")
+    e = add_command(sub, __doc__, run)
     list_zoo_in_help(e.add_argument("model", metavar="MODEL",
                                     help="zoo:NAME (%(zoo)s), module.path:factory, or a torch.export "
                                     ".pt2 file"))
@@ -21,7 +22,6 @@ def add_parser(sub):
     e.add_argument("--weights", default=None, metavar="FILE.pth", help=WEIGHTS_HELP)
     e.add_argument("--seed", type=int, default=0, help="seed for zoo weights and example input")
     add_config_options(e, "export")  # --opset, --dynamic-batch, --rtol, ...: ExportConfig's fields
-    e.set_defaults(func=run)
     return e
 
 

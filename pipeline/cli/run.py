@@ -1,24 +1,23 @@
-"""``edgeopt run``: a whole trade-off study from a recipe."""
+"""``edgeopt run``: run a whole trade-off study from a recipe.
+
+Run every variant of RECIPE on every target and write report.json, report.md, pareto.png and
+index.html into --out. Progress is kept in state.json: re-running after an interrupt resumes without
+redoing finished variants. A variant that fails is recorded in the report with its reason and the
+study goes on (exit 3 at the end).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .common import EPILOG, positive_int, refuse_existing_file_parent, say
+from .common import add_command, positive_int, refuse_existing_file_parent, say
 
 
 def add_parser(sub):
-    r = sub.add_parser("run", epilog=EPILOG, help="run a whole trade-off study from a recipe",
-                       description="Run every variant of RECIPE on every target and write report.json, "
-                       "report.md, pareto.png and index.html into --out. Progress is kept in "
-                       "state.json: re-running after an interrupt resumes without redoing finished "
-                       "variants. A variant that fails is recorded in the report with its reason "
-                       "and the study goes on (exit 3 at the end).")
+    r = add_command(sub, __doc__, run)
     r.add_argument("recipe", metavar="RECIPE.yaml")
     r.add_argument("--out", default=None, help="output folder (default: build/<recipe name>)")
-    r.add_argument("--nproc", type=positive_int, default=1,
-                   help="processes for the distill steps (torchrun, DistributedDataParallel; default 1)")
-    r.set_defaults(func=run)
+    r.add_argument("--nproc", type=positive_int, default=1, help="processes for distill steps (torchrun DDP; default 1)")
     return r
 
 

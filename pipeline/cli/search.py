@@ -1,11 +1,21 @@
-"""``edgeopt search``: the best variant a target allows under accuracy, size and latency limits."""
+"""``edgeopt search``: search a recipe's space for the best variant under constraints.
+
+Search pruning amounts, low-rank budgets, distillation, quantization choices and the recipe's
+runtimes (the recipe's `search` section; defaults when absent) with Optuna's multi-objective TPE for
+low latency, small size and high accuracy (agreement on unlabelled tasks). Writes search.json (every
+trial, the Pareto set), chosen/ (the chosen artifact), chosen-recipe.yaml, report.json/.md and
+index.html with the search's progress into --out. A candidate that fails is built once: the sampler
+is told, it is never proposed again, and a step the model cannot do (a low-rank budget it cannot
+meet) leaves the space. Re-running with the same arguments resumes. Exit 1 when no variant meets the
+constraints (the closest are listed), 2 on a malformed recipe or constraint.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .common import EPILOG, positive_int, say
+from .common import EPILOG, add_command, positive_int, say
 
 
 def _number(text: str) -> float:
@@ -17,18 +27,7 @@ def _number(text: str) -> float:
 
 
 def add_parser(sub):
-    s = sub.add_parser("search", epilog=EPILOG.replace("1 a check failed", "1 no variant meets the constraints"),
-                       help="search a recipe's space for the best variant under constraints",
-                       description="Search pruning amounts, low-rank budgets, distillation, quantization "
-                       "choices and the recipe's runtimes (the recipe's `search` section; defaults when "
-                       "absent) with Optuna's multi-objective TPE for low latency, small size and high "
-                       "accuracy (agreement on unlabelled tasks). Writes search.json (every trial, the "
-                       "Pareto set), chosen/ (the chosen artifact), chosen-recipe.yaml, report.json/.md and "
-                       "index.html with the search's progress into --out. A candidate that fails is built "
-                       "once: the sampler is told, it is never proposed again, and a step the model cannot "
-                       "do (a low-rank budget it cannot meet) leaves the space. Re-running with the same "
-                       "arguments resumes. Exit 1 when no variant meets the constraints (the closest are "
-                       "listed), 2 on a malformed recipe or constraint.")
+    s = add_command(sub, __doc__, run, epilog=EPILOG.replace("1 a check failed", "1 no variant meets the constraints"))
     s.add_argument("recipe", metavar="RECIPE.yaml")
     s.add_argument("--out", default=None, help="output folder (default: build/<recipe name>-search)")
     s.add_argument("--target", default=None,
@@ -45,20 +44,20 @@ def add_parser(sub):
     s.add_argument("--trials", type=positive_int, default=None, metavar="N",
                    help="stop when the study holds N finished trials (default: no cap)")
     s.add_argument("--seed", type=int, default=None, help="the sampler's seed (default: the recipe's seed)")
-    s.set_defaults(func=run)
     return s
 
 
 def run(args) -> int:
     from edgeopt.pipeline.recipe import load_recipe
-    from edgeopt.pipeline.search import SearchConstraints, search
+    from edgeopt.pipeline.search import search
+    from edgeopt.pipeline.search_space import SearchConstraints
 
     constraints = SearchConstraints(max_accuracy_drop=args.max_accuracy_drop, max_size_mb=args.max_size_mb,
                                     max_latency_ms=args.max_latency_ms)
     recipe = load_recipe(args.recipe)
     out = args.out or str(Path("build") / f"{Path(args.recipe).stem}-search")
     result = search(recipe, out, target=args.target, constraints=constraints, budget_minutes=args.budget_minutes,
-                    trials=args.trials, seed=args.seed, log=say)
+                    trials=args.trials, seed=args.seed, progress=say)
     if result.chosen is None:
         failed = sum(r["state"] == "failed" and "repeat_of" not in r for r in result.trials)
         if not result.closest:

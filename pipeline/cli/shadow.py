@@ -1,20 +1,20 @@
-"""``edgeopt shadow``: a candidate model against the champion on logged inputs, before rollout."""
+"""``edgeopt shadow``: compare a candidate with the champion on logged inputs.
+
+Run CANDIDATE and the --champion model (artifact folders, .onnx/.pt2 files or torch MODEL specs) on
+every input of --inputs (a .npy file, a .npz file or a folder of .npy files; read in chunks, so a
+log larger than memory works) and report the top-1 disagreement rate, the output drift (SQNR, KL of
+the softmax) and the latency of both. The disagreeing inputs go to --out/disagreements.npy (indices
+and both top-1 in disagreements.npz), the summary to --out/shadow.json. Exit 1 when the disagreement
+is above --max-disagreement, 0 otherwise, 2 on bad input.
+"""
 
 from __future__ import annotations
 
-from .common import EPILOG, positive_int, say
+from .common import add_command, positive_int, say
 
 
 def add_parser(sub):
-    s = sub.add_parser("shadow", epilog=EPILOG, help="compare a candidate with the champion on logged inputs",
-                       description="Run CANDIDATE and the --champion model (artifact folders, .onnx/.pt2 "
-                       "files or torch MODEL specs) on every input of --inputs (a .npy file, a .npz file "
-                       "or a folder of .npy files; read in chunks, so a log larger than memory works) "
-                       "and report the top-1 disagreement rate, the output drift (SQNR, KL of the "
-                       "softmax) and the latency of both. The disagreeing inputs go to "
-                       "--out/disagreements.npy (indices and both top-1 in disagreements.npz), the "
-                       "summary to --out/shadow.json. Exit 1 when the disagreement is above "
-                       "--max-disagreement, 0 otherwise, 2 on bad input.")
+    s = add_command(sub, __doc__, run)
     s.add_argument("candidate", metavar="CANDIDATE")
     s.add_argument("--champion", required=True, metavar="MODEL", help="the model in production")
     s.add_argument("--inputs", required=True, metavar="LOG", help=".npy, .npz or a folder of .npy files; "
@@ -27,7 +27,6 @@ def add_parser(sub):
     s.add_argument("--threads", type=positive_int, default=None, help="threads per runtime")
     s.add_argument("--input-shape", default=None, help="input shape of a torch MODEL, e.g. 1,1,28,28")
     s.add_argument("--chunk", type=positive_int, default=256, help="inputs read at a time (default 256)")
-    s.set_defaults(func=run)
     return s
 
 
