@@ -499,3 +499,29 @@ def lower_and_compile(mod, spec: dict, config: BuildConfig, log=lambda s: None, 
         pipeline = cuda_pipeline(tvm_target, tensor_cores) if cuda else "default"
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     return executable, details
+
+
+def describe(metrics: dict, config: dict) -> list[str]:
+    """What a compile record says, as the report says it (kernels and why, oneDNN calls, int8
+    ops, fallbacks, tuning).
+
+    >>> describe({"kernels": "onednn", "kernels_why": "untuned", "int8_ops": 4}, {})
+    ['kernels onednn (untuned)', '4 int8 ops']
+    """
+    m, parts = metrics, []
+    if m.get("kernels"):
+        parts.append(f"kernels {m['kernels']}" + (f" ({m['kernels_why']})" if m.get("kernels_why") else ""))
+    library = {op: n for op, n in (m.get("library_ops") or {}).items() if n}
+    if library:
+        parts.append("oneDNN calls: " + ", ".join(f"{op} {n}" for op, n in library.items()))
+    if m.get("int8_ops"):
+        parts.append(f"{m['int8_ops']} int8 ops")
+    if m.get("small_ops_in_tvm"):
+        small = m["small_ops_in_tvm"]
+        parts.append(f"{len(small) if isinstance(small, (list, dict)) else small} small ops on TVM's kernels")
+    for line in [m.get("kernel_fallback"), *(m.get("layout_fallbacks") or [])]:
+        if line:
+            parts.append(f"fallback: {line}")
+    if m.get("tuning") or config.get("tuned"):
+        parts.append("tuned")
+    return parts

@@ -46,6 +46,7 @@ import numpy as np
 
 from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
+from edgeopt.core.phrases import listing
 
 from edgeopt.core.result import StepResult, reporter, shows_bars, unwrap
 
@@ -600,3 +601,17 @@ def _as_args(x) -> tuple:
 
     items = x if isinstance(x, (tuple, list)) else (x,)
     return tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in items)
+
+
+def describe(metrics: dict, config: dict) -> list[str]:
+    """What a lowrank record changed, as the report says it (the ranks kept per layer).
+
+    >>> describe({"layers": [{"layer": "fc", "ranks": [4], "full_ranks": [16]}]}, {})
+    ['ranks fc [4] of [16]']
+    """
+    layers = metrics.get("layers") or []
+    parts = ["ranks " + (listing([f"{lay.get('layer')} {lay.get('ranks')} of {lay.get('full_ranks')}"
+                                  for lay in layers]) or "none factorized")]
+    if metrics.get("skipped"):
+        parts.append(f"{len(metrics['skipped'])} layers left whole")
+    return parts

@@ -44,6 +44,7 @@ import numpy as np
 
 from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
+from edgeopt.core.phrases import listing
 from edgeopt.core.result import Progress, StepResult, reporter, unwrap
 
 
@@ -292,10 +293,10 @@ def qat(model, config: QATConfig | None = None, data: Any = None, *, teacher=Non
         "epochs": config.epochs, "final_loss": loss, "layers_learned": len(wrapped),
         "batchnorm_folded": folded, "teacher": teacher is not None}}
     if val is not None and getattr(val, "y", None) is not None:
-        from edgeopt.pipeline.tasks import torch_logits
+        from edgeopt.runtimes.torch_runner import torch_outputs
 
         record["metrics"]["fake_quant_val_accuracy"] = float(
-            np.mean(torch_logits(student, val.x).argmax(1) == val.y))
+            np.mean(torch_outputs(student, val.x)[0].argmax(1) == val.y))
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -553,3 +554,19 @@ def quantize_or_qat(model, fp32, config, data, *, calibration: Any, eval_data: A
                                     files=["model.onnx"], inputs=inputs, outputs=outputs,
                                     history=[*carried, r.record])
     return StepResult(output, r.record, carried)
+
+
+def describe(metrics: dict, config: dict) -> list[str]:
+    """What a qat record changed, as the report says it (layers with learned scales, accuracy).
+
+    >>> describe({"layers_with_learned_scales": 5, "int8_val_accuracy": 0.97, "layers_calibrated": []}, {})
+    ['5 layers with learned int8 scales', 'int8 val accuracy 97.00%']
+    """
+    parts = []
+    if "layers_with_learned_scales" in metrics:
+        parts.append(f"{metrics['layers_with_learned_scales']} layers with learned int8 scales")
+    if metrics.get("int8_val_accuracy") is not None:
+        parts.append(f"int8 val accuracy {metrics['int8_val_accuracy'] * 100:.2f}%")
+    if metrics.get("layers_calibrated"):
+        parts.append("calibrated instead: " + listing(list(metrics["layers_calibrated"])))
+    return parts

@@ -41,6 +41,7 @@ from edgeopt.core.files import atomic_file
 from edgeopt.core.result import Progress, StepResult, reporter
 from edgeopt.runtimes.artifact import Artifact, write_artifact
 from edgeopt.core.errors import InputError
+from edgeopt.core.phrases import listing
 
 from .calibration import CalibrationReader, calibration_feeds, quiet_onnxruntime
 from .output_guard import guard
@@ -861,3 +862,27 @@ def _working_directory(path: Path):
         yield
     finally:
         os.chdir(before)
+
+
+def describe(metrics: dict, config: dict) -> list[str]:
+    """What a quantize record changed, as the report says it (nodes quantized, kept in float).
+
+    >>> describe({"compute_nodes_quantized": 3, "compute_nodes_total": 4, "nodes_in_float": []}, {})
+    ['3 of 4 compute nodes quantized', 'kept in float: none']
+    """
+    m, parts = metrics, []
+    if m.get("engine") == "nncf":  # which quantizer made it: the two are compared side by side
+        parts.append("quantized by NNCF")
+    if "compute_nodes_total" in m:
+        parts.append(f"{m.get('compute_nodes_quantized')} of {m['compute_nodes_total']} compute nodes quantized"
+                     + (" (float: " + ", ".join(f"{op} {n}" for op, n in m["float_ops"].items()) + ")"
+                        if m.get("float_ops") else ""))
+    if "nodes_in_float" in m:
+        kept = list(m["nodes_in_float"] or [])
+        parts.append("kept in float: " + (listing(kept) if kept else "none"))
+    if m.get("costliest_layers"):
+        share = m.get("costliest_float_share")
+        parts.append("costliest layers (debugger): " + listing(list(m["costliest_layers"]))
+                     + (f" (in float together they remove {share * 100:.0f}% of the output error)"
+                        if share is not None else ""))
+    return parts

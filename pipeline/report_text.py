@@ -20,10 +20,12 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from edgeopt.core.phrases import size as format_size
+
 from .report_schema import (PERCENT_METRICS, evaluated_variants, failed_variants, fastest_here, format_metric,
                             judged_by, metric_label, name_runtime, ok_variants, quality, row_label,
                             sorted_variants)
-from .report_steps import format_size, format_step, variant_changes
+from .report_steps import format_step, variant_changes
 
 
 # -- text views -------------------------------------------------------------------------------

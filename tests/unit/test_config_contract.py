@@ -102,3 +102,13 @@ def test_cli_rejects_a_list_of_the_wrong_items(tmp_path, capsys):
     code, err = _run(["compress", "lowrank", "zoo:digits_cnn", "--out", tmp_path / "out", "--energy", "0.9",
                       "--candidates", "a,b"], capsys)
     assert code == 2 and len(err) == 1 and "candidates must be a list of numbers" in err[0], err
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_every_step_describes_its_record_through_the_registry(step):
+    from edgeopt.pipeline.report_steps import describe_record
+
+    phrases = STEPS[step].describe({}, {})
+    assert isinstance(phrases, list) and all(isinstance(p, str) for p in phrases)
+    line = describe_record({"name": step, "metrics": {"params_before": 10, "params_after": 5}})
+    assert line == "; ".join([f"{step}: params 10 -> 5 (-50%)", *phrases])
