@@ -39,7 +39,7 @@ from edgeopt.core.files import atomic_file
 from edgeopt.core.result import Progress, StepResult, reporter, unwrap
 from edgeopt.runtimes.artifact import write_artifact
 from edgeopt.core.errors import InputError, ParityError, first_line
-from edgeopt.core.phrases import size
+from edgeopt.core.phrases import said, size
 
 MIN_OPSET = 17
 
@@ -352,12 +352,5 @@ def describe(metrics: dict, config: dict) -> list[str]:
     >>> describe({"opset": 18, "parity": {"max_rel": 1e-6}}, {})
     ['opset 18', 'parity max rel error 1e-06']
     """
-    parts = []
-    if "opset" in metrics:
-        parts.append(f"opset {metrics['opset']}")
-    if metrics.get("size_bytes") is not None:
-        parts.append(f"size {size(metrics['size_bytes'])}")
-    parity = metrics.get("parity") or {}
-    if parity.get("max_rel") is not None:
-        parts.append(f"parity max rel error {parity['max_rel']:.2g}")
-    return parts
+    return (said(metrics, ("opset", "opset {}"), ("size_bytes", lambda n: f"size {size(n)}"))
+            + said(metrics.get("parity") or {}, ("max_rel", "parity max rel error {:.2g}")))

@@ -36,7 +36,7 @@ import numpy as np
 
 from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
-from edgeopt.core.phrases import count
+from edgeopt.core.phrases import count, said
 from edgeopt.core.result import Progress, StepResult, reporter, shows_bars, unwrap
 
 from .counting import count_params
@@ -639,13 +639,8 @@ def describe(metrics: dict, config: dict) -> list[str]:
     >>> describe({"epochs_run": 3, "best_epoch": 2, "best_val_top1": 0.9}, {})
     ['3 epochs (best 2)', 'best val top-1 90.00%']
     """
-    parts = []
-    if "epochs_run" in metrics:
-        parts.append(f"{metrics['epochs_run']} epochs (best {metrics.get('best_epoch')})")
-    if metrics.get("best_val_top1") is not None:
-        parts.append(f"best val top-1 {metrics['best_val_top1'] * 100:.2f}%")
-    elif metrics.get("best_val") is not None:  # a regression or embedding task: its own metric
-        parts.append(f"best val {metrics.get('val_metric')} {metrics['best_val']:.4g}")
-    if metrics.get("params") is not None:
-        parts.append(f"params {count(metrics['params'])}")
-    return parts
+    best = (("best_val_top1", lambda a: f"best val top-1 {a * 100:.2f}%") if metrics.get("best_val_top1") is not None
+            # a regression or embedding task: its own metric
+            else ("best_val", lambda v: f"best val {metrics.get('val_metric')} {v:.4g}"))
+    return said(metrics, ("epochs_run", lambda n: f"{n} epochs (best {metrics.get('best_epoch')})"), best,
+                ("params", lambda n: f"params {count(n)}"))

@@ -44,7 +44,7 @@ import numpy as np
 
 from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
-from edgeopt.core.phrases import listing
+from edgeopt.core.phrases import listing, said
 from edgeopt.core.result import Progress, StepResult, reporter, unwrap
 
 
@@ -562,11 +562,6 @@ def describe(metrics: dict, config: dict) -> list[str]:
     >>> describe({"layers_with_learned_scales": 5, "int8_val_accuracy": 0.97, "layers_calibrated": []}, {})
     ['5 layers with learned int8 scales', 'int8 val accuracy 97.00%']
     """
-    parts = []
-    if "layers_with_learned_scales" in metrics:
-        parts.append(f"{metrics['layers_with_learned_scales']} layers with learned int8 scales")
-    if metrics.get("int8_val_accuracy") is not None:
-        parts.append(f"int8 val accuracy {metrics['int8_val_accuracy'] * 100:.2f}%")
-    if metrics.get("layers_calibrated"):
-        parts.append("calibrated instead: " + listing(list(metrics["layers_calibrated"])))
-    return parts
+    return said(metrics, ("layers_with_learned_scales", "{} layers with learned int8 scales"),
+                ("int8_val_accuracy", lambda a: f"int8 val accuracy {a * 100:.2f}%"),
+                ("layers_calibrated", lambda names: names and "calibrated instead: " + listing(list(names))))

@@ -5,12 +5,14 @@ report shows for a record of that step, ``edgeopt.pipeline.steps``); they share 
 count, a change or a size reads the same whichever step wrote it.
 
 Example:
-    >>> from edgeopt.core.phrases import change, count, listing, size
+    >>> from edgeopt.core.phrases import change, count, listing, said, size
     >>> count(1500), change(1000, 500), size(2048), listing(["a", "b", "c"], limit=2)
     ('1.50k', '1.00k -> 500 (-50%)', '2.0 KB', 'a, b, +1 more')
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 
 def count(n) -> str:
@@ -46,3 +48,20 @@ def listing(items: list[str], limit: int = 8) -> str:
     """The first ``limit`` items joined, and how many more."""
     more = f", +{len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
+
+
+def said(metrics: dict, *phrases: tuple[str, str | Callable]) -> list[str]:
+    """The phrases whose metric is recorded (not None): each ``(key, template)``, the template a
+    format string for the value or a function of it (an empty result says nothing).
+
+    >>> said({"opset": 18, "size": None}, ("opset", "opset {}"), ("size", "size {}"))
+    ['opset 18']
+    """
+    out = []
+    for key, template in phrases:
+        value = metrics.get(key)
+        if value is not None:
+            text = template.format(value) if isinstance(template, str) else template(value)
+            if text:
+                out.append(text)
+    return out
