@@ -83,6 +83,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeopt.core.config import check_field_types
+from edgeopt.core.config import flat_params
 from edgeopt.core.errors import InputError
 from edgeopt.core.files import write_json_atomic, write_text_atomic
 
@@ -942,13 +943,8 @@ def chosen_recipe(recipe, row: dict, target, source: str = "") -> str:
     t: dict = {"runtime": target.runtime}
     if target.target is not None:
         t["target"] = target.target
-    tune = getattr(target.build, "tune", None)
-    if tune is not None:
-        t["tune_trials"] = tune.trials
-        if tune.timeout_s is not None:
-            t["tune_timeout"] = tune.timeout_s
-        if tune.db is not None:
-            t["tuning_db"] = str(tune.db)
+    if target.build is not None:
+        t.update(flat_params(target.build))  # the compile options that differ from the defaults
     doc["targets"] = [t]
     if recipe.bench:
         doc["bench"] = dict(recipe.bench)
