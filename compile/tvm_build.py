@@ -147,7 +147,7 @@ def build(model: Any, config: BuildConfig | None = None, *, out: str | os.PathLi
                          f"{type(config).__name__}: call build(model, {hint}, out=...)")
     if out is None:
         raise InputError("build needs out=: the artifact folder to write")
-    path, carried, _ = model_input(model, "onnx", "build")
+    path, carried, _ = model_input(model, "onnx", "compile")
     carried = list(history) if history is not None else carried
     return _build(path, config, Path(out), carried, reporter(progress))
 
