@@ -18,7 +18,8 @@ import time
 import torch
 
 import edgeopt.compress as ec
-from edgeopt.pipeline.tasks import TrainConfig, load_task, torch_logits, train
+from edgeopt.pipeline.tasks import TrainConfig, load_task, train
+from edgeopt.runtimes.torch_runner import torch_outputs
 from edgeopt.pipeline.zoo import create
 
 from results import record
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     task = load_task("digits")
     teacher = train(create("digits_cnn"), task, TrainConfig(epochs=12), progress=False)
-    t_acc = task.score(torch_logits(teacher, task.test.x))
+    t_acc = task.score(torch_outputs(teacher, task.test.x)[0])
     student = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32)).output
     cfg = ec.DistillConfig(epochs=args.epochs, seed=args.seed, shift=2, patience=None)
     rows = ["| processes | global batch | epochs | test top-1 % | wall s |", "|---|---|---|---|---|"]
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         m = ec.distill(student, cfg, task, teacher=teacher, progress=False, nproc=n).output
         s = time.perf_counter() - t0
-        accs[n] = task.score(torch_logits(m, task.test.x))
+        accs[n] = task.score(torch_outputs(m, task.test.x)[0])
         rows.append(f"| {n} | {cfg.batch_size} | {args.epochs} | {accs[n] * 100:.2f} | {s:.0f} |")
         print(rows[-1], flush=True)
     note = (f"Teacher: {t_acc * 100:.2f}%. Student: 50% structured pruning. Difference: "

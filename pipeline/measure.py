@@ -94,40 +94,6 @@ def step_changes(history: Sequence[dict]) -> list[dict]:
     return out
 
 
-def first_output(outputs) -> np.ndarray:
-    """The first output tensor of a model's result (a tensor, a tuple/list or a dict)."""
-    from torch.utils._pytree import tree_leaves
-
-    return tree_leaves(outputs)[0]
-
-
-def reference_outputs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The fp32 torch model's first output over ``x``: what every variant is compared with."""
-    import torch
-
-    outs = []
-    with torch.inference_mode():
-        for s in range(0, len(x), batch_size):
-            outs.append(first_output(model(torch.from_numpy(x[s:s + batch_size]))).numpy())
-    return np.concatenate(outs)
-
-
-def model_outputs(model, x: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
-    """Every output of the fp32 torch model over ``x`` (one array (N, ...) per output, in the
-    order of ``tree_leaves``): what each output of a variant is compared with."""
-    import torch
-    from torch.utils._pytree import tree_leaves
-
-    parts: list[list[np.ndarray]] = []
-    with torch.inference_mode():
-        for s in range(0, len(x), batch_size):
-            leaves = tree_leaves(model(torch.from_numpy(x[s:s + batch_size])))
-            parts = parts or [[] for _ in leaves]
-            for part, leaf in zip(parts, leaves):
-                part.append(leaf.numpy())
-    return [np.concatenate(p) for p in parts]
-
-
 def collect_outputs(run_all, x: np.ndarray) -> list[np.ndarray]:
     """Every output (N, ...) of a batch-1 callable returning a list of arrays (``runner.run``)."""
     parts: list[list[np.ndarray]] = []
@@ -284,6 +250,19 @@ def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, 
 def failed_entry(*, name: str, steps: list, runtime: str, target: str, error: BaseException) -> dict:
     """The report entry of a variant/target that could not be built or measured."""
     return {"name": name, "steps": [s.to_dict() for s in steps], "runtime": runtime, "target": target,
+def load_average() -> float | None:
+    """The 1-minute load average now (runnable threads, this process's included), or ``None``
+    where the OS keeps none (Windows).
+
+    >>> load_average() is None or load_average() >= 0
+    True
+    """
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
             "status": "failed", "error": one_line(error)}
 
 

@@ -1,6 +1,6 @@
 """A torch model that is trained must return one tensor: check that before a study writes anything.
 
-Measurement takes a model's first output (``measure.first_output``), but training (the base
+Measurement takes a model's first output (``torch_runner.torch_outputs(...)[0]``), but training (the base
 model on a labelled task, ``distill``, ``qat``) computes its loss on the whole output, and a
 list or a dict there fails deep in torch (``cross_entropy(): argument 'input' must be Tensor,
 not list``) after the output folder was made. One forward pass on zeros says it up front.

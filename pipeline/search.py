@@ -53,6 +53,8 @@ and ``progress.png``: objective values over trials). The chosen trial is the fea
 the highest quality among those within ``choose_tolerance`` (3%) of the lowest latency
 (then lower latency, then smaller size).
 
+The space and the constraints live in ``edgeopt.pipeline.search_space``.
+
 Example:
     >>> from edgeopt.pipeline.search import SearchConstraints, SearchSpace
     >>> SearchConstraints(max_accuracy_drop=0.01).max_accuracy_drop
@@ -87,159 +89,13 @@ from edgeopt.core.config import flat_params
 from edgeopt.core.errors import InputError
 from edgeopt.core.files import write_json_atomic, write_text_atomic
 
-#: Quantization choices a search may try (``quantize`` key of the ``search`` section):
-#: name -> QuantizeConfig parameters; "none" leaves the model in float, "qat" trains int8 scales.
-QUANTIZE_CHOICES = {
-    "none": None,
-    "mean_minmax": {"method": "mean_minmax", "per_channel": True},
-    "minmax": {"method": "minmax", "per_channel": True},
-    "entropy": {"method": "entropy", "per_channel": True},
-    "percentile": {"method": "percentile", "per_channel": True},
-    "minmax+eq": {"method": "minmax", "per_channel": True, "equalize": True, "bias_correction": True},
-    "entropy+eq": {"method": "entropy", "per_channel": True, "equalize": True, "bias_correction": True},
-    "qat": None,
-}
-SAMPLERS = ("tpe", "nsga2")
-JOURNAL, SEARCH_JSON, LATENCY_CACHE = "search.journal", "search.json", "latency-cache.json"
-
-
-def _number(name: str, value, low: float = 0.0, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < low or (high is not None and value > high):
-        bound = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
-        raise InputError(f"{name} must be a number {bound}, got {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True)
-class SearchConstraints:
-    """What the chosen variant must meet; ``None`` leaves an objective unconstrained.
-
-    Attributes:
-        max_accuracy_drop: largest drop of quality against the fp32 model, as a fraction (0.01 =
-            1 point): top-1 accuracy on labelled classification tasks, else 1 - agreement.
-        max_size_mb: largest artifact size in MB (10^6 bytes).
-        max_latency_ms: largest median latency in ms on the target.
-    """
-
-    max_accuracy_drop: float | None = None
-    max_size_mb: float | None = None
-    max_latency_ms: float | None = None
-
-    def __post_init__(self):
-        check_field_types(self)
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if v is not None:
-                _number(f.name, v, 0.0, 1.0 if f.name == "max_accuracy_drop" else None)
-
-    def violations(self, latency_ms: float | None, size_mb: float | None, drop: float | None) -> list[float]:
-        """One value per constraint (<= 0: met): latency and size relative to their bound, the
-        accuracy drop in fraction points; an unknown value (a pruned trial) counts as met."""
-        out = []
-        for bound, value, relative in ((self.max_latency_ms, latency_ms, True),
-                                       (self.max_size_mb, size_mb, True),
-                                       (self.max_accuracy_drop, drop, False)):
-            if bound is None:
-                continue
-            if value is None:
-                out.append(0.0)
-            elif relative:
-                out.append(value / bound - 1.0 if bound > 0 else (value if value > 0 else 0.0))
-            else:
-                out.append(value - bound)
-        return out
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """The recipe's ``search`` section: what a search may try (docs/recipes.md lists each key).
-
-    Attributes:
-        prune: structured pruning amounts to try (0: no pruning).
-        prune_scope: ``local`` or ``global`` (``PruneConfig.scope``).
-        lowrank: ``LowRankConfig`` parameter mappings to try, each as one choice, only on
-            unpruned models ([] turns low-rank off).
-        distill: ``DistillConfig`` parameters of the recovery step that follows pruning or
-            low-rank on labelled classification tasks; ``false``: no recovery.
-        quantize: the quantization choices (``QUANTIZE_CHOICES``: none, mean_minmax, minmax, entropy,
-            percentile, minmax+eq, entropy+eq (cross-layer equalization and bias correction),
-            qat (labelled tasks only)).
-        qat: ``QATConfig`` parameters of the ``qat`` choice.
-        sampler: ``tpe`` (multi-objective TPE, the default) or ``nsga2``.
-        startup_trials: random trials before the sampler models the results.
-        prune_margin: a trial whose torch-level drop exceeds ``max_accuracy_drop`` by this much
-            (a fraction) is pruned before export, quantization and timing.
-        warm_start: before sampling, enqueue the recipe's own ``variants`` (on each of its
-            targets) that are points of this space, so that the hand-written variants are always
-            measured and the sampler explores from them (``warm_start_points``).
-        choose_tolerance: latencies within this fraction of the lowest feasible one count as
-            equal when choosing: the chosen trial is the most accurate of those (timing noise
-            must not buy a few microseconds with accuracy).
-    """
-
-    prune: tuple = (0.0, 0.25, 0.5, 0.75)
-    prune_scope: str = "local"
-    lowrank: tuple = ({"flops_budget": 0.5},)
-    distill: dict | bool = field(default_factory=lambda: {"epochs": 2, "patience": None})
-    quantize: tuple = ("none", "minmax", "entropy", "entropy+eq")
-    qat: dict = field(default_factory=lambda: {"epochs": 1})
-    sampler: str = "tpe"
-    startup_trials: int = 8
-    prune_margin: float = 0.02
-    warm_start: bool = True
-    choose_tolerance: float = 0.03
-
-    def __post_init__(self):
-        from .steps import make_step
-
-        check_field_types(self)
-        if not self.prune:
-            raise InputError("prune must list at least one amount (0: no pruning)")
-        object.__setattr__(self, "prune", tuple(_number("a prune amount", a, 0.0, 0.99) for a in self.prune))
-        if len(set(self.prune)) != len(self.prune):
-            raise InputError(f"prune repeats an amount: {list(self.prune)}")
-        if self.prune_scope not in ("local", "global"):
-            raise InputError(f"prune_scope must be 'local' or 'global', got {self.prune_scope!r}")
-        for entry in self.lowrank:
-            if not isinstance(entry, dict):
-                raise InputError(f"lowrank entries must be mappings of lowrank parameters, got {entry!r}")
-            make_step("lowrank", entry)
-        if self.distill is True:
-            raise InputError("distill must be a mapping of distill parameters (epochs required) or false")
-        if self.distill:
-            make_step("distill", self.distill)
-        if not self.quantize:
-            raise InputError("quantize must list at least one choice, e.g. [none]")
-        bad = [q for q in self.quantize if q not in QUANTIZE_CHOICES]
-        if bad:
-            raise InputError(f"unknown quantize choice(s) {bad}; expected some of {', '.join(QUANTIZE_CHOICES)}")
-        if len(set(self.quantize)) != len(self.quantize):
-            raise InputError(f"quantize repeats a choice: {list(self.quantize)}")
-        make_step("qat", self.qat)
-        if self.sampler not in SAMPLERS:
-            raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if self.startup_trials < 0:
-            raise InputError(f"startup_trials must be an integer >= 0, got {self.startup_trials!r}")
-        _number("prune_margin", self.prune_margin, 0.0, 1.0)
-        _number("choose_tolerance", self.choose_tolerance, 0.0, 1.0)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "SearchSpace":
-        """Build from a recipe's ``search`` mapping; unknown keys are an ``InputError``."""
-        d = dict(d or {})
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise InputError(f"unknown key(s) {unknown}; expected some of {', '.join(names)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
+from .recipe import Recipe, load_recipe
+from .report_html import write_report
+from .report_schema import make_report
+from .report_text import Section
+from .search_space import (SearchConstraints, SearchSpace, check_number, space_points, stricter_lowrank, structure,
+                           suggest, trial_steps, variant_name, warm_start_points)
+from .study import Study, load_inputs, recipe_fingerprint, task_info
 
 #: Keys of a recipe's ``search`` section (documented in docs/recipes.md).
 SEARCH_KEYS = tuple(f.name for f in dataclasses.fields(SearchSpace))
@@ -264,148 +120,12 @@ class SearchResult:
         return self.chosen is not None
 
 
-# -- the space --------------------------------------------------------------------------------
-
-def _fmt(x: float) -> str:
-    return f"{x:g}"
-
-
-def suggest(trial, space: SearchSpace, runtimes: list[str], labelled_top1: bool) -> dict:
-    """Ask ``trial`` for one point of ``space`` (conditional: low-rank only without pruning,
-    quantization only off the torch runtime, qat only on labelled tasks)."""
-    params: dict = {"runtime": trial.suggest_categorical("runtime", runtimes)}
-    params["prune"] = trial.suggest_categorical("prune", list(space.prune))
-    if params["prune"] == 0 and space.lowrank:
-        params["lowrank"] = trial.suggest_categorical("lowrank", list(range(len(space.lowrank) + 1)))
-    choices = [q for q in space.quantize if q != "qat" or labelled_top1]
-    if params["runtime"] != "torch" and choices != ["none"]:
-        params["quantize"] = trial.suggest_categorical("quantize", choices)
-    return params
-
-
-def trial_steps(params: dict, space: SearchSpace, labelled_top1: bool) -> list:
-    """The registry steps of one point of the space, in a valid order."""
-    from .steps import check_order, make_step
-
-    steps = []
-    if params.get("lowrank"):
-        steps.append(make_step("lowrank", space.lowrank[params["lowrank"] - 1]))
-    if params.get("prune"):
-        steps.append(make_step("prune", {"amount": params["prune"], "scope": space.prune_scope}))
-    if steps and space.distill and labelled_top1:
-        steps.append(make_step("distill", space.distill))
-    q = params.get("quantize", "none")
-    if q == "qat":
-        steps.append(make_step("qat", space.qat))
-    elif QUANTIZE_CHOICES.get(q):
-        steps.append(make_step("quantize", {**QUANTIZE_CHOICES[q], "debug_layers": 0}))
-    check_order(steps)
-    return steps
-
-
-def variant_name(params: dict, steps: list) -> str:
-    """A readable, unique name of a point: ``prune0.5+kd+entropy``, ``lowrank1``, ``fp32``."""
-    parts = []
-    if params.get("lowrank"):
-        parts.append(f"lowrank{params['lowrank']}")
-    if params.get("prune"):
-        parts.append(f"prune{_fmt(params['prune'])}")
-    if any(s.name == "distill" for s in steps):
-        parts.append("kd")
-    if params.get("quantize", "none") != "none":
-        parts.append(params["quantize"])
-    return "+".join(parts) or "fp32"
-
-
-def space_points(space: SearchSpace, runtimes: list[str], labelled_top1: bool) -> list[dict]:
-    """Every point of the space (the parameters ``suggest`` can answer), runtime-major."""
-    choices = [q for q in space.quantize if q != "qat" or labelled_top1]
-    points = []
-    for runtime in runtimes:
-        for amount in space.prune:
-            lows = list(range(len(space.lowrank) + 1)) if amount == 0 and space.lowrank else [None]
-            for low in lows:
-                quants = choices if runtime != "torch" and choices != ["none"] else [None]
-                for q in quants:
-                    params = {"runtime": runtime, "prune": amount}
-                    if low is not None:
-                        params["lowrank"] = low
-                    if q is not None:
-                        params["quantize"] = q
-                    points.append(params)
-    return points
-
-
-def _steps_key(steps: list) -> str:
-    """Compare step lists by what they do (the quantize debugger's ``debug_layers`` is not)."""
-    out = []
-    for s in steps:
-        d = s.to_dict() if hasattr(s, "to_dict") else dict(s)
-        (name, params), = d.items()
-        params = {k: v for k, v in params.items() if not (name == "quantize" and k == "debug_layers")}
-        out.append({name: params})
-    return json.dumps(out, sort_keys=True, default=str)
-
-
-def warm_start_points(variants: dict, space: SearchSpace, runtimes: list[str],
-                      labelled_top1: bool) -> tuple[list[tuple[str, dict]], list[str]]:
-    """The recipe's hand-written ``variants`` that are points of ``space``, on each runtime:
-    ``([("recipe:<variant>", params), ...], [why each other one is left out])``, in the recipe's
-    order (variant-major). A variant is a point when the steps the search would build for some
-    parameters are the variant's steps (same parameters; the distillation the search adds after
-    pruning or low-rank must be the recipe's); quantized variants are points only off torch
-    (the recipe does not quantize on torch either)."""
-    points = space_points(space, runtimes, labelled_top1)
-    keyed = [(p, _steps_key(trial_steps(p, space, labelled_top1))) for p in points]
-    found, skipped = [], []
-    for vname, steps in variants.items():
-        key = _steps_key(steps)
-        off_torch = any(s.kind.level != "torch" for s in steps)
-        for runtime in runtimes:
-            if runtime == "torch" and off_torch:
-                continue
-            match = next((p for p, k in keyed if p["runtime"] == runtime and k == key), None)
-            if match is None:
-                skipped.append(f"{vname} on {runtime}")
-            else:
-                found.append((f"recipe:{vname}", match))
-    return found, skipped
-
-
-def space_size(space: SearchSpace, runtimes: list[str], labelled_top1: bool) -> int:
-    structures = len([a for a in space.prune if a]) + ((1 + len(space.lowrank)) if 0.0 in space.prune else 0)
-    quant = len([q for q in space.quantize if q != "qat" or labelled_top1])
-    return sum(structures * (1 if r == "torch" else quant) for r in runtimes)
-
-
 # -- failures: what they rule out, and a sampler that never proposes it again ----------------
 
 #: The constraint violation a failed trial is told with (Optuna's TPE and NSGA-II rank infeasible
 #: trials by their summed violation): worse than any measured one, so a failure is the worst
 #: evidence the sampler holds about its region.
 FAILED_VIOLATION = 1e9
-
-
-def structure(params: dict) -> tuple[float, int]:
-    """A point's torch-level structure, ``(prune amount, low-rank choice)``: what its torch-level
-    steps (low-rank, pruning, distillation) are made of; quantization and runtime come after."""
-    return float(params.get("prune") or 0.0), int(params.get("lowrank") or 0)
-
-
-def stricter_lowrank(space: SearchSpace, choice: int) -> list[int]:
-    """The low-rank choices (1-based, ``choice`` included) that cannot be met on a model where
-    ``choice`` cannot: the same parameters with a ``flops_budget``/``params_budget`` no larger
-    (a smaller budget asks for a smaller model from the same candidate ranks)."""
-    entry = space.lowrank[choice - 1]
-    out = [choice]
-    for key in ("flops_budget", "params_budget"):
-        if entry.get(key) is None:
-            continue
-        rest = {k: v for k, v in entry.items() if k != key}
-        out += [j for j, other in enumerate(space.lowrank, 1)
-                if j != choice and other.get(key) is not None and other[key] <= entry[key]
-                and {k: v for k, v in other.items() if k != key} == rest]
-    return sorted(out)
 
 
 @dataclass
@@ -531,9 +251,7 @@ def _latency_report(value) -> dict:
 
 
 def _select_target(targets: list, target: str | None):
-    from .run import target_label
-
-    labels = [target_label(t) for t in targets]
+    labels = [t.label for t in targets]
     if target is None or target == "all":
         return list(targets)
     chosen = [t for t, label in zip(targets, labels) if target in (label, t.runtime)]
@@ -541,6 +259,65 @@ def _select_target(targets: list, target: str | None):
         raise InputError(f"--target {target!r} is not among the recipe's targets; expected one of "
                          f"{', '.join(labels)} (or all)")
     return chosen
+
+def _cached_latency(path: Path, machine: dict, bench, example, hook: Callable | None) -> Callable:
+    """``latency(runner, artifact, target)`` for ``Study``: each artifact checksum, target,
+    machine and timing settings measured once (``hook`` in place of timing when given), the
+    measurements kept in ``path`` for later calls."""
+    latencies = json.loads(path.read_text()) if path.is_file() else {}
+
+    def latency(runner, art, target) -> dict:
+        key = _digest([art.manifest.get("sha256"), target.label, machine, bench.warmup, bench.repeat,
+                       "hook" if hook is not None else "timed"])
+        if key not in latencies:
+            if hook is not None:
+                latencies[key] = _latency_report(hook(runner, art, target))
+            else:
+                latencies[key] = runner.benchmark(example, warmup=bench.warmup,
+                                                  repeat=bench.repeat).latency.to_report()
+            write_json_atomic(path, latencies)
+        return latencies[key]
+
+    return latency
+
+
+def _open_study(out: Path, name: str, sampler, say):
+    """The Optuna study ``name`` in ``out``'s journal (created, or loaded to resume); trials a
+    kill left running are told ``FAIL``, so that their parameters are asked again."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+    others = [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name != name]
+    if others:
+        say(f"search: {out / JOURNAL} also holds {len(others)} search(es) with another recipe, constraints "
+            "or seed; they are left as they are")
+    study = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize", "maximize"],
+                                load_if_exists=True, sampler=sampler)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # left running by a kill: its parameters are asked again (the reseeded sampler repeats them)
+        study.tell(t.number, state=TrialState.FAIL)
+        say(f"trial {t.number}: interrupted in an earlier run; asked again")
+    return study
+
+
+def _quiet_optuna() -> None:
+    """Optuna's own logging down to warnings, and no warning for ``constraints_func``: it is
+    marked experimental in Optuna 4.6, and the version is pinned."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _constraint_values(frozen) -> list[float]:
+    """Optuna's ``constraints_func``: the violations a trial recorded (<= 0: met)."""
+    return list(frozen.user_attrs.get("constraints") or [0.0])
+
 
 
 # -- the search -------------------------------------------------------------------------------
@@ -567,15 +344,6 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
             timing the runner (tests use a deterministic one: timing noise would otherwise make
             two runs differ); its values are cached like measurements.
     """
-    import optuna
-    import torch
-
-    from .measure import BenchConfig, reference_outputs
-    from .models import load_model
-    from .recipe import Recipe, load_recipe
-    from .run import _base_model, _slug, _Study, is_onnx_model, recipe_fingerprint, target_label
-    from .tasks import load_task
-
     constraints = constraints or SearchConstraints()
     if not isinstance(constraints, SearchConstraints):
         raise InputError(f"constraints must be a SearchConstraints, got {type(constraints).__name__}")
@@ -583,68 +351,15 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         _number("budget_minutes", budget_minutes, 0.0)
     if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
         raise InputError(f"trials must be an integer >= 1, got {trials!r}")
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe)
-    seed = recipe.seed if seed is None else seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be an integer >= 0, got {seed!r}")
-    space = SearchSpace.from_dict(recipe.search)
-    if is_onnx_model(recipe.model):
-        raise InputError(f"{recipe.source}: search needs a torch model (pruning, low-rank and distillation "
-                         f"work on modules); {recipe.model!r} is an ONNX model")
-    targets = _select_target(recipe.targets, target)
-    labels = [target_label(t) for t in targets]
-    bench = BenchConfig(**recipe.bench)
-    torch.set_num_threads(bench.resolved_threads)
-
-    loaded = load_model(recipe.model, seed=recipe.seed, weights=recipe.weights, input_shape=recipe.input_shape)
-    shape = tuple(loaded.input_shape or ())
-    if not shape:
-        raise InputError(f"{recipe.source}: model {recipe.model!r} does not say its input shape; add input_shape")
-    task = load_task(recipe.task, seed=recipe.seed, input_shape=shape)
-    if task.test.x.shape[1:] != shape[1:]:
-        raise InputError(f"{recipe.source}: task {recipe.task!r} gives inputs of shape {task.test.x.shape[1:]}, "
-                         f"the model takes {shape[1:]}")
-    labelled_top1 = task.labelled and task.metric == "top1"
-    if "qat" in space.quantize and not labelled_top1:
-        log(f"search: qat needs a labelled classification task; {task.name} is not, so it is not tried")
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    plain = dataclasses.replace(recipe, variants={}, targets=list(recipe.targets), search={})
-    work_fp = _digest([recipe_fingerprint(plain), {k: v for k, v in space.to_dict().items() if k not in ("warm_start", "choose_tolerance")}])
-    warm, not_expressed = (warm_start_points(recipe.variants, space, labels, labelled_top1) if space.warm_start
-                           else ([], []))
-    study_fp = _digest([work_fp, constraints.to_dict(), seed, labels] + ([warm] if warm else []))
-    work = out / "work" / work_fp
-    base = _base_model(loaded.module, task, recipe, work, log)
-    reference = reference_outputs(base, task.test.x)
-    base_quality, base_accuracy = _quality(task, reference, reference)
-    from edgeopt.runtimes import machine_fingerprint
-
-    machine = machine_fingerprint(bench.resolved_threads)
-    latency_path = out / LATENCY_CACHE
-    latencies = json.loads(latency_path.read_text()) if latency_path.is_file() else {}
-
-    def timed(runner, art, tgt) -> dict:
-        key = _digest([art.manifest.get("sha256"), target_label(tgt), machine, bench.warmup, bench.repeat,
-                       "hook" if measure_latency is not None else "timed"])
-        if key not in latencies:
-            if measure_latency is not None:
-                latencies[key] = _latency_report(measure_latency(runner, art, tgt))
-            else:
-                latencies[key] = runner.benchmark(task.test.x[:1], warmup=bench.warmup,
-                                                  repeat=bench.repeat).latency.to_report()
-            write_json_atomic(latency_path, latencies)
-        return latencies[key]
-
-    study_runner = _Study(recipe, task, base, task.test.x[:1], reference, bench, work, log, 1,
-                          evaluation=None, cache=work / "cache", latency=timed)
-    if progress is not None:
-        study_runner.data = dataclasses.replace(study_runner.data, progress=progress)
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    import warnings
+    run = _Search.set_up(recipe, Path(out), target, constraints, seed, reporter(progress), measure_latency)
+    t0 = time.monotonic()
+    while True:
+        now = run.snapshot()
+        stopped = run.stop_reason(now, trials, budget_minutes, t0)
+        if stopped:
+            break
+        run.trial(now)
+    return run.finish(stopped)
 
     # constraints_func is marked experimental in Optuna 4.6; the version is pinned
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -652,67 +367,124 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
 
-    from .measure import one_line
+@dataclass
+class _Now:
+    """The study's trials at one ask: all of them, the finished ones, what failures rule out."""
 
-    def constraints_func(frozen) -> list[float]:
-        return list(frozen.user_attrs.get("constraints") or [0.0])
+    everything: list
+    done: list
+    ruled: RuledOut
 
-    def make_sampler(n_finished: int):
-        s = seed * 1_000_003 + n_finished
-        if space.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=s, constraints_func=constraints_func)
-        return optuna.samplers.TPESampler(seed=s, constraints_func=constraints_func,
-                                          n_startup_trials=space.startup_trials, multivariate=False)
 
-    storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
-    name = f"search-{study_fp}"
-    others = [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name != name]
-    if others:
-        log(f"search: {out / JOURNAL} also holds {len(others)} search(es) with another recipe, constraints "
-            "or seed; they are left as they are")
-    directions = ["minimize", "minimize", "maximize"]
-    study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
-                                sampler=make_sampler(0))
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # left running by a kill: its parameters are asked again (the reseeded sampler repeats them)
-        study.tell(t.number, state=TrialState.FAIL)
-        log(f"trial {t.number}: interrupted in an earlier run; asked again")
-    # a failed trial is told PRUNED with FAILED_VIOLATION (its "error" says it failed): Optuna's
-    # samplers ignore FAIL trials, but rank a pruned one by its constraint violation
-    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    failed = [FAILED_VIOLATION] * max(1, len(constraints.violations(None, None, None)))
+@dataclass
+class _Search:
+    """One ``search`` call: the Optuna study, the ``Study`` that builds and measures trials, and
+    what every part of the call shares (set up by ``set_up``)."""
 
-    candidates = [(p, variant_name(p, trial_steps(p, space, labelled_top1)))
-                  for p in space_points(space, labels, labelled_top1)]
-    total = len(candidates)
-    held = [t for t in study.get_trials(deepcopy=False, states=finished_states)]
-    if held:
-        log(f"search: resuming: {len(held)} finished trial(s) kept from an earlier run")
-    log(f"search: {total} distinct candidates on {', '.join(labels)}; fp32 quality {base_quality:.4f}; "
-        f"constraints {({k: v for k, v in constraints.to_dict().items() if v is not None}) or 'none'}")
-    if space.warm_start:
-        log(f"search: warm start: {len(warm)} of the recipe's variants first"
-            + (" (" + ", ".join(o[len("recipe:"):] + " on " + p["runtime"] for o, p in warm) + ")" if warm else "")
-            + (f"; not points of the space, skipped: {', '.join(not_expressed)}" if not_expressed else ""))
-    ruled = RuledOut.from_trials(study.get_trials(deepcopy=False))
-    if ruled.structures or ruled.points:
-        log(f"search: {len(ruled.structures)} structure(s) and {len(ruled.points)} candidate(s) ruled out by "
-            "failures of an earlier run")
+    out: Path
+    recipe: Recipe
+    task: Any
+    space: SearchSpace
+    constraints: SearchConstraints
+    seed: int
+    targets: list
+    labels: list
+    labelled_top1: bool
+    base_quality: float
+    base_accuracy: float | None
+    machine: dict
+    runner: Study
+    study: Any
+    warm: list
+    say: Callable[[str], None]
+    candidates: list = field(default_factory=list)
+    ran: list = field(default_factory=list)
+    repeats: int = 0
 
-    t0 = time.monotonic()
-    ran: list[int] = []
-    stopped = ""
-    repeats = 0
-    while True:
-        everything = study.get_trials(deepcopy=False)
-        done = [t for t in everything if t.state in finished_states]
-        ruled = RuledOut.from_trials(everything)
-        answered = {(t.user_attrs.get("variant"), t.user_attrs.get("runtime")) for t in done}
-        still_open = [(p, v) for p, v in candidates
-                      if (v, p["runtime"]) not in answered and ruled.covering(p, v) is None]
-        if trials is not None and len(done) >= trials:
-            stopped = f"{trials} trials"
-            break
+    @classmethod
+    def set_up(cls, recipe, out: Path, target, constraints, seed, say, measure_latency) -> "_Search":
+        """Load and check the recipe, model and task (nothing is written before), the base model,
+        the journal and the warm-start points; log where the search starts from."""
+        from edgeopt.runtimes import machine_fingerprint
+
+        if not isinstance(recipe, Recipe):
+            recipe = load_recipe(recipe)
+        seed = recipe.seed if seed is None else seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+        space = SearchSpace.from_dict(recipe.search)
+        targets = _select_target(recipe.targets, target)
+        labels = [t.label for t in targets]
+        inputs = load_inputs(recipe, torch_model_for="search")
+        task = inputs.task
+        labelled_top1 = task.labelled and task.metric == "top1"
+        if "qat" in space.quantize and not labelled_top1:
+            say(f"search: qat needs a labelled classification task; {task.name} is not, so it is not tried")
+        out.mkdir(parents=True, exist_ok=True)
+        plain = dataclasses.replace(recipe, variants={}, targets=list(recipe.targets), search={})
+        work_fp = _digest([recipe_fingerprint(plain), {k: v for k, v in space.to_dict().items()
+                                                       if k not in ("warm_start", "choose_tolerance")}])
+        warm, not_expressed = (warm_start_points(recipe.variants, space, labels, labelled_top1) if space.warm_start
+                               else ([], []))
+        study_fp = _digest([work_fp, constraints.to_dict(), seed, labels] + ([warm] if warm else []))
+        work = out / "work" / work_fp
+        base = inputs.base(work, say)
+        base_quality, base_accuracy = _quality(task, base.references[0], base.references[0])
+        machine = machine_fingerprint(inputs.bench.resolved_threads)
+        latency = _cached_latency(out / LATENCY_CACHE, machine, inputs.bench, task.test.x[:1], measure_latency)
+        runner = Study(inputs, base, work, progress=say, cache=work / "cache", latency=latency)
+        _quiet_optuna()
+        run = cls(out, recipe, task, space, constraints, seed, targets, labels, labelled_top1, base_quality,
+                  base_accuracy, machine, runner, None, warm, say)
+        run.study = _open_study(out, f"search-{study_fp}", run.sampler(0), say)
+        run.candidates = [(p, run.name(p)) for p in space_points(space, labels, labelled_top1)]
+        run.log_start(not_expressed)
+        return run
+
+    def sampler(self, n_finished: int):
+        """The base sampler, seeded from (seed, finished trials): a resumed search asks what an
+        uninterrupted one asks."""
+        import optuna
+
+        s = self.seed * 1_000_003 + n_finished
+        if self.space.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=s, constraints_func=_constraint_values)
+        return optuna.samplers.TPESampler(seed=s, constraints_func=_constraint_values,
+                                          n_startup_trials=self.space.startup_trials, multivariate=False)
+
+    def name(self, params: dict) -> str:
+        """The variant name of a point of the space."""
+        return variant_name(params, trial_steps(params, self.space, self.labelled_top1))
+
+    def log_start(self, not_expressed: list[str]) -> None:
+        held = self.snapshot().done
+        if held:
+            self.say(f"search: resuming: {len(held)} finished trial(s) kept from an earlier run")
+        constraints = {k: v for k, v in self.constraints.to_dict().items() if v is not None}
+        self.say(f"search: {len(self.candidates)} distinct candidates on {', '.join(self.labels)}; fp32 quality "
+                 f"{self.base_quality:.4f}; constraints {constraints or 'none'}")
+        if self.space.warm_start:
+            warm = self.warm
+            self.say(f"search: warm start: {len(warm)} of the recipe's variants first"
+                     + (" (" + ", ".join(o[len("recipe:"):] + " on " + p["runtime"] for o, p in warm) + ")"
+                        if warm else "")
+                     + (f"; not points of the space, skipped: {', '.join(not_expressed)}" if not_expressed else ""))
+        ruled = self.snapshot().ruled
+        if ruled.structures or ruled.points:
+            self.say(f"search: {len(ruled.structures)} structure(s) and {len(ruled.points)} candidate(s) ruled "
+                     "out by failures of an earlier run")
+
+    def snapshot(self) -> _Now:
+        everything = self.study.get_trials(deepcopy=False)
+        return _Now(everything, [t for t in everything if _finished(t)], RuledOut.from_trials(everything))
+
+    def stop_reason(self, now: _Now, trials: int | None, budget_minutes: float | None, t0: float) -> str:
+        """Why the search stops before the next ask, or "" to go on."""
+        answered = {(t.user_attrs.get("variant"), t.user_attrs.get("runtime")) for t in now.done}
+        still_open = [(p, v) for p, v in self.candidates
+                      if (v, p["runtime"]) not in answered and now.ruled.covering(p, v) is None]
+        if trials is not None and len(now.done) >= trials:
+            return f"{trials} trials"
         if not still_open:
             out_count = sum(ruled.covering(p, v) is not None and (v, p["runtime"]) not in answered
                             for p, v in candidates)
@@ -724,21 +496,31 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
                        f"{len(still_open)} untried)")
             break
         if budget_minutes is not None and time.monotonic() - t0 >= budget_minutes * 60:
-            stopped = f"budget of {budget_minutes:g} min"
-            break
-        # warm start: the next recipe variant not yet answered (finished, or failed with an error;
-        # one a kill interrupted is asked again) nor ruled out, enqueued just before the ask that pops it
-        warm_answered = {(t.user_attrs.get("origin"), t.params.get("runtime")) for t in everything
-                         if t.state in finished_states or (t.state == TrialState.FAIL and "error" in t.user_attrs)}
-        pending = next(((o, p) for o, p in warm if (o, p["runtime"]) not in warm_answered
-                        and ruled.covering(p, variant_name(p, trial_steps(p, space, labelled_top1))) is None), None)
-        if pending is not None and not any(t.state == TrialState.WAITING for t in everything):
-            study.enqueue_trial(pending[1], user_attrs={"origin": pending[0]})
-        study.sampler = steered_sampler(make_sampler(len(done)), lambda prefix: ruled.blocked(prefix, candidates),
-                                        seed * 1_000_003 + len(done))
-        trial = study.ask()
-        params = suggest(trial, space, labels, labelled_top1)
-        steps = trial_steps(params, space, labelled_top1)
+            return f"budget of {budget_minutes:g} min"
+        return ""
+
+    def enqueue_warm(self, now: _Now) -> None:
+        """Warm start: the next recipe variant not yet answered (finished, or failed with an
+        error; one a kill interrupted is asked again) nor ruled out, enqueued just before the ask
+        that pops it."""
+        from optuna.trial import TrialState
+
+        answered = {(t.user_attrs.get("origin"), t.params.get("runtime")) for t in now.everything
+                    if _finished(t) or (t.state == TrialState.FAIL and "error" in t.user_attrs)}
+        pending = next(((o, p) for o, p in self.warm if (o, p["runtime"]) not in answered
+                        and now.ruled.covering(p, self.name(p)) is None), None)
+        if pending is not None and not any(t.state == TrialState.WAITING for t in now.everything):
+            self.study.enqueue_trial(pending[1], user_attrs={"origin": pending[0]})
+
+    def trial(self, now: _Now) -> None:
+        """Ask one trial and answer it: from an earlier trial, or built and measured."""
+        self.enqueue_warm(now)
+        self.study.sampler = steered_sampler(self.sampler(len(now.done)),
+                                             lambda prefix: now.ruled.blocked(prefix, self.candidates),
+                                             self.seed * 1_000_003 + len(now.done))
+        trial = self.study.ask()
+        params = suggest(trial, self.space, self.labels, self.labelled_top1)
+        steps = trial_steps(params, self.space, self.labelled_top1)
         vname = variant_name(params, steps)
         tgt = targets[labels.index(params["runtime"])]
         earlier = next((t for t in done if t.user_attrs.get("variant") == vname
@@ -754,64 +536,110 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         for k, v in info.items():
             trial.set_user_attr(k, v)
         if earlier is not None:  # the same candidate again, or one a failure ruled out: answered
-            repeats += 1         # from the earlier trial, never built again; it counts as a trial
-            for k, v in earlier.user_attrs.items():
-                if k not in info and k != "removed":
-                    trial.set_user_attr(k, v)
-            trial.set_user_attr("repeat_of", earlier.number)
-            if "error" in earlier.user_attrs:
-                trial.set_user_attr("constraints", failed)
-                study.tell(trial, state=TrialState.PRUNED)
-                log(f"trial {trial.number}: {vname} on {params['runtime']}: ruled out by failed trial "
-                    f"{earlier.number}; not built")
-            else:
-                state = earlier.state
-                study.tell(trial, earlier.values if state == TrialState.COMPLETE else None, state=state)
-                log(f"trial {trial.number}: {vname} on {params['runtime']}: repeats trial {earlier.number}")
-            continue
-        repeats = 0
-        ran.append(trial.number)
+            self.repeats += 1    # from the earlier trial, never built again; it counts as a trial
+            self.answer_from(trial, earlier, info)
+            return
+        self.repeats = 0
+        self.ran.append(trial.number)
+        self.build(trial, params, steps, info)
+
+    def earlier(self, now: _Now, params: dict, vname: str):
+        """The finished trial that answers this candidate (the one that was built, or the failure
+        that rules it out), or None."""
+        earlier = next((t for t in now.done if t.user_attrs.get("variant") == vname
+                        and t.user_attrs.get("runtime") == params["runtime"]), None)
+        cover = now.ruled.covering(params, vname)
+        if earlier is not None and "repeat_of" in earlier.user_attrs:
+            cover = earlier.user_attrs["repeat_of"]  # answered from the trial that was built
+        if cover is not None and (earlier is None or cover != earlier.number):
+            earlier = next(t for t in now.everything if t.number == cover)
+        return earlier
+
+    def answer_from(self, trial, earlier, info: dict) -> None:
+        from optuna.trial import TrialState
+
+        for k, v in earlier.user_attrs.items():
+            if k not in info and k != "removed":
+                trial.set_user_attr(k, v)
+        trial.set_user_attr("repeat_of", earlier.number)
+        where = f"trial {trial.number}: {info['variant']} on {info['runtime']}"
+        if "error" in earlier.user_attrs:
+            trial.set_user_attr("constraints", self.failed_violation())
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.say(f"{where}: ruled out by failed trial {earlier.number}; not built")
+        else:
+            state = earlier.state
+            self.study.tell(trial, earlier.values if state == TrialState.COMPLETE else None, state=state)
+            self.say(f"{where}: repeats trial {earlier.number}")
+
+    def failed_violation(self) -> list[float]:
+        """What a failed trial is told: ``FAILED_VIOLATION`` on every constraint."""
+        return [FAILED_VIOLATION] * max(1, len(self.constraints.violations(None, None, None)))
+
+    def build(self, trial, params: dict, steps: list, info: dict) -> None:
+        """Build and measure a new candidate (pruned early when its torch-level drop is hopeless)."""
         start = time.monotonic()
         torch_steps = [s for s in steps if s.kind.level == "torch"]
         stage = "torch"
         try:
-            model = study_runner.torch_model(steps) if torch_steps else None
-            if torch_steps and constraints.max_accuracy_drop is not None:
-                q, _ = _quality(task, reference_outputs(model, task.test.x), reference)
-                drop = base_quality - q
-                if drop > constraints.max_accuracy_drop + space.prune_margin:
-                    trial.set_user_attr("quality", q)
-                    trial.set_user_attr("accuracy_drop", drop)
-                    trial.set_user_attr("constraints", constraints.violations(None, None, drop))
-                    why = (f"torch-level drop {drop * 100:.2f} points > {constraints.max_accuracy_drop * 100:g}"
-                           f" + margin {space.prune_margin * 100:g}")
-                    trial.set_user_attr("why", why)
-                    study.tell(trial, state=TrialState.PRUNED)
-                    log(f"trial {trial.number}: {vname} on {params['runtime']}: pruned ({why}) [{origin}]")
-                    continue
+            model = self.runner.torch_model(steps) if torch_steps else None
+            if torch_steps and self.pruned_early(trial, model, info):
+                return
             stage = "build"
             entry = study_runner.measure(vname, steps, tgt)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:
-            trial.set_user_attr("error", one_line(e))
-            trial.set_user_attr("failed_stage", stage)
-            trial.set_user_attr("constraints", failed)
-            log(f"trial {trial.number}: {vname} on {params['runtime']}: FAILED: {one_line(e)} [{origin}]")
-            if stage == "torch":
-                removed = [structure(params)]
-                if params.get("lowrank") and isinstance(_raised(study_runner.torch_model, torch_steps[:1]),
-                                                        InputError):
-                    # the low-rank step itself cannot meet its budget: nor can a stricter one
-                    removed = [(0.0, j) for j in stricter_lowrank(space, params["lowrank"])]
-                trial.set_user_attr("removed", [{"prune": p, "lowrank": j} for p, j in removed])
-                names = [variant_name({"prune": p, "lowrank": j}, trial_steps({"prune": p, "lowrank": j}, space,
-                                                                              labelled_top1)) for p, j in removed]
-                log(f"search: {', '.join(names)} cannot be built on this model; removed from the space for the "
-                    "rest of the search (every quantization and runtime of it)")
-            study.tell(trial, state=TrialState.PRUNED)
-            _write(out, study, constraints, space, seed, base_quality, base_accuracy, labels, "running")
-            continue
+            self.failed(trial, e, stage, params, torch_steps, info)
+            return
+        self.measured(trial, entry, info, time.monotonic() - start)
+
+    def pruned_early(self, trial, model, info: dict) -> bool:
+        """Tell ``trial`` PRUNED when the torch-level drop already exceeds the limit plus the margin."""
+        from optuna.trial import TrialState
+
+        from edgeopt.runtimes.torch_runner import torch_outputs
+
+        limit = self.constraints.max_accuracy_drop
+        if limit is None:
+            return False
+        q, _ = _quality(self.task, torch_outputs(model, self.task.test.x)[0], self.runner.reference)
+        drop = self.base_quality - q
+        if drop <= limit + self.space.prune_margin:
+            return False
+        why = f"torch-level drop {drop * 100:.2f} points > {limit * 100:g} + margin {self.space.prune_margin * 100:g}"
+        for k, v in (("quality", q), ("accuracy_drop", drop),
+                     ("constraints", self.constraints.violations(None, None, drop)), ("why", why)):
+            trial.set_user_attr(k, v)
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self.say(f"trial {trial.number}: {info['variant']} on {info['runtime']}: pruned ({why}) [{info['origin']}]")
+        return True
+
+    def failed(self, trial, error: Exception, stage: str, params: dict, torch_steps: list, info: dict) -> None:
+        """Record a failure; one in a torch-level step rules out its whole structure."""
+        from optuna.trial import TrialState
+
+        from .measure import one_line
+
+        trial.set_user_attr("error", one_line(error))
+        trial.set_user_attr("failed_stage", stage)
+        trial.set_user_attr("constraints", self.failed_violation())
+        self.say(f"trial {trial.number}: {info['variant']} on {info['runtime']}: FAILED: {one_line(error)} "
+                 f"[{info['origin']}]")
+        if stage == "torch":
+            removed = [structure(params)]
+            if params.get("lowrank") and isinstance(_raised(self.runner.torch_model, torch_steps[:1]), InputError):
+                # the low-rank step itself cannot meet its budget: nor can a stricter one
+                removed = [(0.0, j) for j in stricter_lowrank(self.space, params["lowrank"])]
+            trial.set_user_attr("removed", [{"prune": p, "lowrank": j} for p, j in removed])
+            names = [self.name({"prune": p, "lowrank": j}) for p, j in removed]
+            self.say(f"search: {', '.join(names)} cannot be built on this model; removed from the space for the "
+                     "rest of the search (every quantization and runtime of it)")
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self.write("running")
+
+    def measured(self, trial, entry: dict, info: dict, seconds: float) -> None:
+        """Tell ``trial`` its objectives and record what the report and search.json show."""
         latency = entry["latency_ms"]["median"]
         size_mb = entry["size_bytes"] / 1e6
         q = entry["accuracy"] if labelled_top1 else entry["agreement"]
@@ -826,18 +654,89 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
             attrs["why"] = _why(constraints, latency, size_mb, drop)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        study.tell(trial, [latency, size_mb, q])
-        log(f"trial {trial.number}: {vname} on {params['runtime']}: {latency:.3f} ms, {size_mb:.3f} MB, "
-            f"quality {q:.4f} (drop {drop * 100:+.2f} points): "
-            + ("feasible" if feasible else f"infeasible ({attrs['why']})")
-            + f" [{attrs['seconds']:.0f} s] [{origin}]")
-        _write(out, study, constraints, space, seed, base_quality, base_accuracy, labels, "running")
+        self.study.tell(trial, [latency, size_mb, q])
+        self.say(f"trial {trial.number}: {info['variant']} on {info['runtime']}: {latency:.3f} ms, {size_mb:.3f} MB, "
+                 f"quality {q:.4f} (drop {drop * 100:+.2f} points): "
+                 + ("feasible" if feasible else f"infeasible ({attrs['why']})")
+                 + f" [{attrs['seconds']:.0f} s] [{info['origin']}]")
+        self.write("running")
 
-    result = _finish(out, study, recipe, targets, labels, constraints, space, seed, base_quality, base_accuracy,
-                     machine, task, stopped, log)
-    result.ran = ran
-    result.steps_run = [name for name, _ in study_runner.applied]
-    return result
+    def write(self, stopped: str) -> dict:
+        """Write search.json (every trial, the Pareto set, the choice); return its content."""
+        rows = _rows(self.study)
+        pareto, chosen, closest = choose(rows, self.space.choose_tolerance)
+        doc = {"schema": 1, "study": self.study.study_name, "seed": self.seed, "targets": self.labels,
+               "constraints": self.constraints.to_dict(), "space": self.space.to_dict(),
+               "objectives": {"latency_ms": "minimize", "size_mb": "minimize", "quality": "maximize"},
+               "fp32": {"quality": self.base_quality, "accuracy": self.base_accuracy},
+               "stopped": stopped, "counts": counts(rows), "trials": rows, "pareto": [r["number"] for r in pareto],
+               "chosen": chosen["number"] if chosen else None, "closest": [r["number"] for r in closest]}
+        write_json_atomic(self.out / SEARCH_JSON, doc)
+        return doc
+
+    def finish(self, stopped: str) -> SearchResult:
+        """Write the choice (``chosen/``, ``chosen-recipe.yaml``), search.json and the report;
+        log the outcome."""
+        rows = _rows(self.study)
+        pareto, chosen, closest = choose(rows, self.space.choose_tolerance)
+        paths = {"search": self.out / SEARCH_JSON, "journal": self.out / JOURNAL}
+        paths.update(self.keep_choice(chosen))
+        self.write(stopped)
+        paths.update(self.write_report(rows, pareto, chosen, stopped))
+        self.say(f"search: stopped after {stopped}; {_counts_text(counts(rows))}; {len(pareto)} on the Pareto set")
+        if chosen:
+            self.say(f"search: chosen {_fmt_row(chosen)}")
+        else:
+            self.say("search: no trial meets the constraints; closest:")
+            for r in closest:
+                self.say(f"  {_fmt_row(r)}")
+        return SearchResult(trials=rows, pareto=pareto, chosen=chosen, closest=closest, paths=paths, stopped=stopped,
+                            ran=self.ran, steps_run=[name for name, _ in self.runner.applied])
+
+    def keep_choice(self, chosen: dict | None) -> dict:
+        """Copy the chosen artifact to ``chosen/`` and write ``chosen-recipe.yaml`` (an earlier
+        search's choice is removed when nothing is chosen); return their paths."""
+        out = self.out
+        if chosen is None:  # an earlier search's choice must not look like this one's
+            shutil.rmtree(out / "chosen", ignore_errors=True)
+            (out / "chosen-recipe.yaml").unlink(missing_ok=True)
+            return {}
+        tmp = out / ".chosen.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(Path(chosen["artifact"]), tmp)
+        shutil.rmtree(out / "chosen", ignore_errors=True)
+        os.replace(tmp, out / "chosen")
+        target = self.targets[self.labels.index(chosen["runtime"])]
+        write_text_atomic(out / "chosen-recipe.yaml",
+                          chosen_recipe(self.recipe, chosen, target, str(self.recipe.source)))
+        return {"chosen": out / "chosen", "recipe": out / "chosen-recipe.yaml"}
+
+    def write_report(self, rows: list[dict], pareto: list[dict], chosen: dict | None, stopped: str) -> dict:
+        """The report of the measured trials, with the search's section (progress plot, Pareto
+        set); return its paths ({} when no trial was measured)."""
+        from edgeopt.core.files import write_bytes_atomic
+
+        by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        attrs = [by_number[r["number"]].user_attrs for r in rows if r["state"] == "complete" and "repeat_of" not in r]
+        entries = [a["entry"] for a in attrs if "entry" in a]
+        if not entries:
+            return {}
+        meta = {"model": self.recipe.model, "recipe": str(self.recipe.source), "task": self.recipe.task,
+                "search": self.study.study_name,
+                "chosen": chosen["variant"] + "/" + chosen["runtime"] if chosen else None}
+        report = make_report(entries, self.machine, task_info(self.task), None, meta=meta)
+        png = _progress_png(rows)
+        write_bytes_atomic(self.out / "progress.png", png)
+        write_report(report, self.out, plot=True, sections=[search_section(rows, pareto, chosen, stopped, png)])
+        return {"report": self.out / "report.json", "progress": self.out / "progress.png",
+                "html": self.out / "index.html"}
+
+
+def _finished(trial) -> bool:
+    """Whether ``trial`` has its answer: complete, or pruned (failures are told pruned too)."""
+    from optuna.trial import TrialState
+
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def _raised(fn: Callable, *args) -> Exception | None:
@@ -879,8 +778,8 @@ def _rows(study) -> list[dict]:
     return rows
 
 
-def _choose(rows: list[dict], tolerance: float = 0.0) -> tuple[list[dict], dict | None, list[dict]]:
-    """(Pareto set of the feasible trials, the chosen trial, the closest infeasible ones). The
+def choose(rows: list[dict], tolerance: float = 0.0) -> tuple[list[dict], dict | None, list[dict]]:
+    """search.json's rows -> (Pareto set of the feasible trials, the chosen trial, the closest infeasible ones). The
     chosen trial: among the feasible trials within ``tolerance`` (relative) of the lowest
     latency, the one of highest quality (then lower latency, then smaller size)."""
     measured = [r for r in rows if r["state"] == "complete" and "repeat_of" not in r]
@@ -909,21 +808,6 @@ def counts(rows: list[dict]) -> dict:
             "failed_built": sum(r["state"] == "failed" and "repeat_of" not in r for r in rows),
             "repeats": sum("repeat_of" in r for r in rows),
             "interrupted": sum(r["state"] == "fail" for r in rows)}
-
-
-def _write(out: Path, study, constraints, space, seed, base_quality, base_accuracy, labels,
-           stopped: str, extra: dict | None = None) -> dict:
-    rows = _rows(study)
-    pareto, chosen, closest = _choose(rows, space.choose_tolerance)
-    doc = {"schema": 1, "study": study.study_name, "seed": seed, "targets": labels,
-           "constraints": constraints.to_dict(), "space": space.to_dict(),
-           "objectives": {"latency_ms": "minimize", "size_mb": "minimize", "quality": "maximize"},
-           "fp32": {"quality": base_quality, "accuracy": base_accuracy},
-           "stopped": stopped, "counts": counts(rows), "trials": rows, "pareto": [r["number"] for r in pareto],
-           "chosen": chosen["number"] if chosen else None, "closest": [r["number"] for r in closest],
-           **(extra or {})}
-    write_json_atomic(out / SEARCH_JSON, doc)
-    return doc
 
 
 def chosen_recipe(recipe, row: dict, target, source: str = "") -> str:
@@ -1028,71 +912,21 @@ def _fmt_row(r: dict) -> str:
             + (f" ({r['why']})" if r.get("why") else "") + origin)
 
 
-def _finish(out: Path, study, recipe, targets, labels, constraints, space, seed, base_quality, base_accuracy,
-            machine, task, stopped: str, log) -> SearchResult:
+def search_section(rows: list[dict], pareto: list[dict], chosen: dict | None, stopped: str, png: bytes):
+    """The search's section of the report: how it stopped, the trial counts, the choice, the
+    Pareto set and the progress plot (``progress.png``, embedded in index.html)."""
     import base64
+    import html
 
-    from edgeopt.core.files import write_bytes_atomic
-
-    from .report_html import write_report
-    from .report_schema import make_report
-    from .report_text import markdown
-
-    rows = _rows(study)
-    pareto, chosen, closest = _choose(rows, space.choose_tolerance)
-    paths = {"search": out / SEARCH_JSON, "journal": out / JOURNAL}
-    if chosen is not None:
-        src = Path(chosen["artifact"])
-        dst = out / "chosen"
-        tmp = out / ".chosen.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        shutil.rmtree(dst, ignore_errors=True)
-        os.replace(tmp, dst)
-        target = targets[labels.index(chosen["runtime"])]
-        write_text_atomic(out / "chosen-recipe.yaml", chosen_recipe(recipe, chosen, target, str(recipe.source)))
-        paths.update(chosen=dst, recipe=out / "chosen-recipe.yaml")
-    else:  # an earlier search's choice must not look like this one's
-        shutil.rmtree(out / "chosen", ignore_errors=True)
-        (out / "chosen-recipe.yaml").unlink(missing_ok=True)
-    _write(out, study, constraints, space, seed, base_quality, base_accuracy, labels, stopped)
-
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    entries = [by_number[r["number"]].user_attrs["entry"] for r in rows
-               if r["state"] == "complete" and "repeat_of" not in r and "entry" in by_number[r["number"]].user_attrs]
-    if entries:
-        task_info = {"name": task.name, "metric": task.metric, "higher_is_better": task.higher_is_better,
-                     "labelled": task.labelled}
-        meta = {"model": recipe.model, "recipe": str(recipe.source), "task": recipe.task, "search": study.study_name,
-                "chosen": chosen["variant"] + "/" + chosen["runtime"] if chosen else None}
-        report = make_report(entries, machine, task_info, None, meta=meta)
-        write_report(report, out, plot=True)
-        png = _progress_png(rows)
-        write_bytes_atomic(out / "progress.png", png)
-        lines = [f"- {_fmt_row(r)}" for r in pareto]
-        section_md = ["", "## Search", "",
-                      f"Stopped: {stopped}. Trials: {_counts_text(counts(rows))}. "
-                      f"Chosen: {_fmt_row(chosen) if chosen else 'none meets the constraints'}.", "",
-                      "Pareto set (feasible trials):", "", *(lines or ["- none"]), "",
-                      "![objective values over trials](progress.png)", ""]
-        write_text_atomic(out / "report.md", markdown(report) + "\n".join(section_md))
-        import html as _html
-
-        img = base64.b64encode(png).decode("ascii")
-        items = "".join(f"<li>{_html.escape(_fmt_row(r))}</li>" for r in pareto) or "<li>none</li>"
-        section = (f'<h2 id="search">Search</h2><p>Stopped: {_html.escape(stopped)}. Chosen: '
-                   f'{_html.escape(_fmt_row(chosen) if chosen else "none meets the constraints")}.</p>'
-                   f'<p>Pareto set (feasible trials):</p><ul>{items}</ul>'
-                   f'<p><img src="data:image/png;base64,{img}" alt="objective values over trials" '
-                   'style="max-width:100%"></p>')
-        page = (out / "index.html").read_text()
-        write_text_atomic(out / "index.html", page.replace("</body>", section + "\n</body>", 1))
-        paths.update(report=out / "report.json", progress=out / "progress.png", html=out / "index.html")
-    log(f"search: stopped after {stopped}; {_counts_text(counts(rows))}; {len(pareto)} on the Pareto set")
-    if chosen:
-        log(f"search: chosen {_fmt_row(chosen)}")
-    else:
-        log("search: no trial meets the constraints; closest:")
-        for r in closest:
-            log(f"  {_fmt_row(r)}")
-    return SearchResult(trials=rows, pareto=pareto, chosen=chosen, closest=closest, paths=paths, stopped=stopped)
+    choice = _fmt_row(chosen) if chosen else "none meets the constraints"
+    lines = [f"- {_fmt_row(r)}" for r in pareto]
+    md = "\n".join([f"Stopped: {stopped}. Trials: {_counts_text(counts(rows))}. Chosen: {choice}.", "",
+                    "Pareto set (feasible trials):", "", *(lines or ["- none"]), "",
+                    "![objective values over trials](progress.png)", ""])
+    items = "".join(f"<li>{html.escape(_fmt_row(r))}</li>" for r in pareto) or "<li>none</li>"
+    img = base64.b64encode(png).decode("ascii")
+    body = (f'<p>Stopped: {html.escape(stopped)}. Chosen: {html.escape(choice)}.</p>'
+            f'<p>Pareto set (feasible trials):</p><ul>{items}</ul>'
+            f'<p><img src="data:image/png;base64,{img}" alt="objective values over trials" '
+            'style="max-width:100%"></p>')
+    return Section(title="Search", anchor="search", html=body, markdown=md)

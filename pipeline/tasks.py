@@ -369,19 +369,3 @@ def collect(run_one: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.nd
     """Raw outputs (N, ...) of a batch-1 callable over ``x``: what ``Task.score`` and
     ``Task.agreement`` take for every metric."""
     return np.concatenate([np.asarray(run_one(x[i:i + 1])) for i in range(len(x))])
-
-
-def torch_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits of a torch model over ``x`` in batches (for training-time evaluation)."""
-    import torch
-
-    outs = []
-    with torch.inference_mode():
-        for s in range(0, len(x), batch_size):
-            out = model(torch.from_numpy(x[s:s + batch_size]))
-            if not isinstance(out, torch.Tensor):  # tuple or dict outputs: the first tensor
-                from torch.utils._pytree import tree_leaves
-
-                out = tree_leaves(out)[0]
-            outs.append(out.numpy())
-    return np.concatenate(outs)

@@ -79,6 +79,32 @@ class TorchRunner(Runner):
         return value.detach().cpu().numpy()
 
 
+def torch_outputs(model: Any, x: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
+    """Every output of a torch model over ``x``, run in batches of ``batch_size`` under
+    ``torch.inference_mode``: one array (N, ...) per output, in ``tree_leaves`` order (a tensor,
+    a tuple/list or a dict of them). ``[0]`` is the first output (the logits of a classifier).
+
+    The one batched forward pass of edgeopt: training-time evaluation, the fp32 reference that
+    variants are compared with, and QAT's fake-quantized validation all use it.
+
+    Example:
+        >>> import numpy as np, torch  # doctest: +SKIP
+        >>> [o.shape for o in torch_outputs(torch.nn.Linear(4, 2), np.zeros((5, 4), "float32"), 2)]  # doctest: +SKIP
+        [(5, 2)]
+    """
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    parts: list[list[np.ndarray]] = []
+    with torch.inference_mode():
+        for s in range(0, len(x), batch_size):
+            leaves = tree_leaves(model(torch.from_numpy(x[s:s + batch_size])))
+            parts = parts or [[] for _ in leaves]
+            for part, leaf in zip(parts, leaves):
+                part.append(leaf.numpy())
+    return [np.concatenate(p) for p in parts]
+
+
 def _np_dtype(torch_dtype) -> str:
     return str(torch_dtype).replace("torch.", "")
 

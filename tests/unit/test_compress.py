@@ -184,13 +184,13 @@ def digits():
 
 
 def test_distillation_recovers_a_pruned_model(digits):
-    from edgeopt.pipeline.tasks import torch_logits
+    from edgeopt.runtimes.torch_runner import torch_outputs
 
     task, teacher = digits
     pruned = ec.prune(teacher, ec.PruneConfig(amount=0.5, scope="local"), torch.zeros(1, 1, 32, 32)).output
-    before = task.score(torch_logits(pruned, task.test.x))
+    before = task.score(torch_outputs(pruned, task.test.x)[0])
     student = ec.distill(pruned, ec.DistillConfig(epochs=3), task, teacher=teacher, progress=False).output
-    after = task.score(torch_logits(student, task.test.x))
+    after = task.score(torch_outputs(student, task.test.x)[0])
     assert after > before + 0.2 and after > 0.9
     names = [r["name"] for r in ec.history(student)]
     assert names == ["prune", "distill"]

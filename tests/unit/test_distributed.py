@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import edgeopt.compress as ec
-from edgeopt.pipeline.tasks import TrainConfig, load_task, torch_logits, train
+from edgeopt.pipeline.tasks import TrainConfig, load_task, train
+from edgeopt.runtimes.torch_runner import torch_outputs
 from edgeopt.pipeline.zoo import create
 from edgeopt.core.errors import InputError
 from edgeopt.pipeline.gate_stats import mcnemar
@@ -37,8 +38,8 @@ def assert_same_accuracy(task, one, two):
     The tolerance is the test set's own: McNemar's paired test on the samples where the two
     models disagree, two-sided at 1 %, never a fixed gap that one CPU's outcome set (0.9583 vs
     0.9639 on 360 digits is 2 samples net of 8 discordant: no evidence of a difference)."""
-    right_one = torch_logits(one, task.test.x).argmax(axis=1) == task.test.y
-    right_two = torch_logits(two, task.test.x).argmax(axis=1) == task.test.y
+    right_one = torch_outputs(one, task.test.x)[0].argmax(axis=1) == task.test.y
+    right_two = torch_outputs(two, task.test.x)[0].argmax(axis=1) == task.test.y
     one_worse, two_worse = mcnemar(right_one, right_two), mcnemar(right_two, right_one)
     assert min(one_worse.p_worse, two_worse.p_worse) >= 0.005, (
         f"accuracies {right_one.mean():.4f} and {right_two.mean():.4f} differ beyond chance: "
@@ -76,7 +77,8 @@ def test_precomputed_teacher_logits_split_over_processes(digits):
 RUN = """
 import json, sys, torch
 import edgeopt.compress as ec
-from edgeopt.pipeline.tasks import load_task, torch_logits
+from edgeopt.pipeline.tasks import load_task
+from edgeopt.runtimes.torch_runner import torch_outputs
 from edgeopt.pipeline.zoo import create
 
 torch.set_num_threads(1)
@@ -84,7 +86,7 @@ task = load_task("digits")
 teacher = create("digits_cnn"); teacher.load_state_dict(torch.load(sys.argv[1]))
 cfg = ec.DistillConfig(epochs=4, seed=4, shift=1, patience=None)
 student = ec.distill(create("digits_cnn", seed=1), cfg, task, teacher=teacher, progress=False, checkpoint_dir=sys.argv[2]).output
-json.dump({"acc": task.score(torch_logits(student, task.test.x)),
+json.dump({"acc": task.score(torch_outputs(student, task.test.x)[0]),
            "params": [float(p.double().sum()) for p in student.parameters()]}, open(sys.argv[3], "w"))
 """
 

@@ -199,7 +199,8 @@ def test_distill_regression_uses_mse_and_improves_a_pruned_model():
 
     import edgeopt.compress as ec
 
-    from edgeopt.pipeline.tasks import Split, Task, TrainConfig, torch_logits, train
+    from edgeopt.pipeline.tasks import Split, Task, TrainConfig, train
+    from edgeopt.runtimes.torch_runner import torch_outputs
 
     x, y = regression_data(200)
     task = Task("images", "mse", (1, 1, 16, 16), 0, Split(x[:140], y[:140]), Split(x[140:170], y[140:170]),
@@ -207,13 +208,13 @@ def test_distill_regression_uses_mse_and_improves_a_pruned_model():
     torch.manual_seed(0)
     teacher = train(tiny_unet(), task, TrainConfig(epochs=8, lr=0.01, shift=0), progress=False)
     pruned = ec.prune(teacher, ec.PruneConfig(amount=0.5), x[:1]).output
-    before = task.score(torch_logits(pruned, task.test.x))
+    before = task.score(torch_outputs(pruned, task.test.x)[0])
     for alpha in (0.0, 0.5):
         r = ec.distill(pruned, ec.DistillConfig(epochs=4, alpha=alpha, lr=3e-3, patience=None), task,
                        teacher=teacher)
         m = r.record["metrics"]
         assert m["val_metric"] == "mse" and m["best_val_top1"] is None
-        after = task.score(torch_logits(r.output, task.test.x))
+        after = task.score(torch_outputs(r.output, task.test.x)[0])
         assert after < before, f"alpha={alpha}: fine-tuning lowers the pruned model's mse ({before} -> {after})"
     # (x, y) arrays with float targets are a regression too
     r = ec.distill(pruned, ec.DistillConfig(epochs=1, alpha=0.0, patience=None), (x[:64], y[:64]),
