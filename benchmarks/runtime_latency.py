@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     recipe = dataclasses.replace(load_recipe(RECIPE), model=args.model,
                                  bench={"warmup": args.warmup, "repeat": args.repeat, "threads": args.threads})
     with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
-        report = run_recipe(recipe, tmp, log=lambda s: print(s, file=sys.stderr))
+        report = run_recipe(recipe, tmp, progress=lambda s: print(s, file=sys.stderr))
     print(text_table(report))
     if args.record:
         record(make_key("runtime-latency", args.model),

@@ -69,7 +69,8 @@ def verdict(c_ms: float, b_ms: float, noise_ms: float, c_q: float, b_q: float) -
 def main(argv=None) -> int:
     from edgeopt.pipeline.recipe import load_recipe
     from edgeopt.pipeline.run import run_recipe
-    from edgeopt.pipeline.search import SearchConstraints, search
+    from edgeopt.pipeline.search import search
+    from edgeopt.pipeline.search_space import SearchConstraints
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe")
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
         rows.append((v, met))
     feasible = [v for v, met in rows if met]
     # the same rule as the search's choice: the most accurate within choose_tolerance of the fastest
-    from edgeopt.pipeline.search import SearchSpace
+    from edgeopt.pipeline.search_space import SearchSpace
 
     tol = SearchSpace.from_dict(recipe.search).choose_tolerance
     fastest = min((v["latency_ms"]["median"] for v in feasible), default=None)
@@ -146,9 +147,9 @@ def main(argv=None) -> int:
             from edgeopt.pipeline.measure import BenchConfig
 
             bench = BenchConfig(**recipe.bench)
-            from edgeopt.pipeline.search import _steps_key
+            from edgeopt.pipeline.search_space import steps_key
 
-            same = c["runtime"] == best["runtime"] and _steps_key(c["steps"]) == _steps_key(best.get("steps", []))
+            same = c["runtime"] == best["runtime"] and steps_key(c["steps"]) == steps_key(best.get("steps", []))
             b_ms, c_ms = best["latency_ms"]["median"], c["latency_ms"]
             # noise of the two separate measurements: the larger (p90 - median)
             noise = max(best["latency_ms"].get("p90", b_ms) - b_ms, (c.get("latency") or {}).get("p90", c_ms) - c_ms,

@@ -223,6 +223,9 @@ def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, 
 
     if latency is None:
         latency = runner.benchmark(example, warmup=bench.warmup, repeat=bench.repeat).latency.to_report()
+        load = load_average()
+        if load is not None:  # a wide spread on a busy machine is the load's, not the artifact's
+            latency["load_1m"] = load
     every_output = collect_outputs(runner.run, task.test.x)
     outputs = every_output[0]
     if references is None:
@@ -247,9 +250,6 @@ def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, 
     }
 
 
-def failed_entry(*, name: str, steps: list, runtime: str, target: str, error: BaseException) -> dict:
-    """The report entry of a variant/target that could not be built or measured."""
-    return {"name": name, "steps": [s.to_dict() for s in steps], "runtime": runtime, "target": target,
 def load_average() -> float | None:
     """The 1-minute load average now (runnable threads, this process's included), or ``None``
     where the OS keeps none (Windows).
@@ -263,6 +263,9 @@ def load_average() -> float | None:
         return None
 
 
+def failed_entry(*, name: str, steps: list, runtime: str, target: str, error: BaseException) -> dict:
+    """The report entry of a variant/target that could not be built or measured."""
+    return {"name": name, "steps": [s.to_dict() for s in steps], "runtime": runtime, "target": target,
             "status": "failed", "error": one_line(error)}
 
 

@@ -25,7 +25,7 @@ The optimizer is Optuna's multi-objective TPE (``TPESampler`` with ``constraints
   the trial is told ``PRUNED`` before export, quantization, build and timing.
 
 Reuse and resumption: a trial is a list of registry steps (``make_step`` + ``check_order``) and
-a recipe target, built and measured by the study runner (``edgeopt.pipeline.run._Study``):
+a recipe target, built and measured by the same ``edgeopt.pipeline.study.Study`` as ``edgeopt run``:
 torch-level step prefixes are kept on disk under ``OUT/work/<fingerprint>/cache`` (a pruned and
 distilled model is trained once and quantized many ways, in this process or the next), finished
 ONNX artifacts are reused, and latencies are cached in ``OUT/latency-cache.json`` per artifact
@@ -56,16 +56,16 @@ the highest quality among those within ``choose_tolerance`` (3%) of the lowest l
 The space and the constraints live in ``edgeopt.pipeline.search_space``.
 
 Example:
-    >>> from edgeopt.pipeline.search import SearchConstraints, SearchSpace
-    >>> SearchConstraints(max_accuracy_drop=0.01).max_accuracy_drop
-    0.01
-    >>> SearchConstraints(max_size_mb=-1)
-    Traceback (most recent call last):
-    ...
-    edgeopt.core.errors.InputError: max_size_mb must be a number >= 0, got -1.0
-    >>> SearchSpace.from_dict({"prune": [0, 0.5], "quantize": ["none", "minmax"]}).prune
-    (0.0, 0.5)
+    >>> from edgeopt.pipeline.search import choose
+    >>> rows = [{"number": 0, "state": "complete", "feasible": True, "latency_ms": 1.0, "size_mb": 2.0,
+    ...          "quality": 0.90, "constraints": []},
+    ...         {"number": 1, "state": "complete", "feasible": True, "latency_ms": 1.01, "size_mb": 2.0,
+    ...          "quality": 0.95, "constraints": []}]
+    >>> pareto, chosen, closest = choose(rows, tolerance=0.03)
+    >>> chosen["number"], [r["number"] for r in pareto]   # 1% slower is within noise: more accurate wins
+    (1, [0, 1])
     >>> from edgeopt.pipeline.search import search  # doctest: +SKIP
+    >>> from edgeopt.pipeline.search_space import SearchConstraints  # doctest: +SKIP
     >>> r = search("benchmarks/search-fashion.yaml", "build/search", budget_minutes=10,  # doctest: +SKIP
     ...            constraints=SearchConstraints(max_accuracy_drop=0.01))
     >>> r.chosen["variant"], r.chosen["latency_ms"], r.paths["chosen"]  # doctest: +SKIP
@@ -84,10 +84,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeopt.core.config import check_field_types
 from edgeopt.core.config import flat_params
 from edgeopt.core.errors import InputError
 from edgeopt.core.files import write_json_atomic, write_text_atomic
+from edgeopt.core.result import reporter
 
 from .recipe import Recipe, load_recipe
 from .report_html import write_report
@@ -97,8 +97,7 @@ from .search_space import (SearchConstraints, SearchSpace, check_number, space_p
                            suggest, trial_steps, variant_name, warm_start_points)
 from .study import Study, load_inputs, recipe_fingerprint, task_info
 
-#: Keys of a recipe's ``search`` section (documented in docs/recipes.md).
-SEARCH_KEYS = tuple(f.name for f in dataclasses.fields(SearchSpace))
+JOURNAL, SEARCH_JSON, LATENCY_CACHE = "search.journal", "search.json", "latency-cache.json"
 
 
 @dataclass
@@ -260,6 +259,7 @@ def _select_target(targets: list, target: str | None):
                          f"{', '.join(labels)} (or all)")
     return chosen
 
+
 def _cached_latency(path: Path, machine: dict, bench, example, hook: Callable | None) -> Callable:
     """``latency(runner, artifact, target)`` for ``Study``: each artifact checksum, target,
     machine and timing settings measured once (``hook`` in place of timing when given), the
@@ -319,13 +319,12 @@ def _constraint_values(frozen) -> list[float]:
     return list(frozen.user_attrs.get("constraints") or [0.0])
 
 
-
 # -- the search -------------------------------------------------------------------------------
 
 def search(recipe, out: str | os.PathLike, *, target: str | None = None,
            constraints: SearchConstraints | None = None, budget_minutes: float | None = 30.0,
-           trials: int | None = None, seed: int | None = None, log: Callable[[str], None] = print,
-           progress=None, measure_latency: Callable | None = None) -> SearchResult:
+           trials: int | None = None, seed: int | None = None, progress=print,
+           measure_latency: Callable | None = None) -> SearchResult:
     """Search ``recipe``'s space for the best variant that meets ``constraints``; see the module
     docstring for the optimizer, the reuse and the files written into ``out``.
 
@@ -338,8 +337,8 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
             trial in flight finishes); ``None``: no time limit.
         trials: stop when the study holds this many finished trials (earlier runs included).
         seed: the sampler's seed (default: the recipe's ``seed``).
-        log: receives one line per trial; ``progress``: the steps' progress (``None``, ``True``
-            or a callable, as everywhere).
+        progress: one line per trial (``None``, ``True`` or a callable, as everywhere; default
+            ``print``); the steps run silent.
         measure_latency: ``f(runner, artifact, target) -> ms or latency_ms dict`` in place of
             timing the runner (tests use a deterministic one: timing noise would otherwise make
             two runs differ); its values are cached like measurements.
@@ -348,7 +347,7 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
     if not isinstance(constraints, SearchConstraints):
         raise InputError(f"constraints must be a SearchConstraints, got {type(constraints).__name__}")
     if budget_minutes is not None:
-        _number("budget_minutes", budget_minutes, 0.0)
+        check_number("budget_minutes", budget_minutes, 0.0)
     if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
         raise InputError(f"trials must be an integer >= 1, got {trials!r}")
     run = _Search.set_up(recipe, Path(out), target, constraints, seed, reporter(progress), measure_latency)
@@ -361,11 +360,6 @@ def search(recipe, out: str | os.PathLike, *, target: str | None = None,
         run.trial(now)
     return run.finish(stopped)
 
-    # constraints_func is marked experimental in Optuna 4.6; the version is pinned
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.trial import TrialState
 
 @dataclass
 class _Now:
@@ -486,15 +480,13 @@ class _Search:
         if trials is not None and len(now.done) >= trials:
             return f"{trials} trials"
         if not still_open:
-            out_count = sum(ruled.covering(p, v) is not None and (v, p["runtime"]) not in answered
-                            for p, v in candidates)
-            stopped = f"all {total} candidates tried" + (f" or ruled out by failures ({out_count} never built)"
-                                                         if out_count else "")
-            break
-        if repeats >= max(10, total):
-            stopped = (f"{repeats} asks in a row gave only candidates already tried (the sampler has converged; "
-                       f"{len(still_open)} untried)")
-            break
+            out_count = sum(now.ruled.covering(p, v) is not None and (v, p["runtime"]) not in answered
+                            for p, v in self.candidates)
+            return (f"all {len(self.candidates)} candidates tried"
+                    + (f" or ruled out by failures ({out_count} never built)" if out_count else ""))
+        if self.repeats >= max(10, len(self.candidates)):
+            return (f"{self.repeats} asks in a row gave only candidates already tried (the sampler has converged; "
+                    f"{len(still_open)} untried)")
         if budget_minutes is not None and time.monotonic() - t0 >= budget_minutes * 60:
             return f"budget of {budget_minutes:g} min"
         return ""
@@ -522,19 +514,11 @@ class _Search:
         params = suggest(trial, self.space, self.labels, self.labelled_top1)
         steps = trial_steps(params, self.space, self.labelled_top1)
         vname = variant_name(params, steps)
-        tgt = targets[labels.index(params["runtime"])]
-        earlier = next((t for t in done if t.user_attrs.get("variant") == vname
-                        and t.user_attrs.get("runtime") == params["runtime"]), None)
-        cover = ruled.covering(params, vname)
-        if earlier is not None and "repeat_of" in earlier.user_attrs:
-            cover = earlier.user_attrs["repeat_of"]  # answered from the trial that was built
-        if cover is not None and (earlier is None or cover != earlier.number):
-            earlier = next(t for t in everything if t.number == cover)
-        origin = trial.user_attrs.get("origin") or "sampler"
         info = {"variant": vname, "runtime": params["runtime"], "steps": [s.to_dict() for s in steps],
-                "origin": origin}
+                "origin": trial.user_attrs.get("origin") or "sampler"}
         for k, v in info.items():
             trial.set_user_attr(k, v)
+        earlier = self.earlier(now, params, vname)
         if earlier is not None:  # the same candidate again, or one a failure ruled out: answered
             self.repeats += 1    # from the earlier trial, never built again; it counts as a trial
             self.answer_from(trial, earlier, info)
@@ -586,7 +570,7 @@ class _Search:
             if torch_steps and self.pruned_early(trial, model, info):
                 return
             stage = "build"
-            entry = study_runner.measure(vname, steps, tgt)
+            entry = self.runner.measure(info["variant"], steps, self.targets[self.labels.index(params["runtime"])])
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:
@@ -642,16 +626,16 @@ class _Search:
         """Tell ``trial`` its objectives and record what the report and search.json show."""
         latency = entry["latency_ms"]["median"]
         size_mb = entry["size_bytes"] / 1e6
-        q = entry["accuracy"] if labelled_top1 else entry["agreement"]
-        drop = base_quality - q
-        violations = constraints.violations(latency, size_mb, drop)
+        q = entry["accuracy"] if self.labelled_top1 else entry["agreement"]
+        drop = self.base_quality - q
+        violations = self.constraints.violations(latency, size_mb, drop)
         feasible = all(v <= 0 for v in violations)
         attrs = {"latency_ms": latency, "size_mb": size_mb, "quality": q, "accuracy": entry.get("accuracy"),
                  "agreement": entry.get("agreement"), "accuracy_drop": drop, "constraints": violations,
-                 "feasible": feasible, "latency": entry["latency_ms"], "artifact": entry["artifact"], "seconds": round(time.monotonic() - start, 1),
-                 "entry": entry}
+                 "feasible": feasible, "latency": entry["latency_ms"], "artifact": entry["artifact"],
+                 "seconds": round(seconds, 1), "entry": entry}
         if not feasible:
-            attrs["why"] = _why(constraints, latency, size_mb, drop)
+            attrs["why"] = _why(self.constraints, latency, size_mb, drop)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         self.study.tell(trial, [latency, size_mb, q])

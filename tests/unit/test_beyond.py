@@ -115,7 +115,7 @@ def study(tmp_path_factory):
     from edgeopt.pipeline.run import run_recipe
 
     out = tmp_path_factory.mktemp("beyond")
-    report = run_recipe(parse_recipe(STUDY, "beyond.yaml"), out, log=lambda s: None)
+    report = run_recipe(parse_recipe(STUDY, "beyond.yaml"), out, progress=None)
     return out, report
 
 

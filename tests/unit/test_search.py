@@ -11,7 +11,7 @@ import pytest
 
 from edgeopt.core.errors import InputError
 from edgeopt.pipeline.recipe import parse_recipe
-from edgeopt.pipeline.search import SearchConstraints, SearchSpace, trial_steps, variant_name
+from edgeopt.pipeline.search_space import SearchConstraints, SearchSpace, trial_steps, variant_name
 from helpers import REPO, edgeopt_cli, search_latency
 
 TINY = """\
@@ -104,7 +104,7 @@ def searched(tmp_path_factory):
     (root / "r.yaml").write_text(TINY)
     lines = []
     result = search(root / "r.yaml", root / "out", constraints=SearchConstraints(max_accuracy_drop=DROP),
-                    trials=TRIALS, log=lines.append, measure_latency=search_latency)
+                    trials=TRIALS, progress=lines.append, measure_latency=search_latency)
     return root, result, lines
 
 
@@ -162,7 +162,7 @@ def test_trials_sharing_a_prefix_do_not_retrain(searched):
     assert result.steps_run.count("prune") == 1 and result.steps_run.count("distill") == 1
     # another search in the same folder (other constraints: a new study) finds them on disk
     again = search(root / "r.yaml", root / "out", constraints=SearchConstraints(max_accuracy_drop=0.5),
-                   trials=3, log=lambda line: None, measure_latency=search_latency)
+                   trials=3, progress=lambda line: None, measure_latency=search_latency)
     assert again.steps_run == []
 
 
@@ -182,7 +182,8 @@ KILLED = """\
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from helpers import search_latency
-from edgeopt.pipeline.search import SearchConstraints, search
+from edgeopt.pipeline.search import search
+from edgeopt.pipeline.search_space import SearchConstraints
 
 calls = [0]
 
@@ -193,7 +194,7 @@ def latency(runner, artifact, target):
     return search_latency(runner, artifact, target)
 
 search({recipe!r}, {out!r}, constraints=SearchConstraints(max_accuracy_drop={drop}), trials={trials},
-       log=lambda line: print(line, flush=True), measure_latency=latency)
+       progress=lambda line: print(line, flush=True), measure_latency=latency)
 """
 
 
@@ -203,8 +204,8 @@ def test_killed_search_resumes_to_the_uninterrupted_result(searched, tmp_path):
     none is measured again, and the end is the uninterrupted run's. Latencies come from a
     deterministic function (``measure_latency``): timing noise, not the resume logic, would
     otherwise make the two runs' objective values and so the sampler's choices differ."""
-    from edgeopt.pipeline.run import _slug
     from edgeopt.pipeline.search import search
+    from edgeopt.pipeline.study import slug
 
     root, reference, _ = searched
     (tmp_path / "r.yaml").write_text(TINY)
@@ -230,11 +231,11 @@ def test_killed_search_resumes_to_the_uninterrupted_result(searched, tmp_path):
 
     lines = []
     resumed = search(tmp_path / "r.yaml", out, constraints=SearchConstraints(max_accuracy_drop=DROP),
-                     trials=TRIALS, log=lines.append, measure_latency=latency)
+                     trials=TRIALS, progress=lines.append, measure_latency=latency)
     assert any("interrupted in an earlier run; asked again" in line for line in lines)
     again = {r["variant"] for r in resumed.trials if r["number"] in resumed.ran}
     assert not again & set(finished), "a finished trial was run again"
-    assert not any(f"/{_slug(v)}/" in p for p in measured for v in finished)
+    assert not any(f"/{slug(v)}/" in p for p in measured for v in finished)
     assert _summary(resumed) == _summary(reference)
     assert resumed.chosen["params"] == reference.chosen["params"]
 
@@ -247,7 +248,7 @@ WARM = TINY.replace("variants: {fp32: []}", """variants:
 
 
 def test_warm_start_points_are_the_recipe_variants_the_space_expresses():
-    from edgeopt.pipeline.search import warm_start_points
+    from edgeopt.pipeline.search_space import warm_start_points
 
     recipe = parse_recipe(WARM.replace("targets: [{runtime: onnxruntime}]",
                                        "targets: [{runtime: torch}, {runtime: onnxruntime}]"), "r.yaml")
@@ -277,7 +278,7 @@ def test_warm_start_measures_the_recipe_variants_first(searched, tmp_path):
     shutil.copytree(root / "out" / "work", out / "work")  # same base model and step cache: no training
     lines = []
     result = search(tmp_path / "r.yaml", out, constraints=SearchConstraints(max_accuracy_drop=DROP),
-                    trials=5, log=lines.append, measure_latency=search_latency)
+                    trials=5, progress=lines.append, measure_latency=search_latency)
     rows = json.loads((out / "search.json").read_text())["trials"]
     assert [(r["origin"], r["variant"]) for r in rows[:3]] == [
         ("recipe:int8", "minmax"), ("recipe:pruned+kd", "prune0.5+kd"), ("recipe:fp32", "fp32")]
@@ -289,19 +290,19 @@ def test_warm_start_measures_the_recipe_variants_first(searched, tmp_path):
 
 
 def test_choice_prefers_accuracy_among_latencies_within_tolerance():
-    from edgeopt.pipeline.search import _choose
+    from edgeopt.pipeline.search import choose
 
     rows = [{"number": i, "state": "complete", "feasible": True, "latency_ms": ms, "size_mb": 1.0, "quality": q}
             for i, (ms, q) in enumerate([(1.00, 0.90), (1.02, 0.92), (1.10, 0.95)])]
-    assert _choose(rows, 0.03)[1]["number"] == 1  # 2% slower, 2 points better
-    assert _choose(rows, 0.0)[1]["number"] == 0
-    assert _choose(rows, 0.2)[1]["number"] == 2
+    assert choose(rows, 0.03)[1]["number"] == 1  # 2% slower, 2 points better
+    assert choose(rows, 0.0)[1]["number"] == 0
+    assert choose(rows, 0.2)[1]["number"] == 2
 
 
 # -- failures: built once, ruled out, never spun on (issue 27) --------------------------------
 
 def test_stricter_lowrank_budgets_fall_with_the_one_that_failed():
-    from edgeopt.pipeline.search import stricter_lowrank
+    from edgeopt.pipeline.search_space import stricter_lowrank
 
     space = SearchSpace.from_dict({"lowrank": [{"flops_budget": 0.3}, {"flops_budget": 0.1},
                                                {"flops_budget": 0.5}, {"flops_budget": 0.05, "method": "cp"},
@@ -318,8 +319,8 @@ def test_steered_sampler_never_proposes_a_ruled_out_candidate():
     import optuna
     from optuna.trial import TrialState
 
-    from edgeopt.pipeline.search import (RuledOut, space_points, steered_sampler, suggest, trial_steps,
-                                         variant_name)
+    from edgeopt.pipeline.search import RuledOut, steered_sampler
+    from edgeopt.pipeline.search_space import space_points, suggest, trial_steps, variant_name
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = SearchSpace.from_dict({"prune": [0, 0.5], "lowrank": [{"flops_budget": 0.01}],
@@ -404,7 +405,7 @@ def test_search_on_a_half_infeasible_space_builds_each_failure_once(tmp_path):
     (tmp_path / "r.yaml").write_text(HALF_INFEASIBLE)
     lines = []
     result = search(tmp_path / "r.yaml", tmp_path / "out", constraints=SearchConstraints(max_accuracy_drop=0.5),
-                    trials=HALF_TRIALS, budget_minutes=4, seed=0, log=lines.append, measure_latency=search_latency)
+                    trials=HALF_TRIALS, budget_minutes=4, seed=0, progress=lines.append, measure_latency=search_latency)
     doc = json.loads((tmp_path / "out" / "search.json").read_text())
     assert doc["stopped"] != "budget of 4 min", doc["stopped"]  # the old search spun until here
     counts = doc["counts"]
@@ -426,7 +427,7 @@ def test_search_on_a_half_infeasible_space_builds_each_failure_once(tmp_path):
 
     # a resume with a larger budget knows the failures: none is built again
     more = search(tmp_path / "r.yaml", tmp_path / "out", constraints=SearchConstraints(max_accuracy_drop=0.5),
-                  trials=HALF_TRIALS + 5, budget_minutes=4, seed=0, log=lines.append,
+                  trials=HALF_TRIALS + 5, budget_minutes=4, seed=0, progress=lines.append,
                   measure_latency=search_latency)
     assert not any(r.get("error") and r["number"] in more.ran for r in more.trials)
     assert "lowrank" not in more.steps_run
@@ -458,7 +459,7 @@ def test_a_failure_asked_again_is_answered_from_the_first_one(tmp_path, monkeypa
     (tmp_path / "r.yaml").write_text(ONE_BAD_BUDGET)
     lines = []
     result = search_module.search(tmp_path / "r.yaml", tmp_path / "out", trials=6, budget_minutes=3, seed=3,
-                                  log=lines.append, measure_latency=search_latency)
+                                  progress=lines.append, measure_latency=search_latency)
     doc = json.loads((tmp_path / "out" / "search.json").read_text())
     failed = [r for r in doc["trials"] if r["state"] == "failed"]
     first = failed[0]
