@@ -230,7 +230,6 @@ def load_inputs(recipe: str | os.PathLike | Recipe, *, nproc: int = 1, torch_mod
     import torch
 
     from .models import load_model
-    from .output_check import TRAINING_STEPS, require_tensor_output
     from .tasks import load_task
 
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
@@ -256,6 +255,14 @@ def load_inputs(recipe: str | os.PathLike | Recipe, *, nproc: int = 1, torch_mod
     if task.test.x.shape[1:] != shape[1:]:
         raise InputError(f"{recipe.source}: task {recipe.task!r} gives inputs of shape "
                          f"{task.test.x.shape[1:]}, the model takes {shape[1:]}")
+    _check_steps(recipe, task, loaded, shape, onnx_model, nproc)
+    return StudyInputs(recipe, bench, loaded, task, onnx_model)
+
+
+def _check_steps(recipe: Recipe, task, loaded, shape: tuple, onnx_model: bool, nproc: int) -> None:
+    """What the recipe's steps need of the model and the task, checked before any work."""
+    from .output_check import TRAINING_STEPS, require_tensor_output
+
     for variant, steps in recipe.variants.items():
         for step in steps:
             if getattr(step.config, "max_accuracy_drop", None) is not None and not task.labelled:
@@ -277,7 +284,6 @@ def load_inputs(recipe: str | os.PathLike | Recipe, *, nproc: int = 1, torch_mod
                         check_split(step.config, len(task.train.x), nproc)
                     except InputError as e:
                         raise InputError(f"--nproc {nproc}, variant {variant!r}: {e}") from None
-    return StudyInputs(recipe, bench, loaded, task, onnx_model)
 
 
 class Study:
