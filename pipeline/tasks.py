@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
 from edgeopt.core.factory import resolve_factory
 
@@ -286,7 +287,7 @@ def _fashion_mnist(seed: int, data_dir, limit: int | None = None) -> Task:
 # -- training -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(StepConfig):
     """Supervised training settings (defaults train digits_cnn to ~99% in seconds)."""
 
     epochs: int = 12
@@ -296,14 +297,14 @@ class TrainConfig:
     shift: int = 2  # random translation augmentation, pixels
     seed: int = 0
 
-    def __post_init__(self):
+    def validate(self):
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if v < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {v!r}")
         if not self.lr > 0:
             raise InputError(f"lr must be > 0, got {self.lr!r}")
-        if not isinstance(self.shift, int) or self.shift < 0:
+        if self.shift < 0:
             raise InputError(f"shift must be an integer >= 0, got {self.shift!r}")
 
 
