@@ -52,8 +52,8 @@ class StepKind:
     Attributes:
         name: the name users read and write: recipes, the command line, history records, the report.
         module: the module that holds the step's config class, its function and its
-            ``describe(metrics) -> list[str]`` (the phrases the report shows for a record of the
-            step); imported on first use, so that reading a recipe does not import torch.
+            ``describe(metrics, config) -> list[str]`` (the phrases the report shows for a record
+            of the step); imported on first use, so that reading a recipe does not import torch.
         config_name: the config class in ``module``.
         level: where the step sits in a variant (``LEVELS``, the module docstring).
         summary: one line for ``--help`` and the docs.
