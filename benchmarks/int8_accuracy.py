@@ -7,7 +7,7 @@
 ``dataset-fashion-mnist`` installs them). For each model of ``int8_models.py`` (trained once,
 cached under build/int8_bench/): fp32 top-1 (onnxruntime); edgeopt's default ``quantize``
 (mean_minmax, per-channel, u8 activations; ``--method`` / ``--per-tensor`` pick another PTQ
-configuration for PTQ, the flow and QAT alike); edgeopt's accuracy-aware flow (``quantize_or_qat``:
+configuration for PTQ, the flow and QAT alike); edgeopt's accuracy-aware flow (``qat`` with ``ptq``:
 PTQ, then equalization / bias correction / SmoothQuant, then at most two layers in float, then
 QAT; budget 0.5 points on the 1,000 validation images); NNCF's ``quantize`` on the same ONNX
 with the same 256 calibration images and its ``quantize_with_accuracy_control`` (same budget,
@@ -27,6 +27,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,6 @@ def nncf_models(fp32: Path, data, out: Path, max_drop: float):
 def bench_model(name, data, work: Path, args) -> dict:
     import edgeopt.compress as ec
     from edgeopt.compile import export
-    from edgeopt.compress.qat import quantize_or_qat
     from edgeopt.pipeline.tasks import Split
 
     model = trained(name, data, CACHE, epochs=args.epochs)
@@ -144,10 +144,10 @@ def bench_model(name, data, work: Path, args) -> dict:
         row[f"ptq_top{k}_float"] = acc(logits_ort(kept.path, test.x))
     qat_config = ec.QATConfig(epochs=args.qat_epochs, max_train_samples=args.qat_samples, lr=args.qat_lr,
                               per_channel=not args.per_tensor)
-    flow = quantize_or_qat(
-        model, fp32, ec.QuantizeConfig(**ptq, max_accuracy_drop=args.budget, max_float_nodes=2),
-        Split(data.train.x, data.train.y), calibration=data.calib, eval_data=data.val, out=d / "best.onnx",
-        qat_config=qat_config)
+    # the accuracy-aware flow: PTQ's rungs judged on data.val, QAT only when they miss the budget
+    flow = ec.qat(model, replace(qat_config, ptq=ec.QuantizeConfig(**ptq, max_accuracy_drop=args.budget,
+                                                                   max_float_nodes=2)),
+                  data, teacher=model, calibration=data.calib, out=d / "best.onnx")
     row["best"] = acc(logits_ort(flow.path, test.x))
     row["attempts"] = [{k: a[k] for k in ("method", "transforms", "accuracy") if k in a}
                        | ({"nodes_in_float": len(a["nodes_in_float"])} if "nodes_in_float" in a else {})

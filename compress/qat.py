@@ -36,9 +36,10 @@ import hashlib
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +47,9 @@ from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
 from edgeopt.core.phrases import listing, said
 from edgeopt.core.result import Progress, StepResult, reporter, unwrap
+
+if TYPE_CHECKING:
+    from .quantize import QuantizeConfig
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,11 @@ class QATConfig(StepConfig):
             fake quantization does not model).
         max_train_samples: use at most this many training samples per epoch (all when unset).
         seed: seed of the data order.
+        ptq: the accuracy ladder's last rung: a ``QuantizeConfig`` with ``max_accuracy_drop`` or
+            ``min_agreement`` (recipe keys and flags ``ptq_<field>``: ``ptq_min_agreement``,
+            ``--ptq-method``). Post-training quantization with it runs first (plain, the
+            transforms, the per-layer fallback); its model is the result when it meets the
+            budget, and QAT runs only when it misses. None: QAT alone.
     """
 
     epochs: int = 2
@@ -75,8 +84,14 @@ class QATConfig(StepConfig):
     calibration_samples: int = 256
     max_train_samples: int | None = None
     seed: int = 0
+    ptq: QuantizeConfig | None = field(default=None, metadata={"nested": "edgeopt.compress.quantize:QuantizeConfig"})
 
     def validate(self):
+        from .quantize import QuantizeConfig
+
+        if self.ptq is not None and not (isinstance(self.ptq, QuantizeConfig) and self.ptq.has_budget):
+            raise InputError("ptq needs its budget, ptq_max_accuracy_drop or ptq_min_agreement (--ptq-max-accuracy-drop, "
+                             "--ptq-min-agreement): it decides whether QAT runs")
         for name in ("epochs", "batch_size", "calibration_samples"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1; got {getattr(self, name)!r}")
@@ -247,6 +262,12 @@ def qat(model, config: QATConfig | None = None, data: Any = None, *, teacher=Non
     The step contract: input, config, data; returns a ``StepResult`` whose ``output`` is the
     written artifact (folder ``out``) or file (``.onnx`` ``out``).
 
+    With ``config.ptq`` this is the accuracy-aware int8 flow, cheapest method first: the
+    exported model is quantized post-training first and that model is the result when it meets
+    the budget (a ``quantize`` record, ``budget_met`` true); otherwise QAT runs and its record's
+    ``metrics["attempts"]`` lists every attempt with its accuracy, ``budget_met`` whether QAT's
+    model met the budget.
+
     Args:
         model: a ``torch.nn.Module`` (or a torch-level step's ``StepResult``); not modified.
         config: ``QATConfig``.
@@ -263,9 +284,6 @@ def qat(model, config: QATConfig | None = None, data: Any = None, *, teacher=Non
     """
     import torch
 
-    from edgeopt.compile import ExportConfig, export
-    from edgeopt.runtimes.artifact import write_artifact
-
     config = QATConfig() if config is None else config
     if not isinstance(config, QATConfig):
         raise InputError(f"qat needs a QATConfig as its second argument, got {type(config).__name__}")
@@ -280,6 +298,47 @@ def qat(model, config: QATConfig | None = None, data: Any = None, *, teacher=Non
         if calibration is not None else x[:config.calibration_samples]
     calib = calib[:config.calibration_samples]
     example = x[:1] if example_inputs is None else np.asarray(example_inputs, np.float32)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:  # the fp32 model a budget is judged on lives until QAT's is scored
+        budget = None
+        if config.ptq is not None:
+            ptq, budget = _ptq_first(model, config.ptq, data, x, y, calib if calibration is None else calibration,
+                                     example, out, stack, progress)
+            if ptq is not None:
+                return ptq
+        return _qat(module, carried, config, x, y, val, calib, example, teacher, budget, out, say)
+
+
+def _ptq_first(model, config, data, x, y, calibration, example, out: Path, stack: ExitStack, progress):
+    """The ladder's rungs before QAT: ``quantize`` with its budget on the exported fp32 model.
+    Returns ``(its result, None)`` when it meets the budget, else ``(None, (scorer, attempts))``
+    to score QAT's model with, whose record then lists every attempt."""
+    from edgeopt.compile import ExportConfig, export
+
+    from .quantize import BudgetMissed, BudgetScorer, quantize
+
+    # the budget is judged on the validation split (by a task's own metric), on the training data
+    # when there is none
+    val = getattr(data, "val", None)
+    eval_data = data if hasattr(data, "metric") and val is not None else (
+        val if getattr(val, "y", None) is not None else (x, y))
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{out.name}.ptq-", dir=out.parent)))
+    fp32 = export(model, ExportConfig(), example, out=tmp / "fp32")
+    try:
+        r = quantize(fp32, config, calibration, out=out, eval_data=eval_data, progress=progress)
+    except BudgetMissed as e:
+        reporter(progress)("qat: post-training quantization missed its budget; quantization-aware training next")
+        return None, (BudgetScorer(fp32.path, eval_data, config), list(e.attempts))
+    r.record["metrics"]["budget_met"] = True
+    return r, None
+
+
+def _qat(module, carried, config: QATConfig, x, y, val, calib, example, teacher, budget, out: Path, say):
+    import torch
+
+    from edgeopt.compile import ExportConfig, export
+    from edgeopt.runtimes.artifact import write_artifact
 
     torch.manual_seed(config.seed)
     student, folded = _fold_batchnorm(copy.deepcopy(module).eval())
@@ -298,8 +357,6 @@ def qat(model, config: QATConfig | None = None, data: Any = None, *, teacher=Non
         record["metrics"]["fake_quant_val_accuracy"] = float(
             np.mean(torch_outputs(student, val.x)[0].argmax(1) == val.y))
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.qat-", dir=out.parent) as tmp:
         tmp = Path(tmp)
         plain = _unwrap(student)
@@ -313,6 +370,11 @@ def qat(model, config: QATConfig | None = None, data: Any = None, *, teacher=Non
 
             pred = runner_outputs(OnnxRuntimeRunner(candidate), val.x).reshape(len(val.x), -1).argmax(1)
             record["metrics"]["int8_val_accuracy"] = float(np.mean(pred == val.y))
+        if budget is not None:  # after post-training quantization missed: every attempt, in order
+            score, attempts = budget
+            s = score(candidate)
+            record["metrics"].update(attempts=[*attempts, {"method": "qat", "transforms": [], **s}],
+                                     budget_met=score.meets(s))
         say(f"qat: {learned} layers carry learned scales, {len(calibrated)} calibrated"
             + (f"; int8 validation accuracy {record['metrics']['int8_val_accuracy'] * 100:.2f}%"
                if "int8_val_accuracy" in record["metrics"] else ""))
@@ -487,73 +549,6 @@ def _learned_weights(qdq: Path, matched: dict, float_inits: dict) -> None:
                 set_init(bdq.input[0], np.round(b / bscale).astype(np.int32))
                 set_init(bdq.input[1], bscale.reshape(numpy_helper.to_array(inits[bdq.input[1]]).shape))
     onnx.save(model, str(qdq))
-
-
-def quantize_or_qat(model, fp32, config, data, *, calibration: Any, eval_data: Any,
-                    qat_config: QATConfig | None = None, teacher=None, out: str | os.PathLike,
-                    example_inputs: Any = None, progress: Progress = None) -> StepResult:
-    """The accuracy-aware int8 flow, cheapest method first, stopping at the first that meets the
-    budget of ``config`` (a ``QuantizeConfig`` with ``max_accuracy_drop`` or ``min_agreement``):
-    plain PTQ, PTQ with the transforms, the per-layer fallback (up to ``max_float_nodes``), all
-    inside ``quantize``; then, when those miss, QAT of ``model`` on the training ``data``.
-
-    Args:
-        model: the fp32 torch module (QAT fine-tunes a copy; default teacher).
-        fp32: its exported ONNX model (file, artifact folder or export ``StepResult``).
-        config: the ``QuantizeConfig`` with the budget.
-        data: labelled training data for QAT (a task, a split or ``(x, y)``).
-        calibration, eval_data: as for ``quantize``; the budget is judged on ``eval_data``.
-        qat_config: the QAT settings (default ``QATConfig()``).
-        out: where the chosen int8 model is written.
-
-    Returns:
-        the chosen method's ``StepResult``; ``metrics["attempts"]`` lists every attempt with its
-        accuracy, and ``metrics["budget_met"]`` says whether the last one met the budget.
-    """
-    from .fidelity import runner_outputs
-    from .quantize import BudgetMissed, BudgetScorer, QuantizeConfig, quantize
-
-    if not isinstance(config, QuantizeConfig) or not config.has_budget:
-        raise InputError("quantize_or_qat needs a QuantizeConfig with max_accuracy_drop or min_agreement")
-    say = reporter(progress)
-    try:
-        r = quantize(fp32, config, calibration, out=out, eval_data=eval_data, progress=progress)
-        r.record["metrics"]["budget_met"] = True
-        return r
-    except BudgetMissed as e:
-        attempts = list(e.attempts)
-        say(f"post-training quantization missed the budget; quantization-aware training next")
-    from edgeopt.runtimes.artifact import model_input
-
-    fp32_path = model_input(fp32, "onnx", "quantize_or_qat")[0]
-    score = BudgetScorer(fp32_path, eval_data, config)
-    module, carried = unwrap(model)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.flow-", dir=out.parent) as tmp:
-        r = qat(model, qat_config, data,
-                teacher=teacher if teacher is not None else copy.deepcopy(module).eval(),
-                calibration=calibration.x if hasattr(calibration, "x") else calibration,
-                out=Path(tmp) / "qat.onnx", example_inputs=example_inputs, progress=progress)
-        s = score(r.path)
-        attempts.append({"method": "qat", "transforms": [], **s})
-        r.record["metrics"].update(attempts=attempts, budget_met=score.meets(s))
-        # written once the attempts are known: the manifest holds the whole record
-        if out.suffix == ".onnx":
-            from edgeopt.core.files import file_mode
-
-            os.chmod(r.path, file_mode())
-            os.replace(r.path, out)
-            output: Any = out
-        else:
-            from edgeopt.runtimes.artifact import write_artifact
-            from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
-
-            inputs, outputs = onnx_io(load_onnx(r.path))
-            output = write_artifact(out, lambda d: os.replace(r.path, d / "model.onnx"), format="onnx",
-                                    files=["model.onnx"], inputs=inputs, outputs=outputs,
-                                    history=[*carried, r.record])
-    return StepResult(output, r.record, carried)
 
 
 def describe(metrics: dict, config: dict) -> list[str]:

@@ -102,7 +102,8 @@ class QuantizeConfig(StepConfig):
             (Linear models with LayerNorm) before keeping layers in float; stops at the first
             attempt that meets the budget.
         max_float_nodes: the fallback keeps at most this many compute nodes in float (each one
-            gives back int8 speed); past it the budget counts as missed (then ``qat`` is next).
+            gives back int8 speed); past it the budget counts as missed (a ``qat`` step with a ``ptq``
+            budget trains next).
         guard_outputs: measure every output (and each Concat slice of one) against the float
             model on the calibration samples, keep mixed-range Concats in float and keep in
             float what feeds an output whose int8 error exceeds its own variation

@@ -113,25 +113,78 @@ def test_cli_compress_qat(tmp_path):
     assert bad.returncode == 2 and "unknown task 'nope'" in bad.stderr
 
 
-def test_accuracy_aware_flow_ends_in_qat_when_ptq_misses(tmp_path):
-    """Plain int8 of the outlier MLP misses a tight agreement budget, no layer may stay in float,
-    so the flow goes on to QAT and records every attempt, cheapest first."""
-    from edgeopt.compress import QuantizeConfig
-    from edgeopt.compress.qat import quantize_or_qat
+def _outlier_task():
+    """A labelled task on the outlier MLP's inputs, labelled by the MLP itself."""
+    from edgeopt.pipeline.tasks import Task
     from helpers import OutlierMLP, outlier_samples
 
+    def split(n, seed):
+        x = outlier_samples(n, seed=seed).reshape(n, 8)
+        with torch.no_grad():
+            return Split(x, OutlierMLP().eval()(torch.from_numpy(x)).argmax(1).numpy())
+
+    return Task("outliers", "top1", (1, 8), 4, train=split(256, 1), val=split(64, 2), calib=split(64, 3),
+                test=split(64, 4), model="")
+
+
+LADDER = """\
+model: helpers:OutlierMLP
+task: helpers:tiny_image_task
+variants:
+  int8:
+    - qat: {epochs: 1, batch_size: 32, lr: 0.001, ptq_method: minmax, ptq_per_channel: false,
+            ptq_min_agreement: %s, ptq_max_float_nodes: %s}
+targets:
+  - runtime: onnxruntime
+"""
+
+
+def _ladder_step(min_agreement, max_float_nodes):
+    from edgeopt.pipeline.recipe import parse_recipe
+
+    (step,) = parse_recipe(LADDER % (min_agreement, max_float_nodes), "r.yaml").variants["int8"]
+    return step
+
+
+def test_accuracy_aware_flow_ends_in_qat_when_ptq_misses(tmp_path):
+    """A recipe's qat step with a ptq budget, applied as a study applies it: plain int8 of the
+    outlier MLP misses a tight agreement budget and no layer may stay in float, so the flow goes
+    on to QAT and records every attempt, cheapest first."""
+    from edgeopt.pipeline.steps import StepData, apply_step
+    from helpers import OutlierMLP, outlier_samples
+
+    step = _ladder_step(0.999, 0)
+    assert step.config.ptq.min_agreement == 0.999 and step.config.ptq.max_float_nodes == 0
     model = OutlierMLP().eval()
-    fp32 = eoc.export(model, None, outlier_samples(1)[0], out=tmp_path / "fp32.onnx").path
-    x = outlier_samples(256, seed=1).reshape(256, 8)
-    with torch.no_grad():
-        y = model(torch.from_numpy(x)).argmax(1).numpy()
-    held = outlier_samples(64, seed=2).reshape(64, 8)
-    r = quantize_or_qat(model, fp32, QuantizeConfig(method="minmax", per_channel=False, min_agreement=0.999,
-                                                    max_float_nodes=0),
-                        Split(x, y), calibration=x[:64], eval_data=held, out=tmp_path / "best",
-                        qat_config=QATConfig(epochs=1, batch_size=32, lr=1e-3))
+    r = apply_step(step, model, StepData(outlier_samples(1)[0], _outlier_task(), teacher=model),
+                   out=tmp_path / "best")
     methods = [a["method"] for a in r.metrics["attempts"]]
     assert methods[0] == "ptq" and methods[-2] == "fallback" and methods[-1] == "qat"
     assert all("agreement" in a for a in r.metrics["attempts"])
     assert isinstance(r.metrics["budget_met"], bool)
+    assert r.artifact.history[-1]["name"] == "qat"
     assert r.artifact.history[-1]["metrics"]["attempts"][-1]["method"] == "qat"
+
+
+def test_accuracy_aware_flow_stops_at_ptq_when_it_meets_the_budget(tmp_path):
+    """With layers allowed in float, the per-layer fallback meets the budget: no training, the
+    result is quantize's model and record."""
+    from edgeopt.pipeline.steps import StepData, apply_step
+    from helpers import OutlierMLP, outlier_samples
+
+    model = OutlierMLP().eval()
+    r = apply_step(_ladder_step(0.95, 2), model, StepData(outlier_samples(1)[0], _outlier_task(), teacher=model),
+                   out=tmp_path / "best")
+    assert r.record["name"] == "quantize" and r.metrics["budget_met"] is True
+    assert [h["name"] for h in r.artifact.history] == ["export", "quantize"]
+
+
+def test_ptq_needs_a_budget(capsys, tmp_path):
+    from edgeopt.pipeline.cli import main
+
+    with pytest.raises(InputError, match="ptq_max_accuracy_drop or ptq_min_agreement"):
+        _ladder_step("null", 0)
+    # the command line spells the same fields --ptq-<field>
+    assert main(["compress", "qat", "helpers:OutlierMLP", "--task", "digits", "--ptq-method", "minmax",
+                 "--out", str(tmp_path / "q")]) == 2
+    assert "ptq_max_accuracy_drop or ptq_min_agreement" in capsys.readouterr().err
