@@ -17,7 +17,8 @@ from edgeopt.core.files import write_bytes_atomic, write_json_atomic, write_text
 from .report_figures import pareto_png_bytes, reliability_png_bytes
 from .report_schema import evaluated_variants, failed_variants, row_label
 from .report_steps import format_step, variant_changes
-from .report_text import TIMED, Section, beyond_tables, front_name, markdown, summary, table_rows
+from .report_text import (TIMED, Section, beyond_tables, front_name, markdown, noise_heading, noise_lines, summary,
+                          table_rows)
 
 
 # -- the page ---------------------------------------------------------------------------------
@@ -72,6 +73,9 @@ def index_html(report: dict, plot: bytes | str | os.PathLike | None = None,
     nav.append('<a href="#steps">steps</a>')
     beyond_nav, beyond = beyond_html(report, base_dir)
     nav += beyond_nav
+    noisy = noise_lines(report)
+    noise_html = (f'<p class="noisy">{e(noise_heading())}</p><ul class="noisy">'
+                  + "".join(f"<li>{e(line)}</li>" for line in noisy) + "</ul>") if noisy else ""
     nav += [f'<a href="#{e(s.id)}">{e(s.title.lower())}</a>' for s in sections]
     extra = "\n".join(f'<h2 id="{e(s.id)}">{e(s.title)}</h2>\n{s.html}' for s in sections)
     changes = []
@@ -94,6 +98,7 @@ nav a{{margin-right:1em}}</style></head>
 <p>Sorted by median latency; * marks the {e(front_name(report))} Pareto front; &lt;- the fastest
 runtime of each variant among its rows that keep the quality limit (-: below it).</p>
 <table><tr>{head}</tr>{body}</table>
+{noise_html}
 <h2 id="plot">Trade-off</h2>
 <p><img src="data:image/png;base64,{img}" alt="latency against accuracy, one numbered point per variant" style="max-width:100%"></p>
 {failed_html}

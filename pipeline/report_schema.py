@@ -25,7 +25,11 @@ readers must not require them)::
 An entry is either *ok* (``"status"`` absent or ``"ok"``)::
 
     {"name", "runtime", "target", "steps": [{step: params}, ...],
-     "latency_ms": {"median", "p90", "min", "n", "rounds" (optional: each round's median)}, "size_bytes", "params", "flops",
+     "latency_ms": {"median", "p90", "min", "n",
+                    "rounds", "interval" (optional: the medians of consecutive blocks of runs, and
+                                          their p10 and p90: how much the latency moves),
+                    "load_1m" (optional: the 1-minute load average when it was timed)},
+     "size_bytes", "params", "flops",
      "accuracy" (null without labels and for tasks not scored by top-1),
      "agreement" (top-1 agreement with fp32; for outputs that are not class scores, the mean
                   cosine similarity of each output to fp32's),
@@ -90,6 +94,7 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 from edgeopt.core.errors import InputError
+from edgeopt.runtimes.timing import round_spread
 
 SCHEMA = 1
 OK, FAILED = "ok", "failed"
@@ -355,6 +360,72 @@ def fastest_here(report: dict) -> str:
             + (f" ({ratio:.2f}x {ref_runtime} {ref_name})" if ratio is not None else "")
             + f"; quality limit: {limit}")
 
+
+
+# -- how far to trust a latency -----------------------------------------------------------------
+
+#: A row's latency is too noisy to trust when the p10-p90 band of its round medians is wider
+#: than this share of its median. Why 0.5: with 20 rounds (runtimes.timing.ROUNDS) the median's
+#: own 90% interval is about +-0.18 x that share (normal approximation: sigma ~ band / 2.56, the
+#: median's standard error ~ 1.25 sigma / sqrt(20)), so at 0.5 it is about +-9%, as wide as the
+#: CI gate's default 10% latency limit: a difference of that size between such a row and another
+#: cannot be read from their medians. A quiet 2-core run of the demo has 1 row of 18 over it
+#: (bands of 2-59%); under a co-located load the band reaches many times the median.
+SPREAD_LIMIT = 0.5
+#: Fewer timed runs than rounds: each round is a single run, and the band is guesswork.
+FEW_RUNS = 20
+
+
+def latency_spread(v: dict) -> tuple[float, float] | None:
+    """p10 and p90 over a row's round medians (its ``latency_ms.interval``, or computed from its
+    ``rounds``); ``None`` for reports that kept no rounds.
+
+    >>> latency_spread({"latency_ms": {"median": 6.0, "rounds": [float(i) for i in range(1, 12)]}})
+    (2.0, 10.0)
+    """
+    lat = v.get("latency_ms") or {}
+    interval = lat.get("interval")
+    if isinstance(interval, (list, tuple)) and len(interval) == 2:
+        return float(interval[0]), float(interval[1])
+    rounds = lat.get("rounds")
+    return tuple(round_spread(rounds)) if rounds else None
+
+
+def noisy_latency(v: dict, machine: dict | None = None) -> str | None:
+    """Why an ok row's latency is too noisy to trust (its band wider than ``SPREAD_LIMIT`` of its
+    median) with the likely cause, in one line; ``None`` when it is not, or kept no rounds.
+    The causes: the machine was busy (a 1-minute load average above its cores when the row was
+    timed), too few runs, or, when neither, what the report cannot see (thermal throttling, a
+    frequency change, other work too brief for the load average).
+
+    >>> v = {"latency_ms": {"median": 1.0, "interval": [0.8, 1.6], "n": 100, "load_1m": 3.5}}
+    >>> noisy_latency(v, {"cores": 2})
+    'p10-p90 0.800-1.600 ms, 80% of the median; likely cause: machine busy (load 3.5 on 2 cores when timed)'
+    >>> noisy_latency({"latency_ms": {"median": 1.0, "interval": [0.9, 1.1]}}) is None
+    True
+    """
+    spread = latency_spread(v)
+    lat = v.get("latency_ms") or {}
+    if spread is None or not lat.get("median"):
+        return None
+    lo, hi = spread
+    share = (hi - lo) / lat["median"]
+    if share <= SPREAD_LIMIT:
+        return None
+    load, n = lat.get("load_1m"), lat.get("n")
+    cores = (machine or {}).get("cores")
+    causes = []
+    if isinstance(load, (int, float)) and cores and load > cores:
+        causes.append(f"machine busy (load {load:.1f} on {cores} cores when timed)")
+    if isinstance(n, int) and n < FEW_RUNS:
+        causes.append(f"too few runs ({n})")
+    runs = f", {n} runs" if isinstance(n, int) else ""
+    if not causes and not isinstance(load, (int, float)):
+        causes.append(f"unknown, load not recorded{runs}")
+    elif not causes:  # neither load nor run count: what the report cannot see
+        causes.append(f"thermal or frequency changes, or brief other work (load {load:.1f} on "
+                      f"{cores or '?'} cores{runs})")
+    return (f"p10-p90 {lo:.3f}-{hi:.3f} ms, {share:.0%} of the median; likely cause: " + " and ".join(causes))
 
 
 def sorted_variants(report: dict) -> list[dict]:

@@ -22,9 +22,9 @@ from typing import Sequence
 
 from edgeopt.core.phrases import size as format_size
 
-from .report_schema import (PERCENT_METRICS, evaluated_variants, failed_variants, fastest_here, format_metric,
-                            judged_by, metric_label, name_runtime, ok_variants, quality, row_label,
-                            sorted_variants)
+from .report_schema import (PERCENT_METRICS, SPREAD_LIMIT, evaluated_variants, failed_variants, fastest_here,
+                            format_metric, judged_by, latency_spread, metric_label, name_runtime, noisy_latency,
+                            ok_variants, quality, row_label, sorted_variants)
 from .report_steps import format_step, variant_changes
 
 
@@ -34,6 +34,8 @@ COLUMNS = ("variant", "runtime", "target", "size", "params", "MFLOPs", "median m
            "vs ref", "accuracy", "agreement", "pareto", "fastest")
 TIMED = "timed"  # the extra column when some rows come from an earlier run
 WORST_OUTPUT = "worst output"  # before "pareto", when rows carry worst_output
+SPREAD = "p10-p90 ms"  # after "p90 ms", when rows kept their rounds: how much each latency moves
+NOISY = "!"  # after a spread too wide to trust (report_schema.SPREAD_LIMIT)
 
 
 def _has_resumed(report: dict) -> bool:
@@ -59,6 +61,9 @@ def _columns(report: dict) -> tuple:
     if _has_worst_output(report):
         at = COLUMNS.index("pareto")
         cols = cols[:at] + (WORST_OUTPUT,) + cols[at:]
+    if any(latency_spread(v) for v in ok_variants(report)):
+        at = COLUMNS.index("p90 ms") + 1
+        cols = cols[:at] + (SPREAD,) + cols[at:]
     return cols + ((TIMED,) if _has_resumed(report) else ())
 
 
@@ -76,7 +81,15 @@ def _num(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def _row(v: dict, resumed_column: bool = False, metric: str = "top1", worst_column: bool = False) -> list[str]:
+def _spread_cell(v: dict, machine: dict) -> str:
+    spread = latency_spread(v)
+    if spread is None:
+        return "-"
+    return f"{spread[0]:.3f}-{spread[1]:.3f}" + (f" {NOISY}" if noisy_latency(v, machine) else "")
+
+
+def _row(v: dict, resumed_column: bool = False, metric: str = "top1", worst_column: bool = False,
+         spread_column: bool = False, machine: dict | None = None) -> list[str]:
     acc = v.get("accuracy") if metric in PERCENT_METRICS else quality(v, metric)
     agr = v.get("agreement")
     flops = v.get("flops")
@@ -91,6 +104,8 @@ def _row(v: dict, resumed_column: bool = False, metric: str = "top1", worst_colu
            "<-" if v.get("fastest") else "-" if v.get("keeps_quality") is False else ""]
     if worst_column:
         row.insert(COLUMNS.index("pareto"), worst_output_label(v))
+    if spread_column:  # before "pareto", so inserting it after the worst output moves nothing
+        row.insert(COLUMNS.index("p90 ms") + 1, _spread_cell(v, machine or {}))
     if resumed_column:
         row.append("earlier run" if v.get("resumed") else "this run")
     return row
@@ -103,7 +118,23 @@ def table_rows(report: dict) -> tuple[tuple, list[list[str]]]:
     fastest first."""
     cols = _columns(report)
     metric = judged_by(report)[0]
-    return cols, [_row(v, TIMED in cols, metric, WORST_OUTPUT in cols) for v in sorted_variants(report)]
+    machine = report.get("machine") or {}
+    return cols, [_row(v, TIMED in cols, metric, WORST_OUTPUT in cols, SPREAD in cols, machine)
+                  for v in sorted_variants(report)]
+
+
+def noise_lines(report: dict) -> list[str]:
+    """One line per ok row whose latency is too noisy to trust (``report_schema.noisy_latency``),
+    fastest first: the row, its band and the likely cause."""
+    machine = report.get("machine") or {}
+    return [f"{name_runtime(v)} ({v.get('target') or '-'}): {why}" for v in sorted_variants(report)
+            if (why := noisy_latency(v, machine))]
+
+
+def noise_heading() -> str:
+    """The line above ``noise_lines`` in every view."""
+    return (f"latency too noisy to trust ({NOISY} in the table: the p10-p90 band of its round medians "
+            f"is wider than {SPREAD_LIMIT:.0%} of the median):")
 
 
 def _failed_line(v: dict) -> str:
@@ -117,6 +148,9 @@ def text_table(report: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    noisy = noise_lines(report)
+    if noisy:
+        lines += ["", noise_heading()] + ["  " + line for line in noisy]
     failed = failed_variants(report)
     if failed:
         lines += ["", f"failed ({len(failed)}, not measured):"] + ["  " + _failed_line(v) for v in failed]
@@ -222,6 +256,9 @@ def markdown(report: dict, sections: Sequence[Section] = ()) -> str:
     table += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
     lines = head + ["", *table, "", f"`*` marks the {front_name(report)} Pareto front; `<-` the fastest "
                     "runtime of each variant among its rows that keep the quality limit (`-`: below it)."]
+    noisy = noise_lines(report)
+    if noisy:
+        lines += ["", noise_heading().replace(NOISY, f"`{NOISY}`"), ""] + [f"- {_md(line)}" for line in noisy]
     failed = failed_variants(report)
     if failed:
         lines += ["", "## Failed variants", "", "Not measured; left out of the table, the plot and "
