@@ -32,6 +32,7 @@ from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
 
 from .conv_layouts import error_summary
 from .targets import required_cpu_features, resolve_target, toolchain
+from .tune import TuneConfig
 
 
 def unsupported_ops(onnx_model) -> list[tuple[str, str]]:
@@ -96,7 +97,7 @@ class BuildConfig(StepConfig):
 
     target: Any = "cpu"
     int8: bool | None = None
-    tune: TuneConfig | None = field(default=None, metadata={"nested": "edgeopt.compile.tune:TuneConfig"})
+    tune: TuneConfig | None = field(default=None, metadata={"nested": TuneConfig})
     precision: str = "fp32"
     cuda_graph: bool = True
     kernels: str = "auto"
@@ -105,7 +106,6 @@ class BuildConfig(StepConfig):
 
     def validate(self):
         from .onnx_shapes import parse_input_shape
-        from .tune import TuneConfig
 
         object.__setattr__(self, "input_shape", parse_input_shape(self.input_shape))  # malformed: now
         if self.tune is not None and not isinstance(self.tune, TuneConfig):

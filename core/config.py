@@ -8,7 +8,7 @@ an ``InputError`` naming the field and the type expected, never a ``TypeError`` 
 deep inside.
 
 A field whose value is itself a config (``BuildConfig.tune``, a ``TuneConfig``) says so in its
-metadata, ``field(default=None, metadata={"nested": "edgeopt.compile.tune:TuneConfig"})``:
+metadata, ``field(default=None, metadata={"nested": TuneConfig})``:
 recipes and CLI flags spell its fields flat, as ``<field>_<nested field>`` (``tune_trials``,
 ``--tune-trials``); ``flat_fields`` lists them and ``config_from_flat`` builds the config.
 
@@ -117,11 +117,12 @@ class StepConfig:
 
 def nested_config(f: dataclasses.Field):
     """The config class a field holds (its ``nested`` metadata: the class, or its
-    ``module:attribute`` path, imported on first use), or ``None`` for a plain field."""
-    path = f.metadata.get("nested")
-    if path is None or not isinstance(path, str):
-        return path
-    module, _, attr = path.partition(":")
+    ``module:attribute`` path where importing the class at once would make a cycle), or ``None``
+    for a plain field."""
+    nested = f.metadata.get("nested")
+    if not isinstance(nested, str):
+        return nested
+    module, _, attr = nested.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
