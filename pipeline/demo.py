@@ -19,60 +19,45 @@ import time
 from .recipe import parse_recipe
 from .run import run_recipe
 
-DEMO_RECIPE = """\
-# The built-in default study: `edgeopt demo` (and `make demo`) runs exactly this recipe.
-# Fashion-MNIST (Debian package dataset-fashion-mnist, `make data`): 54,744 training images,
-# the official 10,000 test images. Four epochs train fashion_cnn to 91.38% top-1 (seed 0).
-model: zoo:fashion_cnn
-task: fashion_mnist
-train: {epochs: 4, batch_size: 128, shift: 0}
-variants:
+
+def _study(about: str, model: str, task: str, train: str, distill: str) -> str:
+    """The demo's study, the same five variants and three runtimes for either dataset."""
+    return f"""\
+{about}model: {model}
+task: {task}
+{train}variants:
   fp32: []
   lowrank+kd:
-    - lowrank: {energy: 0.97, energy_on: responses}
-    - distill: {epochs: 2, batch_size: 128, patience: null}
+    - lowrank: {{energy: 0.97, energy_on: responses}}
+    - distill: {distill}
   pruned+kd:
-    - prune: {amount: 0.5, scope: local}
-    - distill: {epochs: 2, batch_size: 128, patience: null}
+    - prune: {{amount: 0.5, scope: local}}
+    - distill: {distill}
   int8:
-    - quantize: {method: entropy, per_channel: true}
+    - quantize: {{method: entropy, per_channel: true}}
   pruned+kd+int8:
-    - prune: {amount: 0.5, scope: local}
-    - distill: {epochs: 2, batch_size: 128, patience: null}
-    - quantize: {method: entropy, per_channel: true}
+    - prune: {{amount: 0.5, scope: local}}
+    - distill: {distill}
+    - quantize: {{method: entropy, per_channel: true}}
 targets:
   - runtime: torch
   - runtime: onnxruntime
   - runtime: tvm
     target: cpu
-bench: {warmup: 10, repeat: 100}
+bench: {{warmup: 10, repeat: 100}}
 """
 
-DIGITS_RECIPE = """\
-# The built-in study where Fashion-MNIST is not installed: `edgeopt demo` then runs this recipe.
-model: zoo:digits_cnn
-task: digits
-variants:
-  fp32: []
-  lowrank+kd:
-    - lowrank: {energy: 0.97, energy_on: responses}
-    - distill: {epochs: 10, shift: 2, patience: null}
-  pruned+kd:
-    - prune: {amount: 0.5, scope: local}
-    - distill: {epochs: 10, shift: 2, patience: null}
-  int8:
-    - quantize: {method: entropy, per_channel: true}
-  pruned+kd+int8:
-    - prune: {amount: 0.5, scope: local}
-    - distill: {epochs: 10, shift: 2, patience: null}
-    - quantize: {method: entropy, per_channel: true}
-targets:
-  - runtime: torch
-  - runtime: onnxruntime
-  - runtime: tvm
-    target: cpu
-bench: {warmup: 10, repeat: 100}
-"""
+
+DEMO_RECIPE = _study(
+    "# The built-in default study: `edgeopt demo` (and `make demo`) runs exactly this recipe.\n"
+    "# Fashion-MNIST (Debian package dataset-fashion-mnist, `make data`): 54,744 training images,\n"
+    "# the official 10,000 test images. Four epochs train fashion_cnn to 91.38% top-1 (seed 0).\n",
+    "zoo:fashion_cnn", "fashion_mnist", "train: {epochs: 4, batch_size: 128, shift: 0}\n",
+    "{epochs: 2, batch_size: 128, patience: null}")
+
+DIGITS_RECIPE = _study(
+    "# The built-in study where Fashion-MNIST is not installed: `edgeopt demo` then runs this recipe.\n",
+    "zoo:digits_cnn", "digits", "", "{epochs: 10, shift: 2, patience: null}")
 
 
 def demo_recipe(data_dir: str | os.PathLike | None = None) -> tuple[str, str | None]:

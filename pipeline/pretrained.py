@@ -65,77 +65,74 @@ def _load(module: nn.Module, package: str, relative: str) -> nn.Module:
 
 # -- MTCNN ----------------------------------------------------------------------------------
 
-class PNet(nn.Module):
+class _Stage(nn.Module):
+    """One MTCNN stage: Conv2d + PReLU layers (``conv1``/``prelu1``, ... as facenet-pytorch names
+    them, so its weight files load), each pooled when a pool is given; for RNet and ONet a Linear +
+    PReLU layer; then the heads, whose first output (the face probabilities) gets a softmax.
+
+    ``convs``: ``(in, out, kernel, (pool kernel, stride) or None)`` per layer; ``dense``: ``(in,
+    out)`` or None (PNet: fully convolutional, its heads are 1x1 convolutions); ``heads``: the
+    output width of each head.
+    """
+
+    def __init__(self, convs: list, dense: tuple | None, heads: tuple):
+        super().__init__()
+        for i, (cin, cout, k, pool) in enumerate(convs, 1):
+            setattr(self, f"conv{i}", nn.Conv2d(cin, cout, k))
+            setattr(self, f"prelu{i}", nn.PReLU(cout))
+            if pool:
+                setattr(self, f"pool{i}", nn.MaxPool2d(*pool, ceil_mode=True))
+        self.layers, self.dense = len(convs), dense is not None
+        width = convs[-1][1]
+        if dense:  # dense4/prelu4 in RNet, dense5/prelu5 in ONet
+            setattr(self, f"dense{len(convs) + 1}", nn.Linear(*dense))
+            setattr(self, f"prelu{len(convs) + 1}", nn.PReLU(dense[1]))
+            width = dense[1]
+        # layers are looked up by name in forward: a step that swaps a layer (pruning) is followed
+        self.heads = [f"dense{len(convs) + 2}_{j}" if dense else f"conv{len(convs) + 1}_{j}"
+                      for j in range(1, len(heads) + 1)]
+        for name, n in zip(self.heads, heads):
+            setattr(self, name, nn.Linear(width, n) if dense else nn.Conv2d(width, n, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.layers + 1):
+            x = getattr(self, f"prelu{i}")(getattr(self, f"conv{i}")(x))
+            if hasattr(self, f"pool{i}"):
+                x = getattr(self, f"pool{i}")(x)
+        if self.dense:
+            # The weights were trained (in Caffe) on channels-last flattening: keep that order.
+            n = self.layers + 1
+            x = getattr(self, f"prelu{n}")(getattr(self, f"dense{n}")(x.permute(0, 3, 2, 1).contiguous().flatten(1)))
+        outs = [getattr(self, head)(x) for head in self.heads]
+        return torch.cat([torch.softmax(outs[0], dim=1), *outs[1:]], dim=1)
+
+
+class PNet(_Stage):
     """MTCNN proposal network: fully convolutional, 12x12 receptive field, any input size."""
 
     input_shape = (1, 3, 12, 12)
 
     def __init__(self):
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
-        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
-        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
-        self.conv4_1 = nn.Conv2d(32, 2, 1)
-        self.conv4_2 = nn.Conv2d(32, 4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        return torch.cat([torch.softmax(self.conv4_1(x), dim=1), self.conv4_2(x)], dim=1)
+        super().__init__([(3, 10, 3, (2, 2)), (10, 16, 3, None), (16, 32, 3, None)], None, (2, 4))
 
 
-class RNet(nn.Module):
+class RNet(_Stage):
     """MTCNN refinement network: 3x24x24 crops -> (face probabilities 2, box offsets 4)."""
 
     input_shape = (1, 3, 24, 24)
 
     def __init__(self):
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(28, 48, 3), nn.PReLU(48)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3, self.prelu3 = nn.Conv2d(48, 64, 2), nn.PReLU(64)
-        self.dense4, self.prelu4 = nn.Linear(576, 128), nn.PReLU(128)
-        self.dense5_1 = nn.Linear(128, 2)
-        self.dense5_2 = nn.Linear(128, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.prelu3(self.conv3(x))
-        # The weights were trained (in Caffe) on channels-last flattening: keep that order.
-        x = self.prelu4(self.dense4(x.permute(0, 3, 2, 1).contiguous().flatten(1)))
-        return torch.cat([torch.softmax(self.dense5_1(x), dim=1), self.dense5_2(x)], dim=1)
+        super().__init__([(3, 28, 3, (3, 2)), (28, 48, 3, (3, 2)), (48, 64, 2, None)], (576, 128), (2, 4))
 
 
-class ONet(nn.Module):
+class ONet(_Stage):
     """MTCNN output network: 3x48x48 crops -> (face probabilities 2, box offsets 4, landmarks 10)."""
 
     input_shape = (1, 3, 48, 48)
 
     def __init__(self):
-        super().__init__()
-        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
-        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
-        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
-        self.dense6_1 = nn.Linear(256, 2)
-        self.dense6_2 = nn.Linear(256, 4)
-        self.dense6_3 = nn.Linear(256, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
-        x = self.prelu4(self.conv4(x))
-        x = self.prelu5(self.dense5(x.permute(0, 3, 2, 1).contiguous().flatten(1)))
-        return torch.cat([torch.softmax(self.dense6_1(x), dim=1), self.dense6_2(x), self.dense6_3(x)], dim=1)
+        super().__init__([(3, 32, 3, (3, 2)), (32, 64, 3, (3, 2)), (64, 64, 3, (2, 2)), (64, 128, 2, None)],
+                         (1152, 256), (2, 4, 10))
 
 
 def mtcnn_pnet() -> PNet:
