@@ -567,9 +567,10 @@ def _val_score(model, x, y, metric: str) -> float:
     import torch
     import torch.nn.functional as F
 
+    from edgeopt.runtimes.torch_runner import torch_outputs
+
     model.eval()
-    with torch.no_grad():
-        out = torch.cat([model(x[s:s + 256]) for s in range(0, len(x), 256)])
+    out = torch.from_numpy(torch_outputs(model, x.numpy())[0])
     model.train()
     if metric == "top1":
         return float((out.argmax(-1) == y).float().mean())
