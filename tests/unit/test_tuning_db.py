@@ -86,7 +86,7 @@ def test_shared_kernels_get_the_same_block_names_in_every_model(tmp_path):
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    from edgeopt.compile import export
+    from edgeopt.compile import ExportConfig, export
     from edgeopt.compile.targets import resolve_target
 
     class Net(torch.nn.Module):
