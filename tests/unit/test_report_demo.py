@@ -1,5 +1,6 @@
 """Reports and the end-to-end demo."""
 
+import importlib.util
 import json
 
 import pytest
@@ -39,11 +40,16 @@ def _check_demo_report(out, min_accuracy: float) -> dict:
     assert report["schema"] == 1 and report["reference"] == "fp32/onnxruntime"
     assert report["machine"]["cpu"] and report["machine"]["versions"]["torch"].startswith("2.13")
     fp32 = {v["runtime"]: v for v in report["variants"] if v["name"] == "fp32"}
-    assert set(fp32) == {"torch", "onnxruntime", "tvm"}
+    # the demo adds OpenVINO where its optional package is installed (pipeline.demo.with_installed_peers)
+    peers = {"openvino"} if importlib.util.find_spec("openvino") is not None else set()
+    assert set(fp32) == {"torch", "onnxruntime", "tvm"} | peers
     for v in fp32.values():
-        assert v["accuracy"] >= min_accuracy and v["agreement"] == 1.0
+        assert v["accuracy"] >= min_accuracy
         assert v["size_bytes"] > 0 and v["flops"] > 0 and v["latency_ms"]["n"] == 10
-    assert len({v["predictions_sha256"] for v in fp32.values()}) == 1
+    # OpenVINO may choose bf16 by itself: its agreement is measured, not expected to be exact
+    exact = [v for v in fp32.values() if not str(v.get("target", "")).endswith(("/bf16", "/f16"))]
+    assert all(v["agreement"] == 1.0 for v in exact)
+    assert len({v["predictions_sha256"] for v in exact}) == 1
     assert fp32["onnxruntime"]["latency_ratio"] == 1.0
     names = {v["name"] for v in report["variants"]}
     assert names == {"fp32", "lowrank+kd", "pruned+kd", "int8", "pruned+kd+int8"}
