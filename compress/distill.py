@@ -98,7 +98,7 @@ class DistillConfig(StepConfig):
                 raise InputError(f"features must be (student module, teacher module) pairs, got {pair!r}")
 
 
-def distill(student, config: DistillConfig | None = None, data: Any = None, *, teacher=None, val: Any = None,
+def distill(student, config: DistillConfig, data: Any, *, teacher=None, val: Any = None,
             progress: Progress = None, nproc: int = 1,
             checkpoint_dir: str | os.PathLike | None = None) -> StepResult:
     """Train a copy of ``student`` against ``teacher``; return it (best validation epoch).

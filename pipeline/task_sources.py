@@ -5,7 +5,7 @@
 **Factory contract.** ``module.path:factory`` names a callable (function or class) that needs
 no arguments. It may declare any of the keywords ``seed``, ``input_shape``, ``data_dir`` and
 ``limit`` (or ``**kwargs``); those it declares are passed. It returns a ``TaskData`` (or a dict
-with the same keys; ``calibration`` is accepted for ``calib``)::
+with the same keys)::
 
     TaskData(train=..., calib=..., test=..., val=None, metric=None, num_classes=None,
              name=None, model="", classes=(), groups=None, outputs=())
@@ -110,8 +110,6 @@ def load_factory(spec: str, **available):
         return result
     if isinstance(result, dict):
         data = dict(result)
-        if "calibration" in data and "calib" not in data:
-            data["calib"] = data.pop("calibration")
         fields = [f.name for f in dataclasses.fields(TaskData)]
         unknown = sorted(set(data) - set(fields))
         missing = [k for k in ("train", "calib", "test") if k not in data]

@@ -37,7 +37,7 @@ FACTORIES = """
         return TaskData(train=xy(50), calib=xy(8)[0], test=xy(12), val=xy(6), name="toy")
 
     def as_dict():
-        return {"train": xy(30), "calibration": xy(4)[0], "test": xy(10)}
+        return {"train": xy(30), "calib": xy(4)[0], "test": xy(10)}
 
     def loaders():
         ds = torch.utils.data.TensorDataset(torch.randn(20, 2, 4), torch.randint(0, 3, (20,)))
