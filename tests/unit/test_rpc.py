@@ -156,6 +156,6 @@ def test_tracker_tuning_errors(tmp_path):
     onnx_path = export(tiny_conv_net(), ExportConfig(), example_inputs(), out=tmp_path / "m.onnx").path
     port = free_port()
     r = edgeopt_cli("compile", onnx_path, "--out", tmp_path / "a", "--tune-trials", "4",
-                    "--tracker", f"127.0.0.1:{port}", "--key", KEY)
+                    "--tune-tracker", f"127.0.0.1:{port}", "--tune-key", KEY)
     assert r.returncode == 2 and "nothing is listening for the RPC tracker" in r.stderr, r.stderr
     assert not (tmp_path / "a").exists()
