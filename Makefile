@@ -35,7 +35,7 @@ demo: $(STAMP) data onednn
 
 # What CI runs: the unit, cross and device tiers (GPU tests skip without a GPU), on both cores,
 # without the cases marked slow (each says why; `make test-all` runs them too).
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 test: $(STAMP) cross-tools data onednn
 	$(PYTEST) -m "not slow" tests
 
