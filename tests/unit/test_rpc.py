@@ -2,6 +2,8 @@
 fleet runs with a device lost mid-run, tuning measured on the farm, and every bad address."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -78,7 +80,8 @@ def test_direct_rpc_server(cpu_artifact, tmp_path):
         assert r.returncode == 0, r.stderr
         assert f"127.0.0.1:{port}" in r.stdout
     finally:
-        proc.kill()
+        # the whole session: TVM's server runs in a popen_worker child that proc.kill() would orphan
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
