@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from edgeopt.core.config import StepConfig
+from edgeopt.core.config import StepConfig, config_argument
 from edgeopt.core.files import atomic_file
 from edgeopt.core.result import Progress, StepResult, reporter, unwrap
 from edgeopt.runtimes.artifact import write_artifact
@@ -116,10 +116,7 @@ def export(model, config: ExportConfig | None = None, example_inputs: Any = None
     """
     import torch
 
-    config = ExportConfig() if config is None else config
-    if not isinstance(config, ExportConfig):
-        raise InputError(f"export needs an ExportConfig (or None) as its second argument, got "
-                         f"{type(config).__name__}: call export(model, ExportConfig(), example_inputs, out=...)")
+    config = config_argument("export", config, ExportConfig, "export(model, ExportConfig(), example_inputs, out=...)")
     if out is None:
         raise InputError("export needs out=: an .onnx file or a folder for the artifact")
     if example_inputs is None:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from dataclasses import dataclass, field
 
-from edgeopt.core.config import StepConfig
+from edgeopt.core.config import StepConfig, config_argument
 from edgeopt.core.errors import InputError, last_line
 from edgeopt.core.result import Progress, StepResult, reporter
 from edgeopt.runtimes.artifact import model_input, write_artifact
@@ -140,11 +140,8 @@ def build(model: Any, config: BuildConfig | None = None, *, out: str | os.PathLi
         InputError: ``config`` is not a ``BuildConfig``, not a valid ONNX file, an op TVM cannot
             import (each op and node named), or an unknown / malformed target.
     """
-    config = BuildConfig() if config is None else config
-    if not isinstance(config, BuildConfig):
-        hint = f"BuildConfig(target={config!r})" if isinstance(config, str) else "BuildConfig(...)"
-        raise InputError(f"build needs a BuildConfig (or None) as its second argument, got "
-                         f"{type(config).__name__}: call build(model, {hint}, out=...)")
+    hint = f"BuildConfig(target={config!r})" if isinstance(config, str) else "BuildConfig(...)"
+    config = config_argument("build", config, BuildConfig, f"build(model, {hint}, out=...)")
     if out is None:
         raise InputError("build needs out=: the artifact folder to write")
     path, carried, _ = model_input(model, "onnx", "compile")

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.core.config import StepConfig
+from edgeopt.core.config import StepConfig, config_argument
 from edgeopt.core.errors import InputError
 from edgeopt.core.phrases import count, said
 from edgeopt.core.result import Progress, StepResult, reporter, shows_bars, unwrap
@@ -133,9 +133,8 @@ def distill(student, config: DistillConfig, data: Any, *, teacher=None, val: Any
     """
     import torch.distributed as dist
 
-    if not isinstance(config, DistillConfig):
-        raise InputError(f"distill needs a DistillConfig as its second argument, got {type(config).__name__}: "
-                         "call distill(student, DistillConfig(...), data, teacher=teacher)")
+    config = config_argument("distill", config, DistillConfig,
+                             "distill(student, DistillConfig(...), data, teacher=teacher)", default=False)
     if teacher is None:
         raise InputError("distill needs teacher=: the model whose outputs the student learns")
     if data is None:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeopt.core.config import StepConfig
+from edgeopt.core.config import StepConfig, config_argument
 from edgeopt.core.errors import InputError
 from edgeopt.core.phrases import listing, said
 from edgeopt.core.result import Progress, StepResult, reporter, unwrap
@@ -284,9 +284,7 @@ def qat(model, config: QATConfig | None = None, data: Any = None, *, teacher=Non
     """
     import torch
 
-    config = QATConfig() if config is None else config
-    if not isinstance(config, QATConfig):
-        raise InputError(f"qat needs a QATConfig as its second argument, got {type(config).__name__}")
+    config = config_argument("qat", config, QATConfig, "qat(model, QATConfig(...), data, out=...)")
     if out is None:
         raise InputError("qat needs out=: an .onnx file or a folder for the artifact")
     say = reporter(progress)

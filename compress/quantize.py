@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgeopt.core.config import StepConfig
+from edgeopt.core.config import StepConfig, config_argument
 from edgeopt.core.files import atomic_file
 from edgeopt.core.result import Progress, StepResult, reporter
 from edgeopt.runtimes.artifact import Artifact, write_artifact
@@ -252,10 +252,8 @@ def quantize(model: Any, config: QuantizeConfig | None = None, calibration: Any 
     from edgeopt.runtimes.artifact import model_input
     from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
 
-    config = QuantizeConfig() if config is None else config
-    if not isinstance(config, QuantizeConfig):
-        raise InputError(f"quantize needs a QuantizeConfig (or None) as its second argument, got "
-                         f"{type(config).__name__}: call quantize(model, QuantizeConfig(...), calibration, out=...)")
+    config = config_argument("quantize", config, QuantizeConfig,
+                             "quantize(model, QuantizeConfig(...), calibration, out=...)")
     if out is None:
         raise InputError("quantize needs out=: an .onnx file or a folder for the artifact")
     say = reporter(progress)

@@ -191,3 +191,28 @@ def flat_params(config) -> dict:
         if default is dataclasses.MISSING or value != default:
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def config_argument(step: str, config, cls: type, call: str, default: bool = True):
+    """The config a step function was given as its second argument: ``cls()`` for ``None`` (when
+    the step has defaults), ``config`` itself when it is a ``cls``; anything else (data, a target
+    string, a model) is an ``InputError`` that names the call to write.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class C:
+    ...     pass
+    >>> config_argument("step", None, C, "step(model, C(), out=...)")
+    C()
+    >>> config_argument("step", "cuda", C, "step(model, C(), out=...)")
+    Traceback (most recent call last):
+    ...
+    edgeopt.core.errors.InputError: step needs a C (or None) as its second argument, got str: call step(model, C(), out=...)
+    """
+    if config is None and default:
+        return cls()
+    if not isinstance(config, cls):
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise InputError(f"{step} needs {article} {cls.__name__}{' (or None)' if default else ''} as its second "
+                         f"argument, got {type(config).__name__}: call {call}")
+    return config
