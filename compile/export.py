@@ -11,10 +11,10 @@ magnitude, which (unlike an element-wise ratio) does not blow up on outputs near
 
 Example:
     >>> import torch, tempfile, os
-    >>> import edgeopt.compile.export as ex
+    >>> from edgeopt.compile import ExportConfig, export
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()).eval()
     >>> out = os.path.join(tempfile.mkdtemp(), "tiny.onnx")
-    >>> result = ex.export(model, ex.ExportConfig(), torch.randn(1, 8), out=out)
+    >>> result = export(model, ExportConfig(), torch.randn(1, 8), out=out)
     >>> result.metrics["parity"]["passed"], result.path.name
     (True, 'tiny.onnx')
 """
