@@ -20,7 +20,7 @@ Example:
     >>> from edgeopt.compress.output_guard import snr_db
     >>> ref = np.linspace(0, 1, 100)
     >>> round(snr_db(ref, ref + 0.01), 1), snr_db(ref, np.zeros_like(ref)) < 6
-    (29.4, True)
+    (29.3, True)
 """
 
 from __future__ import annotations

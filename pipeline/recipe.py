@@ -26,8 +26,8 @@ Example:
     ...                  "targets: [{runtime: onnxruntime}]\\n")
     >>> r.variants["fp32"], r.targets[0].runtime
     ([], 'onnxruntime')
-    >>> parse_recipe("model: zoo:digits_cnn\ntask: digits\nvariants: {p: [{prune: {amount: 0.5}}]}\n"
-    ...              "targets: [{runtime: onnxruntime}]\n").variants["p"][0].config.amount
+    >>> parse_recipe("model: zoo:digits_cnn\\ntask: digits\\nvariants: {p: [{prune: {amount: 0.5}}]}\\n"
+    ...              "targets: [{runtime: onnxruntime}]\\n").variants["p"][0].config.amount
     0.5
 """
 

@@ -14,7 +14,7 @@ Example:
     >>> art = write_artifact(d / "art", fill, format="onnx", files=["model.bin"],
     ...                      inputs=[TensorSpec("x", [1, 3], "float32")],
     ...                      outputs=[TensorSpec("y", [1, 2], "float32")])
-    >>> load_manifest(art)["files"]
+    >>> load_manifest(art.path)["files"]
     ['model.bin']
 """
 
