@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgeopt.core.errors import InputError
 from edgeopt.core.files import make_temp_dir
+from edgeopt.core.result import Progress, reporter
 from edgeopt.runtimes.artifact import Artifact, load_artifact
 from edgeopt.runtimes.native import artifact_arch
 
@@ -39,12 +40,13 @@ def plugin_dependencies(art: Artifact) -> list[Path]:
     return sorted(found.values())
 
 
-def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, log=lambda s: None) -> Path:
+def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, progress: Progress = None) -> Path:
     """Write ``out``: ``model/`` (the artifact), ``edgeopt-run``, ``lib/`` and ``README.txt``.
 
     The runner and libraries are for the artifact's CPU (this host's, or aarch64). Written into a
     temporary sibling folder and renamed into place, so a failure leaves nothing behind.
     """
+    log = reporter(progress)
     from .native_build import runner_binary, runner_tvm_root, tvm_runtime_libs
 
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
@@ -59,7 +61,7 @@ def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, 
         runner_arch = "aarch64"
     else:
         raise InputError(f"no native runner for {arch} artifacts (have: {platform.machine()}, aarch64)")
-    binary = runner_binary(runner_arch, log=log)
+    binary = runner_binary(runner_arch, progress)
     tvm_root = runner_tvm_root(runner_arch)
     out = Path(out)
     if out.exists():

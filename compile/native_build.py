@@ -27,10 +27,10 @@ import tempfile
 import zipfile
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 from edgeopt.core.errors import InputError
 from edgeopt.core.files import cache_root, make_temp_dir
+from edgeopt.core.result import Progress, reporter
 from edgeopt.runtimes.native import ARCHES
 
 _RUNTIME_LIBS = ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so")
@@ -82,7 +82,7 @@ def _move_into_place(tmp: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def fetch_aarch64_runtime(dest: Path | None = None, log: Callable[[str], None] = print) -> Path:
+def fetch_aarch64_runtime(dest: Path | None = None, progress: Progress = True) -> Path:
     """Download the aarch64 apache-tvm / apache-tvm-ffi wheels of the installed versions (pip) and
     unpack the runtime libraries and headers the runner needs into ``dest``; return ``dest``.
 
@@ -92,6 +92,7 @@ def fetch_aarch64_runtime(dest: Path | None = None, log: Callable[[str], None] =
     Raises:
         InputError: pip could not download the wheels, or they lack the runtime libraries.
     """
+    log = reporter(progress)
     dest = Path(dest) if dest else aarch64_tvm_root()
     if _has_runtime(dest):
         return dest
@@ -150,7 +151,7 @@ def runner_tvm_root(arch: str) -> Path:
     return tvm_root
 
 
-def runner_binary(arch: str = "host", log: Callable[[str], None] = lambda s: None) -> Path:
+def runner_binary(arch: str = "host", progress: Progress = None) -> Path:
     """Path of ``edgeopt-run`` for ``arch`` ("host" or "aarch64"), built with CMake if needed.
 
     The build folder's name is ``build_key(...)``, so an up-to-date build is reused and a changed
@@ -161,6 +162,7 @@ def runner_binary(arch: str = "host", log: Callable[[str], None] = lambda s: Non
         InputError: an unknown arch, no ``cmake``, no cross compiler, or the aarch64 runtime
             not fetched yet (each message names the fix).
     """
+    log = reporter(progress)
     if arch not in ARCHES:
         raise InputError(f"native runner arch must be one of {', '.join(ARCHES)}, got {arch!r}")
     if shutil.which("cmake") is None:
@@ -222,13 +224,14 @@ def onednn_available() -> str | None:
     return None
 
 
-def onednn_plugin(log: Callable[[str], None] = lambda s: None) -> Path:
+def onednn_plugin(progress: Progress = None) -> Path:
     """Path of ``libedgeopt_onednn.so`` (the oneDNN kernel plugin), built with CMake if needed
     into a cache folder keyed by its sources and the TVM versions.
 
     Raises:
         InputError: the plugin cannot be built here (no cmake, no oneDNN, not x86-64).
     """
+    log = reporter(progress)
     missing = onednn_available()
     if missing:
         raise InputError(missing)
@@ -258,11 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.command == "fetch-aarch64":
-            print(fetch_aarch64_runtime(log=lambda s: print(s, file=sys.stderr)))
+            print(fetch_aarch64_runtime(progress=True))
         elif args.command == "onednn":
-            print(onednn_plugin(log=lambda s: print(s, file=sys.stderr)))
+            print(onednn_plugin(progress=True))
         else:
-            print(runner_binary(args.arch, log=lambda s: print(s, file=sys.stderr)))
+            print(runner_binary(args.arch, progress=True))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ from typing import Callable
 
 from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import CheckFailed, InputError, last_line
+from edgeopt.core.result import Progress, reporter
 
 from .intrinsics import load_tensor_intrinsics
 
@@ -286,13 +287,14 @@ def _drop_unnamed_handlers(logger) -> None:
         logger.removeHandler(handler)
 
 
-def rpc_runner(tracker: str, key: str, log: Callable[[str], None] = lambda s: None):
+def rpc_runner(tracker: str, key: str, progress: Progress = None):
     """MetaSchedule's ``RPCRunner`` on every device registered under ``key`` at ``tracker``.
 
     One measuring worker per registered device, so candidates are measured on all of them in
     parallel. Raises ``InputError`` at once when nothing listens at the tracker or no device is
     registered under the key (MetaSchedule itself would wait).
     """
+    log = reporter(progress)
     from tvm.s_tir import meta_schedule as ms
 
     from edgeopt.runtimes.rpc import parse_address, registered_devices
@@ -463,11 +465,12 @@ def _split_hand_scheduled(tasks: list, target, db: Path) -> tuple[dict[int, list
     return hand, rest
 
 
-def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambda s: None) -> tuple[Path, dict]:
+def tune(mod, spec: dict, config: TuneConfig, progress: Progress = None) -> tuple[Path, dict]:
     """Tune ``mod`` (after the zero pipeline, inside the target scope) into its database.
 
     Returns the database folder and a summary: trials before/after, rounds, seconds, tasks.
     """
+    log = reporter(progress)
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -482,7 +485,7 @@ def tune(mod, spec: dict, config: TuneConfig, log: Callable[[str], None] = lambd
         register_conv_rules(vnni=has_vnni(spec))  # the blocked convs' own design spaces
     runner = "local"
     if config.tracker:
-        runner = rpc_runner(config.tracker, config.key, log)
+        runner = rpc_runner(config.tracker, config.key, progress)
     elif kind == "llvm":
         # candidates are measured in worker processes whose TVM thread pool would otherwise take
         # half the logical CPUs (TVM assumes hyper-threading): on 2 vCPUs, 1 thread, and the

@@ -225,7 +225,7 @@ def _export(executable, path: Path, export: dict) -> None:
 def _plugin(log) -> Path:
     from .native_build import onednn_plugin
 
-    return onednn_plugin(log=log)
+    return onednn_plugin(progress=log)
 
 
 def kernel_source(spec: dict, config: BuildConfig) -> tuple[str, str]:
@@ -347,11 +347,12 @@ def cuda_pipeline(target, tensor_cores: bool):
     return _pipeline
 
 
-def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, tensor_cores: bool | None = None,
+def compile_module(mod, spec: dict, config: BuildConfig, progress: Progress = None, tensor_cores: bool | None = None,
                    kernels: str = "tvm", int8: bool = False):
     """Lower and compile ``mod`` (``lower_and_compile``); on a cuda target, a build whose NHWC
     convs fail to compile is built again with every conv in the model's NCHW (slower, but it
     builds), and ``details["layout_fallbacks"]`` says so."""
+    log = reporter(progress)
     if spec.get("kind") != "cuda":
         return lower_and_compile(mod, spec, config, log, tensor_cores, kernels, int8)
     from edgeopt.core.errors import CheckFailed  # a tuning failure is not the layout's
@@ -369,7 +370,7 @@ def compile_module(mod, spec: dict, config: BuildConfig, log=lambda s: None, ten
         return executable, details
 
 
-def lower_and_compile(mod, spec: dict, config: BuildConfig, log=lambda s: None, tensor_cores: bool | None = None,
+def lower_and_compile(mod, spec: dict, config: BuildConfig, progress: Progress = None, tensor_cores: bool | None = None,
                       kernels: str = "tvm", int8: bool = False, nhwc_on_cuda: bool = True):
     """Lower a Relax module imported from ONNX for ``spec``: (executable, details), where details
     holds ``tuning`` (a summary) when tuned, ``library_ops`` when ``kernels`` is ``onednn``, and
@@ -383,6 +384,7 @@ def lower_and_compile(mod, spec: dict, config: BuildConfig, log=lambda s: None, 
     (``None``: on for fp16 cuda builds) picks ``cuda_pipeline``'s tensor-core rule: ResNet-18
     fp16 on an H200 went from 1.62 to 0.80 ms with it (``benchmarks/cuda_latency.py``).
     """
+    log = reporter(progress)
     import tvm
     from tvm import relax
 

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from edgeopt.core.errors import InputError
+from edgeopt.core.result import Progress, reporter
 
 
 def is_torch_spec(spec: str) -> bool:
@@ -28,9 +29,10 @@ def is_torch_spec(spec: str) -> bool:
 
 def open_runner(spec: str, runtime: str | None, threads: int | None, workdir: Path,
                 input_shape: str | None = None, emulate: str | None = None,
-                log: Callable[[str], None] = lambda s: None, weights: str | None = None):
+                progress: Progress = None, weights: str | None = None):
     """A runner for ``spec``: an artifact folder, an ``.onnx``/``.pt2`` file, or a torch MODEL
     (eager torch, or exported and compiled into ``workdir`` for onnxruntime / tvm)."""
+    log = reporter(progress)
     from edgeopt.runtimes import check_runtime, load
 
     if runtime is not None:

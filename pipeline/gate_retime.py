@@ -21,11 +21,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from edgeopt.core.errors import InputError
+from edgeopt.core.result import Progress, reporter
 
 from . import gate_stats
 from .report_schema import OK, status
@@ -88,9 +88,10 @@ def open_row(entry: dict, report_path, threads):
 
 def retime(report: dict, baseline: dict, report_path, baseline_path, *, rounds: int = ROUNDS,
            threads: int | None = None, require_all: bool = False,
-           log: Callable[[str], None] = lambda s: None) -> ABTiming:
+           progress: Progress = None) -> ABTiming:
     """Re-time every row both reports ran, baseline against candidate, in interleaved rounds.
     ``require_all``: ``InputError`` naming the first row that cannot be re-timed, before any timing."""
+    log = reporter(progress)
     from .gate import keyed_rows
 
     new, old = keyed_rows(report, "report"), keyed_rows(baseline, "baseline")

@@ -36,6 +36,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from edgeopt.core.errors import CheckFailed, InputError
+from edgeopt.core.result import Progress, reporter
 
 DEFAULT_CHUNK = 256
 
@@ -311,10 +312,11 @@ def _write_disagreements(folder: Path, index, cand, champ, shape, dtype) -> dict
 def shadow(candidate: str, champion: str, inputs: str | Path, *, out: str | Path | None = None,
            max_disagreement: float | None = None, runtime: str | None = None, threads: int | None = None,
            input_shape: str | None = None, chunk: int = DEFAULT_CHUNK,
-           log: Callable[[str], None] = lambda s: None) -> dict:
+           progress: Progress = None) -> dict:
     """Open both models, compare them on the log at ``inputs`` (``compare_runners``) and check
     the disagreement rate: ``CheckFailed`` above ``max_disagreement`` (after the files are
     written, so the disagreeing inputs can be looked at)."""
+    log = reporter(progress)
     from .bench import open_runner
 
     if max_disagreement is not None and not (0 <= max_disagreement <= 1):

@@ -4,7 +4,7 @@
 writes the inputs as ``.npy`` files, reads back the ``.npy`` outputs and the timing JSON, so the
 latency is what the program measured around its own calls, without Python or process start-up
 in it. This module only runs the runner: pass ``binary=`` (a deployment bundle's
-``edgeopt-run``, say), or ``provide_binary=`` (``(arch, log) -> Path``), on a workstation
+``edgeopt-run``, say), or ``provide_binary=`` (``(arch, progress) -> Path``), on a workstation
 ``edgeopt.compile.native_build.runner_binary``, the compile side's cached build. Runtimes import
 nothing above them, so the build tooling is handed in, never imported here (``edgeopt bench
 --runtime native`` hands it in).
@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgeopt.core.errors import InputError
+from edgeopt.core.result import Progress
 
 from .artifact import Artifact
 from .base import BenchmarkResult, Runner, example_inputs
@@ -48,7 +49,7 @@ ARCHES = ("host", "aarch64")
 #: Seconds one run of the native runner may take before it is killed (qemu is ~10-50x slower).
 DEFAULT_TIMEOUT_S = 600.0
 
-#: ``provide_binary(arch, log) -> Path``: how ``NativeRunner`` gets ``edgeopt-run`` for an arch.
+#: ``provide_binary(arch, progress) -> Path``: how ``NativeRunner`` gets ``edgeopt-run`` for an arch.
 BinaryProvider = Callable[[str, Callable[[str], None]], Path]
 
 
@@ -74,10 +75,10 @@ class NativeRunner(Runner):
             an x86 host); timings are then labelled emulated.
         arch: the runner build to use ("host" or "aarch64"); default: the artifact's.
         timeout_s: a run that takes longer is killed and reported.
-        log: progress messages (a build on demand says so).
+        progress: progress messages (a build on demand says so): None, True (stderr) or a callable.
         binary: path of a built ``edgeopt-run`` for ``arch`` to run (a bundle's, say); then
             ``provide_binary`` is not called.
-        provide_binary: ``(arch, log) -> Path`` of ``edgeopt-run`` when ``binary`` is not given
+        provide_binary: ``(arch, progress) -> Path`` of ``edgeopt-run`` when ``binary`` is not given
             (``edgeopt.compile.native_build.runner_binary`` builds and caches one); one of the
             two is needed.
     """
@@ -85,7 +86,7 @@ class NativeRunner(Runner):
     runtime = "native"
 
     def __init__(self, artifact: Artifact, threads: int | None = None, emulate: str | None = None,
-                 arch: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, log=lambda s: None,
+                 arch: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, progress: Progress = None,
                  binary: str | os.PathLike | None = None, provide_binary: BinaryProvider | None = None):
         super().__init__(artifact.inputs, artifact.outputs, threads)
         if artifact.format != "tvm":
@@ -128,7 +129,7 @@ class NativeRunner(Runner):
             if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
                 raise InputError(f"native runner binary {str(self.binary)!r} is not an executable file")
         elif provide_binary is not None:
-            self.binary = Path(provide_binary(arch, log))
+            self.binary = Path(provide_binary(arch, progress))
         else:
             raise InputError("the native runner needs a built edgeopt-run: pass binary= (a bundle's) or "
                              "provide_binary= (edgeopt.compile.native_build.runner_binary builds one)")

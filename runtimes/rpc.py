@@ -31,6 +31,7 @@ import numpy as np
 from .artifact import Artifact
 from .base import BenchmarkResult, Runner, example_inputs
 from edgeopt.core.errors import InputError, last_line
+from edgeopt.core.result import Progress, reporter
 from .fingerprint import machine_fingerprint
 from .timing import TimingStats, check_counts
 
@@ -252,14 +253,15 @@ class FleetResult:
 
 def benchmark_fleet(artifact: Artifact, tracker: str, key: str, inputs: Any = None, warmup: int = 10,
                     repeat: int = 100, threads: int | None = None, chunks: int = 5,
-                    request_timeout_s: float = 60.0, on_progress=None, log=lambda s: None) -> FleetResult:
+                    request_timeout_s: float = 60.0, on_chunk=None, progress: Progress = None) -> FleetResult:
     """Benchmark ``artifact`` on every free device under ``key``, all at once.
 
     Each device's ``repeat`` runs are timed in ``chunks`` pieces, so a device that stops
     answering mid-run is noticed, named in ``lost`` with the error, and the others go on. The
-    pooled statistics combine the samples of the devices that finished. ``on_progress(name,
+    pooled statistics combine the samples of the devices that finished. ``on_chunk(name,
     runs_done)`` is called after each chunk.
     """
+    log = reporter(progress)
     import threading
 
     check_counts(warmup, repeat)
@@ -283,8 +285,8 @@ def benchmark_fleet(artifact: Artifact, tracker: str, key: str, inputs: Any = No
             for i, n in enumerate(sizes):
                 r = runner.benchmark(x, warmup=warmup if i == 0 else 0, repeat=n)
                 samples += runner.last_samples
-                if on_progress:
-                    on_progress(dev.name, len(samples))
+                if on_chunk:
+                    on_chunk(dev.name, len(samples))
             stats = TimingStats.from_samples(samples)
             with lock:
                 results[dev.name] = BenchmarkResult(f"rpc ({dev.name})", stats, r.machine)

@@ -65,7 +65,7 @@ def run(args) -> int:
     load = BackgroundLoad(args.load) if args.load else None  # N checked before any work
     with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
         runner = open_runner(args.artifact, args.runtime, args.threads, Path(tmp),
-                             input_shape=args.input_shape, emulate=args.emulate, log=say,
+                             input_shape=args.input_shape, emulate=args.emulate, progress=say,
                              weights=args.weights)
         shape = None if is_torch_spec(args.artifact) else args.input_shape  # a torch MODEL's: used above
         x = bench_inputs(runner, shape)
@@ -153,7 +153,7 @@ def _remote(args) -> int:
 
     if args.all:
         fleet = benchmark_fleet(art, args.tracker, args.key, x, warmup=args.warmup, repeat=args.repeat,
-                                threads=args.threads, log=say)
+                                threads=args.threads, progress=say)
         for note in notes:
             say(note)
         for name, result in fleet.devices.items():

@@ -69,7 +69,7 @@ def run(args) -> int:
     if args.ab != "off":
         try:
             timing = retime(report, baseline, args.report, args.baseline, rounds=args.ab_rounds,
-                            require_all=args.ab == "on", log=lambda line: print(line, file=sys.stderr))
+                            require_all=args.ab == "on", progress=True)
         except InputError as e:
             raise InputError(f"--ab on: {e}") from None
         ab = timing.intervals

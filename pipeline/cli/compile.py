@@ -47,7 +47,7 @@ def run(args) -> int:
     if args.bundle:
         from edgeopt.compile.bundle import make_bundle
 
-        bundle = make_bundle(art, args.bundle, log=say)
+        bundle = make_bundle(art, args.bundle, progress=say)
         run_line = next(ln.strip() for ln in (bundle / "README.txt").read_text().splitlines()
                         if ln.strip().startswith("./edgeopt-run"))
         print(f"wrote the deployment bundle {bundle}; on the device: cd {bundle.name} && {run_line}")

@@ -41,7 +41,7 @@ def run(args) -> int:
     try:
         result = shadow(args.candidate, args.champion, args.inputs, out=args.out,
                         max_disagreement=args.max_disagreement, runtime=args.runtime, threads=args.threads,
-                        input_shape=args.input_shape, chunk=args.chunk, log=log)
+                        input_shape=args.input_shape, chunk=args.chunk, progress=log)
     except Exception:
         if summary.get("last"):
             say(f"shadow: stopped after {summary['last']}")

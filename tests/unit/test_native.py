@@ -62,7 +62,7 @@ def test_the_runner_binary_is_injected(cpu_artifact, tmp_path):
 
     def provide(arch, log):
         asked.append(arch)
-        return runner_binary(arch, log=log)
+        return runner_binary(arch, progress=log)
 
     x = example_inputs()
     expected = load(cpu_artifact, runtime="native", threads=1, binary=runner_binary("host")).run(x)[0]

@@ -118,12 +118,12 @@ def test_fleet_survives_a_device_lost_mid_run(cpu_artifact, tmp_path):
         victim = farm.servers[1][0]
         killed = []
 
-        def on_progress(name, done):
+        def on_chunk(name, done):
             if name == victim and not killed:
                 killed.append(farm.stop_server(1))
 
         result = benchmark_fleet(cpu_artifact, farm.tracker, "edgeopt-drop", warmup=1, repeat=200,
-                                 chunks=4, on_progress=on_progress)
+                                 chunks=4, on_chunk=on_chunk)
     finally:
         farm.stop()
     survivor = farm.servers[0][0]
