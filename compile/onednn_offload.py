@@ -42,7 +42,7 @@ _FLOAT_OUT = ("float32", "", "None", "void")  # an unset out_dtype means the inp
 
 
 def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | None = None,
-                      min_flops: int = 0, kept_small: list | None = None):
+                      min_flops: int = 0, kept_small: list | None = None, bf16: bool = False):
     """Return ``(new_mod, counts)`` for a Relax module from ``from_onnx``: counts of the ops
     offloaded, ``conv2d`` / ``matmul`` / ``batch_matmul`` (float32) and ``conv2d_q`` /
     ``matmul_q`` (int8). ``int8=False`` keeps a QDQ model's float semantics (its convs run
@@ -50,7 +50,9 @@ def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | Non
     line per op kind kept out of NHWC because TVM cannot lower it there (``to_nhwc``);
     ``target`` is the scope of that check. Float convs and matmuls of fewer than ``min_flops``
     FLOPs (``kernels: auto`` passes ``MIN_FLOPS``) stay with TVM, one line per kind in
-    ``kept_small``; int8 ones always go to oneDNN."""
+    ``kept_small``; int8 ones always go to oneDNN. ``bf16=True`` stores the weights of the float
+    convs and matmuls offloaded in bfloat16: the plugin runs them as bf16 kernels (activations
+    converted on the way in, fp32 accumulation, fp32 bias, post-ops and outputs)."""
     from tvm import relax
 
     mod = clip_as_relax_ops(mod)
@@ -70,7 +72,15 @@ def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | Non
     # weights and biases become plain constants; the transposes ConvertLayout duplicated merge
     mod = relax.transform.FoldConstant()(mod)
     mod = relax.transform.EliminateCommonSubexpr()(mod)
-    mod = _rewrite(mod, _plan, counts, min_flops, small)
+    def plan(func):
+        plans = _plan(func)
+        if bf16:
+            for p in plans.values():
+                if p.kind in ("conv2d", "matmul"):
+                    p.weight_dtype = "bfloat16"
+        return plans
+
+    mod = _rewrite(mod, plan, counts, min_flops, small)
     if kept_small is not None:
         kept_small.extend(f"{n} {kind} under {min_flops:,} FLOPs" for kind, n in sorted(small.items()))
     return relax.transform.DeadCodeElimination()(mod), counts
@@ -280,6 +290,7 @@ class _Plan:
     out_dtype: str = "float32"
     other: object = None  # batch_matmul: the second operand
     call_shape: list | None = None  # conv1d: the 4-D shape the plugin writes (height 1)
+    weight_dtype: str = "float32"  # conv2d / matmul: bfloat16 makes the call a bf16 kernel
 
 
 def _op_name(value) -> str | None:
@@ -780,7 +791,7 @@ def _make_rewriter():
             args = [relax.ShapeExpr(params),
                     relax.prim_value(float(plan.lo), "float64"),
                     relax.prim_value(float(plan.hi), "float64"),
-                    self.source(plan.src), relax.const(plan.weight, "float32"),
+                    self.source(plan.src), weight_constant(plan.weight, plan.weight_dtype),
                     relax.const(bias, "float32")]
             if plan.residual is not None:
                 args.append(self.visit_expr(plan.residual))  # the plugin reads it as bytes
@@ -806,6 +817,25 @@ def _make_rewriter():
             self.set_var_remap(binding.var, new_var)
 
     return OneDnnCalls
+
+
+def weight_constant(weight: np.ndarray, dtype: str = "float32"):
+    """A Relax constant of ``weight`` in ``dtype``: ``float32``, or ``bfloat16`` rounded to
+    nearest even (numpy has no bfloat16: ml_dtypes, which TVM itself requires, converts).
+
+    >>> weight_constant(np.array([1.0, 1 + 2 ** -9], np.float32), "bfloat16").ty
+    R.Tensor((2,), dtype="bfloat16")
+    """
+    from tvm import relax
+
+    if dtype == "float32":
+        return relax.const(weight.astype(np.float32), "float32")
+    if dtype != "bfloat16":
+        raise ValueError(f"oneDNN weights are float32 or bfloat16, not {dtype}")
+    import ml_dtypes
+    import tvm
+
+    return relax.const(tvm.runtime.tensor(np.ascontiguousarray(weight, np.float32).astype(ml_dtypes.bfloat16)))
 
 
 def _Var():

@@ -45,6 +45,43 @@ def unsupported_ops(onnx_model) -> list[tuple[str, str]]:
 
 
 KERNELS = ("auto", "tvm", "onednn")
+PRECISIONS = ("fp32", "fp16", "bf16")
+#: the CPU flag (Linux's name) and LLVM feature a reduced-precision CPU build needs
+CPU_PRECISION_FEATURE = {"bf16": ("avx512_bf16", "avx512bf16"), "fp16": ("avx512_fp16", "avx512fp16")}
+
+
+def check_precision(precision: str, spec: dict, kernels: str = "auto", name: str | None = None) -> None:
+    """``InputError`` when ``spec`` cannot build ``precision`` (``fp16``: cuda targets; ``bf16``:
+    x86-64 CPU targets whose features include avx512_bf16, with oneDNN's kernels), naming the CPU
+    flag a CPU target lacks. ``name`` is the target as the user gave it, for the message.
+
+    >>> check_precision("bf16", {"kind": "llvm", "mcpu": "znver4"})
+    >>> check_precision("bf16", {"kind": "llvm", "mcpu": "znver3"}, name="cpu:znver3")
+    Traceback (most recent call last):
+    ...
+    edgeopt.core.errors.InputError: precision 'bf16' needs a CPU with avx512_bf16 (a flag in /proc/cpuinfo), which target 'cpu:znver3' lacks; build fp32 (or int8: quantize the model first)
+    """
+    from .targets import isa_features
+
+    kind = spec.get("kind")
+    if precision == "fp16" and kind == "cuda":
+        return
+    if not is_x86_cpu(spec):
+        wanted = "a cuda target" if precision == "fp16" else "an x86-64 CPU target with avx512_bf16"
+        raise InputError(f"precision {precision!r} needs {wanted}; this target is {kind!r} "
+                         f"{spec.get('mtriple', '')}".rstrip() + ": build fp32 (or int8: quantize the model first)")
+    flag, feature = CPU_PRECISION_FEATURE[precision]
+    if feature not in isa_features(spec):
+        which = ("target 'cpu' (this CPU, by its flags)" if name == "cpu" else f"target {name!r}" if name
+                 else f"target {spec.get('mcpu') or 'generic x86-64'}")
+        raise InputError(f"precision {precision!r} needs a CPU with {flag} (a flag in /proc/cpuinfo), which "
+                         f"{which} lacks; build fp32 (or int8: quantize the model first)")
+    if precision == "fp16":
+        raise InputError("precision 'fp16' on a CPU target: oneDNN 2.6, which edgeopt's plugin is built "
+                         "with, has no float16 CPU kernels; build bf16 (avx512_fp16 CPUs have avx512_bf16)")
+    if kernels == "tvm":
+        raise InputError("precision 'bf16' runs convs and matmuls as oneDNN's bf16 kernels; kernels 'tvm' "
+                         "has no bf16 path (use kernels auto or onednn)")
 
 
 def is_x86_cpu(spec: dict) -> bool:
@@ -69,10 +106,16 @@ class BuildConfig(StepConfig):
             QuantizeLinear.
         tune: a ``TuneConfig``: schedules from MetaSchedule, tuned into (or reused from) the
             persisted database; ``None`` builds with TVM's default schedules.
-        precision: ``fp32``, or ``fp16`` (cuda targets only): convs and matmuls run in float16
-            with float32 accumulation (``relax.transform.ToMixedPrecision``); inputs and outputs
-            stay float32. Convs on cuda targets always run in NHWC (the layout TVM's GPU schedules
-            tile well); the model's inputs and outputs keep their layout.
+        precision: ``fp32``; ``fp16`` (cuda targets): convs and matmuls run in float16 with
+            float32 accumulation (``relax.transform.ToMixedPrecision``); ``bf16`` (x86-64 CPU
+            targets whose features include avx512_bf16): the float convs and matmuls oneDNN
+            takes run as bf16 kernels, their weights stored in bfloat16, their activations
+            converted at the call, the products accumulated in float32 and their outputs float32
+            (bias, residual and activation applied in float32); everything else stays float32.
+            Inputs and outputs stay float32 in every precision. Convs on cuda targets always run
+            in NHWC (the layout TVM's GPU schedules tile well); the model's inputs and outputs
+            keep their layout. fp16 on a CPU is refused: oneDNN 2.6 (the one edgeopt builds its
+            plugin with) has no float16 CPU kernels, and only avx512_fp16 CPUs would run them.
         cuda_graph: on cuda targets, capture the model's kernel launches into CUDA graphs that are
             replayed on every call (``relax.transform.RewriteCUDAGraph``): at batch 1 a GPU is
             bound by launch overhead, not arithmetic. Ignored on CPU targets.
@@ -111,13 +154,13 @@ class BuildConfig(StepConfig):
         if self.tune is not None and not isinstance(self.tune, TuneConfig):
             raise InputError(f"tune must be a TuneConfig or None, got {type(self.tune).__name__}")
         spec = resolve_target(self.target)  # an unknown target fails now, before any work
-        if self.precision not in ("fp32", "fp16"):
-            raise InputError(f"precision must be 'fp32' or 'fp16', got {self.precision!r}")
-        if self.precision == "fp16" and spec.get("kind") != "cuda":
-            raise InputError(f"precision 'fp16' needs a cuda target; {spec.get('kind')!r} runs fp32 "
-                             "(or int8: quantize the model first)")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.kernels not in KERNELS:
             raise InputError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
+        if self.precision != "fp32":
+            check_precision(self.precision, spec, self.kernels,
+                            self.target if isinstance(self.target, str) else None)
         if self.kernels == "onednn" and not is_x86_cpu(spec):
             raise InputError("kernels 'onednn' needs an x86-64 CPU target (oneDNN's kernels); "
                              f"this target is {spec.get('kind')!r} {spec.get('mtriple', '')}".rstrip())
@@ -182,11 +225,15 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
     if kernels == "measure":
         executable, details, kernels, why = _faster_of_both(mod, spec, config, inputs, outputs, export,
                                                             log, int8)
-    elif config.kernels == "auto" and kernels == "onednn":
+    elif config.kernels == "auto" and kernels == "onednn" and config.precision != "bf16":
+        # (a bf16 build that falls back to TVM's kernels would be an fp32 build in disguise)
         executable, details, kernels, why = _onednn_or_tvm(mod, spec, config, log, why, int8)
     else:
         executable, details = compile_module(mod, spec, config, log, kernels=kernels, int8=int8)
     rewritten = details.pop("int8_ops", 0)
+    if config.precision == "bf16" and not details.get("bf16_ops"):
+        raise InputError(f"precision 'bf16': no conv or matmul of {str(model)!r} runs on oneDNN (none, or all "
+                         "too small to repay a call), so nothing would compute in bf16; build it with precision fp32")
     if kernels == "onednn" and not any(details.get("library_ops", {}).values()):
         kernels, why = "tvm", "oneDNN takes none of this model's ops"  # no plugin to carry
     plugins = [_plugin(log)] if kernels == "onednn" else []
@@ -235,6 +282,13 @@ def kernel_source(spec: dict, config: BuildConfig) -> tuple[str, str]:
         return "tvm", "asked for"
     if config.kernels == "onednn":
         return "onednn", "asked for"
+    if config.precision == "bf16":  # only oneDNN's kernels compute in bf16 (check_precision)
+        from .native_build import onednn_available
+
+        missing = onednn_available()
+        if missing:
+            raise InputError(f"precision 'bf16' runs on oneDNN's kernels, which cannot be built here: {missing}")
+        return "onednn", "bf16 runs on oneDNN's kernels"
     if not is_x86_cpu(spec):
         return "tvm", f"oneDNN runs on x86-64 CPUs; the target is {spec.get('kind')}"
     from .native_build import onednn_available
@@ -400,9 +454,12 @@ def lower_and_compile(mod, spec: dict, config: BuildConfig, progress: Progress =
         small: list[str] = []
         mod, details["library_ops"] = offload_to_onednn(
             mod, int8=bool(int8), target=tvm.target.Target(spec), fallbacks=layout_fallbacks,
-            min_flops=MIN_FLOPS if config.kernels == "auto" else 0, kept_small=small)
+            min_flops=MIN_FLOPS if config.kernels == "auto" else 0, kept_small=small,
+            bf16=config.precision == "bf16")
         if small:
             details["small_ops_in_tvm"] = small
+        if config.precision == "bf16":  # every float conv and matmul offloaded is a bf16 kernel
+            details["bf16_ops"] = details["library_ops"]["conv2d"] + details["library_ops"]["matmul"]
         details["int8_ops"] = details["library_ops"]["conv2d_q"] + details["library_ops"]["matmul_q"]
     # TVM's tuned x86 convs in blocked layouts; int8 ones then keep uint8 activations (VNNI)
     blocked = kernels == "tvm" and tune is not None and tune.blocked_layout and is_x86_cpu(spec)
@@ -515,6 +572,8 @@ def describe(metrics: dict, config: dict) -> list[str]:
         parts.append("oneDNN calls: " + ", ".join(f"{op} {n}" for op, n in library.items()))
     if m.get("int8_ops"):
         parts.append(f"{m['int8_ops']} int8 ops")
+    if m.get("bf16_ops"):
+        parts.append(f"{m['bf16_ops']} bf16 ops")
     if m.get("small_ops_in_tvm"):
         small = m["small_ops_in_tvm"]
         parts.append(f"{len(small) if isinstance(small, (list, dict)) else small} small ops on TVM's kernels")

@@ -287,7 +287,7 @@ def runtime_target(runtime: str, build: Any) -> str:
     spec = build.spec
     label = spec.get("mcpu") or spec.get("arch") or spec.get("kind", "custom")
     options = [getattr(build, "kernels", "auto") if getattr(build, "kernels", "auto") != "auto" else "",
-               "fp16" if getattr(build, "precision", "fp32") == "fp16" else "",
+               getattr(build, "precision", "fp32") if getattr(build, "precision", "fp32") != "fp32" else "",
                "nograph" if getattr(build, "cuda_graph", True) is False else "",
                "exactmath" if getattr(build, "fast_math", True) is False else "",
                {True: "int8", False: "float"}.get(getattr(build, "int8", None), ""),

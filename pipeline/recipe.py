@@ -68,7 +68,7 @@ class Target:
 
     @property
     def label(self) -> str:
-        """``onnxruntime``, ``torch``, or ``tvm-<target>[-<kernels>][-fp16][-nograph]``: the second
+        """``onnxruntime``, ``torch``, or ``tvm-<target>[-<kernels>][-fp16|-bf16][-nograph]``: the second
         half of a row's key and the name of its artifact folder; build options that change the
         artifact are part of it, so two targets never share a build."""
         if self.runtime == "openvino" and self.precision not in (None, "default"):
@@ -79,7 +79,7 @@ class Target:
         b = self.build
         if b is not None:
             label += f"-{b.kernels}" if getattr(b, "kernels", "auto") != "auto" else ""
-            label += "-fp16" if getattr(b, "precision", "fp32") == "fp16" else ""
+            label += f"-{b.precision}" if getattr(b, "precision", "fp32") != "fp32" else ""
             label += "-nograph" if getattr(b, "cuda_graph", True) is False else ""
             label += "-exactmath" if getattr(b, "fast_math", True) is False else ""
         return label

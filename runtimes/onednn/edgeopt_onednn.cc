@@ -8,13 +8,15 @@
 //
 // Functions (int64 parameters travel as one shape, floats as two scalars):
 //   edgeopt.onednn.conv2d(p, lo, hi, src, weight, bias, [residual,] out)
-//       fp32, src/out NHWC, weight OIHW (grouped: O, I/G, KH, KW), bias (O).
+//       fp32, src/out NHWC, weight OIHW (grouped: O, I/G, KH, KW), bias (O). A bfloat16
+//       weight makes it a bf16 conv: src is converted to bf16 on the way in, the products are
+//       accumulated in fp32, and bias, residual, activation and out stay fp32.
 //       p = [stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w,
 //            groups, activation]; activation 0 none, 1 relu, 2 clip(lo, hi).
 //       With a residual: out = act(conv(src) + bias + residual).
 //   edgeopt.onednn.matmul(p, lo, hi, src, weight, bias, [residual,] out)
 //       fp32, src (..., K), weight (K, N), bias (N), out (..., N); p = [activation] with
-//       3 gelu (erf) added to the codes above.
+//       3 gelu (erf) added to the codes above. A bfloat16 weight: bf16 as for conv2d.
 //   edgeopt.onednn.conv2d_q(p, lo, hi, src, weight, bias, scales, out)
 //   edgeopt.onednn.matmul_q(p, lo, hi, src, weight, bias, scales, out)
 //       int8: src uint8/int8 (NHWC, or (..., K)), weight int8 (OIHW / (K, N)), bias int32 in the
@@ -81,6 +83,9 @@ struct Cached {
   dnnl::primitive primitive;
   memory::desc src, dst, bias;
   memory weights;  // reordered once into the primitive's layout
+  // bf16 kernels: the caller's fp32 src, and the reorder that converts it into `src` (bf16)
+  memory::desc user_src;
+  dnnl::reorder convert;
   // The weight tensor itself: while it is held, its buffer cannot be freed and its address
   // reused by another model's weights (which would find this entry's reordered copy).
   tvm::ffi::Optional<tvm::ffi::Tensor> source;
@@ -128,6 +133,18 @@ dt dtype_of(const DLTensor* t, const char* name) {
   if (t->dtype.lanes == 1 && t->dtype.code == kDLInt && t->dtype.bits == 32) return dt::s32;
   check(false, std::string(name) + " has an unsupported dtype");
   return dt::undef;
+}
+
+bool is_bf16(const DLTensor* t) {
+  return t->dtype.code == kDLBfloat && t->dtype.bits == 16 && t->dtype.lanes == 1;
+}
+
+// bf16 kernels take bf16 activations: the primitive's src is the caller's fp32 one converted by a
+// reorder into a per-thread buffer (oneDNN has no conv or matmul that mixes f32 src and bf16 weights)
+void convert_src(Cached& cached, const memory::desc& user_src) {
+  cached.user_src = user_src;
+  if (cached.src == user_src) return;
+  cached.convert = dnnl::reorder(dnnl::reorder::primitive_desc(engine(), user_src, engine(), cached.src));
 }
 
 void check_f32(const DLTensor* t, const char* name) {
@@ -196,13 +213,15 @@ std::shared_ptr<Cached> conv_primitive(const tvm::ffi::Shape& p, float lo, float
   const int64_t o = weight->shape[0], kh = weight->shape[2], kw = weight->shape[3];
   const int64_t oh = out->shape[1], ow = out->shape[2], groups = p[8];
   check(out->shape[3] == o && c == weight->shape[1] * groups, "conv2d shapes do not agree");
-  memory::desc src_md({n, c, h, w}, dt::f32, tag::nhwc);
+  const dt type = is_bf16(weight) ? dt::bf16 : dt::f32;  // of src and weights; the rest is fp32
+  memory::desc user_src({n, c, h, w}, dt::f32, tag::nhwc);
+  memory::desc src_md({n, c, h, w}, type, tag::nhwc);
   memory::desc dst_md({n, o, oh, ow}, dt::f32, tag::nhwc);
   memory::desc bias_md({o}, dt::f32, tag::x);
   memory::dims wdims = groups == 1 ? memory::dims{o, c, kh, kw}
                                    : memory::dims{groups, o / groups, c / groups, kh, kw};
-  memory::desc user_w(wdims, dt::f32, groups == 1 ? tag::oihw : tag::goihw);
-  memory::desc any_w(wdims, dt::f32, tag::any);
+  memory::desc user_w(wdims, type, groups == 1 ? tag::oihw : tag::goihw);
+  memory::desc any_w(wdims, type, tag::any);
   dnnl::convolution_forward::desc d(
       dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md, any_w,
       bias_md, dst_md, {p[0], p[1]}, {p[6] - 1, p[7] - 1}, {p[2], p[3]}, {p[4], p[5]});
@@ -215,6 +234,7 @@ std::shared_ptr<Cached> conv_primitive(const tvm::ffi::Shape& p, float lo, float
   cached->dst = dst_md;
   cached->bias = bias_md;
   cached->weights = reorder_weights(user_w, data_of(weight), pd.weights_desc());
+  convert_src(*cached, user_src);
   return cached;
 }
 
@@ -226,11 +246,13 @@ std::shared_ptr<Cached> matmul_primitive(const tvm::ffi::Shape& p, float lo, flo
   for (int i = 0; i < src->ndim - 1; ++i) m *= src->shape[i];
   const int64_t k = src->shape[src->ndim - 1], nn = weight->shape[1];
   check(weight->shape[0] == k && out->shape[out->ndim - 1] == nn, "matmul shapes do not agree");
-  memory::desc src_md({m, k}, dt::f32, tag::ab);
+  const dt type = is_bf16(weight) ? dt::bf16 : dt::f32;  // of src and weights; the rest is fp32
+  memory::desc user_src({m, k}, dt::f32, tag::ab);
+  memory::desc src_md({m, k}, type, tag::ab);
   memory::desc dst_md({m, nn}, dt::f32, tag::ab);
   memory::desc bias_md({1, nn}, dt::f32, tag::ab);
-  memory::desc user_w({k, nn}, dt::f32, tag::ab);
-  memory::desc any_w({k, nn}, dt::f32, tag::any);
+  memory::desc user_w({k, nn}, type, tag::ab);
+  memory::desc any_w({k, nn}, type, tag::any);
   dnnl::matmul::desc d(src_md, any_w, bias_md, dst_md);
   dnnl::primitive_attr attr;
   attr.set_post_ops(post_ops(residual, p[0], lo, hi));
@@ -241,6 +263,7 @@ std::shared_ptr<Cached> matmul_primitive(const tvm::ffi::Shape& p, float lo, flo
   cached->dst = dst_md;
   cached->bias = bias_md;
   cached->weights = reorder_weights(user_w, data_of(weight), pd.weights_desc());
+  convert_src(*cached, user_src);
   return cached;
 }
 
@@ -495,7 +518,9 @@ void run(const char* kind, Factory factory, tvm::ffi::PackedArgs args) {
   const DLTensor *src = &src_t, *weight = &weight_t, *bias = &bias_t, *res = &res_t;
   DLTensor* out = &out_t;
   check_f32(src, "src");
-  check_f32(weight, "weight");
+  check(is_bf16(weight) || (weight->dtype.code == kDLFloat && weight->dtype.bits == 32 && weight->dtype.lanes == 1),
+        "weight must be float32 or bfloat16");
+  check(weight->device.device_type == kDLCPU, "weight must be on the CPU");
   check_f32(bias, "bias");
   check_f32(out, "out");
   std::shared_ptr<Cached> cached;
@@ -521,7 +546,16 @@ void run(const char* kind, Factory factory, tvm::ffi::PackedArgs args) {
     check(bytes_of(res) == bytes_of(out), "residual and output differ in size");
     if (data_of(res) != data_of(out)) std::memcpy(data_of(out), data_of(res), bytes_of(out));
   }
-  memory src_mem(cached->src, engine(), data_of(src));
+  memory src_mem(cached->user_src, engine(), data_of(src));
+  if (cached->convert) {
+    // grown to the largest src this thread converts; one buffer per thread keeps concurrent
+    // calls (two runners of one model) apart
+    thread_local std::vector<char> converted;
+    if (converted.size() < cached->src.get_size()) converted.resize(cached->src.get_size());
+    memory bf16_src(cached->src, engine(), converted.data());
+    cached->convert.execute(stream(), src_mem, bf16_src);
+    src_mem = bf16_src;
+  }
   memory dst_mem(cached->dst, engine(), data_of(out));
   memory bias_mem(cached->bias, engine(), data_of(bias));
   cached->primitive.execute(stream(), {{DNNL_ARG_SRC, src_mem},
@@ -533,7 +567,7 @@ void run(const char* kind, Factory factory, tvm::ffi::PackedArgs args) {
 
 }  // namespace
 
-constexpr int64_t kVersion = 1;
+constexpr int64_t kVersion = 2;  // 2: bf16 weights for conv2d and matmul
 
 TVM_FFI_STATIC_INIT_BLOCK() {
   // Two artifacts may each carry a copy of this library: the first copy loaded serves both.
