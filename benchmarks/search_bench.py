@@ -66,6 +66,49 @@ def verdict(c_ms: float, b_ms: float, noise_ms: float, c_q: float, b_q: float) -
     return words, meets
 
 
+def runtime_margins(trials: list[dict], tolerance: float, chosen: dict | None, recipe) -> list[str]:
+    """Per runtime the search tried: the trial it would have chosen had the recipe listed that
+    runtime alone (the search's own rule over that runtime's trials), all of them re-timed head to
+    head with the choice; lines saying the margin of the choice to the best single-runtime choice
+    of every other runtime."""
+    from edgeopt.pipeline.measure import BenchConfig
+    from edgeopt.pipeline.search import choose
+
+    runtimes = sorted({r.get("runtime") for r in trials if r.get("runtime")})
+    if chosen is None or len(runtimes) < 2:
+        return []
+    best = {rt: choose([r for r in trials if r.get("runtime") == rt], tolerance)[1] for rt in runtimes}
+    timed = [rt for rt in runtimes if best[rt] is not None and rt != "torch"]
+    bench = BenchConfig(**recipe.bench)
+    h2h = dict(zip(timed, head_to_head([best[rt]["artifact"] for rt in timed], bench.warmup, bench.repeat,
+                                       bench.resolved_threads))) if timed else {}
+    lines = ["", f"Best choice per runtime (the search's rule over that runtime's trials; re-timed head to head, "
+             f"{ROUNDS} interleaved rounds):", "",
+             "| runtime | trials measured | its choice | median ms (search) | median ms (head to head) | quality | vs the search's choice |",
+             "|---|---|---|---|---|---|---|"]
+    ref = h2h[chosen["runtime"]]["median"] if chosen["runtime"] in h2h else chosen["latency_ms"]
+    others = []
+    for rt in runtimes:
+        n = sum(r.get("runtime") == rt and r["state"] == "complete" and "repeat_of" not in r for r in trials)
+        b = best[rt]
+        if b is None:
+            lines.append(f"| {rt} | {n} | none meets the constraints | | | | |")
+            continue
+        ms = h2h[rt]["median"] if rt in h2h else b["latency_ms"]
+        if rt != chosen["runtime"]:
+            others.append((ms, rt))
+        again = f"{ms:.3f} (IQR {h2h[rt]['iqr']:.3f})" if rt in h2h else "not re-timed (torch)"
+        name = rt + (" (chosen)" if rt == chosen["runtime"] else "")
+        lines.append(f"| {name} | {n} | {b['variant']} | {b['latency_ms']:.3f} | {again} | {b['quality']:.4f} | "
+                     f"{ms / ref:.2f}x |")
+    if others:
+        ms, rt = min(others)
+        lines += ["", f"Margin: the search's choice ({chosen['variant']} on {chosen['runtime']}, {ref:.3f} ms) against "
+                  f"the best single-runtime choice on another runtime ({best[rt]['variant']} on {rt}, {ms:.3f} ms): "
+                  f"{ref / ms:.2f}x latency."]
+    return lines
+
+
 def main(argv=None) -> int:
     from edgeopt.pipeline.recipe import load_recipe
     from edgeopt.pipeline.run import run_recipe
@@ -170,6 +213,7 @@ def main(argv=None) -> int:
                       + f". Bar met: {'yes' if meets else 'no'}."]
     else:
         lines.append("| **search** | none meets the constraints | | | | | |")
+    lines += runtime_margins(result.trials, tol, c, recipe)
     lines += ["", "Search trials:", "", "| trial | origin | variant | runtime | state | median ms | quality |",
               "|---|---|---|---|---|---|---|"]
     for r in result.trials:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,19 +58,14 @@ def to_executorch(model: Any, example: np.ndarray, out: str | os.PathLike, *,
     import torch
 
     version = executorch_version()
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
     module = copy.deepcopy(model).eval()
     x = (torch.from_numpy(np.ascontiguousarray(example)),)
     try:
-        program = torch.export.export(module, x)
-        if calibration is not None:
-            program = _quantized(program, x, calibration)
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-        delegated = sum(1 for n in lowered.exported_program().graph.nodes
-                        if n.op == "call_function" and "executorch_call_delegate" in str(n.target))
-        buffer = lowered.to_executorch().buffer
+        with warnings.catch_warnings():
+            # torch's pytree pickling inside EXIR warns about its own LeafSpec once per copy:
+            # three lines per export that tell a user nothing about their model
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            buffer, delegated = _lowered(module, x, calibration)
     except InputError:
         raise
     except Exception as e:  # torch.export / EXIR raise many types; name the first line
@@ -81,12 +77,29 @@ def to_executorch(model: Any, example: np.ndarray, out: str | os.PathLike, *,
     outs = [TensorSpec(f"output{i}" if i else "output", list(o.shape), str(o.detach().numpy().dtype))
             for i, o in enumerate(outputs)]
     record = {"name": "to_executorch",
-              "config": {"delegate": "xnnpack", "int8": calibration is not None},
+              "config": {"delegate": "xnnpack", "int8": calibration is not None,
+                         # the study's quantize options (method, equalization) do not apply here
+                         "quantizer": "XNNPACKQuantizer, symmetric, per-channel" if calibration is not None else None},
               "metrics": {"delegated_subgraphs": delegated, "pte_bytes": len(buffer),
                           "calibration_samples": len(calibration) if calibration is not None else 0}}
     return write_artifact(out, lambda d: (d / "model.pte").write_bytes(buffer), format="pte",
                           files=["model.pte"], inputs=inputs, outputs=outs,
                           history=[*history, record], extra={"runtime_version": f"executorch {version}"})
+
+
+def _lowered(module, x: tuple, calibration: np.ndarray | None):
+    """``(.pte bytes, delegated subgraph count)`` of ``module`` lowered for ``x``."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    program = torch.export.export(module, x)
+    if calibration is not None:
+        program = _quantized(program, x, calibration)
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    delegated = sum(1 for n in lowered.exported_program().graph.nodes
+                    if n.op == "call_function" and "executorch_call_delegate" in str(n.target))
+    return lowered.to_executorch().buffer, delegated
 
 
 def _quantized(program, x: tuple, calibration: np.ndarray):

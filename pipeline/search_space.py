@@ -48,6 +48,11 @@ QUANTIZE_CHOICES = {
     "qat": None,
 }
 SAMPLERS = ("tpe", "nsga2")
+#: Runtimes that quantize with their own quantizer (ExecuTorch: PT2E with XNNPACK's symmetric
+#: per-channel quantizer): a quantize choice there means "int8", whatever its method, so the
+#: search names it ``int8``, builds it once and records the default quantize step, never a
+#: method or an equalization that was not applied.
+OWN_INT8_RUNTIMES = ("executorch",)
 
 
 def check_number(name: str, value, low: float = 0.0, high: float | None = None) -> float:
@@ -230,7 +235,15 @@ def trial_steps(params: dict, space: SearchSpace, labelled_top1: bool) -> list:
     elif QUANTIZE_CHOICES.get(q):
         steps.append(make_step("quantize", {**QUANTIZE_CHOICES[q], "debug_layers": 0}))
     check_order(steps)
-    return steps
+    return runtime_steps(steps, params.get("runtime"))
+
+
+def runtime_steps(steps: list, runtime: str | None) -> list:
+    """``steps`` as ``runtime`` applies them: on a runtime with its own quantizer
+    (``OWN_INT8_RUNTIMES``) a quantize step becomes the default one (its options do not apply)."""
+    if runtime not in OWN_INT8_RUNTIMES:
+        return steps
+    return [make_step("quantize", {"debug_layers": 0}) if s.name == "quantize" else s for s in steps]
 
 
 def variant_name(params: dict, steps: list) -> str:
@@ -243,7 +256,8 @@ def variant_name(params: dict, steps: list) -> str:
     if any(s.name == "distill" for s in steps):
         parts.append("kd")
     if params.get("quantize", "none") != "none":
-        parts.append(params["quantize"])
+        parts.append("int8" if params.get("runtime") in OWN_INT8_RUNTIMES and params["quantize"] != "qat"
+                     else params["quantize"])
     return "+".join(parts) or "fp32"
 
 
@@ -256,6 +270,9 @@ def space_points(space: SearchSpace, runtimes: list[str], labelled_top1: bool) -
             lows = list(range(len(space.lowrank) + 1)) if amount == 0 and space.lowrank else [None]
             for low in lows:
                 quants = choices if runtime != "torch" and choices != ["none"] else [None]
+                if runtime in OWN_INT8_RUNTIMES:  # every method is the same int8 there: one point
+                    quants = [q for i, q in enumerate(quants) if q in ("none", "qat", None)
+                              or not any(c not in ("none", "qat") for c in quants[:i])]
                 for q in quants:
                     params = {"runtime": runtime, "prune": amount}
                     if low is not None:
@@ -289,11 +306,11 @@ def warm_start_points(variants: dict, space: SearchSpace, runtimes: list[str],
     keyed = [(p, steps_key(trial_steps(p, space, labelled_top1))) for p in points]
     found, skipped = [], []
     for vname, steps in variants.items():
-        key = steps_key(steps)
         off_torch = any(s.kind.level != "torch" for s in steps)
         for runtime in runtimes:
             if runtime == "torch" and off_torch:
                 continue
+            key = steps_key(runtime_steps(steps, runtime))
             match = next((p for p, k in keyed if p["runtime"] == runtime and k == key), None)
             if match is None:
                 skipped.append(f"{vname} on {runtime}")

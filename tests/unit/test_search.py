@@ -82,6 +82,28 @@ def test_default_space_points_are_valid_step_lists():
     assert [s.name for s in trial_steps({"prune": 0.5}, space, False)] == ["prune"]
 
 
+def test_a_runtime_with_its_own_quantizer_is_one_int8_candidate_named_int8():
+    """ExecuTorch quantizes with XNNPACK's quantizer: entropy+eq there is the same artifact as
+    minmax, so the search names both int8, records the default quantize step and counts one point."""
+    from edgeopt.pipeline.steps import make_step
+    from edgeopt.pipeline.search_space import space_points, warm_start_points
+
+    space = SearchSpace(prune=(0.0, 0.5), lowrank=(), quantize=("none", "minmax", "entropy+eq"))
+    et = {"runtime": "executorch", "prune": 0.5, "quantize": "entropy+eq"}
+    steps = trial_steps(et, space, labelled_top1=False)
+    assert variant_name(et, steps) == "prune0.5+int8"
+    assert not {"method", "equalize", "bias_correction"} & set(steps[-1].params)  # none claimed
+    ort = {**et, "runtime": "onnxruntime"}
+    assert variant_name(ort, trial_steps(ort, space, False)) == "prune0.5+entropy+eq"
+    points = space_points(space, ["onnxruntime", "executorch"], labelled_top1=False)
+    assert sum(p["runtime"] == "onnxruntime" for p in points) == 6
+    assert sorted(p.get("quantize") for p in points if p["runtime"] == "executorch") == ["minmax", "minmax", "none", "none"]
+    # the recipe's int8 variant (any method) is the executorch int8 point
+    variants = {"int8": [make_step("quantize", {"method": "entropy", "per_channel": True})]}
+    warm, skipped = warm_start_points(variants, space, ["executorch"], labelled_top1=False)
+    assert warm == [("recipe:int8", {"runtime": "executorch", "prune": 0.0, "quantize": "minmax"})] and not skipped
+
+
 def test_cli_malformed_constraints_exit_2_in_one_line(tmp_path):
     (tmp_path / "r.yaml").write_text(TINY)
     for args, words in ((["--max-accuracy-drop", "-0.1"], "max_accuracy_drop must be a number in [0, 1]"),
