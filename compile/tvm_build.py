@@ -231,7 +231,8 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
     else:
         executable, details = compile_module(mod, spec, config, log, kernels=kernels, int8=int8)
     rewritten = details.pop("int8_ops", 0)
-    if config.precision == "bf16" and not details.get("bf16_ops"):
+    if config.precision == "bf16" and not details.get("bf16_ops") and not rewritten:
+        # (an int8 model's convs compute in int8: bf16 is for those kept in float, if any)
         raise InputError(f"precision 'bf16': no conv or matmul of {str(model)!r} runs on oneDNN (none, or all "
                          "too small to repay a call), so nothing would compute in bf16; build it with precision fp32")
     if kernels == "onednn" and not any(details.get("library_ops", {}).values()):
