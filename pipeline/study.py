@@ -46,6 +46,7 @@ from edgeopt.core.result import reporter
 from .measure import BenchConfig, measure_entry, runtime_target
 from .recipe import Recipe, Target, load_recipe
 from .steps import Step, StepData, apply_step, make_step
+from .task_types import sample
 
 
 def slug(name: str) -> str:
@@ -71,6 +72,8 @@ def recipe_fingerprint(recipe: Recipe) -> str:
             "targets": [(t.runtime, t.target, _jsonable(t.build)) for t in recipe.targets]}
     if recipe.task_outputs is not None:  # how outputs are judged changes the entries
         data["task_outputs"] = recipe.task_outputs
+    if recipe.constant_inputs is not None:
+        data["constant_inputs"] = recipe.constant_inputs
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -103,23 +106,34 @@ def check_onnx_recipe(recipe: Recipe) -> None:
 
 
 class OnnxModel:
-    """A third-party ONNX model as a study's base: prepared (opset, constants, shapes) once."""
+    """A third-party ONNX model as a study's base: prepared (opset, constants, shapes) once.
 
-    def __init__(self, spec: str, input_shape):
+    ``constants``: inputs held at one value (``{name: value}``, the recipe's ``constant_inputs``),
+    made part of the graph; the study feeds the others (``inputs``)."""
+
+    def __init__(self, spec: str, input_shape, constants: dict | None = None):
+        from edgeopt.compile.onnx_prepare import freeze_inputs
         from edgeopt.compile.onnx_shapes import resolve_input_shapes
         from edgeopt.runtimes.artifact import model_input
         from edgeopt.runtimes.onnx_file import load_onnx, onnx_io
 
         self.path, self.history, _ = model_input(spec, "onnx", "run")
-        inputs, _ = onnx_io(load_onnx(self.path))
-        if len(inputs) != 1:
-            raise InputError(f"model {spec!r} has {len(inputs)} inputs; a study feeds models with one input")
+        graph = load_onnx(self.path)
+        inputs, _ = onnx_io(graph)
+        self.constants = dict(constants or {})
+        try:  # checked now (names, values, shapes), applied when the base model is prepared
+            freeze_inputs(graph, self.constants)
+        except InputError as e:
+            raise InputError(f"constant_inputs in the recipe: {e}") from None
+        self.inputs = [s for s in inputs if s.name not in self.constants]
         # every variant, FLOP count and target (TVM builds too) takes the base model's shapes:
         # dynamic dims other than the batch need the recipe's input_shape, and the base gets them
-        self.shapes = resolve_input_shapes(inputs, input_shape, option="input_shape in the recipe")
+        self.shapes = resolve_input_shapes(self.inputs, input_shape, option="input_shape in the recipe")
         self.given = input_shape is not None
-        shape = self.shapes[inputs[0].name]
-        self.input_shape = tuple(d if isinstance(d, int) else 1 for d in shape)  # a dynamic batch -> 1
+        fed = {n: tuple(d if isinstance(d, int) else 1 for d in shape)  # a dynamic batch -> 1
+               for n, shape in self.shapes.items()}
+        # one input: its shape; several: {input name: shape}, and the task holds one array per input
+        self.input_shape = fed[self.inputs[0].name] if len(self.inputs) == 1 else fed
         self.module = None
 
     def prepare(self, folder: Path, say: Callable[[str], None]):
@@ -132,10 +146,12 @@ class OnnxModel:
 
         if (folder / "manifest.json").is_file():
             return load_artifact(folder)
-        model = prepare_onnx(self.path, input_shapes=self.shapes if self.given else None)
+        model = prepare_onnx(self.path, input_shapes=self.shapes if self.given else None,
+                             constant_inputs=self.constants)
         inputs, outputs = onnx_io(model)
         record = {"name": "prepare", "config": {"source": str(self.path),
-                                                **({"input_shape": self.shapes} if self.given else {})},
+                                                **({"input_shape": self.shapes} if self.given else {}),
+                                                **({"constant_inputs": self.constants} if self.constants else {})},
                   "metrics": {"opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}}
         say(f"base model: {self.path} prepared (opset upgrade, constants folded, shapes inferred)")
         return write_artifact(folder, lambda d: onnx.save(model, str(d / "model.onnx")), format="onnx",
@@ -244,22 +260,48 @@ def load_inputs(recipe: str | os.PathLike | Recipe, *, nproc: int = 1, torch_mod
     torch.set_num_threads(bench.resolved_threads)
     if onnx_model:
         check_onnx_recipe(recipe)
-        loaded = OnnxModel(recipe.model, recipe.input_shape)
+        loaded = OnnxModel(recipe.model, recipe.input_shape, recipe.constant_inputs)
     else:
         loaded = load_model(recipe.model, seed=recipe.seed, weights=recipe.weights, input_shape=recipe.input_shape)
-    shape = tuple(loaded.input_shape or ())
+    several = isinstance(loaded.input_shape, dict)
+    shape = dict(loaded.input_shape) if several else tuple(loaded.input_shape or ())
     if not shape:
         raise InputError(f"{recipe.source}: model {recipe.model!r} does not say its input shape; "
                          "add input_shape to the recipe")
     task = load_task(recipe.task, seed=recipe.seed, input_shape=shape, outputs=recipe.task_outputs)
-    if task.test.x.shape[1:] != shape[1:]:
+    if several:
+        _check_task_inputs(recipe, task, loaded.inputs, shape)
+    elif isinstance(task.test.x, dict):
+        raise InputError(f"{recipe.source}: task {recipe.task!r} gives inputs {sorted(task.test.x)}, "
+                         f"and model {recipe.model!r} takes one input: give its inputs as one array")
+    elif task.test.x.shape[1:] != shape[1:]:
         raise InputError(f"{recipe.source}: task {recipe.task!r} gives inputs of shape "
                          f"{task.test.x.shape[1:]}, the model takes {shape[1:]}")
     _check_steps(recipe, task, loaded, shape, onnx_model, nproc)
     return StudyInputs(recipe, bench, loaded, task, onnx_model)
 
 
-def _check_steps(recipe: Recipe, task, loaded, shape: tuple, onnx_model: bool, nproc: int) -> None:
+def _check_task_inputs(recipe: Recipe, task, inputs, shapes: dict) -> None:
+    """A task for a model with several inputs holds one array per input, named as it, of the
+    input's (resolved) shape and dtype, one sample per row."""
+    x = task.test.x
+    names = [s.name for s in inputs]
+    if not isinstance(x, dict):
+        raise InputError(f"{recipe.source}: model {recipe.model!r} takes {len(names)} inputs {names}; task "
+                         f"{recipe.task!r} gives one array: give one array per input, named as it")
+    missing, unknown = [n for n in names if n not in x], sorted(set(x) - set(names))
+    if missing or unknown:
+        raise InputError(f"{recipe.source}: task {recipe.task!r} " + (f"has no input {missing[0]!r}" if missing else
+                         f"gives input(s) {unknown} the model lacks") + f"; the model's inputs are {names}")
+    for spec in inputs:
+        given = x[spec.name]
+        if given.shape[1:] != tuple(shapes[spec.name]) or given.dtype != np.dtype(spec.dtype):
+            raise InputError(f"{recipe.source}: task {recipe.task!r} gives input {spec.name!r} as {given.dtype} "
+                             f"samples of shape {given.shape[1:]}; the model takes {spec.dtype} of shape "
+                             f"{tuple(shapes[spec.name])} (declared {tuple(spec.shape)})")
+
+
+def _check_steps(recipe: Recipe, task, loaded, shape: tuple | dict, onnx_model: bool, nproc: int) -> None:
     """What the recipe's steps need of the model and the task, checked before any work."""
     from .output_check import TRAINING_STEPS, require_tensor_output
 
@@ -303,7 +345,7 @@ class Study:
                  nproc: int = 1, evaluation=None, cache: Path | None = None, latency: Callable | None = None):
         self.recipe, self.task, self.bench = inputs.recipe, inputs.task, inputs.bench
         self.base = base.model
-        self.example = self.task.test.x[:1]
+        self.example = sample(self.task.test.x, 0)
         self.references = base.references
         self.reference = base.references[0]
         self.evaluation, self.out, self.say = evaluation, Path(out), reporter(progress)

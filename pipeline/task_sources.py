@@ -53,12 +53,14 @@ import numpy as np
 from edgeopt.core.errors import InputError, first_line
 from edgeopt.core.factory import resolve_factory
 
-from .task_types import METRICS, Split, Task
+from .task_types import METRICS, Split, Task, count, sample_shape, take
 
 # Keywords a task factory may declare; load_task passes those it declares.
 FACTORY_KEYWORDS = ("seed", "input_shape", "data_dir", "limit")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 PREPROCESS_FILE = "preprocess.yaml"
+# the arrays of a .npz task that are not model inputs
+NPZ_KEYS = ("y", "metric", "outputs")
 
 
 @dataclass
@@ -146,8 +148,8 @@ def task_from_data(data: TaskData, default_name: str, seed: int = 0, where: str 
         raise InputError(f"{where}: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     if metric == "agreement":  # compared with the reference model only: targets are not used
         splits = {k: Split(v.x, None) for k, v in splits.items()}
-    shapes = {s: v.x.shape[1:] for s, v in splits.items()}
-    if len(set(shapes.values())) > 1:
+    shapes = {s: sample_shape(v.x) for s, v in splits.items()}
+    if len({repr(v) for v in shapes.values()}) > 1:
         raise InputError(f"{where}: splits have different input shapes {shapes}")
     num_classes = 0
     for name, s in list(splits.items()):
@@ -175,7 +177,10 @@ def task_from_data(data: TaskData, default_name: str, seed: int = 0, where: str 
         if not (np.issubdtype(groups.dtype, np.integer) or groups.dtype.kind in "UOb"):
             raise InputError(f"{where}: groups must be integers or strings, got {groups.dtype}")
         groups = groups.astype(str) if groups.dtype.kind == "O" else groups
-    return Task(data.name or default_name, metric, (1, *shapes["test"]), num_classes,
+    # several inputs: each array's rows are the input's whole shape; one input: rows lack the batch-1 axis
+    test_shape = shapes["test"]
+    input_shape = test_shape if isinstance(test_shape, dict) else (1, *test_shape)
+    return Task(data.name or default_name, metric, input_shape, num_classes,
                 splits["train"], splits["val"], splits["calib"], splits["test"], model=data.model or "",
                 classes=tuple(data.classes), test_groups=groups, outputs=parse_outputs(data.outputs or None, where))
 
@@ -185,16 +190,24 @@ def to_split(value, what: str):
 
     if isinstance(value, Split):
         x, y = value.x, value.y
+    elif isinstance(value, dict):
+        x, y = value, None
     elif _is_array(value):
         x, y = value, None
     elif isinstance(value, tuple):
-        if len(value) != 2 or not _is_array(value[0]) or not (value[1] is None or _is_array(value[1])):
+        if len(value) != 2 or not (_is_array(value[0]) or isinstance(value[0], dict)) \
+                or not (value[1] is None or _is_array(value[1])):
             raise InputError(f"{what}: a tuple must be (x, y) of arrays or tensors")
         x, y = value
     else:
         x, y = _materialise(value, what)
-    x = _numpy(x, what)
     y = None if y is None else _numpy(y, what)
+    if isinstance(x, dict):
+        x = _per_input(x, what)
+        if y is not None and len(y) != count(x):
+            raise InputError(f"{what}: {count(x)} inputs but {len(y)} targets")
+        return Split(x, y)
+    x = _numpy(x, what)
     if x.ndim < 2 or len(x) == 0:
         raise InputError(f"{what} is empty or has no sample axis: inputs of shape {x.shape}; "
                          "expected (N, ...) with N >= 1")
@@ -203,6 +216,27 @@ def to_split(value, what: str):
     if y is not None and len(y) != len(x):
         raise InputError(f"{what}: {len(x)} inputs but {len(y)} targets")
     return Split(np.ascontiguousarray(x, dtype=np.float32), y)
+
+
+def _per_input(x: dict, what: str) -> dict:
+    """Per-input arrays (a model with several inputs): numeric, each in its own dtype (the model
+    checks it: an int64 sample rate stays int64), as many rows in each."""
+    if not x:
+        raise InputError(f"{what}: no input arrays; expected one array per model input, keyed by its name")
+    out = {}
+    for name, v in x.items():
+        a = _numpy(v, f"{what}, input {name!r}")
+        if a.ndim < 1 or len(a) == 0:
+            raise InputError(f"{what}: input {name!r} is empty or has no sample axis (shape {a.shape}); "
+                             "expected (N, *the input's shape) with N >= 1")
+        if not np.issubdtype(a.dtype, np.number) and a.dtype != np.bool_:
+            raise InputError(f"{what}: input {name!r} must be numeric, got {a.dtype}")
+        out[str(name)] = np.ascontiguousarray(a)
+    rows = {k: len(v) for k, v in out.items()}
+    if len(set(rows.values())) > 1:
+        raise InputError(f"{what}: the input arrays hold different numbers of samples: "
+                         + ", ".join(f"{k} {n}" for k, n in rows.items()))
+    return out
 
 
 def _materialise(value, what: str):
@@ -281,10 +315,11 @@ def _carve(split, n: int, seed: int, what: str):
     return sub(keep), sub(take)
 
 
-def split_arrays(x: np.ndarray, y: np.ndarray | None, seed: int, what: str) -> dict:
+def split_arrays(x: np.ndarray | dict, y: np.ndarray | None, seed: int, what: str) -> dict:
     """Seeded train / val / calib / test index arrays: 20% test, 10% val, 10% (at most 256)
-    calibration, the rest train; stratified by class when every class has 10 samples."""
-    n = len(x)
+    calibration, the rest train; stratified by class when every class has 10 samples.
+    ``x``: the inputs (an array, or per-input arrays), only counted."""
+    n = count(x)
     if n < 4:
         raise InputError(f"{what} has {n} samples; at least 4 are needed (one per split)")
     sizes = {"test": max(1, round(0.2 * n)), "val": max(1, round(0.1 * n)),
@@ -313,9 +348,12 @@ def split_arrays(x: np.ndarray, y: np.ndarray | None, seed: int, what: str) -> d
 # -- .npz files -------------------------------------------------------------------------------
 
 def check_npz(spec: str) -> None:
-    """``InputError`` unless ``spec`` is a readable ``.npz`` with an ``x`` array (and, when it
-    has one, a valid ``outputs`` declaration)."""
+    """``InputError`` unless ``spec`` is a readable ``.npz`` with an ``x`` array, or arrays named
+    as a model's inputs (matched against the model when it loads), and, when it has one, a valid
+    ``outputs`` declaration."""
     with _open_npz(spec) as data:
+        if "x" in data.files or not [f for f in data.files if f not in NPZ_KEYS]:
+            _npz_inputs(data, spec, None)
         if "outputs" in data.files:
             npz_outputs(data, spec)
 
@@ -347,23 +385,43 @@ def _open_npz(spec: str):
     if not hasattr(data, "files"):
         raise InputError(f"task data {spec!r} holds a single array; expected a .npz archive with "
                          "x (and optionally y, metric)")
-    if "x" not in data.files:
-        data.close()
-        raise InputError(f"task data {spec!r} has arrays {sorted(data.files)}; expected x "
-                         "(and optionally y, metric, outputs)")
-    unknown = sorted(set(data.files) - {"x", "y", "metric", "outputs"})
-    if unknown:
-        data.close()
-        raise InputError(f"task data {spec!r} has unknown array(s) {unknown}; expected x, y, metric, outputs")
     return data
 
 
-def load_npz(spec: str, seed: int, input_shape: tuple | None):
+def _npz_inputs(data, spec: str, names: list | None) -> list:
+    """The arrays of a ``.npz`` that are model inputs: ``["x"]`` for a model with one input (or
+    one not known yet), the model's input ``names`` for a model with several."""
+    files = sorted(data.files)
+    if names is None:
+        if "x" not in files:
+            raise InputError(f"task data {spec!r} has arrays {files}; expected x (and optionally y, metric, "
+                             "outputs), or for a model with several inputs one array per input, named as it")
+        unknown = [f for f in files if f not in ("x", *NPZ_KEYS)]
+        if unknown:
+            raise InputError(f"task data {spec!r} has unknown array(s) {unknown}; expected x, y, metric, outputs")
+        return ["x"]
+    missing = [n for n in names if n not in files]
+    if missing:
+        raise InputError(f"task data {spec!r} has no array for input(s) {missing}; the model takes inputs "
+                         f"{names}: one array per input, named as it (N, *the input's shape), and "
+                         "optionally y, metric, outputs")
+    unknown = [f for f in files if f not in (*names, *NPZ_KEYS)]
+    if unknown:
+        raise InputError(f"task data {spec!r} has array(s) {unknown} that are no input of the model; "
+                         f"its inputs are {names} (and a task may hold y, metric, outputs)")
+    return list(names)
+
+
+def load_npz(spec: str, seed: int, input_shape: tuple | dict | None):
     """A task from a ``.npz`` with ``x`` (N, ...), optional ``y`` (N, ...) and optional ``metric``
-    (a string), split with ``split_arrays``."""
+    (a string), split with ``split_arrays``. For a model with several inputs (``input_shape``
+    a dict by input name), one array per input instead of ``x``, named as the input, each
+    (N, *the input's shape) in the input's dtype."""
+    several = isinstance(input_shape, dict) and len(input_shape) > 1
     with _open_npz(spec) as data:
         try:
-            x = data["x"]
+            names = _npz_inputs(data, spec, list(input_shape) if several else None)
+            x = {n: data[n] for n in names} if several else data["x"]
             y = data["y"] if "y" in data.files else None
             metric = str(data["metric"]) if "metric" in data.files else None
             outputs = npz_outputs(data, spec) if "outputs" in data.files else ()
@@ -372,13 +430,14 @@ def load_npz(spec: str, seed: int, input_shape: tuple | None):
     what = f"task data {spec!r}"
     if metric == "agreement":  # asked to compare with the reference model only: drop targets
         y = None
-    x = _add_channel_axis(np.asarray(x), input_shape)
-    if y is not None and len(y) != len(x):
-        raise InputError(f"{what}: {len(x)} inputs but {len(y)} targets")
+    if not several:
+        x = _add_channel_axis(np.asarray(x), input_shape)
+    if y is not None and len(y) != count(x):
+        raise InputError(f"{what}: {count(x)} inputs but {len(y)} targets")
     if y is not None and metric in (None, "top1") and _is_labels(y):
         y = y.astype(np.int64)
     idx = split_arrays(x, y if (metric in (None, "top1")) else None, seed, what)
-    parts = {k: (x[i], None if y is None else y[i]) for k, i in idx.items()}
+    parts = {k: (take(x, i), None if y is None else y[i]) for k, i in idx.items()}
     name = Path(spec).stem
     return task_from_data(TaskData(train=parts["train"], calib=parts["calib"], test=parts["test"],
                                    val=parts["val"], metric=metric, name=name, outputs=outputs), name, seed, what)

@@ -25,25 +25,53 @@ from edgeopt.core.errors import InputError
 METRICS = {"top1": True, "agreement": True, "cosine": True, "mse": False, "mae": False}
 
 
+def count(x) -> int:
+    """The number of samples in task inputs: an array (N, ...) or ``{input name: (N, ...)}``."""
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def take(x, index):
+    """The samples ``index`` (a slice or an index array) of task inputs, in the same form."""
+    return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+
+
+def sample(x, i: int):
+    """What the model is fed for sample ``i``: ``x[i:i + 1]`` of an array (the batch-1 axis
+    kept), ``{name: array[i]}`` of per-input arrays (each row is the input's whole shape).
+
+    >>> sample(np.zeros((3, 4)), 1).shape, sample({"a": np.zeros((3, 1, 4)), "sr": np.arange(3)}, 2)["sr"]
+    ((1, 4), np.int64(2))
+    """
+    return {k: v[i] for k, v in x.items()} if isinstance(x, dict) else x[i:i + 1]
+
+
+def sample_shape(x):
+    """The shape of one sample: ``x.shape[1:]``, or ``{input name: shape}`` of per-input arrays."""
+    return {k: tuple(v.shape[1:]) for k, v in x.items()} if isinstance(x, dict) else tuple(x.shape[1:])
+
+
 @dataclass(frozen=True)
 class Split:
-    """Inputs (N, ...) float32 and targets (N, ...), or no targets (``y is None``).
+    """Inputs and targets (N, ...), or no targets (``y is None``).
 
+    Inputs are one float32 array (N, ...) for a model with one input, each row without the
+    model's batch-1 axis; for a model with several inputs, ``{input name: array}``, each array
+    (N, *that input's whole shape) in the input's own dtype (``sample`` makes a feed of row i).
     Targets are int64 class indices (N,) for ``top1`` tasks and float32 arrays for ``mse`` /
     ``mae`` / ``cosine`` tasks. ``len(split)`` is the number of samples, labelled or not.
     """
 
-    x: np.ndarray
+    x: np.ndarray | dict
     y: np.ndarray | None
 
     def __len__(self) -> int:
-        return len(self.x)
+        return count(self.x)
 
     def head(self, n: int | None) -> "Split":
         """The first ``n`` samples (all of them when ``n`` is None)."""
         if n is None or n >= len(self):
             return self
-        return Split(self.x[:n], None if self.y is None else self.y[:n])
+        return Split(take(self.x, slice(0, n)), None if self.y is None else self.y[:n])
 
 
 @dataclass(frozen=True)
@@ -52,7 +80,7 @@ class Task:
 
     name: str
     metric: str
-    input_shape: tuple
+    input_shape: tuple | dict  # dict: {input name: shape} for a model with several inputs
     num_classes: int
     train: Split
     val: Split

