@@ -13,7 +13,9 @@ with the same keys)::
 Each split is one of: a ``Split``; an array or tensor of inputs (unlabelled); a *tuple*
 ``(x, y)`` of arrays or tensors (``y`` may be None); a ``torch.utils.data.Dataset`` whose items
 are samples ``(x_i, y_i)`` or ``x_i``; or any other iterable (a ``DataLoader``, a list, a
-generator) of batches ``(x, y)`` or ``x``. Everything is materialised once into float32 inputs.
+generator) of batches ``(x, y)`` or ``x``. Everything is materialised once into float32 inputs;
+for a model with several inputs, ``x`` is a dict of arrays keyed by input name, each
+``(N, *the input's whole shape)`` in that input's dtype (kept as given).
 ``val`` defaults to 10% of ``train`` (seeded, taken out of it). ``metric`` defaults to ``top1``
 for integer class labels (N,), ``mse`` for float targets and ``agreement`` without targets;
 ``num_classes`` to the largest label + 1. Inputs are one sample per row, without the batch-1
@@ -26,7 +28,8 @@ skin tone, an age band): the report gives accuracy per group next to fp32's for 
 ``outputs`` (optional) says what the model's outputs are, one mapping per output in order, e.g.
 ``[{"name": "det", "kind": "boxes+scores", "classes": 80}]`` or ``[{"kind": "sequence", "decode":
 "ctc"}]``: each output is compared with fp32's by its kind (``edgeopt.pipeline.output_quality``).
-A ``.npz`` task declares them as a JSON string array ``outputs``.
+A ``.npz`` task declares them as a JSON string array ``outputs``. A ``.npz`` task for a model with
+several inputs holds one array per input, named as it, in place of ``x``.
 
 Example:
     >>> import numpy as np
