@@ -82,8 +82,11 @@ def section(key: str, title: str, body: str, note: str = "") -> str:
         raise ValueError(f"results key {key!r}: use lower-case letters, digits, '.', '_' and '-'")
     if "\n" in title:
         raise ValueError(f"results title {title!r} spans lines; a title is one line")
-    command = " ".join([".venv/bin/python", f"benchmarks/{Path(sys.argv[0]).name}"]
-                       + [shlex.quote(a) for a in sys.argv[1:]])
+    # the script as run from the repository root (benchmarks/real_models/ holds scripts too)
+    script, root = Path(sys.argv[0]).resolve(), RESULTS.resolve().parent.parent
+    shown = script.relative_to(root).as_posix() if script.is_relative_to(root / "benchmarks") \
+        else f"benchmarks/{script.name}"
+    command = " ".join([".venv/bin/python", shown] + [shlex.quote(a) for a in sys.argv[1:]])
     return (f"<!-- results:{key} -->\n## {title}\n\n"
             f"Command: `{command}`\n\n"
             f"Measured {dt.date.today().isoformat()}. {machine_line()}.\n\n"
