@@ -62,6 +62,16 @@ def runner_outputs(runner, x: np.ndarray) -> np.ndarray:
     return runner.run(x)[0]
 
 
+def runner_all_outputs(runner, x: np.ndarray) -> list[np.ndarray]:
+    """Every output of ``runner`` over the samples of ``x`` (one array per output, in the
+    model's order), one batch-1 call per sample when the model's batch axis is fixed at 1."""
+    batch = runner.inputs[0].shape[0]
+    if batch == 1 and len(x) != 1:
+        runs = [runner.run(x[i:i + 1]) for i in range(len(x))]
+        return [np.concatenate([r[k] for r in runs]) for k in range(len(runs[0]))]
+    return [np.asarray(o) for o in runner.run(x)]
+
+
 def compare_outputs(a: np.ndarray, b: np.ndarray, metric: str) -> float:
     """``mse`` / ``mae`` (mean error) or ``cosine`` (mean cosine similarity, per sample) of two
     batches of outputs with as many values each, every sample flattened: a regression task's

@@ -359,3 +359,24 @@ def describe(row: dict) -> str:
 def worst_output(rows: list[dict]) -> dict | None:
     """The row with the lowest ``normalized`` figure (the first such, in the model's order)."""
     return min(rows, key=lambda r: r["normalized"]) if rows else None
+
+
+@dataclass(frozen=True)
+class DeclaredOutputs:
+    """Inputs and what the model's outputs are: the evaluation data a study hands quantize's
+    ``min_agreement`` for a task that declares its outputs, so the budget is the report's worst
+    output (identical decoded sequences for a sequence output), not top-1 over a flattened tensor.
+
+    >>> ref = np.eye(4, dtype=np.float32)[[[1, 0, 2], [3, 3, 0]]]  # (2 samples, 3 steps, 4 classes)
+    >>> test = ref.copy(); test[1, 2] = np.eye(4)[1]               # sample 1 reads one more symbol
+    >>> DeclaredOutputs(None, parse_outputs([{"kind": "sequence", "decode": "ctc"}])).output_agreement([test], [ref])
+    0.5
+    """
+
+    x: object
+    specs: tuple = ()
+    classifier: bool = False
+
+    def output_agreement(self, outputs: list, references: list) -> float:
+        """The worst output's share (``normalized``) of ``outputs`` against ``references``."""
+        return float(worst_output(output_quality(outputs, references, self.specs, self.classifier))["normalized"])

@@ -109,8 +109,16 @@ def _quantize_data(config, data: StepData) -> dict:
     task = data.task
     eval_data = None
     if config.has_budget:
-        # a labelled task itself: the budget is judged on its validation split and its metric
-        eval_data = task if task.labelled else task.val.x
+        # a labelled task itself: the budget is judged on its validation split and its metric;
+        # without labels, the declared outputs judge it by their kinds, as the report does
+        if task.labelled:
+            eval_data = task
+        elif task.outputs:
+            from .output_quality import DeclaredOutputs
+
+            eval_data = DeclaredOutputs(task.val.x, tuple(task.outputs), task.metric in ("top1", "agreement"))
+        else:
+            eval_data = task.val.x
     return {"calibration": task.calib, "eval_data": eval_data, "progress": data.progress}
 
 

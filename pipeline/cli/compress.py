@@ -102,7 +102,7 @@ def _quantize(args, config) -> int:
     print(f"wrote {result.path}: {m['size_bytes_before']:,} -> {m['size_bytes_after']:,} bytes "
           f"({m['size_ratio']:.2f}x), {m['summary']}")
     for a in m.get("attempts", []):
-        how = "+".join(a["transforms"]) or "plain"
+        how = ("+".join(a["transforms"]) or "plain") + (", scope compute" if a.get("scope") == "compute" else "")
         if "metric" in a:  # a regression or embedding task: its metric, and cosine to fp32
             print(f"  tried {a['method']} ({how}): {a['metric']} {a['value']:.4g} (fp32 {a['fp32_value']:.4g}), "
                   f"cosine to fp32 {a['agreement']:.4f}")
