@@ -72,15 +72,7 @@ def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | Non
     # weights and biases become plain constants; the transposes ConvertLayout duplicated merge
     mod = relax.transform.FoldConstant()(mod)
     mod = relax.transform.EliminateCommonSubexpr()(mod)
-    def plan(func):
-        plans = _plan(func)
-        if bf16:
-            for p in plans.values():
-                if p.kind in ("conv2d", "matmul"):
-                    p.weight_dtype = "bfloat16"
-        return plans
-
-    mod = _rewrite(mod, plan, counts, min_flops, small)
+    mod = _rewrite(mod, _plan, counts, min_flops, small, finish=as_bf16 if bf16 else None)
     if kept_small is not None:
         kept_small.extend(f"{n} {kind} under {min_flops:,} FLOPs" for kind, n in sorted(small.items()))
     return relax.transform.DeadCodeElimination()(mod), counts
@@ -108,7 +100,9 @@ def plan_flops(plan) -> int | None:
     return 2 * int(np.prod(plan.out_shape)) * int(per_output)
 
 
-def _rewrite(mod, planner, counts, min_flops: int = 0, small: dict | None = None):
+def _rewrite(mod, planner, counts, min_flops: int = 0, small: dict | None = None, finish=None):
+    """Replace every chain ``planner(func)`` plans by its oneDNN call (those under ``min_flops``
+    dropped first); ``finish(func, plans)`` sees the plans that stay before the rewrite."""
     from tvm import relax
 
     for gv, func in list(mod.functions_items()):
@@ -120,6 +114,8 @@ def _rewrite(mod, planner, counts, min_flops: int = 0, small: dict | None = None
                     del plans[end]  # its ops stay as they are: TVM compiles them
                     if small is not None:
                         small[plan.kind] = small.get(plan.kind, 0) + 1
+            if finish is not None:
+                finish(func, plans)
             if plans:
                 mod[gv] = _make_rewriter()(mod, plans).visit_expr(func)
                 for plan in plans.values():
@@ -222,6 +218,27 @@ def _eval_const(expr, values, depth: int = 0):
     if name == "relax.where" and args[2] is not None:
         return args[2]  # where(isnan(c), inf, c): the importer's NaN guard on Clip bounds
     return None
+
+
+def as_bf16(func, plans: dict) -> None:
+    """Make ``plans``' float convs and matmuls bf16 kernels; one whose output only feeds another
+    one's src (no residual of its own to add in fp32) writes that output in bf16: the consumer
+    would convert it to bf16 on the way in anyway, so the values are the same, and the reorder
+    and half the memory traffic are saved (ResNet's first conv of a block, MobileNet's expand
+    and depthwise convs)."""
+    _, _, only_user = _uses(func)
+    bf16 = [p for p in plans.values() if p.kind in ("conv2d", "matmul")]
+    for p in bf16:
+        p.weight_dtype = "bfloat16"
+    # the binding of each bf16 plan's first op (its conv / matmul) -> the plan, when its src is a
+    # plain variable (a reshaped or transposed src is computed by TVM, in fp32)
+    consumers = {p.members[0]: p for p in bf16 if p.members and not isinstance(p.src, tuple) and p.call_shape is None}
+    for end, p in plans.items():
+        if p.weight_dtype != "bfloat16" or p.residual is not None or p.call_shape is not None:
+            continue
+        q = consumers.get(only_user(end))
+        if q is not None and q.src.same_as(end) and (q.residual is None or not q.residual.same_as(end)):
+            p.out_dtype = "bfloat16"
 
 
 # -- Clip --------------------------------------------------------------------------------------
@@ -739,10 +756,16 @@ def _make_rewriter():
         def __init__(self, mod, plans):
             super().__init__(mod)
             self.plans = plans
+            # the ops a bf16 call replaces: re-emitted, one could read a src that is now bf16
+            # (another call's output) and fail type inference; nothing else uses them
+            self.replaced = {m for end, p in plans.items() if p.weight_dtype == "bfloat16"
+                             for m in p.members if not m.same_as(end)}
 
         def visit_var_binding_(self, binding):
             plan = self.plans.get(binding.var)
             if plan is None:
+                if binding.var in self.replaced:
+                    return None
                 return super().visit_var_binding_(binding)
             if plan.kind in ("max_pool2d", "max_pool2d_q"):
                 call = relax.call_dps_packed(
@@ -796,7 +819,7 @@ def _make_rewriter():
             if plan.residual is not None:
                 args.append(self.visit_expr(plan.residual))  # the plugin reads it as bytes
             call = relax.call_dps_packed(CONV if plan.kind == "conv2d" else MATMUL, args,
-                                         out_ty=relax.TensorType(_exprs(plan.call_shape or plan.out_shape), "float32"))
+                                         out_ty=relax.TensorType(_exprs(plan.call_shape or plan.out_shape), plan.out_dtype))
             if plan.call_shape is not None:
                 call = relax.op.reshape(self.builder_.emit(call), _exprs(plan.out_shape))
             return self.emit_for(binding, call)

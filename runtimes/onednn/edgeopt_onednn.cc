@@ -10,7 +10,8 @@
 //   edgeopt.onednn.conv2d(p, lo, hi, src, weight, bias, [residual,] out)
 //       fp32, src/out NHWC, weight OIHW (grouped: O, I/G, KH, KW), bias (O). A bfloat16
 //       weight makes it a bf16 conv: src is converted to bf16 on the way in, the products are
-//       accumulated in fp32, and bias, residual, activation and out stay fp32.
+//       accumulated in fp32, and bias, residual and activation are applied in fp32; out is fp32,
+//       or bf16 where it only feeds another bf16 call (src may then be bf16: no conversion).
 //       p = [stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w,
 //            groups, activation]; activation 0 none, 1 relu, 2 clip(lo, hi).
 //       With a residual: out = act(conv(src) + bias + residual).
@@ -131,6 +132,7 @@ dt dtype_of(const DLTensor* t, const char* name) {
   if (t->dtype.lanes == 1 && t->dtype.code == kDLUInt && t->dtype.bits == 8) return dt::u8;
   if (t->dtype.lanes == 1 && t->dtype.code == kDLInt && t->dtype.bits == 8) return dt::s8;
   if (t->dtype.lanes == 1 && t->dtype.code == kDLInt && t->dtype.bits == 32) return dt::s32;
+  if (t->dtype.lanes == 1 && t->dtype.code == kDLBfloat && t->dtype.bits == 16) return dt::bf16;
   check(false, std::string(name) + " has an unsupported dtype");
   return dt::undef;
 }
@@ -214,9 +216,9 @@ std::shared_ptr<Cached> conv_primitive(const tvm::ffi::Shape& p, float lo, float
   const int64_t oh = out->shape[1], ow = out->shape[2], groups = p[8];
   check(out->shape[3] == o && c == weight->shape[1] * groups, "conv2d shapes do not agree");
   const dt type = is_bf16(weight) ? dt::bf16 : dt::f32;  // of src and weights; the rest is fp32
-  memory::desc user_src({n, c, h, w}, dt::f32, tag::nhwc);
+  memory::desc user_src({n, c, h, w}, dtype_of(src, "src"), tag::nhwc);
   memory::desc src_md({n, c, h, w}, type, tag::nhwc);
-  memory::desc dst_md({n, o, oh, ow}, dt::f32, tag::nhwc);
+  memory::desc dst_md({n, o, oh, ow}, dtype_of(out, "out"), tag::nhwc);
   memory::desc bias_md({o}, dt::f32, tag::x);
   memory::dims wdims = groups == 1 ? memory::dims{o, c, kh, kw}
                                    : memory::dims{groups, o / groups, c / groups, kh, kw};
@@ -247,9 +249,9 @@ std::shared_ptr<Cached> matmul_primitive(const tvm::ffi::Shape& p, float lo, flo
   const int64_t k = src->shape[src->ndim - 1], nn = weight->shape[1];
   check(weight->shape[0] == k && out->shape[out->ndim - 1] == nn, "matmul shapes do not agree");
   const dt type = is_bf16(weight) ? dt::bf16 : dt::f32;  // of src and weights; the rest is fp32
-  memory::desc user_src({m, k}, dt::f32, tag::ab);
+  memory::desc user_src({m, k}, dtype_of(src, "src"), tag::ab);
   memory::desc src_md({m, k}, type, tag::ab);
-  memory::desc dst_md({m, nn}, dt::f32, tag::ab);
+  memory::desc dst_md({m, nn}, dtype_of(out, "out"), tag::ab);
   memory::desc bias_md({1, nn}, dt::f32, tag::ab);
   memory::desc user_w({k, nn}, type, tag::ab);
   memory::desc any_w({k, nn}, type, tag::any);
@@ -517,12 +519,18 @@ void run(const char* kind, Factory factory, tvm::ffi::PackedArgs args) {
   DLTensor out_t = tensor_arg(args, args.size() - 1);
   const DLTensor *src = &src_t, *weight = &weight_t, *bias = &bias_t, *res = &res_t;
   DLTensor* out = &out_t;
-  check_f32(src, "src");
   check(is_bf16(weight) || (weight->dtype.code == kDLFloat && weight->dtype.bits == 32 && weight->dtype.lanes == 1),
         "weight must be float32 or bfloat16");
   check(weight->device.device_type == kDLCPU, "weight must be on the CPU");
+  if (is_bf16(weight)) {  // bf16 kernels: a bf16 src or out is a neighbouring bf16 call's
+    check((is_bf16(src) || dtype_of(src, "src") == dt::f32) && (is_bf16(out) || dtype_of(out, "out") == dt::f32),
+          "a bf16 kernel's src and out are float32 or bfloat16");
+    check(!residual || !is_bf16(out), "a bf16 kernel with a residual writes float32");
+  } else {
+    check_f32(src, "src");
+    check_f32(out, "out");
+  }
   check_f32(bias, "bias");
-  check_f32(out, "out");
   std::shared_ptr<Cached> cached;
   {
     std::lock_guard<std::mutex> lock(cache_mutex);

@@ -139,6 +139,30 @@ def test_bf16_build_matches_fp32_within_bf16_tolerance_and_records_its_precision
 
 @needs_bf16_cpu
 @pytest.mark.integration
+def test_a_bf16_call_that_only_feeds_another_writes_bf16(tmp_path):
+    """The stem conv's output feeds only the depthwise conv: it is written in bf16 (no fp32 round
+    trip); the depthwise conv's feeds two convs, a residual join's output a TVM op: fp32."""
+    import onnx
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgeopt.compile import export
+    from edgeopt.compile.onednn_offload import offload_to_onednn
+
+    onnx_path = export(ConvMlp().eval(), None, torch.randn(1, 3, 32, 32), out=tmp_path / "m.onnx").path
+    mod = relax.transform.DecomposeOpsForInference()(from_onnx(onnx.load(str(onnx_path)), keep_params_in_input=False))
+    mod, counts = offload_to_onednn(mod, int8=False, bf16=True)
+    calls = [b.value for _, f in mod.functions_items() if isinstance(f, relax.Function)
+             for block in f.body.blocks for b in block.bindings
+             if getattr(b.value, "op", None) is not None and getattr(b.value.op, "name", "") == "relax.call_dps_packed"]
+    out_dtypes = [c.ty.dtype for c in calls if c.args[0].global_symbol in ("edgeopt.onednn.conv2d", "edgeopt.onednn.matmul")]
+    assert (counts["conv2d"], counts["matmul"]) == (4, 2)
+    assert out_dtypes.count("bfloat16") == 2  # stem -> depthwise, fc1 -> fc2
+    assert all(c.args[1].fields[4].ty.dtype == "bfloat16" for c in calls if c.args[0].global_symbol == "edgeopt.onednn.conv2d")
+
+
+@needs_bf16_cpu
+@pytest.mark.integration
 def test_a_model_with_nothing_for_onednn_is_not_built_as_bf16(tmp_path):
     from edgeopt.compile import build, export
 
