@@ -42,6 +42,7 @@ from edgeopt.core.config import StepConfig
 from edgeopt.core.errors import InputError
 
 from .report_figures import png_bytes
+from .task_types import count, take
 
 ECE_BINS = 15
 # Perturbation strengths, in units of the test inputs' standard deviation (inputs are usually
@@ -137,10 +138,10 @@ def class_name(c: int, classes: tuple) -> str:
     return str(classes[c]) if c < len(classes) else str(c)
 
 
-def image_like(x: np.ndarray) -> bool:
+def image_like(x: np.ndarray | dict) -> bool:
     """Inputs of shape (N, C, H, W) with small C: images, which get brightness/contrast slices,
-    shifts and thumbnails."""
-    return x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[2] > 4 and x.shape[3] > 4
+    shifts and thumbnails (never the per-input arrays of a model with several inputs)."""
+    return not isinstance(x, dict) and x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[2] > 4 and x.shape[3] > 4
 
 
 def slice_masks(x: np.ndarray, groups: np.ndarray | None) -> dict:
@@ -230,8 +231,11 @@ class Evaluation:
         self.labels = task.test.y if task.metric == "top1" else None
         self.ref_pred = self.reference.argmax(axis=1)
         self.slices = slice_masks(x, getattr(task, "test_groups", None))
-        self.subset = np.sort(np.random.default_rng(config.seed).permutation(len(x))[:config.samples])
-        self.perturbed = perturbations(x[self.subset], config.seed) if config.robustness else {}
+        self.subset = np.sort(np.random.default_rng(config.seed).permutation(count(x))[:config.samples])
+        # the perturbations are of one input; a model with several (audio and a recurrent state)
+        # has no one input to perturb
+        robust = config.robustness and not isinstance(x, dict)
+        self.perturbed = perturbations(x[self.subset], config.seed) if robust else {}
         self.perturbed_ref = {k: np.asarray(reference_fn(v)).argmax(axis=1) for k, v in self.perturbed.items()}
 
     def evaluate(self, outputs: np.ndarray, run_one: Callable[[np.ndarray], np.ndarray], label: str) -> dict:
@@ -296,8 +300,9 @@ class Evaluation:
         folder = self.out / "exemplars"
         folder.mkdir(parents=True, exist_ok=True)
         name = slug(label.replace("/", "--"))
-        x = self.task.test.x[idx]
-        arrays = {"x": x, "index": idx.astype(np.int64), "pred": pred[idx].astype(np.int64),
+        x = take(self.task.test.x, idx)
+        arrays = {**({f"x_{k}": v for k, v in x.items()} if isinstance(x, dict) else {"x": x}),
+                  "index": idx.astype(np.int64), "pred": pred[idx].astype(np.int64),
                   "fp32_pred": self.ref_pred[idx].astype(np.int64)}
         if self.labels is not None:
             arrays["y"] = self.labels[idx].astype(np.int64)

@@ -143,6 +143,25 @@ def test_a_scalar_input_stays_0_d_for_the_runtime(tmp_path):
     assert runner.run(feed)[1].shape == (2, 1, 4)
 
 
+def test_a_classifier_with_several_inputs_gets_exemplars_of_every_input(tmp_path):
+    from edgeopt.pipeline.evaluate import EvaluateConfig, Evaluation
+    from edgeopt.pipeline.tasks import load_task
+
+    np.savez(tmp_path / "t.npz", **task_arrays())
+    task = load_task(str(tmp_path / "t.npz"), input_shape={"input": (1, 8), "state": (2, 1, 4), "sr": ()})
+    scores = lambda feed: feed["input"][..., 0, :3] if feed["input"].ndim == 3 else feed["input"][:, :3]  # noqa: E731
+    reference = scores(task.test.x)
+    evaluation = Evaluation(task, reference, scores, EvaluateConfig(samples=8), out=tmp_path)
+    changed = reference.copy()
+    changed[:3] = changed[:3, ::-1]  # three samples change their top class
+    entry = evaluation.evaluate(changed, scores, "int8/onnxruntime")
+    moved = int(np.sum(changed.argmax(1) != reference.argmax(1)))
+    assert entry["exemplars"]["count"] == moved >= 1
+    saved = np.load(tmp_path / entry["exemplars"]["file"])
+    assert sorted(saved.files) == ["fp32_pred", "index", "pred", "x_input", "x_sr", "x_state"]
+    assert saved["x_state"].shape == (moved, 2, 1, 4) and saved["x_sr"].dtype == np.int64
+
+
 def test_recipe_constant_inputs_are_checked():
     from edgeopt.pipeline.recipe import parse_recipe
 
