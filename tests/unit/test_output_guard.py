@@ -92,6 +92,46 @@ def test_one_scale_over_boxes_and_scores_is_named_broken_while_the_whole_looks_f
     assert not whole["broken"] and whole["snr_db"] > 20, "the whole tensor's figure hides it"
 
 
+def test_coarse_scores_pass_the_collapse_line_but_are_degraded_where_they_matter(detector, tmp_path):
+    """A scale too coarse for the scores (one step of 0.05 where they spread over 0.47-0.57;
+    on nudenet's detector mean_minmax capped the class logits at 0, every score above 0.5 read
+    0.5, and 6% of the detections were lost) leaves the slice above the collapse line
+    (``BROKEN_DB``); the SNR on its values that matter names it degraded, and the guard keeps
+    what feeds the scores in float until they are healthy, saying why."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgeopt.compress.output_guard import BROKEN_DB, DEGRADED_DB, FloatGraph, guard, output_fidelity
+
+    m = onnx.load(str(detector))
+    g = m.graph
+    concat = next(n for n in g.node if n.op_type == "Concat")
+    scores = concat.input[1]
+    sigmoid = next(n for n in g.node if scores in n.output)
+    feeds = [{g.input[0].name: x} for x in _samples(16, 1)]
+    sigmoid.output[0] = scores + "_float"
+    g.initializer.extend([numpy_helper.from_array(np.array(0.05, np.float32), "coarse_s"),
+                          numpy_helper.from_array(np.array(0, np.uint8), "coarse_z")])
+    g.node.extend([helper.make_node("QuantizeLinear", [scores + "_float", "coarse_s", "coarse_z"], [scores + "_q"]),
+                   helper.make_node("DequantizeLinear", [scores + "_q", "coarse_s", "coarse_z"], [scores])])
+    coarse = tmp_path / "coarse.onnx"
+    onnx.save(m, str(coarse))
+    row = next(r for r in output_fidelity(FloatGraph(detector, feeds), coarse, feeds) if "4:7" in r["output"])
+    assert row["snr_db"] > BROKEN_DB + 3, "not collapsed: the collapse line alone let it pass"
+    assert row["salient_snr_db"] < DEGRADED_DB - 3 and row["broken"] and row["degraded"]
+
+    # the guard: quantizing with the sigmoid in float gives the float scores back
+    def quantize_with(excluded):
+        return detector if sigmoid.name in excluded else coarse
+
+    said = []
+    model, excluded, record = guard(detector, feeds, quantize_with, [], said.append)
+    assert model == detector and sigmoid.name in excluded and record["broken_outputs"] == []
+    why = next(k["why"] for k in record["kept_float"] if k["node"] == sigmoid.name)
+    assert "4:7" in why and "values that matter" in why, why
+    assert any("degraded in int8" in line for line in said), said
+
+
 def test_a_broken_output_without_a_concat_keeps_its_producers_in_float(tmp_path, monkeypatch):
     """The reactive half: a collapsed output that no Concat explains is traced back to the
     compute nodes that feed it, which are kept in float until the output is healthy."""
