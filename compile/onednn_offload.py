@@ -15,11 +15,14 @@ The pass
    reaches that TVM cannot lower in NHWC (a transposed conv) keeps NCHW (``conv_layouts``);
 3. replaces each chain
 
-       conv2d|matmul(x, W const) [+ bias const] [+ residual] [-> relu | clip(lo, hi) | gelu]
+       conv2d|matmul(x, W const) [+ bias const] [+ residual] [-> relu | clip(lo, hi) | gelu | swish | hardswish]
 
    by one ``call_dps_packed("edgeopt.onednn.conv2d" | "edgeopt.onednn.matmul", ...)`` with the
    bias, the residual sum and the activation fused as oneDNN post-ops; an intermediate value
-   used anywhere else ends the chain there.
+   used anywhere else ends the chain there. Per-channel constant ``subtract`` / ``multiply`` /
+   ``divide`` / ``add`` before the residual (a batch norm) fold into the weights and bias;
+4. replaces each NCHW ``conv2d_transpose`` with constant weights by
+   ``edgeopt.onednn.conv2d_transpose`` (oneDNN's deconvolution).
 
 Example:
     >>> from edgeopt.compile.onednn_offload import offload_to_onednn  # doctest: +SKIP
@@ -36,7 +39,8 @@ import numpy as np
 
 CONV = "edgeopt.onednn.conv2d"
 MATMUL = "edgeopt.onednn.matmul"
-_NONE, _RELU, _CLIP, _GELU = 0, 1, 2, 3
+DECONV = "edgeopt.onednn.conv2d_transpose"
+_NONE, _RELU, _CLIP, _GELU, _SWISH, _HARDSWISH = 0, 1, 2, 3, 4, 5
 _INT8_CORES = ("relax.nn.conv2d", "relax.nn.conv1d", "relax.matmul")  # ops an int8 call computes
 _FLOAT_OUT = ("float32", "", "None", "void")  # an unset out_dtype means the input dtype
 
@@ -55,11 +59,11 @@ def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | Non
     converted on the way in, fp32 accumulation, fp32 bias, post-ops and outputs)."""
     from tvm import relax
 
-    mod = clip_as_relax_ops(mod)
+    mod = scalar_operands(clip_as_relax_ops(mod))
     mod, kept = to_nhwc(mod, target)
     if fallbacks is not None:
         fallbacks.extend(kept)
-    counts = {"conv2d": 0, "matmul": 0, "batch_matmul": 0, "layer_norm": 0, "softmax": 0,
+    counts = {"conv2d": 0, "conv2d_transpose": 0, "matmul": 0, "batch_matmul": 0, "layer_norm": 0, "softmax": 0,
               "max_pool2d": 0, "conv2d_q": 0, "matmul_q": 0, "max_pool2d_q": 0}
     # int8 first: the QDQ chains still hold the int8 weights (constant folding would turn
     # dequantize(Wq) into float weights)
@@ -72,6 +76,10 @@ def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | Non
     # weights and biases become plain constants; the transposes ConvertLayout duplicated merge
     mod = relax.transform.FoldConstant()(mod)
     mod = relax.transform.EliminateCommonSubexpr()(mod)
+    # an inference batch norm leaves ``(y, mean, var)[0]``: reading y directly lets the
+    # activation after it join the conv's chain
+    mod = relax.transform.DeadCodeElimination()(relax.transform.CanonicalizeBindings()(mod))
+
     mod = _rewrite(mod, _plan, counts, min_flops, small, finish=as_bf16 if bf16 else None)
     if kept_small is not None:
         kept_small.extend(f"{n} {kind} under {min_flops:,} FLOPs" for kind, n in sorted(small.items()))
@@ -92,7 +100,7 @@ MIN_FLOPS = 16_384
 
 def plan_flops(plan) -> int | None:
     """Multiply-adds x 2 of a conv / matmul plan (None: not one, or a dynamic output shape)."""
-    if plan.weight is None or plan.kind not in ("conv2d", "matmul", "conv2d_q", "matmul_q"):
+    if plan.weight is None or plan.kind not in ("conv2d", "matmul", "conv2d_q", "matmul_q", "conv2d_transpose"):
         return None
     if not all(isinstance(d, int) for d in plan.out_shape):
         return None
@@ -265,6 +273,15 @@ def clip_as_relax_ops(mod):
     class ClipOps(PyExprMutator):
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
+            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.clip":
+                # (HardSigmoid imports as clip(alpha * x + beta, 0, 1)): a clip ConvertLayout
+                # does not know pins NCHW with a transpose on each side
+                bounds = [_prim_number(b) for b in call.args[1:]]
+                dtype = _dtype(call.args[0])
+                if None in bounds or dtype is None:
+                    return call
+                low = relax.op.maximum(call.args[0], relax.const(float(bounds[0]), dtype))
+                return relax.op.minimum(low, relax.const(float(bounds[1]), dtype))
             if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"):
                 return call
             kind = elementwise_kind(call.args[0])
@@ -284,6 +301,53 @@ def clip_as_relax_ops(mod):
             mutator_.values = _values(func)
             mod[gv] = mutator_.visit_expr(func)
     return relax.transform.DeadCodeElimination()(mod)
+
+
+_BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
+           "relax.power")
+
+
+def scalar_operands(mod):
+    """Rewrite the one-element constant operand of a binary elementwise op (Paddle exports write
+    ``x * c`` with ``c`` of shape ``(1,)``) as a scalar: ConvertLayout cannot carry a layout
+    through a broadcast between tensors of different ranks, so such an op kept NCHW with a
+    transpose on each side; a scalar broadcasts in any layout. The result's shape is unchanged
+    (only operands of no more axes than the other are rewritten)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class ScalarOperands(PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name in _BINARY and len(call.args) == 2):
+                return call
+            args = list(call.args)
+            for i in (0, 1):
+                other = _shape(args[1 - i])
+                if not isinstance(args[i], _Constant()) or other is None:
+                    continue
+                value = _eval_const(args[i], {})
+                if value is not None and value.size == 1 and 0 < value.ndim <= len(other):
+                    args[i] = relax.const(value.reshape(()), str(value.dtype))
+            if all(a.same_as(b) for a, b in zip(args, call.args)):
+                return call
+            return relax.Call(call.op, args, call.attrs)
+
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gv] = ScalarOperands(mod).visit_expr(func)
+    return mod
+
+
+def _prim_number(expr) -> float | None:
+    """The number of an ``IntImm`` / ``FloatImm`` or of a ``PrimValue`` holding one; else None."""
+    value = getattr(expr, "value", None)
+    if isinstance(value, (int, float)):
+        return float(value)
+    value = getattr(value, "value", None)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -415,6 +479,62 @@ def _erf_gelu(end, values, only_user):
         if result is None or not result.same_as(other) or _op_name(values[result]) != "relax.multiply":
             return None
         return [div, erf, add, half], result
+    return None
+
+
+def _swish(end, values, only_user):
+    """The variables of ``end * sigmoid(end)`` (SiLU, as YOLO-style exports write it) when
+    ``end`` feeds nothing else: (intermediates, result) or None."""
+    users = only_user.users.get(end, [])
+    if len(users) != 2 or None in users:
+        return None
+    for sig in users:
+        if _op_name(values[sig]) != "relax.sigmoid":
+            continue
+        mul = only_user(sig)
+        other = [u for u in users if not u.same_as(sig)][0]
+        if mul is not None and mul.same_as(other) and _op_name(values[mul]) == "relax.multiply":
+            return [sig], mul
+    return None
+
+
+def _hardswish(end, values, only_user):
+    """The variables of ``end * min(max(end + 3, 0), 6) / 6`` (HardSwish as Paddle exports write
+    it; the division may be a multiplication by 1/6) when ``end`` feeds nothing else:
+    (intermediates, result) or None."""
+    users = only_user.users.get(end, [])
+    if len(users) != 2 or None in users:
+        return None
+
+    def const(expr, target):
+        v = _eval_const(expr, values)
+        return v is not None and v.size == 1 and abs(float(v.reshape(())) - target) < 1e-5
+
+    def step(var, op, target):  # the one user of var: ``op(var, target)`` (either order for + and *)
+        user = only_user(var)
+        if user is None or _op_name(values[user]) != op:
+            return None
+        a, b = values[user].args
+        ok = (a.same_as(var) and const(b, target)) or (op in ("relax.add", "relax.multiply")
+                                                         and b.same_as(var) and const(a, target))
+        return user if ok else None
+
+    for add in users:
+        if _op_name(values[add]) != "relax.add":
+            continue
+        relu = step(add, "relax.maximum", 0.0)
+        six = step(relu, "relax.minimum", 6.0) if relu is not None else None
+        mul = only_user(six) if six is not None else None
+        other = [u for u in users if not u.same_as(add)][0]
+        if mul is None or not mul.same_as(other) or _op_name(values[mul]) != "relax.multiply":
+            return None
+        a, b = values[add].args
+        if not ((a.same_as(end) and const(b, 3.0)) or (b.same_as(end) and const(a, 3.0))):
+            return None
+        out = step(mul, "relax.divide", 6.0)
+        if out is None:
+            out = step(mul, "relax.multiply", 1.0 / 6.0)
+        return ([add, relu, six, mul], out) if out is not None else None
     return None
 
 
@@ -611,14 +731,20 @@ def _plan(func) -> dict:
             continue
         end = b.var
         plan.members.append(end)
-        # nothing is fused into a batch matmul, a layer norm or a softmax
+        # nothing is fused into a batch matmul, a layer norm, a softmax or a transposed conv
         stage = 0 if plan.kind in ("conv2d", "matmul") else 3  # 0: after the op, 1: after the bias, 2: after the residual, 3: activated
         while stage < 3:
-            gelu = _erf_gelu(end, values, only_user) if stage < 2 and plan.kind == "matmul" else None
-            if gelu is not None and not any(v in claimed for v in [*gelu[0], gelu[1]]):
-                plan.activation = _GELU
-                plan.members += gelu[0]
-                end, stage = gelu[1], 3
+            fused = None
+            if stage < 2 and plan.kind == "matmul":
+                fused = _erf_gelu(end, values, only_user), _GELU
+            if fused is None or fused[0] is None:
+                fused = _swish(end, values, only_user), _SWISH
+            if fused[0] is None:
+                fused = _hardswish(end, values, only_user), _HARDSWISH
+            if fused[0] is not None and not any(v in claimed for v in [*fused[0][0], fused[0][1]]):
+                plan.activation = fused[1]
+                plan.members += fused[0][0]
+                end, stage = fused[0][1], 3
                 plan.members.append(end)
                 break
             user = only_user(end)
@@ -650,6 +776,28 @@ def _start(var, value, values) -> _Plan | None:
         dil = [int(d) for d in a.dilation]
         params = [*(int(s) for s in a.strides), *(int(p) for p in a.padding), *dil, int(a.groups), _NONE]
         return _Plan("conv2d", x, weight, params, shape)
+    if name == "relax.nn.conv2d_transpose":
+        # NCHW as it stays (TVM lowers no NHWC transposed conv, so the layout pass leaves it);
+        # oneDNN's deconvolution reads the plain layout. Output padding is the extra bottom and
+        # right rows oneDNN's end padding leaves: pad_end - output_padding.
+        a = value.attrs
+        x, w = value.args
+        weight, shape, xs = _eval_const(w, values), _shape(var), _shape(x)
+        if (a.data_layout != "NCHW" or a.kernel_layout != "IOHW" or a.out_layout != "NCHW"
+                or weight is None or weight.dtype != np.float32 or _dtype(x) != "float32"
+                or str(a.out_dtype) not in _FLOAT_OUT or shape is None or xs is None
+                or not all(isinstance(d, int) for d in [*shape, *xs])):
+            return None
+        groups = int(a.groups)
+        cin, cout_g, kh, kw = weight.shape
+        # IOHW (C_in, C_out / G, KH, KW) -> oneDNN's (C_out, C_in / G, KH, KW), group-major
+        oihw = (weight.reshape(groups, cin // groups, cout_g, kh, kw).transpose(0, 2, 1, 3, 4)
+                .reshape(groups * cout_g, cin // groups, kh, kw))
+        top, left, bottom, right = (int(v) for v in a.padding)
+        oph, opw = (int(v) for v in a.output_padding)
+        params = [*(int(v) for v in a.strides), top, left, bottom - oph, right - opw,
+                  *(int(v) for v in a.dilation), groups, _NONE]
+        return _Plan("conv2d_transpose", x, np.ascontiguousarray(oihw), params, shape)
     if name == "relax.nn.conv1d":  # as a conv2d of height 1
         a = value.attrs
         x, w = value.args
@@ -707,14 +855,33 @@ def _extend(plan: _Plan, end, user, stage, values, only_user):
     value = values[user]
     name = _op_name(value)
     channels = plan.out_shape[-1]
+    if name in ("relax.subtract", "relax.multiply", "relax.divide") and stage < 2 and plan.kind in ("conv2d", "matmul"):
+        # a per-channel affine op on the output (an inference batch norm decomposes into
+        # subtract, divide, multiply, add) folds into the weights and the bias
+        a, b = value.args
+        if not a.same_as(end) and name != "relax.multiply":
+            return None
+        const = _per_channel(_eval_const(b if a.same_as(end) else a, values), channels)
+        if const is None or (name == "relax.divide" and not np.all(const)):
+            return None
+        bias = plan.bias if plan.bias is not None else np.zeros(channels, np.float32)
+        if name == "relax.subtract":
+            plan.bias = bias - const
+        else:
+            scale = 1.0 / const if name == "relax.divide" else const
+            plan.bias = bias * scale
+            plan.weight = plan.weight * (scale.reshape(-1, *[1] * (plan.weight.ndim - 1)) if plan.kind == "conv2d"
+                                         else scale.reshape(1, -1))
+        return 1, None
     if name == "relax.add" and stage < 2:
         a, b = value.args
         other = b if a.same_as(end) else a
         const = _eval_const(other, values)
         if const is not None:
-            if stage != 0 or const.size != channels or const.shape[-1:] != (channels,):
+            const = _per_channel(const, channels)
+            if const is None:
                 return None
-            plan.bias = const.astype(np.float32).reshape(channels)
+            plan.bias = (plan.bias if plan.bias is not None else 0.0) + const
             return 1, None
         if _shape(other) == plan.out_shape and _dtype(other) == "float32" and not other.same_as(end):
             plan.residual = other
@@ -743,6 +910,14 @@ def _extend(plan: _Plan, end, user, stage, values, only_user):
                 return 3, top
         return 3, None
     return None
+
+
+def _per_channel(const: np.ndarray | None, channels: int) -> np.ndarray | None:
+    """``const`` as ``channels`` float32 values when it broadcasts over the last axis only (one
+    value, or one per channel, leading axes of size 1); else None."""
+    if const is None or const.size not in (1, channels) or (const.size == channels and const.shape[-1:] != (channels,)):
+        return None
+    return np.broadcast_to(const.astype(np.float32).reshape(-1), (channels,)).copy()
 
 
 # -- rewriting -----------------------------------------------------------------------------------
@@ -803,7 +978,9 @@ def _make_rewriter():
                     "edgeopt.onednn.batch_matmul", [self.visit_expr(plan.src), self.visit_expr(plan.other)],
                     out_ty=relax.TensorType(_exprs(plan.out_shape), "float32"))
                 return self.emit_for(binding, call)
-            if plan.kind == "conv2d":
+            if plan.kind == "conv2d_transpose":
+                params, bias_len = list(plan.params), plan.out_shape[1]  # NCHW
+            elif plan.kind == "conv2d":
                 params = list(plan.params)
                 params[-1] = plan.activation
                 bias_len = plan.out_shape[-1]
@@ -818,7 +995,7 @@ def _make_rewriter():
                     relax.const(bias, "float32")]
             if plan.residual is not None:
                 args.append(self.visit_expr(plan.residual))  # the plugin reads it as bytes
-            call = relax.call_dps_packed(CONV if plan.kind == "conv2d" else MATMUL, args,
+            call = relax.call_dps_packed({"conv2d": CONV, "conv2d_transpose": DECONV}.get(plan.kind, MATMUL), args,
                                          out_ty=relax.TensorType(_exprs(plan.call_shape or plan.out_shape), plan.out_dtype))
             if plan.call_shape is not None:
                 call = relax.op.reshape(self.builder_.emit(call), _exprs(plan.out_shape))

@@ -13,8 +13,12 @@
 //       accumulated in fp32, and bias, residual and activation are applied in fp32; out is fp32,
 //       or bf16 where it only feeds another bf16 call (src may then be bf16: no conversion).
 //       p = [stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w,
-//            groups, activation]; activation 0 none, 1 relu, 2 clip(lo, hi).
+//            groups, activation]; activation 0 none, 1 relu, 2 clip(lo, hi), 4 swish (x * sigmoid(x)),
+//            5 hardswish (x * relu6(x + 3) / 6).
 //       With a residual: out = act(conv(src) + bias + residual).
+//   edgeopt.onednn.conv2d_transpose(p, lo, hi, src, weight, bias, out)
+//       fp32 transposed conv (deconvolution), src/out NCHW, weight (O, I/G, KH, KW), bias (O);
+//       p as conv2d's with the end paddings less the output padding and activation 0.
 //   edgeopt.onednn.matmul(p, lo, hi, src, weight, bias, [residual,] out)
 //       fp32, src (..., K), weight (K, N), bias (N), out (..., N); p = [activation] with
 //       3 gelu (erf) added to the codes above. A bfloat16 weight: bf16 as for conv2d.
@@ -182,6 +186,9 @@ dnnl::post_ops post_ops(bool residual, int64_t activation, float lo, float hi) {
   if (activation == 1) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
   if (activation == 2) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_clip, lo, hi);
   if (activation == 3) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+  if (activation == 4) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
+  // x * relu6(x + 3) / 6: oneDNN 2.x ignores alpha and beta, 3.x reads them as x * clip(x/6 + 1/2, 0, 1)
+  if (activation == 5) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_hardswish, 1.0f / 6.0f, 0.5f);
   return ops;
 }
 
@@ -237,6 +244,40 @@ std::shared_ptr<Cached> conv_primitive(const tvm::ffi::Shape& p, float lo, float
   cached->bias = bias_md;
   cached->weights = reorder_weights(user_w, data_of(weight), pd.weights_desc());
   convert_src(*cached, user_src);
+  return cached;
+}
+
+// A transposed conv (ONNX ConvTranspose) as oneDNN's deconvolution, NCHW in and out (the layout
+// the model keeps it in); weight (O, I/G, KH, KW), group-major; p as conv2d's, the end paddings
+// already less the output padding; no post-ops.
+std::shared_ptr<Cached> deconv_primitive(const tvm::ffi::Shape& p, float lo, float hi, const DLTensor* src,
+                                         const DLTensor* weight, const DLTensor* out, bool residual) {
+  check(p.size() == 10, "conv2d_transpose takes 10 integer parameters");
+  check(!residual && p[9] == 0, "conv2d_transpose takes no residual or activation");
+  check(src->ndim == 4 && weight->ndim == 4 && out->ndim == 4, "conv2d_transpose takes 4-D tensors");
+  check_f32(weight, "weight");
+  const int64_t n = src->shape[0], c = src->shape[1], h = src->shape[2], w = src->shape[3];
+  const int64_t o = weight->shape[0], kh = weight->shape[2], kw = weight->shape[3];
+  const int64_t oh = out->shape[2], ow = out->shape[3], groups = p[8];
+  check(out->shape[1] == o && c == weight->shape[1] * groups, "conv2d_transpose shapes do not agree");
+  memory::desc src_md({n, c, h, w}, dt::f32, tag::nchw);
+  memory::desc dst_md({n, o, oh, ow}, dt::f32, tag::nchw);
+  memory::desc bias_md({o}, dt::f32, tag::x);
+  memory::dims wdims = groups == 1 ? memory::dims{o, c, kh, kw}
+                                   : memory::dims{groups, o / groups, c / groups, kh, kw};
+  memory::desc user_w(wdims, dt::f32, groups == 1 ? tag::oihw : tag::goihw);
+  memory::desc any_w(wdims, dt::f32, tag::any);
+  dnnl::deconvolution_forward::desc d(
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::deconvolution_direct, src_md, any_w,
+      bias_md, dst_md, {p[0], p[1]}, {p[6] - 1, p[7] - 1}, {p[2], p[3]}, {p[4], p[5]});
+  dnnl::deconvolution_forward::primitive_desc pd(d, engine());
+  auto cached = std::make_shared<Cached>();
+  cached->primitive = dnnl::deconvolution_forward(pd);
+  cached->src = src_md;
+  cached->dst = dst_md;
+  cached->bias = bias_md;
+  cached->weights = reorder_weights(user_w, data_of(weight), pd.weights_desc());
+  convert_src(*cached, src_md);
   return cached;
 }
 
@@ -534,7 +575,8 @@ void run(const char* kind, Factory factory, tvm::ffi::PackedArgs args) {
   std::shared_ptr<Cached> cached;
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
-    Signature sig = signature_of(kind[0] == 'c' ? 1 : 2, p, lo, hi, {src, weight, out}, residual);
+    const int64_t code = factory == conv_primitive ? 1 : factory == matmul_primitive ? 2 : 5;
+    Signature sig = signature_of(code, p, lo, hi, {src, weight, out}, residual);
     auto& entries = by_weight()[data_of(weight)];
     for (auto& entry : entries)
       if (entry.first == sig) cached = entry.second;
@@ -575,7 +617,7 @@ void run(const char* kind, Factory factory, tvm::ffi::PackedArgs args) {
 
 }  // namespace
 
-constexpr int64_t kVersion = 2;  // 2: bf16 weights for conv2d and matmul
+constexpr int64_t kVersion = 3;  // 2: bf16 weights for conv2d and matmul; 3: swish, hardswish, conv2d_transpose
 
 TVM_FFI_STATIC_INIT_BLOCK() {
   // Two artifacts may each carry a copy of this library: the first copy loaded serves both.
@@ -592,6 +634,8 @@ TVM_FFI_STATIC_INIT_BLOCK() {
       .def("edgeopt.onednn.set_threads", [](int64_t n) { omp_set_num_threads(static_cast<int>(n)); })
       .def_packed("edgeopt.onednn.conv2d",
                   [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run("conv2d", conv_primitive, args); })
+      .def_packed("edgeopt.onednn.conv2d_transpose",
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run("conv2d_transpose", deconv_primitive, args); })
       .def_packed("edgeopt.onednn.matmul",
                   [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run("matmul", matmul_primitive, args); })
       .def_packed("edgeopt.onednn.layer_norm",

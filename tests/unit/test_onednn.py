@@ -84,7 +84,7 @@ def test_onednn_build_offloads_convs_and_matmuls_and_matches_onnxruntime(odd_onn
     assert metrics["kernels"] == "onednn"
     # stem, dw, grouped + skip (two chains: the add joins them), the Conv1d (as a conv of height
     # 1), fc1 (with its GELU), fc2
-    assert metrics["library_ops"] == {"conv2d": 5, "matmul": 2, "batch_matmul": 0, "layer_norm": 0,
+    assert metrics["library_ops"] == {"conv2d": 5, "conv2d_transpose": 0, "matmul": 2, "batch_matmul": 0, "layer_norm": 0,
                                       "softmax": 0, "max_pool2d": 1, "conv2d_q": 0, "matmul_q": 0,
                                       "max_pool2d_q": 0}
     art = result.artifact
@@ -409,3 +409,103 @@ def test_a_dynamic_batch_model_is_offloaded_and_runs_any_batch(tmp_path):
         got, want = runner.run(x)[0], ort.run(x)[0]
         assert got.shape == (batch, 7)
         assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
+
+
+def _paddle_like_onnx(path):
+    """Conv -> BatchNormalization -> HardSwish written as Paddle exports it (add 3, clip 0..6,
+    multiply, divide by 6), a learnable affine with (1,)-shaped constants, a squeeze-excite
+    branch closed by HardSigmoid, then Conv -> SiLU (sigmoid and multiply, as YOLO exports)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def const(name, a):
+        return numpy_helper.from_array(np.asarray(a, np.float32), name)
+
+    c = 16
+    inits = [const("w1", rng.standard_normal((c, 3, 3, 3)) * 0.3), const("gamma", rng.uniform(0.5, 1.5, c)),
+             const("beta", rng.standard_normal(c) * 0.1), const("mean", rng.standard_normal(c) * 0.1),
+             const("var", rng.uniform(0.5, 1.5, c)), const("three", [3.0]), const("zero", 0.0), const("six", 6.0),
+             const("six1", [6.0]), const("scale", [1.3]), const("shift", [0.2]),
+             const("wse1", rng.standard_normal((4, c, 1, 1)) * 0.3), const("wse2", rng.standard_normal((c, 4, 1, 1)) * 0.3),
+             const("w2", rng.standard_normal((c, c, 3, 3)) * 0.1), const("b2", rng.standard_normal(c) * 0.1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["bn"]),
+        helper.make_node("Add", ["bn", "three"], ["a3"]),
+        helper.make_node("Clip", ["a3", "zero", "six"], ["r6"]),
+        helper.make_node("Mul", ["bn", "r6"], ["m"]),
+        helper.make_node("Div", ["m", "six1"], ["hs"]),
+        helper.make_node("Mul", ["hs", "scale"], ["sc"]),
+        helper.make_node("Add", ["sc", "shift"], ["aff"]),
+        helper.make_node("GlobalAveragePool", ["aff"], ["gap"]),
+        helper.make_node("Conv", ["gap", "wse1"], ["se1"]),
+        helper.make_node("Relu", ["se1"], ["se1r"]),
+        helper.make_node("Conv", ["se1r", "wse2"], ["se2"]),
+        helper.make_node("HardSigmoid", ["se2"], ["gate"], alpha=0.2, beta=0.5),
+        helper.make_node("Mul", ["aff", "gate"], ["excited"]),
+        helper.make_node("Conv", ["excited", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c2"], ["sig"]),
+        helper.make_node("Mul", ["c2", "sig"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "paddle_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 24, 24])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 24, 24])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+@needs_onednn
+def test_batch_norm_hardswish_hardsigmoid_and_silu_fuse_into_the_onednn_convs(tmp_path):
+    """A batch norm folds into the conv before it; HardSwish and SiLU become the conv's post-op;
+    a HardSigmoid's clip and the (1,)-shaped constants keep the NHWC layout (no transposes in
+    the middle); the build matches onnxruntime."""
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.onednn_offload import offload_to_onednn
+
+    path = _paddle_like_onnx(tmp_path / "paddle_like.onnx")
+    mod = relax.transform.DecomposeOpsForInference()(from_onnx(onnx.load(str(path)), keep_params_in_input=False))
+    mod, counts = offload_to_onednn(mod, target=tvm.target.Target("llvm"))
+    assert counts["conv2d"] == 4
+    text = mod["main"].script()
+    for leftover in ("R.subtract", "R.sigmoid", "R.clip", "R.divide", "R.nn.relu"):
+        assert leftover not in text, leftover
+    assert text.count("R.permute_dims") == 2  # the model's input and output only
+    assert "R.shape([1, 1, 1, 1, 1, 1, 1, 1, 1, 5])" in text and "R.shape([1, 1, 1, 1, 1, 1, 1, 1, 1, 4])" in text
+    art = build(path, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art").artifact
+    _parity(art, path, threads=2)
+
+
+class UpNet(torch.nn.Module):
+    """Transposed convs as decoders write them: stride 2 with output padding, a grouped one
+    with dilation, each with a bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.up = torch.nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1)
+        self.grouped = torch.nn.ConvTranspose2d(6, 4, 2, stride=2, groups=2, dilation=1)
+        self.odd = torch.nn.ConvTranspose2d(4, 3, 3, stride=1, padding=2, dilation=2)
+
+    def forward(self, x):
+        return self.odd(torch.relu(self.grouped(torch.relu(self.up(torch.relu(self.down(x)))))))
+
+
+@needs_onednn
+def test_transposed_convs_run_on_onednn_deconvolution_and_match_onnxruntime(tmp_path):
+    """Every ConvTranspose becomes oneDNN's deconvolution (TVM's own NCHW kernel for them is
+    untuned and slow); grouped, dilated and output-padded ones match onnxruntime."""
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.export import ExportConfig, export
+
+    torch.manual_seed(0)
+    path = tmp_path / "up.onnx"
+    export(UpNet().eval(), ExportConfig(), torch.randn(1, 3, 20, 18), out=path)
+    result = build(path, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
+    assert result.metrics["library_ops"]["conv2d_transpose"] == 3
+    _parity(result.artifact, path, threads=2)
