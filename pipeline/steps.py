@@ -105,20 +105,23 @@ def _distill_data(config, data: StepData) -> dict:
     return {"data": data.task, "teacher": data.teacher, "nproc": data.nproc, "progress": data.progress}
 
 
+def quantize_eval_data(task):
+    """What a quantize budget is judged on for ``task``: a labelled task itself (its validation
+    split and its metric); without labels, its validation inputs with the task's declared
+    outputs (``output_quality.DeclaredOutputs``: each output by its kind, as the report judges
+    it), or the bare inputs when it declares none."""
+    if task.labelled:
+        return task
+    if task.outputs:
+        from .output_quality import DeclaredOutputs
+
+        return DeclaredOutputs(task.val.x, tuple(task.outputs), task.metric in ("top1", "agreement"))
+    return task.val.x
+
+
 def _quantize_data(config, data: StepData) -> dict:
     task = data.task
-    eval_data = None
-    if config.has_budget:
-        # a labelled task itself: the budget is judged on its validation split and its metric;
-        # without labels, the declared outputs judge it by their kinds, as the report does
-        if task.labelled:
-            eval_data = task
-        elif task.outputs:
-            from .output_quality import DeclaredOutputs
-
-            eval_data = DeclaredOutputs(task.val.x, tuple(task.outputs), task.metric in ("top1", "agreement"))
-        else:
-            eval_data = task.val.x
+    eval_data = quantize_eval_data(task) if config.has_budget else None
     return {"calibration": task.calib, "eval_data": eval_data, "progress": data.progress}
 
 

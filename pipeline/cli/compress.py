@@ -92,8 +92,10 @@ def _quantize(args, config) -> int:
     if args.eval_data and args.eval_data.startswith("task:"):
         from edgeopt.pipeline.tasks import load_task
 
-        # the task itself: the budget is judged on its validation split with the task's metric
-        eval_data = load_task(args.eval_data[5:])
+        from edgeopt.pipeline.steps import quantize_eval_data
+
+        # the task's validation split, judged by its metric or its declared outputs
+        eval_data = quantize_eval_data(load_task(args.eval_data[5:]))
     else:
         eval_data = load_samples(args.eval_data, "val")
     result = STEPS["quantize"].function(args.model, config, calibration, out=args.out, eval_data=eval_data,

@@ -119,3 +119,19 @@ def test_scope_is_checked(offset_onnx, tmp_path):
         QuantizeConfig(scope="elementwise")
     with pytest.raises(InputError, match="scope applies to static mode"):
         QuantizeConfig(mode="dynamic", scope="compute")
+
+
+def test_a_study_judges_the_budget_by_the_task_s_declared_outputs(tmp_path):
+    import json
+
+    from edgeopt.pipeline.steps import quantize_eval_data
+    from edgeopt.pipeline.tasks import load_task
+
+    x = _samples(40)
+    np.savez(tmp_path / "seq.npz", x=x, outputs=json.dumps([{"kind": "sequence", "decode": "ctc"}]))
+    np.savez(tmp_path / "bare.npz", x=x)
+    declared = quantize_eval_data(load_task(str(tmp_path / "seq.npz")))
+    assert isinstance(declared, DeclaredOutputs) and declared.specs[0].kind == "sequence"
+    assert len(declared.x) == 4, "the validation split (10% of 40)"
+    bare = quantize_eval_data(load_task(str(tmp_path / "bare.npz")))
+    assert isinstance(bare, np.ndarray) and len(bare) == 4
