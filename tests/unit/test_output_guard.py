@@ -154,3 +154,27 @@ def test_a_broken_output_without_a_concat_keeps_its_producers_in_float(tmp_path,
     assert {k["op"] for k in m["kept_float"]} == {"Conv"} and len(m["kept_float"]) == 2
     assert all("int8 SNR" in k["why"] for k in m["kept_float"])
     assert m["compute_nodes_quantized"] == 0
+
+
+def test_the_reports_worst_output_shows_unguarded_int8_losing_every_detection(detector, tmp_path):
+    """Before the guard, the default quantize of a boxes + scores head left the scores one
+    level; the report's per-output figure (matched detections, the worst output) says so, where cosine over
+    the whole tensor did not. With the guard on, the detections are kept."""
+    from edgeopt.compress.fidelity import compare_outputs
+    from edgeopt.pipeline.output_quality import output_quality, parse_outputs, worst_output
+
+    calib, held = _samples(16, 1), _samples(16, 2)
+    spec = parse_outputs([{"name": "det", "kind": "boxes+scores"}])
+
+    def outputs(path):
+        s = ort.InferenceSession(str(path))
+        return np.concatenate([s.run(None, {s.get_inputs()[0].name: x})[0] for x in held])
+
+    ref = outputs(detector)
+    plain = quantize(detector, QuantizeConfig(debug_layers=0, guard_outputs=False), calib, out=tmp_path / "plain.onnx")
+    guarded = quantize(detector, QuantizeConfig(debug_layers=0), calib, out=tmp_path / "guarded.onnx")
+    unguarded = outputs(plain.path)
+    assert np.ptp(unguarded[:, 4:]) == 0 and compare_outputs(unguarded, ref, "cosine") > 0.99
+    worst = worst_output(output_quality([unguarded], [ref], spec))
+    assert worst["label"] == "det 0.0% matched" and worst["detections"] > 0
+    assert worst_output(output_quality([outputs(guarded.path)], [ref], spec))["value"] > 0.9
