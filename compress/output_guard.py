@@ -294,8 +294,9 @@ def _finite(db: float) -> float:
 def _state(row: dict) -> str:
     """Why a row counts as broken, in words."""
     if row.get("degraded"):
-        return (f"whose values that matter read {_fmt(row['salient_snr_db'])} dB in int8 "
-                f"(below {_fmt(DEGRADED_DB)})")
+        # rounded down: 14.96 dB must not read as "15.0 (below 15.0)"
+        return (f"whose values that matter read {math.floor(row['salient_snr_db'] * 10) / 10:.1f} dB "
+                f"in int8 (below {_fmt(DEGRADED_DB)})")
     return f"whose int8 SNR was {_fmt(row['snr_db'])} dB"
 
 
