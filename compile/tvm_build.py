@@ -59,7 +59,7 @@ def check_precision(precision: str, spec: dict, kernels: str = "auto", name: str
     >>> check_precision("bf16", {"kind": "llvm", "mcpu": "znver3"}, name="cpu:znver3")
     Traceback (most recent call last):
     ...
-    edgeopt.core.errors.InputError: precision 'bf16' needs a CPU with avx512_bf16 (a flag in /proc/cpuinfo), which target 'cpu:znver3' lacks; build fp32 (or int8: quantize the model first)
+    edgeopt.core.errors.InputError: precision 'bf16' on a CPU needs avx512_bf16 (a flag in /proc/cpuinfo), which target 'cpu:znver3' lacks; build fp32 (or int8: quantize the model first)
     """
     from .targets import isa_features
 
@@ -74,7 +74,7 @@ def check_precision(precision: str, spec: dict, kernels: str = "auto", name: str
     if feature not in isa_features(spec):
         which = ("target 'cpu' (this CPU, by its flags)" if name == "cpu" else f"target {name!r}" if name
                  else f"target {spec.get('mcpu') or 'generic x86-64'}")
-        raise InputError(f"precision {precision!r} needs a CPU with {flag} (a flag in /proc/cpuinfo), which "
+        raise InputError(f"precision {precision!r} on a CPU needs {flag} (a flag in /proc/cpuinfo), which "
                          f"{which} lacks; build fp32 (or int8: quantize the model first)")
     if precision == "fp16":
         raise InputError("precision 'fp16' on a CPU target: oneDNN 2.6, which edgeopt's plugin is built "

@@ -34,7 +34,7 @@ needs_bf16_cpu = pytest.mark.skipif(
 def test_a_cpu_without_avx512_bf16_is_refused_naming_the_flag(monkeypatch):
     without = {f for f in host_flags() if f not in ("avx512_bf16", "amx_bf16")}
     monkeypatch.setattr(cpu_features, "host_flags", lambda: without)
-    with pytest.raises(InputError, match=r"precision 'bf16' needs a CPU with avx512_bf16.*which target 'cpu' \(this CPU, by its flags\) lacks"):
+    with pytest.raises(InputError, match=r"precision 'bf16' on a CPU needs avx512_bf16.*which target 'cpu' \(this CPU, by its flags\) lacks"):
         BuildConfig(target="cpu", precision="bf16")
 
 
@@ -53,7 +53,7 @@ def test_bf16_and_fp16_are_checked_against_the_target():
     BuildConfig(target="cpu:znver4", precision="bf16")  # Zen 4 has it
     # fp16 on a CPU: refused naming the flag where the target lacks it, and refused where it has
     # it too (oneDNN 2.6 has no float16 CPU kernels); cuda keeps fp16
-    with pytest.raises(InputError, match="precision 'fp16' needs a CPU with avx512_fp16.*'cpu:znver4' lacks"):
+    with pytest.raises(InputError, match="precision 'fp16' on a CPU needs avx512_fp16.*'cpu:znver4' lacks"):
         BuildConfig(target="cpu:znver4", precision="fp16")
     with pytest.raises(InputError, match="no float16 CPU kernels"):
         BuildConfig(target="cpu:sapphirerapids", precision="fp16")

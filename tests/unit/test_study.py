@@ -60,7 +60,7 @@ def test_tvm_targets_take_precision_and_cuda_graph():
                          "- runtime: tvm\n    target: cuda\n    precision: fp16\n    cuda_graph: false")
     build = parse_recipe(text, "r.yaml").targets[0].build
     assert (build.precision, build.cuda_graph) == ("fp16", False)
-    with pytest.raises(InputError, match="line 15: precision 'fp16' needs a cuda target"):
+    with pytest.raises(InputError, match="line 15: precision 'fp16' on a CPU"):
         parse_recipe(SMALL.replace("- runtime: onnxruntime", "- runtime: tvm\n    precision: fp16"), "r.yaml")
     with pytest.raises(InputError, match="line 15: cuda_graph must be true or false, got 3"):
         parse_recipe(SMALL.replace("- runtime: onnxruntime", "- runtime: tvm\n    cuda_graph: 3"), "r.yaml")
