@@ -175,6 +175,28 @@ def test_a_model_with_nothing_for_onednn_is_not_built_as_bf16(tmp_path):
         build(onnx_path, BuildConfig(target="cpu", precision="bf16"), out=tmp_path / "bf16")
 
 
+@needs_bf16_cpu
+@pytest.mark.integration
+def test_a_bf16_build_of_an_int8_model_keeps_its_int8_convs(tmp_path):
+    """A study's int8 variant on a bf16 target: the QDQ convs stay int8 (not refused for having
+    no float conv), and the output matches the int8 model on onnxruntime."""
+    from edgeopt.compile import build, export
+    from edgeopt.compress.quantize import QuantizeConfig, quantize
+    from edgeopt.runtimes import load
+
+    torch.manual_seed(0)
+    fp32 = export(ConvMlp().eval(), None, torch.randn(1, 3, 32, 32), out=tmp_path / "m.onnx").path
+    calib = np.random.default_rng(0).standard_normal((8, 1, 3, 32, 32)).astype(np.float32)
+    int8 = quantize(fp32, QuantizeConfig(), list(calib), out=tmp_path / "q.onnx").path
+    result = build(int8, BuildConfig(target="cpu", precision="bf16"), out=tmp_path / "bf16")
+    metrics = result.record["metrics"]
+    # every conv and matmul quantized: nothing left in float for bf16, and still built
+    assert metrics["int8_ops"] == 6 and metrics["bf16_ops"] == 0 and metrics["kernels"] == "onednn"
+    x = calib[0]
+    want = load(int8).run([x])[0]
+    assert np.abs(load(result.artifact).run([x])[0] - want).max() / np.abs(want).max() < 0.1
+
+
 def test_recipe_labels_carry_the_precision(tmp_path):
     from edgeopt.pipeline.measure import runtime_target
     from edgeopt.pipeline.recipe import load_recipe
