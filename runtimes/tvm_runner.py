@@ -180,12 +180,33 @@ def load_plugin(path: str | os.PathLike, threads: int | None = None) -> None:
         except OSError as e:
             hint = " (install oneDNN: apt-get install libdnnl2)" if "dnnl" in str(e) else ""
             raise InputError(f"cannot load kernel plugin {str(path)!r}: {e}{hint}") from None
+    _check_plugin_version(_LOADED_PLUGINS[digest], path)
     if threads is not None:
         import tvm
 
         set_threads = tvm.get_global_func("edgeopt.onednn.set_threads", allow_missing=True)
         if set_threads is not None:
             set_threads(int(threads))
+
+
+def _check_plugin_version(library, path) -> None:
+    """``InputError`` when the plugin serving this process (the first copy loaded registers the
+    functions) is older than ``library``, the artifact's own copy: the older one would reject
+    or, worse, ignore what a newer build asks of it (a bf16 weight, a fused activation)."""
+    import ctypes
+
+    import tvm
+
+    own = getattr(library, "edgeopt_onednn_plugin_version", None)  # copies before it had none
+    serving = tvm.get_global_func("edgeopt.onednn.version", allow_missing=True)
+    if own is None or serving is None:
+        return
+    own.restype = ctypes.c_int64
+    mine, theirs = int(own()), int(serving())
+    if theirs < mine:
+        raise InputError(f"kernel plugin {str(path)!r} is version {mine}, but version {theirs}, loaded earlier "
+                         "in this process by another artifact, serves every artifact and is older; run this "
+                         "artifact in a process of its own, or rebuild the older artifact")
 
 
 def _clear_plugin_caches() -> None:

@@ -619,6 +619,11 @@ void run(const char* kind, Factory factory, tvm::ffi::PackedArgs args) {
 
 constexpr int64_t kVersion = 3;  // 2: bf16 weights for conv2d and matmul; 3: swish, hardswish, conv2d_transpose
 
+// This copy's version (the registered edgeopt.onednn.version is the first copy loaded, which
+// serves every artifact of the process): a runner refuses an artifact whose copy is newer than
+// the one serving, instead of calling a function or a code that one does not know.
+extern "C" int64_t edgeopt_onednn_plugin_version() { return kVersion; }
+
 TVM_FFI_STATIC_INIT_BLOCK() {
   // Two artifacts may each carry a copy of this library: the first copy loaded serves both.
   if (tvm::ffi::Function::GetGlobal("edgeopt.onednn.version").has_value()) return;

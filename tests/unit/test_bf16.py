@@ -197,6 +197,29 @@ def test_a_bf16_build_of_an_int8_model_keeps_its_int8_convs(tmp_path):
     assert np.abs(load(result.artifact).run([x])[0] - want).max() / np.abs(want).max() < 0.1
 
 
+@needs_bf16_cpu
+@pytest.mark.integration
+def test_an_artifact_whose_plugin_is_newer_than_the_one_serving_is_refused(tmp_path):
+    """The first plugin copy loaded serves every artifact of the process; an older one would
+    reject a bf16 weight (or ignore a newer activation code): loading says so instead."""
+    import tvm_ffi
+
+    from edgeopt.compile import build, export
+    from edgeopt.runtimes import load
+
+    onnx_path = export(ConvMlp().eval(), None, torch.randn(1, 3, 32, 32), out=tmp_path / "m.onnx").path
+    art = build(onnx_path, BuildConfig(target="cpu", precision="bf16"), out=tmp_path / "bf16").artifact
+    load(art)
+    version = int(tvm_ffi.get_global_func("edgeopt.onednn.version")())
+    tvm_ffi.register_global_func("edgeopt.onednn.version", lambda: version - 1, override=True)
+    try:
+        with pytest.raises(InputError, match=rf"is version {version}, but version {version - 1}, loaded earlier"):
+            load(art)
+    finally:
+        tvm_ffi.register_global_func("edgeopt.onednn.version", lambda: version, override=True)
+    load(art)
+
+
 def test_recipe_labels_carry_the_precision(tmp_path):
     from edgeopt.pipeline.measure import runtime_target
     from edgeopt.pipeline.recipe import load_recipe
