@@ -79,6 +79,47 @@ def calibration_feeds(data: Any, inputs: Sequence[TensorSpec], limit: int | None
     return feeds
 
 
+#: Ops that pass an answer on to a graph output without computing it (the head after the last
+#: conv or matmul: activations, joins, reshapes, box decoding arithmetic, a mean over frames).
+ANSWER_OPS = frozenset({"Sigmoid", "Softmax", "LogSoftmax", "Tanh", "Relu", "Clip", "Concat", "Split", "Reshape",
+                        "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice", "Gather", "Mul",
+                        "Add", "Sub", "Div", "Cast", "ReduceMean", "ReduceMax", "ReduceMin"})
+
+
+def answer_tensors(model) -> set[str]:
+    """The tensors whose values a graph output reads as they are: the outputs and, walking back
+    through ``ANSWER_OPS``, every tensor up to and including the output of the compute op (or any
+    other op) that made it. A calibration that averages or clips ranges must give these their full
+    range: averaging per-sample extremes of a value that is one number per sample (a speech
+    logit) or whose per-sample maximum is usually negative (the class logits of a detector on
+    images without that class) puts the top of the range at or below 0, and every high score reads
+    the same.
+
+    >>> from onnx import TensorProto, helper
+    >>> g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["logit"]),
+    ...                        helper.make_node("Sigmoid", ["logit"], ["p"])], "g",
+    ...                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+    ...                       [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1, 4, 4])],
+    ...                       [helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 1, 1], [1.0])])
+    >>> sorted(answer_tensors(helper.make_model(g)))
+    ['logit', 'p']
+    """
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    constants = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    found: set[str] = set()
+    todo = [o.name for o in graph.output]
+    while todo:
+        name = todo.pop()
+        if name in found or name in constants:
+            continue
+        found.add(name)
+        node = producer.get(name)
+        if node is not None and node.op_type in ANSWER_OPS:
+            todo.extend(i for i in node.input if i)
+    return found
+
+
 def refuse_non_finite(a: np.ndarray, what: str) -> None:
     """``InputError`` for NaN or infinite values: the ranges calibrated from them would be NaN
     (onnxruntime then fails with "scale issue") or, for one NaN among many samples, silently

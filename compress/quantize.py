@@ -44,7 +44,7 @@ from edgeopt.runtimes.artifact import Artifact, write_artifact
 from edgeopt.core.errors import InputError
 from edgeopt.core.phrases import listing
 
-from .calibration import CalibrationReader, calibration_feeds, quiet_onnxruntime
+from .calibration import CalibrationReader, answer_tensors, calibration_feeds, quiet_onnxruntime
 from .output_guard import guard
 
 MODES = ("static", "dynamic")
@@ -511,10 +511,12 @@ class _Quantizer:
                 # Histogram and averaging methods clip rare large values, which is right inside the network
                 # but wrong for the graph outputs: clipped logits lose the margins that top-1 and
                 # SQNR are judged on (measured on a tiny CNN: 9.8 dB with entropy-clipped logits).
-                # Graph outputs keep their full MinMax range.
+                # Graph outputs and what they read as it is keep their full MinMax range: averaged,
+                # nudenet's class logits topped out at 0 (every score above 0.5 read 0.5) and
+                # silero-vad's speech logit at -0.29 (int8 never said speech).
                 import onnx
 
-                outputs = [o.name for o in onnx.load(str(self.pre), load_external_data=False).graph.output]
+                outputs = answer_tensors(onnx.load(str(self.pre), load_external_data=False))
                 full = self._collect(CalibrationMethod.MinMax, {"symmetric": options["symmetric"]})
                 for name in outputs:
                     if name in full.data and name in ranges.data:
