@@ -585,7 +585,7 @@ def _ladder(config: QuantizeConfig, pre: Path) -> list[tuple]:
     then (static, scope "all") the best of those with scope "compute" (``None``: the best
     transforms so far). Rounding every elementwise op can break a model whose layers are each
     fine: PP-OCRv4's recognizer kept 31% of its decoded strings with every activation int8 and
-    88% with only the compute ops' (benchmarks/RESULTS.md)."""
+    81% with only the compute ops' (90% with minmax calibration; benchmarks/RESULTS.md)."""
     ladder = [(t, config.scope) for t in _transform_ladder(config, pre)]
     if config.mode == "static" and config.scope == "all":
         ladder.append((None, "compute"))
