@@ -72,6 +72,11 @@ def test_compute_scope_rounds_only_what_compute_ops_read_and_write(offset_onnx, 
     assert _quantized_tensors(compute.path) == {"x", "a", "c", "d"}, "only the convs' inputs and outputs"
     assert every.record["metrics"]["scope"] == "all" and compute.record["metrics"]["scope"] == "compute"
     assert compute.record["metrics"]["compute_nodes_quantized"] == 2
+    from edgeopt.compress.quantize import describe
+
+    assert "int8 only where compute ops read and write (elementwise ops in float)" in describe(
+        compute.record["metrics"], {})
+    assert not any("compute ops read" in p for p in describe(every.record["metrics"], {}))
     held_out = _samples(64, seed=2)
     # the elementwise pair rounded to ~40 per level breaks the sequences; kept float, they hold
     assert _sequence_share(offset_onnx, every.path, held_out) < 0.5
