@@ -1,10 +1,11 @@
-"""TVM artifacts with oneDNN kernels against onnxruntime and OpenVINO, fp32 and int8, in one run.
+"""TVM artifacts with oneDNN kernels against onnxruntime and OpenVINO, fp32, bf16 and int8, in one run.
 
 For each zoo model: export fp32 ONNX; quantize it with edgeopt's default (u8 activations, s8
 per-channel weights, mean-minmax calibration on seeded random inputs: a speed benchmark, the
 models have random weights); quantize the same ONNX with NNCF (same calibration inputs) for
 OpenVINO; build TVM artifacts with ``kernels: onednn`` (no tuning) from the fp32 and the int8
-ONNX. Then time every runner in blocks, interleaved over rounds (2 threads, batch 1), and
+ONNX, and a bf16 build of the fp32 ONNX where the CPU has bf16 dot products (avx512_bf16 or
+amx_bf16). Then time every runner in blocks, interleaved over rounds (2 threads, batch 1), and
 report each median as a ratio to onnxruntime fp32 (and the int8 ones to onnxruntime int8).
 Parity: TVM fp32 against onnxruntime fp32 (relative), TVM int8 against onnxruntime int8 (in
 output quantization steps).
@@ -54,8 +55,13 @@ def prepare(model: str, work: Path, calib_n: int, log) -> dict:
     log(f"{model}: TVM builds")
     tvm_fp32 = build(fp32, BuildConfig(target="cpu", kernels="onednn"), out=work / "tvm-fp32")
     tvm_int8 = build(int8, BuildConfig(target="cpu", kernels="onednn"), out=work / "tvm-int8")
+    from edgeopt.runtimes.cpu_features import host_flags
+
+    # bf16 where the CPU has bf16 dot products (a bf16 build for another CPU is refused)
+    tvm_bf16 = (build(fp32, BuildConfig(target="cpu", kernels="onednn", precision="bf16"), out=work / "tvm-bf16")
+                if {"avx512_bf16", "amx_bf16"} & (host_flags() or set()) else None)
     return {"fp32": fp32, "int8": int8, "nncf": nncf_int8, "tvm_fp32": tvm_fp32, "tvm_int8": tvm_int8,
-            "shape": shape}
+            "tvm_bf16": tvm_bf16, "shape": shape}
 
 
 def runners(paths: dict, threads: int) -> dict:
@@ -75,9 +81,11 @@ def runners(paths: dict, threads: int) -> dict:
         return lambda x: r.run(x)[0]
 
     # onnxruntime without spinning: several sessions share two cores in one process
+    bf16 = {"TVM + oneDNN bf16": edgeopt_run(paths["tvm_bf16"].artifact)} if paths["tvm_bf16"] else {}
     return {
         "onnxruntime fp32": edgeopt_run(paths["fp32"], spin=False),
         "TVM + oneDNN fp32": edgeopt_run(paths["tvm_fp32"].artifact),
+        **bf16,
         # OpenVINO runs "fp32" models in bf16 on CPUs with AVX-512 BF16 unless told otherwise
         "OpenVINO fp32": ov_run(paths["fp32"], INFERENCE_PRECISION_HINT="f32"),
         "OpenVINO default (bf16)": ov_run(paths["fp32"]),
@@ -123,21 +131,31 @@ def main(argv=None) -> int:
             ref32, ref8 = run["onnxruntime fp32"](x), run["onnxruntime int8"](x)
             rel = float(np.abs(run["TVM + oneDNN fp32"](x) - ref32).max() / np.abs(ref32).max())
             steps = float(np.abs(run["TVM + oneDNN int8"](x) - ref8).max() / output_step(paths["int8"]))
+            bf16 = (float(np.abs(run["TVM + oneDNN bf16"](x) - ref32).max() / np.abs(ref32).max())
+                    if "TVM + oneDNN bf16" in run else None)
             ms = time_all(run, x, args.rounds, args.repeat)
             ops = paths["tvm_int8"].record["metrics"]["library_ops"]
-            rows.append((model, ms, rel, steps, ops))
+            rows.append((model, ms, rel, steps, ops, bf16))
             log(f"{model}: {ms}")
     header = ("| model | runtime | median ms | x onnxruntime fp32 | x onnxruntime int8 |\n"
               "| --- | --- | ---: | ---: | ---: |\n")
     lines = []
-    for model, ms, rel, steps, ops in rows:
+    best = []
+    for model, ms, rel, steps, ops, _ in rows:
         for name, v in ms.items():
             int8_ratio = f"{v / ms['onnxruntime int8']:.2f}" if "int8" in name else ""
             lines.append(f"| {model} | {name} | {v:.3f} | {v / ms['onnxruntime fp32']:.2f} | {int8_ratio} |")
+        ours = min((v, k) for k, v in ms.items() if not k.startswith("OpenVINO"))
+        theirs = min((v, k) for k, v in ms.items() if k.startswith("OpenVINO"))
+        best.append(f"- {model}: edgeopt's fastest, {ours[1]} {ours[0]:.3f} ms, is {ours[0] / theirs[0]:.2f}x "
+                    f"OpenVINO's fastest, {theirs[1]} {theirs[0]:.3f} ms; TVM int8 / OpenVINO int8 "
+                    f"{ms['TVM + oneDNN int8'] / ms['OpenVINO int8 (NNCF)']:.2f}x")
     parity = "\n".join(f"- {model}: TVM fp32 vs onnxruntime fp32 max relative error {rel:.1e}; TVM int8 vs "
-                       f"onnxruntime int8 max difference {steps:.2f} output quantization steps; int8 build "
-                       f"offloaded {ops}" for model, _, rel, steps, ops in rows)
-    body = header + "\n".join(lines) + "\n\nParity:\n" + parity + "\n"
+                       f"onnxruntime int8 max difference {steps:.2f} output quantization steps"
+                       + (f"; TVM bf16 vs onnxruntime fp32 max relative error {bf16:.1e}" if bf16 is not None else "")
+                       + f"; int8 build offloaded {ops}" for model, _, rel, steps, ops, bf16 in rows)
+    body = (header + "\n".join(lines) + "\n\nFastest of each side:\n" + "\n".join(best)
+            + "\n\nParity:\n" + parity + "\n")
     print(body)
     if args.record:
         record("kernels-latency",
