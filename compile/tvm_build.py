@@ -127,9 +127,9 @@ class BuildConfig(StepConfig):
             host, the faster kept (the record names the choice and both latencies); a oneDNN
             build that fails is built with TVM's kernels (``kernel_fallback`` in the record says
             why). Without oneDNN, and on other targets, ``auto`` means ``tvm``.
-        fast_math: CPU targets compute erf and tanh (the model's Erf / Tanh nodes: GELU, Mish,
-            tanh-GELU) as TVM's polynomial approximations, which vectorize, instead of TVM's
-            default lowering (erf: a C library call per element); within 1e-6 of the exact
+        fast_math: CPU targets compute erf, tanh and sigmoid (the model's Erf / Tanh / Sigmoid
+            nodes: GELU, Mish, tanh-GELU, SiLU) as TVM's polynomial approximations, which
+            vectorize, instead of TVM's default lowering (a C library call per element); within 1e-6 of the exact
             functions (``edgeopt.compile.fast_math``). exp is left exact. False keeps the
             default lowering.
         input_shape: concrete input shape(s) for a model with dynamic dimensions: one shape
@@ -471,9 +471,9 @@ def lower_and_compile(mod, spec: dict, config: BuildConfig, progress: Progress =
         details["int8_ops"] += rewritten
     cuda = spec.get("kind") == "cuda"
     if spec.get("kind") == "llvm" and config.fast_math:
-        from .fast_math import fast_erf_tanh
+        from .fast_math import fast_math_ops
 
-        mod = fast_erf_tanh(mod)
+        mod = fast_math_ops(mod)
     if config.precision == "fp16":
         # float32 accumulation keeps a 512-channel reduction within fp16's 11-bit mantissa
         try:

@@ -49,3 +49,20 @@ def test_fast_math_matches_onnxruntime_and_can_be_turned_off(tmp_path):
 def test_fast_math_is_a_bool():
     with pytest.raises(InputError, match="fast_math"):
         BuildConfig(target="cpu", fast_math="yes")
+
+
+class SiLU(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+@pytest.mark.integration
+def test_sigmoid_is_the_tanh_polynomial_not_an_expf_call_per_element(tmp_path):
+    x = torch.linspace(-30, 30, 2 * 512).reshape(2, 512)
+    fp32 = export(SiLU().eval(), None, x, out=tmp_path / "silu.onnx").path
+    ref = load(fp32).run([x.numpy()])[0]
+    for fast in (True, False):
+        b = build(fp32, BuildConfig(target="cpu", kernels="tvm", fast_math=fast), out=tmp_path / f"tvm-{fast}")
+        assert (b"expf" in (b.artifact.path / "model.so").read_bytes()) is not fast
+        got = load(b.artifact).run([x.numpy()])[0]
+        assert float(np.abs(got - ref).max()) / float(np.abs(ref).max()) < 1e-6
