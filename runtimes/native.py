@@ -42,7 +42,7 @@ from .artifact import Artifact
 from .base import BenchmarkResult, Runner, example_inputs
 from .fingerprint import machine_fingerprint
 from .timing import TimingStats, check_counts
-from .tvm_runner import OPENMP_WAIT_POLICY
+from .tvm_runner import openmp_environment
 
 #: Runner builds: "host" (this interpreter's CPU) or "aarch64" (cross-built, run on ARM or qemu).
 ARCHES = ("host", "aarch64")
@@ -54,9 +54,10 @@ BinaryProvider = Callable[[str, Callable[[str], None]], Path]
 
 
 def runner_environment() -> dict:
-    """``edgeopt-run``'s environment: this one, with GNU OpenMP's passive waiting unless the user
-    chose a policy (the oneDNN plugin's threads; ``tvm_runner.OPENMP_WAIT_POLICY`` says why)."""
-    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", OPENMP_WAIT_POLICY)}
+    """``edgeopt-run``'s environment: this one, with GNU OpenMP's passive waiting after a bounded
+    spin unless the user chose a policy or spin count (the oneDNN plugin's threads;
+    ``tvm_runner.OPENMP_WAIT_POLICY`` says why)."""
+    return {**os.environ, **openmp_environment(os.environ)}
 
 
 def artifact_arch(artifact: Artifact) -> str:

@@ -1,6 +1,6 @@
 """TVM against onnxruntime on the real models' studies, head to head in one process.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/real_models/latency.py STUDY [STUDY ...] [--record]
+    .venv/bin/python benchmarks/real_models/latency.py STUDY [STUDY ...] [--record]
 
 Every STUDY is an ``edgeopt run`` output folder of a recipe in benchmarks/real_models/ (with the
 ``onnxruntime`` and ``tvm`` targets). For each variant both rows' artifacts are loaded and timed in
@@ -68,8 +68,9 @@ def measure(studies: list[Path], rounds: int, repeat: int, warmup: int, threads:
             for r in runners:
                 getattr(r, "close", lambda: None)()
             ok = t / o <= BAR
-            if ok:
-                met.setdefault("int8" if variant.startswith("int8") else variant, []).append(model)
+            kind = met.setdefault("int8" if variant.startswith("int8") else variant, [])
+            if ok and model not in kind:
+                kind.append(model)
             lines.append(f"| {model} | {variant} | {o:.3f} ({olo:.3f}-{ohi:.3f}) | {t:.3f} ({tlo:.3f}-{thi:.3f}) | "
                          f"{t / o:.2f}x | {'yes' if ok else 'no'} |")
             print(lines[-1], flush=True)

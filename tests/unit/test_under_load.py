@@ -171,7 +171,7 @@ def test_bench_load_bad_values_exit_2_in_one_line(tiny_onnx):
 
 # -- passive OpenMP waits -------------------------------------------------------------------------
 def _python(code: str, **env) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     return subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True,
                           cwd=REPO, env={**clean, **env}, timeout=300)
 
@@ -179,34 +179,38 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
 def test_passive_openmp_is_set_before_libgomp_loads_and_a_late_call_warns():
     check = ("import os\nfrom edgeopt.runtimes.tvm_runner import libgomp_loaded, prefer_passive_openmp\n"
              "before = libgomp_loaded()\nok = prefer_passive_openmp()\n"
-             "print(before, ok, os.environ['OMP_WAIT_POLICY'])\n")
+             "print(before, ok, os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))\n")
     r = _python(check)
-    assert r.stdout.split() == ["False", "True", "PASSIVE"], r.stderr
+    assert r.stdout.split() == ["False", "True", "PASSIVE", "1000"], r.stderr
     # torch brings its own libgomp.so.1 (the plugin would share it): too late to set the policy
     r = _python("import torch\n" + check)
-    assert r.stdout.split() == ["True", "False", "PASSIVE"], r.stderr
+    assert r.stdout.split() == ["True", "False", "PASSIVE", "1000"], r.stderr
     assert "RuntimeWarning" in r.stderr and "set it before importing torch" in r.stderr
     # the user's own policy is kept
     r = _python(check, OMP_WAIT_POLICY="active")
-    assert r.stdout.split() == ["False", "False", "active"], r.stderr
+    assert r.stdout.split() == ["False", "False", "active", "None"], r.stderr
+    r = _python(check, GOMP_SPINCOUNT="0")
+    assert r.stdout.split() == ["False", "False", "None", "0"], r.stderr  # the user's spin count is kept
 
 
 def test_the_cli_sets_passive_waits_before_anything_loads_libgomp(monkeypatch):
     from edgeopt.pipeline import cli
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     with pytest.raises(SystemExit):
         cli.main(["--version"])
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "1000"
 
 
 def test_the_native_runner_runs_with_passive_waits_unless_the_user_chose(monkeypatch):
     from edgeopt.runtimes.native import runner_environment
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert runner_environment()["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert runner_environment()["OMP_WAIT_POLICY"] == "PASSIVE" and runner_environment()["GOMP_SPINCOUNT"] == "1000"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert runner_environment()["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert runner_environment()["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in runner_environment()
 
 
 # -- tiny ops stay on TVM under kernels: auto ------------------------------------------------------
