@@ -734,17 +734,16 @@ def _plan(func) -> dict:
         # nothing is fused into a batch matmul, a layer norm, a softmax or a transposed conv
         stage = 0 if plan.kind in ("conv2d", "matmul") else 3  # 0: after the op, 1: after the bias, 2: after the residual, 3: activated
         while stage < 3:
-            fused = None
+            # activations that read ``end`` twice: matched as a whole, not op by op
+            matchers = [(_swish, _SWISH), (_hardswish, _HARDSWISH)]
             if stage < 2 and plan.kind == "matmul":
-                fused = _erf_gelu(end, values, only_user), _GELU
-            if fused is None or fused[0] is None:
-                fused = _swish(end, values, only_user), _SWISH
-            if fused[0] is None:
-                fused = _hardswish(end, values, only_user), _HARDSWISH
-            if fused[0] is not None and not any(v in claimed for v in [*fused[0][0], fused[0][1]]):
-                plan.activation = fused[1]
-                plan.members += fused[0][0]
-                end, stage = fused[0][1], 3
+                matchers.insert(0, (_erf_gelu, _GELU))
+            found = next(((m, code) for match, code in matchers
+                          if (m := match(end, values, only_user)) is not None), None)
+            if found is not None and not any(v in claimed for v in [*found[0][0], found[0][1]]):
+                (inner, result), plan.activation = found
+                plan.members += inner
+                end, stage = result, 3
                 plan.members.append(end)
                 break
             user = only_user(end)

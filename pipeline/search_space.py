@@ -271,8 +271,8 @@ def space_points(space: SearchSpace, runtimes: list[str], labelled_top1: bool) -
             for low in lows:
                 quants = choices if runtime != "torch" and choices != ["none"] else [None]
                 if runtime in OWN_INT8_RUNTIMES:  # every method is the same int8 there: one point
-                    quants = [q for i, q in enumerate(quants) if q in ("none", "qat", None)
-                              or not any(c not in ("none", "qat") for c in quants[:i])]
+                    first = next((q for q in quants if q not in ("none", "qat", None)), None)
+                    quants = [q for q in quants if q in ("none", "qat", None, first)]
                 for q in quants:
                     params = {"runtime": runtime, "prune": amount}
                     if low is not None:

@@ -4,9 +4,9 @@
 
 Every STUDY is an ``edgeopt run`` output folder of a recipe in benchmarks/real_models/ (with the
 ``onnxruntime`` and ``tvm`` targets). For each variant both rows' artifacts are loaded and timed in
-``--rounds`` interleaved rounds of ``--repeat`` runs (the study's own figures were taken minutes
-apart, on whatever load there was then); a latency is the median of the round medians, the spread
-the range of the round medians. Each runner times its own seeded example inputs (a study may hold
+``--rounds`` interleaved rounds of ``--repeat`` runs (``search_bench.head_to_head``; the study's own
+figures were taken minutes apart, on whatever load there was then); a latency is the median of the
+round medians, the spread the range of the round medians. Each runner times its own example inputs (a study may hold
 some inputs constant in one artifact and not in the other). The bar of the table: TVM at most 1.5x
 onnxruntime at the same precision.
 
@@ -25,18 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 BAR = 1.5
 
 
-def head_to_head(runners: list, rounds: int, repeat: int, warmup: int) -> list[tuple[float, float, float]]:
-    """(median, lowest, highest) of the round medians per runner, in ms; rounds interleave the runners."""
-    import numpy as np
-
-    inputs = [r.example_inputs(seed=0) for r in runners]
-    medians: list[list[float]] = [[] for _ in runners]
-    for _ in range(rounds):
-        for i, (runner, x) in enumerate(zip(runners, inputs)):
-            medians[i].append(runner.benchmark(x, warmup=warmup, repeat=repeat).latency.to_report()["median"])
-    return [(float(np.median(m)), float(min(m)), float(max(m))) for m in medians]
-
-
 def rows_of(study: Path) -> dict[str, dict[str, dict]]:
     """{variant: {runtime: report row}} of the study's rows that were built and timed."""
     report = json.loads((study / "report.json").read_text())
@@ -48,8 +36,7 @@ def rows_of(study: Path) -> dict[str, dict[str, dict]]:
 
 def measure(studies: list[Path], rounds: int, repeat: int, warmup: int, threads: int) -> tuple[list[str], dict]:
     """The table's lines and, per variant kind (fp32 / int8), the models at or under the bar."""
-    from edgeopt.runtimes import load
-    from edgeopt.runtimes.artifact import load_artifact
+    from search_bench import head_to_head
 
     lines = ["| model | variant | onnxruntime ms (round range) | TVM ms (round range) | TVM / onnxruntime | <= 1.5x |",
              "|---|---|---|---|---|---|"]
@@ -63,10 +50,8 @@ def measure(studies: list[Path], rounds: int, repeat: int, warmup: int, threads:
             if ort is None or tvm is None or failed:
                 lines.append(f"| {model} | {variant} | | | | no row to time ({'; '.join(failed) or 'a runtime is missing'}) |")
                 continue
-            runners = [load(load_artifact(row["artifact"]), threads=threads) for row in (ort, tvm)]
-            (o, olo, ohi), (t, tlo, thi) = head_to_head(runners, rounds, repeat, warmup)
-            for r in runners:
-                getattr(r, "close", lambda: None)()
+            timed = head_to_head([ort["artifact"], tvm["artifact"]], warmup, repeat, threads, rounds)
+            (o, olo, ohi), (t, tlo, thi) = [(h["median"], min(h["rounds"]), max(h["rounds"])) for h in timed]
             ok = t / o <= BAR
             kind = met.setdefault("int8" if variant.startswith("int8") else variant, [])
             if ok and model not in kind:
