@@ -469,6 +469,10 @@ def lower_and_compile(mod, spec: dict, config: BuildConfig, progress: Progress =
 
         mod, rewritten = rewrite_qdq_to_int8(mod, keep_uint8=blocked)
         details["int8_ops"] += rewritten
+        from .int8_lookup import int8_lookup_tables
+
+        # what no int8 kernel took: each activation between two QDQ pairs, as a byte lookup
+        mod, details["int8_lookup_tables"] = int8_lookup_tables(mod)
     cuda = spec.get("kind") == "cuda"
     if spec.get("kind") == "llvm" and config.fast_math:
         from .fast_math import fast_math_ops
@@ -573,6 +577,8 @@ def describe(metrics: dict, config: dict) -> list[str]:
         parts.append("oneDNN calls: " + ", ".join(f"{op} {n}" for op, n in library.items()))
     if m.get("int8_ops"):
         parts.append(f"{m['int8_ops']} int8 ops")
+    if m.get("int8_lookup_tables"):
+        parts.append(f"{m['int8_lookup_tables']} int8 activations as lookup tables")
     if m.get("bf16_ops"):
         parts.append(f"{m['bf16_ops']} bf16 ops")
     if m.get("small_ops_in_tvm"):
