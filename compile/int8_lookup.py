@@ -7,7 +7,7 @@ HardSwish is four such pairs (``add 3``, the clip folded into a quantize, ``mult
 6``). Each is a function of one int8 (or uint8) tensor alone, element by element, so its whole
 result is one of 256 values per input value: this pass evaluates the chain once on all 256
 inputs (with TVM, so every rounding and clip of the chain is the one the compiled model would
-compute) and replaces it by ``take(table, x)``, one pass over bytes instead of several float
+compute) and replaces it by ``table[x]``, one pass over bytes instead of several float
 passes and a ``expf`` or polynomial per element. onnxruntime does the same for its
 QLinearSigmoid / QLinearLeakyRelu kernels.
 
@@ -49,8 +49,9 @@ def int8_lookup_tables(mod):
         chains = find_chains(func)
         if not chains:
             continue
-        tables = evaluate_chains(chains)
-        mod[gv] = _make_rewriter()(mod, chains, tables).visit_expr(func)
+        rewriter = _make_rewriter()(mod, chains, evaluate_chains(chains))
+        rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        mod = rewriter.builder_.get()  # with the lookups' PrimFuncs
         count += len(chains)
     return relax.transform.DeadCodeElimination()(mod), count
 
@@ -199,6 +200,13 @@ def _copy(bb, expr, chain, memo):
     return memo[expr]
 
 
+def lookup(x, table, offset: int):
+    """TE: ``table[x + offset]`` element by element (``offset`` 128 for int8 inputs)."""
+    from tvm import te
+
+    return te.compute(x.shape, lambda *i: table[x(*i).astype("int32") + offset], name="int8_lookup")
+
+
 def _make_rewriter():
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -213,12 +221,11 @@ def _make_rewriter():
             chain = self.chains.get(binding.var)
             if chain is None:
                 return super().visit_var_binding_(binding)
-            x = self.visit_expr(chain.leaf)
-            index = relax.op.astype(x, "int32")
-            if _dtype(chain.leaf) == "int8":
-                index = relax.op.add(index, relax.const(128, "int32"))
             table = self.tables[binding.var]
-            call = relax.op.take(relax.const(table, str(table.dtype)), index, axis=0)
+            # one loop that reads a byte and writes its table entry (relax's take after an
+            # astype stays two kernels: an indexed load makes TVM's fusion treat take as opaque)
+            call = self.builder_.call_te(lookup, self.visit_expr(chain.leaf), relax.const(table, str(table.dtype)),
+                                         128 if _dtype(chain.leaf) == "int8" else 0, primfunc_name_hint="int8_lookup")
             new_var = (self.builder_.emit(call) if isinstance(binding.var, relax.DataflowVar)
                        else self.builder_.emit_output(call))
             self.set_var_remap(binding.var, new_var)

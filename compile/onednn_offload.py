@@ -309,7 +309,7 @@ _BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "rel
 
 def scalar_operands(mod):
     """Rewrite the one-element constant operand of a binary elementwise op (Paddle exports write
-    ``x * c`` with ``c`` of shape ``(1,)``) as a scalar: ConvertLayout cannot carry a layout
+    ``x * c`` with ``c`` of shape ``(1,)``; a QDQ model ``x * dequantize(cq)``) as a scalar: ConvertLayout cannot carry a layout
     through a broadcast between tensors of different ranks, so such an op kept NCHW with a
     transpose on each side; a scalar broadcasts in any layout. The result's shape is unchanged
     (only operands of no more axes than the other are rewritten)."""
@@ -326,9 +326,12 @@ def scalar_operands(mod):
             args = list(call.args)
             for i in (0, 1):
                 other = _shape(args[1 - i])
-                if not isinstance(args[i], _Constant()) or other is None:
+                # a constant, or a QDQ model's dequantize of one (an int8 ``(1,)`` weight)
+                constant = isinstance(args[i], _Constant()) or (
+                    isinstance(args[i], relax.Var) and _op_name(self.values.get(args[i])) == "relax.dequantize")
+                if not constant or other is None:
                     continue
-                value = _eval_const(args[i], {})
+                value = _eval_const(args[i], self.values)
                 if value is not None and value.size == 1 and 0 < value.ndim <= len(other):
                     args[i] = relax.const(value.reshape(()), str(value.dtype))
             if all(a.same_as(b) for a, b in zip(args, call.args)):
@@ -337,8 +340,10 @@ def scalar_operands(mod):
 
     for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            mod[gv] = ScalarOperands(mod).visit_expr(func)
-    return mod
+            mutator_ = ScalarOperands(mod)
+            mutator_.values = _values(func)
+            mod[gv] = mutator_.visit_expr(func)
+    return relax.transform.DeadCodeElimination()(mod)
 
 
 def _prim_number(expr) -> float | None:
