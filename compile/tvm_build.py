@@ -45,7 +45,13 @@ def unsupported_ops(onnx_model) -> list[tuple[str, str]]:
 
 
 KERNELS = ("auto", "tvm", "onednn")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "auto")
+#: bf16 is kept by ``precision: auto`` only when it is at least this much faster than fp32 here
+#: (two builds timed in interleaved rounds differ by a few percent on a quiet machine) ...
+AUTO_BF16_MIN_SPEEDUP = 1.05
+#: ... and every output stays within this cosine of fp32's on random inputs (bf16 keeps 8 bits of
+#: mantissa: a ResNet-18's logits come out near 0.9999; a model bf16 breaks falls far below)
+AUTO_BF16_MIN_COSINE = 0.999
 #: the CPU flag (Linux's name) and LLVM feature a reduced-precision CPU build needs
 CPU_PRECISION_FEATURE = {"bf16": ("avx512_bf16", "avx512bf16"), "fp16": ("avx512_fp16", "avx512fp16")}
 
@@ -116,6 +122,11 @@ class BuildConfig(StepConfig):
             in NHWC (the layout TVM's GPU schedules tile well); the model's inputs and outputs
             keep their layout. fp16 on a CPU is refused: oneDNN 2.6 (the one edgeopt builds its
             plugin with) has no float16 CPU kernels, and only avx512_fp16 CPUs would run them.
+            ``auto``: fp32 and bf16 both built and timed on this host where bf16 can run (an
+            x86-64 CPU target of this machine with avx512_bf16, oneDNN's kernels, a float
+            model), bf16 kept when it is at least ``AUTO_BF16_MIN_SPEEDUP`` faster and every
+            output within ``AUTO_BF16_MIN_COSINE`` of fp32's on random inputs; elsewhere fp32.
+            The record's ``precision`` and ``precision_why`` say what was chosen and why.
         cuda_graph: on cuda targets, capture the model's kernel launches into CUDA graphs that are
             replayed on every call (``relax.transform.RewriteCUDAGraph``): at batch 1 a GPU is
             bound by launch overhead, not arithmetic. Ignored on CPU targets.
@@ -158,7 +169,7 @@ class BuildConfig(StepConfig):
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.kernels not in KERNELS:
             raise InputError(f"kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
-        if self.precision != "fp32":
+        if self.precision not in ("fp32", "auto"):
             check_precision(self.precision, spec, self.kernels,
                             self.target if isinstance(self.target, str) else None)
         if self.kernels == "onednn" and not is_x86_cpu(spec):
@@ -220,21 +231,14 @@ def _build(model: Path, config: BuildConfig, out: Path, history: list, log) -> S
         raise InputError(f"TVM's ONNX frontend failed on {str(model)!r}: {last_line(e)}") from None
     if int8 is None:
         int8 = any(n.op_type == "QuantizeLinear" for n in onnx_model.graph.node)
-    kernels, why = kernel_source(spec, config)
     export = {"cc": tools.compiler} if tools.compiler else {}
-    if kernels == "measure":
-        executable, details, kernels, why = _faster_of_both(mod, spec, config, inputs, outputs, export,
-                                                            log, int8)
-    elif config.kernels == "auto" and kernels == "onednn" and config.precision != "bf16":
-        # (a bf16 build that falls back to TVM's kernels would be an fp32 build in disguise)
-        executable, details, kernels, why = _onednn_or_tvm(mod, spec, config, log, why, int8)
+    if config.precision == "auto":
+        executable, details, kernels, why = _fp32_or_bf16(model, mod, spec, config, inputs, outputs, export,
+                                                          log, int8)
     else:
-        executable, details = compile_module(mod, spec, config, log, kernels=kernels, int8=int8)
+        executable, details, kernels, why = _build_with_kernels(model, mod, spec, config, inputs, outputs,
+                                                                export, log, int8)
     rewritten = details.pop("int8_ops", 0)
-    if config.precision == "bf16" and not details.get("bf16_ops") and not rewritten:
-        # (an int8 model's convs compute in int8: bf16 is for those kept in float, if any)
-        raise InputError(f"precision 'bf16': no conv or matmul of {str(model)!r} runs on oneDNN (none, or all "
-                         "too small to repay a call), so nothing would compute in bf16; build it with precision fp32")
     if kernels == "onednn" and not any(details.get("library_ops", {}).values()):
         kernels, why = "tvm", "oneDNN takes none of this model's ops"  # no plugin to carry
     plugins = [_plugin(log)] if kernels == "onednn" else []
@@ -304,6 +308,115 @@ def kernel_source(spec: dict, config: BuildConfig) -> tuple[str, str]:
     if (spec.get("mtriple") or "x86_64").split("-")[0] != platform.machine():
         return "onednn", "tuned, but the target cannot run on this host to compare"
     return "measure", ""
+
+
+def _build_with_kernels(model, mod, spec, config, inputs, outputs, export, log, int8):
+    """Compile ``mod`` at ``config.precision`` (fp32, fp16 or bf16) with the kernels
+    ``config.kernels`` means here: (executable, details, kernels, why)."""
+    kernels, why = kernel_source(spec, config)
+    if kernels == "measure":
+        executable, details, kernels, why = _faster_of_both(mod, spec, config, inputs, outputs, export,
+                                                            log, int8)
+    elif config.kernels == "auto" and kernels == "onednn" and config.precision != "bf16":
+        # (a bf16 build that falls back to TVM's kernels would be an fp32 build in disguise)
+        executable, details, kernels, why = _onednn_or_tvm(mod, spec, config, log, why, int8)
+    else:
+        executable, details = compile_module(mod, spec, config, log, kernels=kernels, int8=int8)
+    if config.precision == "bf16" and not details.get("bf16_ops") and not details.get("int8_ops"):
+        # (an int8 model's convs compute in int8: bf16 is for those kept in float, if any)
+        raise InputError(f"precision 'bf16': no conv or matmul of {str(model)!r} runs on oneDNN (none, or all "
+                         "too small to repay a call), so nothing would compute in bf16; build it with precision fp32")
+    return executable, details, kernels, why
+
+
+def bf16_unavailable(spec: dict, config: BuildConfig, int8: bool) -> str | None:
+    """Why ``precision: auto`` cannot consider bf16 for this build (None: it can).
+
+    >>> bf16_unavailable({"kind": "cuda"}, BuildConfig(target="cpu", precision="auto"), False)
+    "precision auto chooses between fp32 and bf16 on x86-64 CPU targets; this target is 'cuda'"
+    """
+    import platform
+
+    from .targets import isa_features
+
+    if not is_x86_cpu(spec):
+        return f"precision auto chooses between fp32 and bf16 on x86-64 CPU targets; this target is {spec.get('kind')!r}"
+    if int8:
+        return "an int8 model computes its convs and matmuls in int8"
+    if CPU_PRECISION_FEATURE["bf16"][1] not in isa_features(spec):
+        return "the target's CPU has no avx512_bf16"
+    if config.kernels == "tvm":
+        return "kernels 'tvm' has no bf16 path"
+    if (spec.get("mtriple") or "x86_64").split("-")[0] != platform.machine():
+        return "the target cannot run on this host to compare"
+    from .native_build import onednn_available
+
+    return onednn_available()
+
+
+def _fp32_or_bf16(model, mod, spec, config, inputs, outputs, export, log, int8):
+    """``precision: auto``: build fp32 and, where bf16 can run here, bf16; time both on this host
+    and keep bf16 when it is ``AUTO_BF16_MIN_SPEEDUP`` faster with every output within
+    ``AUTO_BF16_MIN_COSINE`` of fp32's. (executable, details, kernels, why); details carry
+    ``precision`` and ``precision_why``."""
+    import dataclasses
+    import tempfile
+
+    from edgeopt.runtimes.tvm_runner import TvmRunner
+
+    fp32_config = dataclasses.replace(config, precision="fp32")
+    fp32 = _build_with_kernels(model, mod, spec, fp32_config, inputs, outputs, export, log, int8)
+    unavailable = bf16_unavailable(spec, config, bool(int8))
+    bf16 = None
+    if unavailable is None:
+        try:
+            bf16 = _build_with_kernels(model, mod, spec, dataclasses.replace(config, precision="bf16"), inputs,
+                                       outputs, export, log, int8)
+        except InputError as e:  # nothing of this model would compute in bf16
+            unavailable = str(e).split("; build it")[0]
+    if bf16 is None:
+        return _with_precision(fp32, "fp32", unavailable)
+    times, results = {}, {}
+    with tempfile.TemporaryDirectory(prefix="edgeopt-precision-") as tmp:
+        runners = {}
+        for name, (executable, details, kernels, _) in (("fp32", fp32), ("bf16", bf16)):
+            library = Path(tmp) / f"{name}.so"
+            _export(executable, library, export)
+            runners[name] = TvmRunner(library, inputs, outputs, plugins=[_plugin(log)] if kernels == "onednn" else [])
+        x = runners["fp32"].example_inputs()
+        rounds: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(3):  # interleaved, so a change of load hits both
+            for name, runner in runners.items():
+                rounds[name].append(runner.benchmark(x, warmup=3, repeat=20).latency.median_ms)
+        times = {name: float(sorted(r)[1]) for name, r in rounds.items()}
+        results = {name: runner.run(x) for name, runner in runners.items()}
+    cosine = min(_cosine(b, a) for a, b in zip(results["fp32"], results["bf16"]))
+    speedup = times["fp32"] / times["bf16"]
+    measured = f"bf16 {times['bf16']:.3f} ms, fp32 {times['fp32']:.3f} ms on this host; bf16 outputs within cosine {cosine:.5f} of fp32's"
+    log(f"precision auto: {measured}")
+    if speedup >= AUTO_BF16_MIN_SPEEDUP and cosine >= AUTO_BF16_MIN_COSINE:
+        chosen, line = bf16, f"bf16 {speedup:.2f}x faster ({measured})"
+    elif cosine < AUTO_BF16_MIN_COSINE:
+        chosen, line = fp32, f"bf16 strays from fp32 (cosine {cosine:.5f} < {AUTO_BF16_MIN_COSINE}; {measured})"
+    else:
+        chosen, line = fp32, f"bf16 not {AUTO_BF16_MIN_SPEEDUP}x faster ({measured})"
+    executable, details, kernels, why = _with_precision(chosen, "bf16" if chosen is bf16 else "fp32", line)
+    return executable, {**details, "precision_times_ms": times}, kernels, why
+
+
+def _with_precision(built, precision: str, why: str):
+    executable, details, kernels, kernels_why = built
+    return executable, {**details, "precision": precision, "precision_why": why}, kernels, kernels_why
+
+
+def _cosine(a, b) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 or nb == 0:  # an output that became all zeros agrees only with zeros
+        return 1.0 if na == nb else 0.0
+    return float(a @ b) / (na * nb)
 
 
 def _onednn_or_tvm(mod, spec, config, log, why, int8):
@@ -577,6 +690,8 @@ def describe(metrics: dict, config: dict) -> list[str]:
         parts.append("oneDNN calls: " + ", ".join(f"{op} {n}" for op, n in library.items()))
     if m.get("int8_ops"):
         parts.append(f"{m['int8_ops']} int8 ops")
+    if m.get("precision_why"):
+        parts.append(f"precision {m['precision']} ({m['precision_why']})")
     if m.get("int8_lookup_tables"):
         parts.append(f"{m['int8_lookup_tables']} int8 activations as lookup tables")
     if m.get("bf16_ops"):

@@ -496,6 +496,9 @@ class Study:
         where = runtime_target(target.runtime, target.build)
         if target.runtime == "openvino":  # the precision the plugin chose (bf16 by itself on some CPUs)
             where = f"{where}/{runner.chosen_precision}"
+        elif getattr(target.build, "precision", None) == "auto":  # the precision the build chose
+            compiled = next((h for h in reversed(run_art.history) if h.get("name") == "compile"), {})
+            where = f"{where}/{compiled.get('metrics', {}).get('precision', 'fp32')}"
         entry = measure_entry(
             name=name, steps=steps, runtime=target.runtime,
             target=where, runner=runner, run_artifact=run_art,

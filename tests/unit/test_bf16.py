@@ -255,3 +255,62 @@ def test_resnet18_bf16_agrees_with_fp32_on_random_inputs(tmp_path):
         x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
         same += int(np.argmax(bf16.run([x])[0]) == np.argmax(ort.run([x])[0]))
     assert same / 200 >= 0.99
+
+
+@needs_bf16_cpu
+@pytest.mark.integration
+def test_precision_auto_times_both_here_and_says_which_it_kept(tmp_path):
+    from edgeopt.compile import build, export
+    from edgeopt.compile.tvm_build import describe
+    from edgeopt.runtimes import load
+
+    torch.manual_seed(0)
+    onnx_path = export(ConvMlp().eval(), None, torch.randn(1, 3, 32, 32), out=tmp_path / "m.onnx").path
+    result = build(onnx_path, BuildConfig(target="cpu", precision="auto"), out=tmp_path / "auto")
+    metrics = result.record["metrics"]
+    assert result.record["config"]["precision"] == "auto"
+    assert metrics["precision"] in ("fp32", "bf16")
+    assert set(metrics["precision_times_ms"]) == {"fp32", "bf16"}
+    assert "on this host" in metrics["precision_why"] and "cosine" in metrics["precision_why"]
+    assert (metrics.get("bf16_ops", 0) == 6) is (metrics["precision"] == "bf16")
+    assert f"precision {metrics['precision']} (" in " ".join(describe(metrics, result.record["config"]))
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    want = load(onnx_path).run([x])[0]
+    assert np.abs(load(result.artifact).run([x])[0] - want).max() / np.abs(want).max() < 2e-2
+
+
+class Cancelling(torch.nn.Module):
+    """x @ A - x @ (A * (1 + 2**-9)): the second weight rounds to A in bfloat16 (8 bits of
+    mantissa), so a bf16 build computes zeros where fp32 computes -2**-9 x @ A."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(128, 256, bias=False)
+        with torch.no_grad():
+            self.fc.weight[:, :64] = 1.0
+            self.fc.weight[:, 64:] = -(1.0 + 2.0 ** -9)
+
+    def forward(self, x):
+        return self.fc(torch.cat([x, x], dim=-1))
+
+
+@needs_bf16_cpu
+@pytest.mark.integration
+def test_precision_auto_keeps_fp32_where_bf16_strays_and_for_int8_or_targets_without_bf16(tmp_path):
+    from edgeopt.compile import build, export
+    from edgeopt.compress.quantize import QuantizeConfig, quantize
+
+    onnx_path = export(Cancelling().eval(), None, torch.randn(1, 64), out=tmp_path / "c.onnx").path
+    metrics = build(onnx_path, BuildConfig(target="cpu", precision="auto"), out=tmp_path / "c").record["metrics"]
+    assert metrics["precision"] == "fp32" and "bf16 strays from fp32" in metrics["precision_why"]
+    assert not metrics.get("bf16_ops")
+    # a target whose CPU has no avx512_bf16: fp32, no bf16 build tried
+    metrics = build(onnx_path, BuildConfig(target="cpu:znver3", precision="auto"), out=tmp_path / "z").record["metrics"]
+    assert metrics["precision"] == "fp32" and metrics["precision_why"] == "the target's CPU has no avx512_bf16"
+    assert "precision_times_ms" not in metrics
+    torch.manual_seed(0)
+    fp32 = export(ConvMlp().eval(), None, torch.randn(1, 3, 32, 32), out=tmp_path / "m.onnx").path
+    calib = np.random.default_rng(0).standard_normal((4, 1, 3, 32, 32)).astype(np.float32)
+    int8 = quantize(fp32, QuantizeConfig(), list(calib), out=tmp_path / "q.onnx").path
+    metrics = build(int8, BuildConfig(target="cpu", precision="auto"), out=tmp_path / "q").record["metrics"]
+    assert metrics["precision"] == "fp32" and "int8" in metrics["precision_why"]
