@@ -7,7 +7,7 @@ int8): `edgeopt.runtimes.onnxruntime_runner.profile_ops` (ms per run per kernel 
 `variants/VARIANT/tvm-cpu` artifact: every call of the Relax VM timed through its instrument
 hook (TVM's fused PrimFuncs, the oneDNN plugin's packed calls, the VM's builtins), grouped by
 name with the number of calls per run, plus the build record (library ops, kernels, layout
-fallbacks). Both time one input of the task on `--threads` threads. Prints JSON.
+fallbacks). Both time one random input (per model input) on `--threads` threads. Prints JSON.
 """
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ import numpy as np
 
 from edgeopt.runtimes import load
 from edgeopt.runtimes.artifact import load_artifact
+from edgeopt.runtimes.base import example_inputs
 from edgeopt.runtimes.onnxruntime_runner import profile_ops
 
 
-def tvm_profile(folder: Path, x: np.ndarray, threads: int, runs: int) -> dict:
+def tvm_profile(folder: Path, x: list[np.ndarray], threads: int, runs: int) -> dict:
     """Per-call time of the Relax VM (ms per run), grouped by callee name with digits dropped.
 
     TVM 0.27's VM has no profiling executable any more; its instrument hook (called before and
@@ -34,7 +35,7 @@ def tvm_profile(folder: Path, x: np.ndarray, threads: int, runs: int) -> dict:
     import time
 
     runner = load(folder, "tvm", threads=threads)        # loads the plugin and sizes the pool
-    runner.run([x])
+    runner.run(x)
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     started: list[float] = []
 
@@ -50,7 +51,7 @@ def tvm_profile(folder: Path, x: np.ndarray, threads: int, runs: int) -> dict:
     runner.vm.set_instrument(instrument)
     wall = time.perf_counter()
     for _ in range(runs):
-        runner.run([x])
+        runner.run(x)
     wall_ms = (time.perf_counter() - wall) * 1000 / runs
     rows = sorted(totals.items(), key=lambda kv: -kv[1][0])
     return {"instrumented_wall_ms": round(wall_ms, 3), "calls_per_run": round(sum(v[1] for v in totals.values())),
@@ -67,11 +68,12 @@ def main(argv=None) -> int:
     variant = args.study / "variants" / args.variant
     onnx_model = (variant / "quantize" if (variant / "quantize").exists() else args.study / "base-model")
     artifact = load_artifact(onnx_model)
-    x = np.random.default_rng(0).standard_normal(artifact.inputs[0].shape).astype(np.float32)
-    ort = profile_ops(artifact.model_file, [x], runs=args.runs, threads=args.threads)
-    compile_record = next(h for h in load_artifact(variant / "tvm-cpu").history if h["name"] == "compile")
-    out = {"study": str(args.study), "variant": args.variant, "threads": args.threads,
-           "onnxruntime": ort, "tvm": tvm_profile(variant / "tvm-cpu", x, args.threads, args.runs),
+    compiled = load_artifact(variant / "tvm-cpu")
+    # each its own inputs: a study may hold some constant in the compiled model (silero-vad's sr)
+    ort = profile_ops(artifact.model_file, example_inputs(artifact.inputs), runs=args.runs, threads=args.threads)
+    compile_record = next(h for h in compiled.history if h["name"] == "compile")
+    out = {"study": str(args.study), "variant": args.variant, "threads": args.threads, "onnxruntime": ort,
+           "tvm": tvm_profile(variant / "tvm-cpu", example_inputs(compiled.inputs), args.threads, args.runs),
            "tvm_build": compile_record["metrics"]}
     print(json.dumps(out, indent=1, default=str))
     return 0
