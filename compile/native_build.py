@@ -123,14 +123,17 @@ def fetch_aarch64_runtime(dest: Path | None = None, progress: Progress = True) -
     return dest
 
 
-def build_key(arch: str, tvm_root: Path, sources: Path | None = None) -> str:
+def build_key(arch: str, tvm_root: Path, sources: Path | None = None, extra: str = "") -> str:
     """The cache key of a runner build: a hash of the runner's sources, ``arch``, the TVM runtime
-    folder it links and the TVM versions. A changed source or TVM gives a new key."""
+    folder it links, the TVM versions and ``extra`` (anything else the build links). A changed
+    source or TVM gives a new key."""
     h = hashlib.sha256()
     for f in sorted((sources or source_dir()).iterdir()):
         if f.is_file():
             h.update(f.name.encode() + f.read_bytes())
     h.update(f"{arch}|{tvm_root}|{tvm_versions_tag()}".encode())
+    if extra:
+        h.update(f"|{extra}".encode())
     return f"{arch}-{h.hexdigest()[:16]}"
 
 
@@ -203,7 +206,26 @@ def _cmake_build(sources: Path, build_dir: Path, configure_args: list[str]) -> N
 
 
 ONEDNN_PLUGIN = "libedgeopt_onednn.so"
-ONEDNN_HEADER = Path("/usr/include/oneapi/dnnl/dnnl.hpp")
+#: What the plugin builds against, relative to the oneDNN prefix (the venv: requirements/onednn.txt):
+#: oneDNN 3.x with the TBB CPU runtime, oneTBB, and the Intel compiler runtime libdnnl.so.3 needs.
+ONEDNN_FILES = {
+    "include/oneapi/dnnl/dnnl.hpp": "onednn-devel-cpu-tbb",
+    "lib/libdnnl.so.3": "onednn-cpu-tbb",
+    "include/oneapi/tbb/task_arena.h": "tbb-devel",
+    "lib/libtbb.so.12": "tbb",
+    "lib/libimf.so": "intel-cmplr-lib-rt",
+    "lib/libintlc.so.5": "intel-cmplr-lib-rt",
+}
+
+
+def onednn_prefix() -> Path:
+    """The prefix the oneDNN plugin is built against: this interpreter's ``sys.prefix`` (the venv),
+    where ``pip install -r requirements/onednn.txt`` puts oneDNN's and TBB's ``include/`` and ``lib/``.
+
+    >>> onednn_prefix() == Path(sys.prefix)
+    True
+    """
+    return Path(sys.prefix)
 
 
 def onednn_plugin_sources() -> Path:
@@ -219,14 +241,17 @@ def onednn_available() -> str | None:
         return f"the oneDNN plugin is built for x86-64 hosts; this one is {platform.machine()}"
     if shutil.which("cmake") is None:
         return "building the oneDNN plugin needs cmake (apt-get install cmake)"
-    if not ONEDNN_HEADER.exists():
-        return "building the oneDNN plugin needs oneDNN (Debian/Ubuntu: apt-get install libdnnl-dev)"
+    prefix = onednn_prefix()
+    missing = sorted({package for path, package in ONEDNN_FILES.items() if not (prefix / path).exists()})
+    if missing:
+        return (f"building the oneDNN plugin needs oneDNN 3.x (TBB runtime) in {prefix}; missing "
+                f"{', '.join(missing)}: {sys.executable} -m pip install -r requirements/onednn.txt")
     return None
 
 
 def onednn_plugin(progress: Progress = None) -> Path:
     """Path of ``libedgeopt_onednn.so`` (the oneDNN kernel plugin), built with CMake if needed
-    into a cache folder keyed by its sources and the TVM versions.
+    into a cache folder keyed by its sources, the TVM versions, the oneDNN prefix and oneDNN's version.
 
     Raises:
         InputError: the plugin cannot be built here (no cmake, no oneDNN, not x86-64).
@@ -237,12 +262,19 @@ def onednn_plugin(progress: Progress = None) -> Path:
         raise InputError(missing)
     tvm_root = host_tvm_root()
     sources = onednn_plugin_sources()
-    build_dir = cache_root("onednn", build_key("host", tvm_root, sources))
+    prefix = onednn_prefix()
+    # the prefix and oneDNN's library are part of the key: a plugin links the oneDNN it was built with
+    try:
+        version = metadata.version("onednn-cpu-tbb")
+    except metadata.PackageNotFoundError:  # a oneDNN put into the prefix by other means
+        version = str((prefix / "lib/libdnnl.so.3").stat().st_size)
+    oned = f"{prefix}|onednn-{version}"
+    build_dir = cache_root("onednn", build_key("host", tvm_root, sources, extra=oned))
     plugin = build_dir / ONEDNN_PLUGIN
     if plugin.exists():
         return plugin
     log(f"building the oneDNN plugin in {build_dir}")
-    _cmake_build(sources, build_dir, [f"-DEDGEOPT_TVM_ROOT={tvm_root}"])
+    _cmake_build(sources, build_dir, [f"-DEDGEOPT_TVM_ROOT={tvm_root}", f"-DEDGEOPT_ONEDNN_PREFIX={prefix}"])
     return plugin
 
 

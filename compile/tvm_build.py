@@ -83,8 +83,9 @@ def check_precision(precision: str, spec: dict, kernels: str = "auto", name: str
         raise InputError(f"precision {precision!r} on a CPU needs {flag} (a flag in /proc/cpuinfo), which "
                          f"{which} lacks; build fp32 (or int8: quantize the model first)")
     if precision == "fp16":
-        raise InputError("precision 'fp16' on a CPU target: oneDNN 2.6, which edgeopt's plugin is built "
-                         "with, has no float16 CPU kernels; build bf16 (avx512_fp16 CPUs have avx512_bf16)")
+        raise InputError("precision 'fp16' on a CPU target: edgeopt's oneDNN plugin has no float16 CPU kernels "
+                         "(it makes no f16 primitives; oneDNN 3.2, which it is built with, has them only for "
+                         "avx512_fp16 CPUs); build bf16 (avx512_fp16 CPUs have avx512_bf16)")
     if kernels == "tvm":
         raise InputError("precision 'bf16' runs convs and matmuls as oneDNN's bf16 kernels; kernels 'tvm' "
                          "has no bf16 path (use kernels auto or onednn)")
@@ -120,8 +121,9 @@ class BuildConfig(StepConfig):
             (bias, residual and activation applied in float32); everything else stays float32.
             Inputs and outputs stay float32 in every precision. Convs on cuda targets always run
             in NHWC (the layout TVM's GPU schedules tile well); the model's inputs and outputs
-            keep their layout. fp16 on a CPU is refused: oneDNN 2.6 (the one edgeopt builds its
-            plugin with) has no float16 CPU kernels, and only avx512_fp16 CPUs would run them.
+            keep their layout. fp16 on a CPU is refused: edgeopt's oneDNN plugin makes no float16
+            primitives (oneDNN 3.2, which it is built with, has f16 kernels only for avx512_fp16
+            CPUs, where bf16 runs too).
             ``auto``: fp32 and bf16 both built and timed on this host where bf16 can run (an
             x86-64 CPU target of this machine with avx512_bf16, oneDNN's kernels, a float
             model), bf16 kept when it is at least ``AUTO_BF16_MIN_SPEEDUP`` faster and every
@@ -133,7 +135,8 @@ class BuildConfig(StepConfig):
         kernels: where float32 convolutions and matmuls with constant weights come from on an
             x86-64 CPU target: ``tvm`` (TVM's kernels, tuned when ``tune`` is set), ``onednn``
             (oneDNN through edgeopt's plugin, with bias, residual add and activation fused; TVM
-            keeps the rest of the model; needs libdnnl-dev and cmake at build time), or
+            keeps the rest of the model; needs requirements/onednn.txt in the venv and cmake at
+            build time), or
             ``auto``: oneDNN for an untuned build, and for a tuned one both builds timed on this
             host, the faster kept (the record names the choice and both latencies); a oneDNN
             build that fails is built with TVM's kernels (``kernel_fallback`` in the record says

@@ -6,6 +6,13 @@
 // the functions as TVM globals, so it must be loaded (RTLD_GLOBAL) before the artifact's model.so:
 // `edgeopt.runtimes` and the native runner `edgeopt-run` do it from the artifact's manifest.
 //
+// Built against oneDNN 3.x with its TBB CPU runtime (PyPI's onednn-cpu-tbb 2023.2.0 = oneDNN 3.2,
+// with tbb, tbb-devel and intel-cmplr-lib-rt: requirements/onednn.txt, installed into the venv,
+// which is the prefix CMakeLists.txt is given). TBB rather than OpenMP because a TBB worker that
+// the OS deschedules (another process on the core) does not stall the call: the threads still
+// running, the caller included, take its share of the work, where an OpenMP region waits at
+// its barrier for every thread.
+//
 // Functions (int64 parameters travel as one shape, floats as two scalars):
 //   edgeopt.onednn.conv2d(p, lo, hi, src, weight, bias, [residual,] out)
 //       fp32, src/out NHWC, weight OIHW (grouped: O, I/G, KH, KW), bias (O). A bfloat16
@@ -44,7 +51,10 @@
 //       padding follow from the output's shape (ceil mode included).
 //   edgeopt.onednn.clear_cache(): drop every cached primitive and held weight (a runner calls it
 //       when it closes, so weights of unloaded models are not kept alive).
-//   edgeopt.onednn.set_threads(n): the OpenMP threads oneDNN runs on (the runners' --threads).
+//   edgeopt.onednn.set_threads(n): the threads oneDNN runs on (the runners' --threads): this build
+//       (oneDNN 3.x, TBB runtime) runs every call inside a tbb::task_arena of n slots (the calling
+//       thread plus n - 1 TBB workers; oneDNN splits its work by the arena's max_concurrency);
+//       n <= 0 goes back to the caller's own arena (TBB's default: every core the process may use).
 //   edgeopt.onednn.version(): the plugin's interface version, checked when an artifact loads.
 //
 // Primitives and the weights reordered into oneDNN's blocked layouts are created on the first
@@ -57,7 +67,7 @@
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/reflection/registry.h>
 
-#include <omp.h>
+#include <oneapi/tbb/task_arena.h>
 
 #include <cstring>
 #include <functional>
@@ -91,6 +101,10 @@ struct Cached {
   // bf16 kernels: the caller's fp32 src, and the reorder that converts it into `src` (bf16)
   memory::desc user_src;
   dnnl::reorder convert;
+  // int8 (oneDNN 3.x): the per-channel scales as a run-time argument (DNNL_ARG_ATTR_SCALES |
+  // DNNL_ARG_WEIGHTS), the zero points (DNNL_ARG_ATTR_ZERO_POINTS | SRC / DST), held here
+  memory scales, src_zero_point, dst_zero_point;
+  std::vector<float> bias_scale;  // per output channel (one value: all): int32 bias to f32 bias
   // The weight tensor itself: while it is held, its buffer cannot be freed and its address
   // reused by another model's weights (which would find this entry's reordered copy).
   tvm::ffi::Optional<tvm::ffi::Tensor> source;
@@ -124,6 +138,39 @@ std::mutex cache_mutex;
 std::unordered_map<std::string, std::shared_ptr<Cached>>& cache() {
   static std::unordered_map<std::string, std::shared_ptr<Cached>> c;
   return c;
+}
+
+// set_threads: oneDNN 3.x's TBB runtime has no thread-count setter (omp_set_num_threads in the
+// OpenMP build); it splits each primitive's work by tbb::this_task_arena::max_concurrency() and
+// runs it on the arena it is called in. Every call runs in `arena` when set_threads made one.
+std::mutex arena_mutex;
+std::shared_ptr<tbb::task_arena>& arena() {
+  static std::shared_ptr<tbb::task_arena> a;
+  return a;
+}
+
+void set_threads(int64_t n) {
+  std::shared_ptr<tbb::task_arena> made;
+  if (n > 0) {
+    made = std::make_shared<tbb::task_arena>(static_cast<int>(n));  // caller + n - 1 workers
+    made->initialize();
+  }
+  std::lock_guard<std::mutex> lock(arena_mutex);
+  arena() = std::move(made);  // a call running in the old arena keeps it alive till it returns
+}
+
+// f() in the arena set_threads made (exceptions come back out of execute), else in the caller's
+template <class F>
+void in_arena(F&& f) {
+  std::shared_ptr<tbb::task_arena> a;
+  {
+    std::lock_guard<std::mutex> lock(arena_mutex);
+    a = arena();
+  }
+  if (a)
+    a->execute(f);
+  else
+    f();
 }
 
 void check(bool ok, const std::string& what) {
@@ -183,12 +230,13 @@ size_t bytes_of(const DLTensor* t) {
 dnnl::post_ops post_ops(bool residual, int64_t activation, float lo, float hi) {
   dnnl::post_ops ops;
   if (residual) ops.append_sum(1.0f);  // dst holds the residual when the primitive runs
-  if (activation == 1) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-  if (activation == 2) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_clip, lo, hi);
-  if (activation == 3) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
-  if (activation == 4) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
-  // x * relu6(x + 3) / 6: oneDNN 2.x ignores alpha and beta, 3.x reads them as x * clip(x/6 + 1/2, 0, 1)
-  if (activation == 5) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_hardswish, 1.0f / 6.0f, 0.5f);
+  // oneDNN 3.x: append_eltwise(alg, alpha, beta), no scale argument
+  if (activation == 1) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+  if (activation == 2) ops.append_eltwise(dnnl::algorithm::eltwise_clip, lo, hi);
+  if (activation == 3) ops.append_eltwise(dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+  if (activation == 4) ops.append_eltwise(dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
+  // x * relu6(x + 3) / 6: 3.x reads alpha and beta as x * clip(alpha * x + beta, 0, 1)
+  if (activation == 5) ops.append_eltwise(dnnl::algorithm::eltwise_hardswish, 1.0f / 6.0f, 0.5f);
   return ops;
 }
 
@@ -231,12 +279,11 @@ std::shared_ptr<Cached> conv_primitive(const tvm::ffi::Shape& p, float lo, float
                                    : memory::dims{groups, o / groups, c / groups, kh, kw};
   memory::desc user_w(wdims, type, groups == 1 ? tag::oihw : tag::goihw);
   memory::desc any_w(wdims, type, tag::any);
-  dnnl::convolution_forward::desc d(
-      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md, any_w,
-      bias_md, dst_md, {p[0], p[1]}, {p[6] - 1, p[7] - 1}, {p[2], p[3]}, {p[4], p[5]});
   dnnl::primitive_attr attr;
   attr.set_post_ops(post_ops(residual, p[9], lo, hi));
-  dnnl::convolution_forward::primitive_desc pd(d, attr, engine());
+  dnnl::convolution_forward::primitive_desc pd(
+      engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md, any_w,
+      bias_md, dst_md, {p[0], p[1]}, {p[6] - 1, p[7] - 1}, {p[2], p[3]}, {p[4], p[5]}, attr);
   auto cached = std::make_shared<Cached>();
   cached->primitive = dnnl::convolution_forward(pd);
   cached->src = src_md;
@@ -267,10 +314,9 @@ std::shared_ptr<Cached> deconv_primitive(const tvm::ffi::Shape& p, float lo, flo
                                    : memory::dims{groups, o / groups, c / groups, kh, kw};
   memory::desc user_w(wdims, dt::f32, groups == 1 ? tag::oihw : tag::goihw);
   memory::desc any_w(wdims, dt::f32, tag::any);
-  dnnl::deconvolution_forward::desc d(
-      dnnl::prop_kind::forward_inference, dnnl::algorithm::deconvolution_direct, src_md, any_w,
+  dnnl::deconvolution_forward::primitive_desc pd(
+      engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::deconvolution_direct, src_md, any_w,
       bias_md, dst_md, {p[0], p[1]}, {p[6] - 1, p[7] - 1}, {p[2], p[3]}, {p[4], p[5]});
-  dnnl::deconvolution_forward::primitive_desc pd(d, engine());
   auto cached = std::make_shared<Cached>();
   cached->primitive = dnnl::deconvolution_forward(pd);
   cached->src = src_md;
@@ -296,10 +342,9 @@ std::shared_ptr<Cached> matmul_primitive(const tvm::ffi::Shape& p, float lo, flo
   memory::desc bias_md({1, nn}, dt::f32, tag::ab);
   memory::desc user_w({k, nn}, type, tag::ab);
   memory::desc any_w({k, nn}, type, tag::any);
-  dnnl::matmul::desc d(src_md, any_w, bias_md, dst_md);
   dnnl::primitive_attr attr;
   attr.set_post_ops(post_ops(residual, p[0], lo, hi));
-  dnnl::matmul::primitive_desc pd(d, attr, engine());
+  dnnl::matmul::primitive_desc pd(engine(), src_md, any_w, bias_md, dst_md, attr);
   auto cached = std::make_shared<Cached>();
   cached->primitive = dnnl::matmul(pd);
   cached->src = src_md;
@@ -311,15 +356,33 @@ std::shared_ptr<Cached> matmul_primitive(const tvm::ffi::Shape& p, float lo, flo
 }
 
 // int8: (p, lo, hi, src, weight, bias, scales, out); p ends with the src and out zero points.
+//
+// oneDNN 2.x computed dst = zp_dst + post_ops(oscale * (acc + bias_s32)), oscale = the caller's
+// per-channel `scales` (src_scale * weight_scale / out_scale), acc = sum((src - zp_src) * weight).
+// oneDNN 3.x has no output scales: dst = zp_dst + post_ops(wei_scale * src_scale * acc + bias) / dst_scale,
+// the bias an f32 value added after scaling. The same function with the same arguments: the whole
+// `scales` vector as the weights' scales (no src or dst scale), and the bias converted per call to
+// f32 output units, bias_s32 * scales[c]; the post-ops then still see output units (lo, hi).
+// (f32 rounding: scales[c] * acc + scales[c] * bias against scales[c] * (acc + bias): an output
+// lying on a rounding midpoint may move by one step.)
 dnnl::primitive_attr quant_attr(const tvm::ffi::Shape& p, size_t n_params, int64_t activation, float lo, float hi,
-                                const DLTensor* scales, int scale_mask) {
+                                const DLTensor* scales, int scale_mask, Cached& cached) {
   check(p.size() == n_params + 2, "int8 kernels take their parameters plus two zero points");
   dnnl::primitive_attr attr;
   const float* s = static_cast<const float*>(data_of(scales));
-  std::vector<float> values(s, s + scales->shape[0]);
-  attr.set_output_scales(values.size() == 1 ? 0 : scale_mask, values);
-  if (p[n_params] != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {static_cast<int32_t>(p[n_params])});
-  if (p[n_params + 1] != 0) attr.set_zero_points(DNNL_ARG_DST, 0, {static_cast<int32_t>(p[n_params + 1])});
+  cached.bias_scale.assign(s, s + scales->shape[0]);
+  const int64_t count = static_cast<int64_t>(cached.bias_scale.size());
+  attr.set_scales_mask(DNNL_ARG_WEIGHTS, count == 1 ? 0 : scale_mask);
+  cached.scales = memory(memory::desc({count}, dt::f32, tag::x), engine());
+  std::memcpy(cached.scales.get_data_handle(), s, count * sizeof(float));
+  auto zero_point = [&](int arg, int64_t value, memory& held) {
+    if (value == 0) return;
+    attr.set_zero_points_mask(arg, 0);
+    held = memory(memory::desc({1}, dt::s32, tag::x), engine());
+    *static_cast<int32_t*>(held.get_data_handle()) = static_cast<int32_t>(value);
+  };
+  zero_point(DNNL_ARG_SRC, p[n_params], cached.src_zero_point);
+  zero_point(DNNL_ARG_DST, p[n_params + 1], cached.dst_zero_point);
   attr.set_post_ops(post_ops(false, activation, lo, hi));
   return attr;
 }
@@ -333,17 +396,18 @@ std::shared_ptr<Cached> conv_q_primitive(const tvm::ffi::Shape& p, float lo, flo
   check(out->shape[3] == o && c == weight->shape[1] * groups, "conv2d_q shapes do not agree");
   memory::desc src_md({n, c, h, w}, dtype_of(src, "src"), tag::nhwc);
   memory::desc dst_md({n, o, oh, ow}, dtype_of(out, "out"), tag::nhwc);
-  memory::desc bias_md({o}, dt::s32, tag::x);
+  memory::desc bias_md({o}, dt::f32, tag::x);  // 3.x: f32 bias in output units (run_q converts)
   memory::dims wdims = groups == 1 ? memory::dims{o, c, kh, kw}
                                    : memory::dims{groups, o / groups, c / groups, kh, kw};
   memory::desc user_w(wdims, dt::s8, groups == 1 ? tag::oihw : tag::goihw);
   memory::desc any_w(wdims, dt::s8, tag::any);
-  dnnl::convolution_forward::desc d(
-      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md, any_w,
-      bias_md, dst_md, {p[0], p[1]}, {p[6] - 1, p[7] - 1}, {p[2], p[3]}, {p[4], p[5]});
-  dnnl::primitive_attr attr = quant_attr(p, 10, p[9], lo, hi, scales, 1 << 1);
-  dnnl::convolution_forward::primitive_desc pd(d, attr, engine());
   auto cached = std::make_shared<Cached>();
+  // weights' scales per output channel: dim 0 of OIHW, dims 0 and 1 (G, O/G) of GOIHW
+  dnnl::primitive_attr attr = quant_attr(p, 10, p[9], lo, hi, scales, groups == 1 ? 1 << 0 : (1 << 0) | (1 << 1),
+                                         *cached);
+  dnnl::convolution_forward::primitive_desc pd(
+      engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md, any_w,
+      bias_md, dst_md, {p[0], p[1]}, {p[6] - 1, p[7] - 1}, {p[2], p[3]}, {p[4], p[5]}, attr);
   cached->primitive = dnnl::convolution_forward(pd);
   cached->src = src_md;
   cached->dst = dst_md;
@@ -361,13 +425,13 @@ std::shared_ptr<Cached> matmul_q_primitive(const tvm::ffi::Shape& p, float lo, f
   check(weight->shape[0] == k && out->shape[out->ndim - 1] == nn, "matmul_q shapes do not agree");
   memory::desc src_md({m, k}, dtype_of(src, "src"), tag::ab);
   memory::desc dst_md({m, nn}, dtype_of(out, "out"), tag::ab);
-  memory::desc bias_md({1, nn}, dt::s32, tag::ab);
+  memory::desc bias_md({1, nn}, dt::f32, tag::ab);  // 3.x: f32 bias in output units (run_q converts)
   memory::desc user_w({k, nn}, dt::s8, tag::ab);
   memory::desc any_w({k, nn}, dt::s8, tag::any);
-  dnnl::matmul::desc d(src_md, any_w, bias_md, dst_md);
-  dnnl::primitive_attr attr = quant_attr(p, 1, p[0], lo, hi, scales, 1 << 1);
-  dnnl::matmul::primitive_desc pd(d, attr, engine());
   auto cached = std::make_shared<Cached>();
+  // weights (K, N): per output channel is dim 1
+  dnnl::primitive_attr attr = quant_attr(p, 1, p[0], lo, hi, scales, 1 << 1, *cached);
+  dnnl::matmul::primitive_desc pd(engine(), src_md, any_w, bias_md, dst_md, attr);
   cached->primitive = dnnl::matmul(pd);
   cached->src = src_md;
   cached->dst = dst_md;
@@ -409,13 +473,29 @@ void run_q(const char* kind, QuantFactory factory, tvm::ffi::PackedArgs args) {
       entries.emplace_back(std::move(sig), cached);
     }
   }
+  // the int32 bias (accumulator units) as oneDNN 3.x's f32 bias (output units), per call: the
+  // bias stays an ordinary argument (no assumption that it is a constant)
+  const int64_t channels = static_cast<int64_t>(cached->bias.get_size() / sizeof(float));
+  check(bytes_of(&bias_t) == channels * sizeof(int32_t), "bias has one value per output channel");
+  thread_local std::vector<float> bias_f32;
+  bias_f32.resize(channels);
+  const int32_t* b = static_cast<const int32_t*>(data_of(&bias_t));
+  const std::vector<float>& bs = cached->bias_scale;
+  if (bs.size() == 1)
+    for (int64_t i = 0; i < channels; ++i) bias_f32[i] = static_cast<float>(b[i]) * bs[0];
+  else
+    for (int64_t i = 0; i < channels; ++i) bias_f32[i] = static_cast<float>(b[i]) * bs[i];
   memory src_mem(cached->src, engine(), data_of(&src_t));
   memory dst_mem(cached->dst, engine(), data_of(&out_t));
-  memory bias_mem(cached->bias, engine(), data_of(&bias_t));
-  cached->primitive.execute(stream(), {{DNNL_ARG_SRC, src_mem},
-                                       {DNNL_ARG_WEIGHTS, cached->weights},
-                                       {DNNL_ARG_BIAS, bias_mem},
-                                       {DNNL_ARG_DST, dst_mem}});
+  memory bias_mem(cached->bias, engine(), bias_f32.data());
+  std::unordered_map<int, memory> exec_args{{DNNL_ARG_SRC, src_mem},
+                                            {DNNL_ARG_WEIGHTS, cached->weights},
+                                            {DNNL_ARG_BIAS, bias_mem},
+                                            {DNNL_ARG_DST, dst_mem},
+                                            {DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, cached->scales}};
+  if (cached->src_zero_point) exec_args.emplace(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, cached->src_zero_point);
+  if (cached->dst_zero_point) exec_args.emplace(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, cached->dst_zero_point);
+  cached->primitive.execute(stream(), exec_args);
   stream().wait();
 }
 
@@ -443,7 +523,7 @@ void batch_matmul(tvm::ffi::PackedArgs args) {
                       "x" + std::to_string(n);
     auto found = cache().find(key);
     if (found == cache().end()) {
-      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), engine());
+      dnnl::matmul::primitive_desc pd(engine(), a_md, b_md, c_md);
       cached = std::make_shared<Cached>();
       cached->primitive = dnnl::matmul(pd);
       cache().emplace(key, cached);
@@ -483,10 +563,9 @@ void layer_norm(tvm::ffi::PackedArgs args) {
   auto [rows, last] = rows_and_last(src);
   memory::desc md({rows, last}, dt::f32, tag::ab), cmd({last}, dt::f32, tag::x);
   auto cached = cached_or("ln|" + std::to_string(rows) + "x" + std::to_string(last) + "|" + std::to_string(eps), [&] {
-    dnnl::layer_normalization_forward::desc d(dnnl::prop_kind::forward_inference, md, eps,
-                                              dnnl::normalization_flags::use_scale |
-                                                  dnnl::normalization_flags::use_shift);
-    dnnl::layer_normalization_forward::primitive_desc pd(d, engine());
+    dnnl::layer_normalization_forward::primitive_desc pd(engine(), dnnl::prop_kind::forward_inference, md, md, eps,
+                                                         dnnl::normalization_flags::use_scale |
+                                                             dnnl::normalization_flags::use_shift);
     auto c = std::make_shared<Cached>();
     c->primitive = dnnl::layer_normalization_forward(pd);
     return c;
@@ -506,8 +585,8 @@ void softmax(tvm::ffi::PackedArgs args) {
   auto [rows, last] = rows_and_last(src);
   memory::desc md({rows, last}, dt::f32, tag::ab);
   auto cached = cached_or("softmax|" + std::to_string(rows) + "x" + std::to_string(last), [&] {
-    dnnl::softmax_forward::primitive_desc pd(
-        dnnl::softmax_forward::desc(dnnl::prop_kind::forward_inference, md, 1), engine());
+    dnnl::softmax_forward::primitive_desc pd(engine(), dnnl::prop_kind::forward_inference,
+                                             dnnl::algorithm::softmax_accurate, md, md, 1);
     auto c = std::make_shared<Cached>();
     c->primitive = dnnl::softmax_forward(pd);
     return c;
@@ -534,9 +613,9 @@ void max_pool2d(tvm::ffi::PackedArgs args) {
   for (int64_t v : {n, h, w, c, oh, ow, p[0], p[1], p[2], p[3], p[4], p[5]}) key += "|" + std::to_string(v);
   memory::desc src_md({n, c, h, w}, type, tag::nhwc), dst_md({n, c, oh, ow}, type, tag::nhwc);
   auto cached = cached_or(key, [&] {
-    dnnl::pooling_forward::desc d(dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_max, src_md,
-                                  dst_md, {p[2], p[3]}, {p[0], p[1]}, {p[4], p[5]}, {pad_b, pad_r});
-    dnnl::pooling_forward::primitive_desc pd(d, engine());
+    dnnl::pooling_forward::primitive_desc pd(engine(), dnnl::prop_kind::forward_inference,
+                                             dnnl::algorithm::pooling_max, src_md, dst_md, {p[2], p[3]},
+                                             {p[0], p[1]}, {0, 0}, {p[4], p[5]}, {pad_b, pad_r});
     auto made = std::make_shared<Cached>();
     made->primitive = dnnl::pooling_forward(pd);
     return made;
@@ -636,23 +715,23 @@ TVM_FFI_STATIC_INIT_BLOCK() {
              by_weight().clear();
              cache().clear();
            })
-      .def("edgeopt.onednn.set_threads", [](int64_t n) { omp_set_num_threads(static_cast<int>(n)); })
+      .def("edgeopt.onednn.set_threads", [](int64_t n) { set_threads(n); })
       .def_packed("edgeopt.onednn.conv2d",
-                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run("conv2d", conv_primitive, args); })
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { in_arena([&] { run("conv2d", conv_primitive, args); }); })
       .def_packed("edgeopt.onednn.conv2d_transpose",
-                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run("conv2d_transpose", deconv_primitive, args); })
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { in_arena([&] { run("conv2d_transpose", deconv_primitive, args); }); })
       .def_packed("edgeopt.onednn.matmul",
-                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run("matmul", matmul_primitive, args); })
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { in_arena([&] { run("matmul", matmul_primitive, args); }); })
       .def_packed("edgeopt.onednn.layer_norm",
-                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { layer_norm(args); })
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { in_arena([&] { layer_norm(args); }); })
       .def_packed("edgeopt.onednn.softmax",
-                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { softmax(args); })
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { in_arena([&] { softmax(args); }); })
       .def_packed("edgeopt.onednn.max_pool2d",
-                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { max_pool2d(args); })
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { in_arena([&] { max_pool2d(args); }); })
       .def_packed("edgeopt.onednn.batch_matmul",
-                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { batch_matmul(args); })
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { in_arena([&] { batch_matmul(args); }); })
       .def_packed("edgeopt.onednn.conv2d_q",
-                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run_q("conv2d_q", conv_q_primitive, args); })
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { in_arena([&] { run_q("conv2d_q", conv_q_primitive, args); }); })
       .def_packed("edgeopt.onednn.matmul_q",
-                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { run_q("matmul_q", matmul_q_primitive, args); });
+                  [](tvm::ffi::PackedArgs args, tvm::ffi::Any*) { in_arena([&] { run_q("matmul_q", matmul_q_primitive, args); }); });
 }

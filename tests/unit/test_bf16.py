@@ -52,7 +52,7 @@ def test_bf16_and_fp16_are_checked_against_the_target():
         BuildConfig(target="cpu:znver4", precision="bf16", kernels="tvm")
     BuildConfig(target="cpu:znver4", precision="bf16")  # Zen 4 has it
     # fp16 on a CPU: refused naming the flag where the target lacks it, and refused where it has
-    # it too (oneDNN 2.6 has no float16 CPU kernels); cuda keeps fp16
+    # it too (the plugin makes no float16 primitives); cuda keeps fp16
     with pytest.raises(InputError, match="precision 'fp16' on a CPU needs avx512_fp16.*'cpu:znver4' lacks"):
         BuildConfig(target="cpu:znver4", precision="fp16")
     with pytest.raises(InputError, match="no float16 CPU kernels"):

@@ -103,6 +103,25 @@ def test_build_key_follows_the_sources(tmp_path):
     assert native_build.build_key("aarch64", root, sources) != key
     (sources / "edgeopt_run.cc").write_text((sources / "edgeopt_run.cc").read_text() + "\n// changed\n")
     assert native_build.build_key("host", root, sources) != key
+    # what else a build links (the oneDNN plugin: its prefix and oneDNN's version) is part of the key
+    changed = native_build.build_key("host", root, sources)
+    assert native_build.build_key("host", root, sources, extra="/venv|onednn-2023.2.0") != changed
+
+
+def test_onednn_available_names_the_missing_packages_and_the_requirements_file(tmp_path, monkeypatch):
+    import platform
+
+    if platform.machine() != "x86_64" or shutil.which("cmake") is None:
+        pytest.skip("the oneDNN plugin builds on x86-64 with cmake")
+    monkeypatch.setattr(native_build, "onednn_prefix", lambda: tmp_path)  # an empty prefix
+    missing = native_build.onednn_available()
+    for package in ("onednn-cpu-tbb", "onednn-devel-cpu-tbb", "tbb-devel", "intel-cmplr-lib-rt"):
+        assert package in missing
+    assert "pip install -r requirements/onednn.txt" in missing and str(tmp_path) in missing
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libimf.so").write_bytes(b"")
+    (tmp_path / "lib" / "libintlc.so.5").write_bytes(b"")
+    assert "intel-cmplr-lib-rt" not in native_build.onednn_available()
 
 
 def test_missing_aarch64_runtime_names_the_fetch_command(tmp_path, monkeypatch):
