@@ -23,9 +23,16 @@ from edgeopt.runtimes.artifact import Artifact, load_artifact
 from edgeopt.runtimes.native import artifact_arch
 
 
+#: Name starts of the libraries a plugin needs that a bundle ships (the rest: libc, libstdc++ and
+#: TVM's, which the runner brings).
+PLUGIN_LIBRARIES = ("libdnnl.", "libtbb.", "libimf.", "libintlc.")
+
+
 def plugin_dependencies(art: Artifact) -> list[Path]:
     """The shared libraries the artifact's kernel plugins link beyond libc and TVM (found with
-    ``ldd`` here): oneDNN and its OpenMP runtime for the oneDNN plugin."""
+    ``ldd`` here). For the oneDNN plugin: ``libdnnl.so.3``, its CPU runtime ``libtbb.so.12`` and
+    the Intel compiler runtime it was built with (``libimf.so``, ``libintlc.so.5``), the pip
+    packages of requirements/onednn.txt, which a device does not have."""
     import subprocess
 
     found: dict[str, Path] = {}
@@ -35,7 +42,7 @@ def plugin_dependencies(art: Artifact) -> list[Path]:
             parts = line.split("=>")
             if len(parts) == 2 and parts[1].strip().startswith("/"):
                 lib = Path(parts[1].split("(")[0].strip())
-                if any(k in lib.name for k in ("dnnl", "gomp", "OpenCL")):
+                if lib.name.startswith(PLUGIN_LIBRARIES):
                     found[lib.name] = lib
     return sorted(found.values())
 
@@ -73,7 +80,7 @@ def make_bundle(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, 
         (tmp / "lib").mkdir()
         for lib in tvm_runtime_libs(tvm_root):
             shutil.copy2(lib, tmp / "lib" / lib.name)
-        for lib in plugin_dependencies(art):  # e.g. libdnnl.so.2: the device need not install it
+        for lib in plugin_dependencies(art):  # e.g. libdnnl.so.3: the device need not install it
             shutil.copy2(lib, tmp / "lib" / lib.name)
         threads = target.get("num-cores") or 4
         (tmp / "README.txt").write_text(

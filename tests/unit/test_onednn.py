@@ -115,6 +115,9 @@ def test_bundle_ships_onednn_with_the_plugin(odd_onnx, tmp_path):
     bundle = make_bundle(art, tmp_path / "bundle")
     assert (bundle / "model" / "libedgeopt_onednn.so").exists()
     assert any(p.name.startswith("libdnnl") for p in (bundle / "lib").iterdir())
+    # oneDNN 3.x's CPU runtime and the compiler runtime libdnnl.so.3 needs travel with it
+    shipped = {p.name for p in (bundle / "lib").iterdir()}
+    assert {"libdnnl.so.3", "libtbb.so.12", "libimf.so", "libintlc.so.5"} <= shipped, shipped
 
 
 @needs_onednn
