@@ -42,7 +42,6 @@ from .artifact import Artifact
 from .base import BenchmarkResult, Runner, example_inputs
 from .fingerprint import machine_fingerprint
 from .timing import TimingStats, check_counts
-from .tvm_runner import openmp_environment
 
 #: Runner builds: "host" (this interpreter's CPU) or "aarch64" (cross-built, run on ARM or qemu).
 ARCHES = ("host", "aarch64")
@@ -51,13 +50,6 @@ DEFAULT_TIMEOUT_S = 600.0
 
 #: ``provide_binary(arch, progress) -> Path``: how ``NativeRunner`` gets ``edgeopt-run`` for an arch.
 BinaryProvider = Callable[[str, Callable[[str], None]], Path]
-
-
-def runner_environment() -> dict:
-    """``edgeopt-run``'s environment: this one, with GNU OpenMP's passive waiting after a bounded
-    spin unless the user chose a policy or spin count (the oneDNN plugin's threads;
-    ``tvm_runner.OPENMP_WAIT_POLICY`` says why)."""
-    return {**os.environ, **openmp_environment(os.environ)}
 
 
 def artifact_arch(artifact: Artifact) -> str:
@@ -176,8 +168,7 @@ class NativeRunner(Runner):
                 (Path(tmp) / "out").mkdir()
                 cmd += ["--outputs", str(Path(tmp) / "out")]
             try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s,
-                                   env=runner_environment())
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
                 raise RuntimeError(f"the native runner did not finish within {self.timeout_s:.0f} s "
                                    f"on {str(self.artifact.path)!r}") from None

@@ -31,7 +31,8 @@ class TvmRunner(Runner):
         inputs, outputs: io spec from the artifact manifest.
         device: ``"cpu"`` or ``"cuda"``.
         threads: TVM thread-pool size (``None``: TVM's default, one per core); the oneDNN
-            plugin's OpenMP threads too.
+            plugin's too (the TBB arena its calls run in: the calling thread and threads - 1
+            TBB workers).
         plugins: kernel libraries the model calls (the artifact's ``plugins``, e.g. the oneDNN
             plugin), loaded before the model.
     """
@@ -41,10 +42,6 @@ class TvmRunner(Runner):
     def __init__(self, library: str | os.PathLike, inputs: Sequence[TensorSpec],
                  outputs: Sequence[TensorSpec], device: str = "cpu", threads: int | None = None,
                  plugins: Sequence[str | os.PathLike] = ()):
-        if plugins:
-            # before `import tvm`, which imports torch and with it torch's libgomp: the plugin
-            # shares that one (same soname), and libgomp reads the policy when it is loaded
-            prefer_passive_openmp()
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
@@ -54,9 +51,10 @@ class TvmRunner(Runner):
         for plugin in plugins:
             load_plugin(plugin, threads)
         if plugins:
-            # TVM pins the calling thread to a core when it sizes its pool, and the plugin's
-            # OpenMP threads inherit that mask: both would share one core (ResNet-18 on oneDNN:
-            # 18 ms -> 168 ms on 2 cores). Unpinned, the OS spreads both pools.
+            # TVM pins its pool's threads to cores when it sizes the pool; oneDNN's worker threads
+            # then share cores with pinned ones the OS cannot move (with oneDNN 2.6's OpenMP
+            # threads, which inherited the pin, ResNet-18 went 18 ms -> 168 ms on 2 cores).
+            # Unpinned, the OS places TVM's pool and the plugin's TBB workers together.
             os.environ.setdefault("TVM_BIND_THREADS", "0")
         if threads is not None:
             # TVM sizes its thread pool once per process, from TVM_NUM_THREADS or else half the
@@ -108,75 +106,6 @@ class TvmRunner(Runner):
 
 _LOADED_PLUGINS: dict[str, object] = {}
 
-#: What GNU OpenMP threads do when they wait (at a barrier, for work): Debian's oneDNN, which
-#: the plugin links, runs its primitives on libgomp, whose default spins before sleeping. Under
-#: a co-located load a spinning thread holds a core that its descheduled sibling needs, and the
-#: barrier waits for that sibling: ResNet-18 int8 took 520 ms median on a loaded 2-core machine
-#: (40 ms passive) and a TVM row of ``make demo`` showed a p90 of 33.8 ms against a 0.06 ms
-#: median. Passive waiting gives the core back (benchmarks/RESULTS.md, "latency under load"); a
-#: bounded spin before sleeping (``OPENMP_SPIN_COUNT`` iterations, a few microseconds: the gap
-#: between two oneDNN calls of a model) keeps the quiet speed, as sleeping at once wakes the
-#: sibling through the kernel on every call: MobileNetV2 int8 (52 calls) took 6.1 ms with no spin,
-#: 2.6 ms with it, while ResNet-18's loaded p99 / quiet p50 stayed as passive's.
-OPENMP_WAIT_POLICY = "PASSIVE"
-OPENMP_SPIN_COUNT = "1000"
-
-
-def openmp_environment(environ) -> dict:
-    """The GNU OpenMP variables edgeopt sets for the plugin where the user chose neither:
-    ``{"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"}`` (empty when one is set).
-
-    >>> openmp_environment({})
-    {'OMP_WAIT_POLICY': 'PASSIVE', 'GOMP_SPINCOUNT': '1000'}
-    >>> openmp_environment({"OMP_WAIT_POLICY": "active"})
-    {}
-    """
-    if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
-        return {}
-    return {"OMP_WAIT_POLICY": OPENMP_WAIT_POLICY, "GOMP_SPINCOUNT": OPENMP_SPIN_COUNT}
-
-
-# Set when this process's libgomp was loaded before the policy was: it spins whatever the variable says.
-_OPENMP_LOADED_SPINNING = False
-
-
-def libgomp_loaded() -> bool:
-    """Whether GNU OpenMP (``libgomp``: the plugin's, or torch's copy of it) is in this process."""
-    try:
-        with open("/proc/self/maps") as maps:
-            return any("libgomp" in line for line in maps)
-    except OSError:  # not Linux: no libgomp to configure
-        return False
-
-
-def prefer_passive_openmp() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` with a bounded spin (``GOMP_SPINCOUNT``) for GNU OpenMP
-    unless a policy or spin count is already chosen (the user's own wins); True when the
-    process runs with them.
-
-    libgomp reads the variable once, when it is loaded: by the oneDNN plugin, or by ``import
-    torch`` (torch's ``libgomp.so.1`` has the same soname, so the plugin then shares it). The
-    CLI calls this first thing; a Python program that imported torch before loading a oneDNN
-    artifact gets a warning, as its OpenMP threads spin: set the variable before importing
-    torch (``os.environ["OMP_WAIT_POLICY"] = "PASSIVE"``) or call this first.
-    """
-    global _OPENMP_LOADED_SPINNING
-    ours = openmp_environment(os.environ)
-    if not ours:
-        chosen = os.environ.get("OMP_WAIT_POLICY", "")
-        return chosen.strip().upper() == "PASSIVE" and not _OPENMP_LOADED_SPINNING
-    _OPENMP_LOADED_SPINNING = libgomp_loaded()
-    os.environ.update(ours)  # child processes (edgeopt-run) too
-    if _OPENMP_LOADED_SPINNING:
-        import warnings
-
-        warnings.warn("GNU OpenMP was loaded (by torch?) before OMP_WAIT_POLICY=PASSIVE could be set: "
-                      "the oneDNN plugin's threads spin while they wait, and latency under a "
-                      "co-located load suffers; set it before importing torch", RuntimeWarning,
-                      stacklevel=3)
-        return False
-    return True
-
 
 def load_plugin(path: str | os.PathLike, threads: int | None = None) -> None:
     """Load a kernel plugin library (RTLD_GLOBAL: it registers TVM global functions the model
@@ -198,7 +127,8 @@ def load_plugin(path: str | os.PathLike, threads: int | None = None) -> None:
         try:
             _LOADED_PLUGINS[digest] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
         except OSError as e:
-            hint = " (install oneDNN: apt-get install libdnnl2)" if "dnnl" in str(e) else ""
+            hint = (" (install oneDNN 3.x and TBB: pip install -r requirements/onednn.txt)"
+                    if any(k in str(e) for k in ("dnnl", "tbb", "libimf", "libintlc")) else "")
             raise InputError(f"cannot load kernel plugin {str(path)!r}: {e}{hint}") from None
     _check_plugin_version(_LOADED_PLUGINS[digest], path)
     if threads is not None:

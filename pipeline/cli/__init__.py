@@ -64,10 +64,6 @@ def _message(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from edgeopt.runtimes.tvm_runner import prefer_passive_openmp
-
-    prefer_passive_openmp()  # before torch or the oneDNN plugin loads libgomp, which reads it once
-
     # module.path:factory specs (models, tasks) import from the current folder, as `python -m` does
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -484,10 +484,6 @@ int Run(const Options& o) {
     }
   }
   CheckLibrary(m.library);
-  // GNU OpenMP (the oneDNN plugin's threads) reads its wait policy once, when the plugin loads
-  // it: passive, unless the user chose one. Spinning threads hold the cores their descheduled
-  // siblings need under a co-located load (edgeopt.runtimes.tvm_runner.OPENMP_WAIT_POLICY).
-  if (!m.plugins.empty()) setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
   for (const std::string& plugin : m.plugins) {
     CheckLibrary(plugin);
     // RTLD_GLOBAL: the plugin registers the TVM global functions the model calls
@@ -495,8 +491,9 @@ int Run(const Options& o) {
       throw InputError("cannot load kernel plugin '" + plugin + "': " + dlerror());
   }
   if (!m.plugins.empty()) {
-    // TVM pins the calling thread when it sizes its pool and the plugin's OpenMP threads would
-    // inherit that one core; as the Python runner does, leave thread placement to the OS.
+    // TVM pins its pool's threads when it sizes the pool, and the plugin's TBB workers would
+    // share cores with threads the OS cannot move; as the Python runner does, leave thread
+    // placement to the OS.
     setenv("TVM_BIND_THREADS", "0", 0);
   }
 

@@ -1,7 +1,7 @@
 """Latency under a co-located load (issue 28 item 3): p99 in the timing statistics, the bounded
 background load of ``edgeopt bench --load N`` (its processes always end, Ctrl-C included),
-passive OpenMP waits for the oneDNN plugin, and tiny convs/matmuls kept off oneDNN under
-``kernels: auto``. No timing is asserted: only what is measured and reported, and that nothing
+the oneDNN plugin on TBB with the runner's threads, and tiny convs/matmuls kept off oneDNN
+under ``kernels: auto``. No timing is asserted: only what is measured and reported, and that nothing
 is left running."""
 
 from __future__ import annotations
@@ -169,48 +169,10 @@ def test_bench_load_bad_values_exit_2_in_one_line(tiny_onnx):
         assert len(r.stderr.strip().splitlines()) == 1 and expected in r.stderr
 
 
-# -- passive OpenMP waits -------------------------------------------------------------------------
+# -- a fresh interpreter: per-process state (TVM's pool, oneDNN's runtime) -----------------------
 def _python(code: str, **env) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    return subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True,
-                          cwd=REPO, env={**clean, **env}, timeout=300)
-
-
-def test_passive_openmp_is_set_before_libgomp_loads_and_a_late_call_warns():
-    check = ("import os\nfrom edgeopt.runtimes.tvm_runner import libgomp_loaded, prefer_passive_openmp\n"
-             "before = libgomp_loaded()\nok = prefer_passive_openmp()\n"
-             "print(before, ok, os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))\n")
-    r = _python(check)
-    assert r.stdout.split() == ["False", "True", "PASSIVE", "1000"], r.stderr
-    # torch brings its own libgomp.so.1 (the plugin would share it): too late to set the policy
-    r = _python("import torch\n" + check)
-    assert r.stdout.split() == ["True", "False", "PASSIVE", "1000"], r.stderr
-    assert "RuntimeWarning" in r.stderr and "set it before importing torch" in r.stderr
-    # the user's own policy is kept
-    r = _python(check, OMP_WAIT_POLICY="active")
-    assert r.stdout.split() == ["False", "False", "active", "None"], r.stderr
-    r = _python(check, GOMP_SPINCOUNT="0")
-    assert r.stdout.split() == ["False", "False", "None", "0"], r.stderr  # the user's spin count is kept
-
-
-def test_the_cli_sets_passive_waits_before_anything_loads_libgomp(monkeypatch):
-    from edgeopt.pipeline import cli
-
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
-    with pytest.raises(SystemExit):
-        cli.main(["--version"])
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "1000"
-
-
-def test_the_native_runner_runs_with_passive_waits_unless_the_user_chose(monkeypatch):
-    from edgeopt.runtimes.native import runner_environment
-
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
-    assert runner_environment()["OMP_WAIT_POLICY"] == "PASSIVE" and runner_environment()["GOMP_SPINCOUNT"] == "1000"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert runner_environment()["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in runner_environment()
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **env}, timeout=300)
 
 
 # -- tiny ops stay on TVM under kernels: auto ------------------------------------------------------
@@ -254,13 +216,14 @@ def test_auto_keeps_tiny_matmuls_on_tvm_kernels_and_onednn_takes_them_when_asked
     for art in (auto.artifact, asked.artifact):
         got = load(art).run(x)[0]
         assert np.abs(got - want).max() / np.abs(want).max() < 1e-4
-    # a fresh process that loads a oneDNN artifact gets passive waits before `import tvm` (which
-    # imports torch, and torch's libgomp is the one the plugin shares): no late-policy warning
-    r = _python("import os\nfrom edgeopt.runtimes import load\n"
-                f"load({str(asked.artifact.path)!r}).run(load({str(asked.artifact.path)!r}).example_inputs())\n"
-                "print(os.environ['OMP_WAIT_POLICY'])\n")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["PASSIVE"] and "RuntimeWarning" not in r.stderr, r.stderr
+    # oneDNN runs on TBB with the runner's threads (the plugin's task arena): oneDNN's verbose
+    # log names the runtime and the thread count once per process, so one fresh process each
+    for threads in (1, 2):
+        r = _python("from edgeopt.runtimes import load\n"
+                    f"r = load({str(asked.artifact.path)!r}, threads={threads})\nr.run(r.example_inputs())\n",
+                    ONEDNN_VERBOSE="1")
+        assert r.returncode == 0, r.stderr
+        assert f"runtime:TBB,nthr:{threads}" in r.stdout, r.stdout[:2000]
 
 
 @pytest.mark.skipif(_onednn_missing() is not None, reason=str(_onednn_missing()))
