@@ -372,7 +372,8 @@ class _Plan:
     hi: float = 0.0
     members: list = field(default_factory=list)
     scales: np.ndarray | None = None  # int8: per output channel, src * weight / out scale
-    zero_points: tuple = (0, 0)  # int8: src, out
+    zero_points: tuple = (0, 0)  # int8: src, out (and the residual's, when there is one)
+    residual_scale: float = 0.0  # int8: the residual's scale / the out scale
     out_dtype: str = "float32"
     other: object = None  # batch_matmul: the second operand
     call_shape: list | None = None  # conv1d: the 4-D shape the plugin writes (height 1)
@@ -564,6 +565,12 @@ def _plan_int8(func) -> dict:
         sy, zy = scalar(q.args[1]), scalar(q.args[2])
         if sy is None or zy is None:
             continue
+        joined = _int8_residual(b.var, q, values, plans, through, scalar)
+        if joined is not None:
+            conv_end, plan = joined
+            del plans[conv_end]
+            plans[b.var] = plan
+            continue
         members, node, user = [b.var], q.args[0], b.var
         activation, lo, hi = _NONE, 0.0, 0.0
         value = values.get(node)
@@ -640,6 +647,47 @@ def _plan_int8(func) -> dict:
         if name == "relax.nn.conv1d":  # as a conv2d of height 1 (the float path does the same)
             plans[b.var].call_shape = [out_shape[0], 1, out_shape[1], out_shape[2]]
     return plans
+
+
+def _int8_residual(var, q, values, plans, through, scalar):
+    """A residual join of an int8 conv already planned, ``quantize([relu](add(dequantize(conv_q),
+    dequantize(r))), sy, zy)``, as that conv with the residual added in its epilogue (oneDNN's sum
+    post-op: the call writes r into its output buffer first): (the conv's old end, the joined
+    plan) or None. ResNet's blocks end so; left to TVM each join is a float pass over two int8
+    tensors. The conv's own rounding to its output scale before the add is skipped."""
+    sy, zy = scalar(q.args[1]), scalar(q.args[2])
+    node, user, members, activation = q.args[0], var, [var], _NONE
+    value = values.get(node)
+    if _op_name(value) == "relax.nn.relu" and through(node, user):
+        activation, user, node = _RELU, node, value.args[0]
+        members.append(user)
+        value = values.get(node)
+    if _op_name(value) != "relax.add" or not through(node, user):
+        return None
+    members.append(node)
+    for main, other in ((value.args[0], value.args[1]), (value.args[1], value.args[0])):
+        dq_main, dq_other = values.get(main), values.get(other)
+        if _op_name(dq_main) != "relax.dequantize" or _op_name(dq_other) != "relax.dequantize":
+            continue
+        conv_end = dq_main.args[0]
+        plan = plans.get(conv_end)
+        if (plan is None or plan.kind != "conv2d_q" or plan.residual is not None or plan.activation != _NONE
+                or plan.call_shape is not None or not through(conv_end, main) or not through(main, node)):
+            continue
+        conv_q = values[conv_end]  # the conv's own quantize: its parameters must be the dequantize's
+        s_c, z_c = scalar(dq_main.args[1]), scalar(dq_main.args[2])
+        s_r, z_r = scalar(dq_other.args[1]), scalar(dq_other.args[2])
+        residual = dq_other.args[0]
+        if (None in (s_c, z_c, s_r, z_r) or scalar(conv_q.args[1]) != s_c or scalar(conv_q.args[2]) != z_c
+                or _dtype(residual) not in ("uint8", "int8") or _shape(residual) != plan.out_shape):
+            continue
+        joined = _Plan(plan.kind, plan.src, plan.weight, plan.params, plan.out_shape, bias=plan.bias,
+                       residual=residual, activation=activation, members=[*plan.members, main, *members],
+                       scales=(plan.scales.astype(np.float64) * s_c / sy).astype(np.float32),
+                       zero_points=(plan.zero_points[0], int(zy), int(z_r)), residual_scale=s_r / sy,
+                       out_dtype=str(q.attrs.out_dtype))
+        return conv_end, joined
+    return None
 
 
 #: Max poolings over fewer input elements (per sample) stay in TVM: a oneDNN call costs a few
@@ -959,6 +1007,8 @@ def _make_rewriter():
                         relax.prim_value(float(plan.hi), "float64"),
                         self.source(plan.src), relax.const(plan.weight, "int8"),
                         relax.const(plan.bias, "int32"), relax.const(plan.scales, "float32")]
+                if plan.residual is not None:  # the plugin reads it as bytes, in its own scale
+                    args += [self.visit_expr(plan.residual), relax.prim_value(float(plan.residual_scale), "float64")]
                 call = relax.call_dps_packed(
                     f"edgeopt.onednn.{plan.kind}", args,
                     out_ty=relax.TensorType(_exprs(plan.call_shape or plan.out_shape), plan.out_dtype))

@@ -29,14 +29,16 @@
 //   edgeopt.onednn.matmul(p, lo, hi, src, weight, bias, [residual,] out)
 //       fp32, src (..., K), weight (K, N), bias (N), out (..., N); p = [activation] with
 //       3 gelu (erf) added to the codes above. A bfloat16 weight: bf16 as for conv2d.
-//   edgeopt.onednn.conv2d_q(p, lo, hi, src, weight, bias, scales, out)
+//   edgeopt.onednn.conv2d_q(p, lo, hi, src, weight, bias, scales, [residual, residual_scale,] out)
 //   edgeopt.onednn.matmul_q(p, lo, hi, src, weight, bias, scales, out)
 //       int8: src uint8/int8 (NHWC, or (..., K)), weight int8 (OIHW / (K, N)), bias int32 in the
 //       accumulator's units (scale src_scale * weight_scale), scales float32 per output channel
 //       (src_scale * weight_scale / out_scale), out uint8/int8: the QDQ chain
 //       quantize(act(dequantize(src) (*) dequantize(weight) + bias)) in integer arithmetic.
 //       p = conv2d's 10 (or matmul's 1) parameters, then src and out zero points; lo and hi
-//       are the clip bounds in output units.
+//       are the clip bounds in output units. A conv2d_q residual (uint8/int8, out's shape, its
+//       zero point appended to p, residual_scale its scale / out_scale) is added before the
+//       activation: quantize(act(conv + dequantize(residual))), a ResNet block's end.
 //   edgeopt.onednn.batch_matmul(a, b, out)
 //       fp32 (..., M, K) x (..., K, N) with equal batch dimensions, both operands computed at
 //       run time (attention's query x key and scores x value).
@@ -227,9 +229,12 @@ size_t bytes_of(const DLTensor* t) {
   return n;
 }
 
-dnnl::post_ops post_ops(bool residual, int64_t activation, float lo, float hi) {
+// A residual is oneDNN's sum post-op: dst holds it when the primitive runs, and the sum adds
+// sum_scale * (dst - sum_zero_point) (int8: the residual's scale over the output's, its zero point)
+dnnl::post_ops post_ops(bool residual, int64_t activation, float lo, float hi, float sum_scale = 1.0f,
+                        int32_t sum_zero_point = 0, dt sum_dtype = dt::undef) {
   dnnl::post_ops ops;
-  if (residual) ops.append_sum(1.0f);  // dst holds the residual when the primitive runs
+  if (residual) ops.append_sum(sum_scale, sum_zero_point, sum_dtype);
   // oneDNN 3.x: append_eltwise(alg, alpha, beta), no scale argument
   if (activation == 1) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
   if (activation == 2) ops.append_eltwise(dnnl::algorithm::eltwise_clip, lo, hi);
@@ -365,9 +370,17 @@ std::shared_ptr<Cached> matmul_primitive(const tvm::ffi::Shape& p, float lo, flo
 // f32 output units, bias_s32 * scales[c]; the post-ops then still see output units (lo, hi).
 // (f32 rounding: scales[c] * acc + scales[c] * bias against scales[c] * (acc + bias): an output
 // lying on a rounding midpoint may move by one step.)
+// An int8 residual: its scale over the output's, and its dtype (p's third zero point is its own).
+struct QuantResidual {
+  float scale = 0.0f;
+  dt dtype = dt::undef;
+};
+
 dnnl::primitive_attr quant_attr(const tvm::ffi::Shape& p, size_t n_params, int64_t activation, float lo, float hi,
-                                const DLTensor* scales, int scale_mask, Cached& cached) {
-  check(p.size() == n_params + 2, "int8 kernels take their parameters plus two zero points");
+                                const DLTensor* scales, int scale_mask, Cached& cached, const QuantResidual& residual) {
+  const bool joined = residual.dtype != dt::undef;
+  check(p.size() == n_params + (joined ? 3 : 2),
+        "int8 kernels take their parameters plus two zero points (three with a residual)");
   dnnl::primitive_attr attr;
   const float* s = static_cast<const float*>(data_of(scales));
   cached.bias_scale.assign(s, s + scales->shape[0]);
@@ -383,12 +396,14 @@ dnnl::primitive_attr quant_attr(const tvm::ffi::Shape& p, size_t n_params, int64
   };
   zero_point(DNNL_ARG_SRC, p[n_params], cached.src_zero_point);
   zero_point(DNNL_ARG_DST, p[n_params + 1], cached.dst_zero_point);
-  attr.set_post_ops(post_ops(false, activation, lo, hi));
+  attr.set_post_ops(post_ops(joined, activation, lo, hi, residual.scale,
+                             joined ? static_cast<int32_t>(p[n_params + 2]) : 0, residual.dtype));
   return attr;
 }
 
 std::shared_ptr<Cached> conv_q_primitive(const tvm::ffi::Shape& p, float lo, float hi, const DLTensor* src,
-                                         const DLTensor* weight, const DLTensor* out, const DLTensor* scales) {
+                                         const DLTensor* weight, const DLTensor* out, const DLTensor* scales,
+                                         const QuantResidual& residual) {
   check(src->ndim == 4 && weight->ndim == 4 && out->ndim == 4, "conv2d_q takes 4-D tensors");
   const int64_t n = src->shape[0], h = src->shape[1], w = src->shape[2], c = src->shape[3];
   const int64_t o = weight->shape[0], kh = weight->shape[2], kw = weight->shape[3];
@@ -404,7 +419,7 @@ std::shared_ptr<Cached> conv_q_primitive(const tvm::ffi::Shape& p, float lo, flo
   auto cached = std::make_shared<Cached>();
   // weights' scales per output channel: dim 0 of OIHW, dims 0 and 1 (G, O/G) of GOIHW
   dnnl::primitive_attr attr = quant_attr(p, 10, p[9], lo, hi, scales, groups == 1 ? 1 << 0 : (1 << 0) | (1 << 1),
-                                         *cached);
+                                         *cached, residual);
   dnnl::convolution_forward::primitive_desc pd(
       engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src_md, any_w,
       bias_md, dst_md, {p[0], p[1]}, {p[6] - 1, p[7] - 1}, {p[2], p[3]}, {p[4], p[5]}, attr);
@@ -417,8 +432,10 @@ std::shared_ptr<Cached> conv_q_primitive(const tvm::ffi::Shape& p, float lo, flo
 }
 
 std::shared_ptr<Cached> matmul_q_primitive(const tvm::ffi::Shape& p, float lo, float hi, const DLTensor* src,
-                                           const DLTensor* weight, const DLTensor* out, const DLTensor* scales) {
+                                           const DLTensor* weight, const DLTensor* out, const DLTensor* scales,
+                                           const QuantResidual& residual) {
   check(weight->ndim == 2 && src->ndim >= 2, "matmul_q takes (..., K) x (K, N)");
+  check(residual.dtype == dt::undef, "matmul_q takes no residual");
   int64_t m = 1;
   for (int i = 0; i < src->ndim - 1; ++i) m *= src->shape[i];
   const int64_t k = src->shape[src->ndim - 1], nn = weight->shape[1];
@@ -430,7 +447,7 @@ std::shared_ptr<Cached> matmul_q_primitive(const tvm::ffi::Shape& p, float lo, f
   memory::desc any_w({k, nn}, dt::s8, tag::any);
   auto cached = std::make_shared<Cached>();
   // weights (K, N): per output channel is dim 1
-  dnnl::primitive_attr attr = quant_attr(p, 1, p[0], lo, hi, scales, 1 << 1, *cached);
+  dnnl::primitive_attr attr = quant_attr(p, 1, p[0], lo, hi, scales, 1 << 1, *cached, residual);
   dnnl::matmul::primitive_desc pd(engine(), src_md, any_w, bias_md, dst_md, attr);
   cached->primitive = dnnl::matmul(pd);
   cached->src = src_md;
@@ -441,15 +458,26 @@ std::shared_ptr<Cached> matmul_q_primitive(const tvm::ffi::Shape& p, float lo, f
 }
 
 using QuantFactory = std::shared_ptr<Cached> (*)(const tvm::ffi::Shape&, float, float, const DLTensor*,
-                                                 const DLTensor*, const DLTensor*, const DLTensor*);
+                                                 const DLTensor*, const DLTensor*, const DLTensor*,
+                                                 const QuantResidual&);
 
+// (p, lo, hi, src, weight, bias, scales, [residual, residual_scale,] out)
 void run_q(const char* kind, QuantFactory factory, tvm::ffi::PackedArgs args) {
-  check(args.size() == 8, std::string(kind) + " takes 8 arguments");
+  check(args.size() == 8 || args.size() == 10, std::string(kind) + " takes 8 arguments, or 10 with a residual");
+  const bool joined = args.size() == 10;
   auto p = args[0].cast<tvm::ffi::Shape>();
   float lo = static_cast<float>(args[1].cast<double>()), hi = static_cast<float>(args[2].cast<double>());
   const DLTensor src_t = tensor_arg(args, 3), weight_t = tensor_arg(args, 4), bias_t = tensor_arg(args, 5);
   const DLTensor scales_t = tensor_arg(args, 6);
-  DLTensor out_t = tensor_arg(args, 7);
+  const DLTensor res_t = joined ? tensor_arg(args, 7) : DLTensor{};
+  DLTensor out_t = tensor_arg(args, joined ? 9 : 7);
+  QuantResidual residual;
+  if (joined) {
+    residual.scale = static_cast<float>(args[8].cast<double>());
+    residual.dtype = dtype_of(&res_t, "residual");
+    check(residual.dtype == dt::u8 || residual.dtype == dt::s8, "an int8 residual is uint8 or int8");
+    check(bytes_of(&res_t) == bytes_of(&out_t), "residual and output differ in size");
+  }
   check(dtype_of(&weight_t, "weight") == dt::s8, "weight must be int8");
   check(dtype_of(&bias_t, "bias") == dt::s32, "bias must be int32");
   check(dtype_of(&scales_t, "scales") == dt::f32 && scales_t.ndim == 1, "scales must be a float32 vector");
@@ -458,12 +486,18 @@ void run_q(const char* kind, QuantFactory factory, tvm::ffi::PackedArgs args) {
     std::lock_guard<std::mutex> lock(cache_mutex);
     Signature sig = signature_of(kind[0] == 'c' ? 3 : 4, p, lo, hi, {&src_t, &weight_t, &out_t},
                                  static_cast<int64_t>(reinterpret_cast<uintptr_t>(data_of(&scales_t))));
+    if (joined) {  // (p holds the residual's zero point)
+      int32_t scale_bits;
+      std::memcpy(&scale_bits, &residual.scale, sizeof(scale_bits));
+      sig.push_back(scale_bits);
+      sig.push_back(static_cast<int64_t>(residual.dtype));
+    }
     auto& entries = by_weight()[data_of(&weight_t)];
     for (auto& entry : entries)
       if (entry.first == sig) cached = entry.second;
     if (!cached) {
       try {
-        cached = factory(p, lo, hi, &src_t, &weight_t, &out_t, &scales_t);
+        cached = factory(p, lo, hi, &src_t, &weight_t, &out_t, &scales_t, residual);
       } catch (const dnnl::error& e) {
         TVM_FFI_THROW(RuntimeError) << "edgeopt oneDNN plugin: no " << kind << " primitive for "
                                     << key_of(kind, p, lo, hi, {&src_t, &weight_t, &out_t}, false)
@@ -495,6 +529,8 @@ void run_q(const char* kind, QuantFactory factory, tvm::ffi::PackedArgs args) {
                                             {DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, cached->scales}};
   if (cached->src_zero_point) exec_args.emplace(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, cached->src_zero_point);
   if (cached->dst_zero_point) exec_args.emplace(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, cached->dst_zero_point);
+  if (joined && data_of(&res_t) != data_of(&out_t))  // the sum post-op reads the residual from dst
+    std::memcpy(data_of(&out_t), data_of(&res_t), bytes_of(&out_t));
   cached->primitive.execute(stream(), exec_args);
   stream().wait();
 }
@@ -696,7 +732,8 @@ void run(const char* kind, Factory factory, tvm::ffi::PackedArgs args) {
 
 }  // namespace
 
-constexpr int64_t kVersion = 3;  // 2: bf16 weights for conv2d and matmul; 3: swish, hardswish, conv2d_transpose
+constexpr int64_t kVersion = 4;  // 2: bf16 weights for conv2d and matmul; 3: swish, hardswish, conv2d_transpose;
+                                  // 4: conv2d_q with a residual
 
 // This copy's version (the registered edgeopt.onednn.version is the first copy loaded, which
 // serves every artifact of the process): a runner refuses an artifact whose copy is newer than

@@ -512,3 +512,52 @@ def test_transposed_convs_run_on_onednn_deconvolution_and_match_onnxruntime(tmp_
     result = build(path, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
     assert result.metrics["library_ops"]["conv2d_transpose"] == 3
     _parity(result.artifact, path, threads=2)
+
+
+class ResBlocks(torch.nn.Module):
+    """Two ResNet basic blocks: the second conv of each joins the block's input, then ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(4))
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for a, b in zip(self.convs[::2], self.convs[1::2]):
+            x = torch.relu(b(torch.relu(a(x))) + x)
+        return x
+
+
+@needs_onednn
+def test_int8_residual_joins_run_in_the_conv_that_feeds_them(tmp_path):
+    """``quantize(relu(dequantize(conv_q) + dequantize(x)))`` becomes the conv's own epilogue
+    (oneDNN's sum post-op, in the residual's scale): no float add is left, and the output stays
+    within two output steps of onnxruntime's int8 (one rounding fewer than the QDQ chain)."""
+    import onnx
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from edgeopt.compile import BuildConfig, build
+    from edgeopt.compile.export import ExportConfig, export
+    from edgeopt.compile.int8_rewrite import output_step
+    from edgeopt.compile.onednn_offload import offload_to_onednn
+    from edgeopt.compress.quantize import QuantizeConfig, quantize
+    from edgeopt.runtimes import load
+
+    torch.manual_seed(0)
+    fp32 = export(ResBlocks().eval(), ExportConfig(), torch.randn(1, 3, 16, 16), out=tmp_path / "res.onnx").path
+    calib = np.random.default_rng(0).standard_normal((8, 1, 3, 16, 16)).astype(np.float32)
+    int8 = quantize(fp32, QuantizeConfig(), list(calib), out=tmp_path / "res-int8.onnx").path
+    mod, counts = offload_to_onednn(from_onnx(onnx.load(str(int8)), keep_params_in_input=False),
+                                    target=tvm.target.Target({"kind": "llvm"}))
+    text = mod["main"].script(show_meta=False)
+    assert counts["conv2d_q"] == 5 and "R.add" not in text
+    joined = [line for line in text.splitlines() if "conv2d_q" in line and line.count("T.float64") == 3]
+    assert len(joined) == 2  # lo, hi and the residual's scale
+    result = build(int8, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "art")
+    tvm_runner, ort = load(result.artifact), load(int8)
+    for seed in range(3):
+        x = ort.example_inputs(seed=seed)
+        got, want = tvm_runner.run(x)[0], ort.run(x)[0]
+        assert np.abs(got - want).max() <= 2 * output_step(int8) * 1.001
