@@ -1,9 +1,9 @@
-"""p50 / p99 latency with and without a bounded background load (issue 28 item 3).
+"""p50 / p99 latency with and without a bounded background load.
 
 ResNet-18 (zoo, random weights) fp32 and int8 (``edgeopt.compress.quantize``) on onnxruntime,
 OpenVINO (when installed) and edgeopt's TVM artifacts (``kernels: auto``, so oneDNN's convs),
-each in a worker process of its own: a wait policy of GNU OpenMP is read once, when libgomp is
-loaded, so TVM variants that differ in it cannot share a process. The workers are timed in
+each in a worker process of its own (a threading runtime reads its environment once, when it
+is loaded, so TVM variants that differ in it cannot share a process). The workers are timed in
 turn, round after round, quiet and then under the load (``edgeopt.pipeline.bench.BackgroundLoad``:
 N busy-loop processes, each pinned to a core), so every runtime sees the same machine; each
 figure pools its rounds. The score is p99 under load over quiet p50: what a co-located process
@@ -12,8 +12,8 @@ does to the tail, relative to what the runtime does alone.
     .venv/bin/python benchmarks/latency_under_load.py --threads 2 --load 1 --rounds 6 --repeat 40
 
 ``--tvm-env NAME:VAR=VALUE,...`` adds a TVM worker with those environment variables set before
-anything is loaded (``spinning:OMP_WAIT_POLICY=``: libgomp's default, which spins before it
-sleeps), to compare wait policies; ``--tvm-threads N`` one on N threads. ``--record``
+anything is loaded (e.g. ``verbose:ONEDNN_VERBOSE=1``), to compare settings; ``--tvm-threads N``
+one on N threads. ``--record``
 writes the table, the command, the CPU, its flags and the load average into its section of
 benchmarks/RESULTS.md.
 """
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=None, help="a folder with fp32/int8 artifacts from an earlier run")
     p.add_argument("--tvm-env", action="append", default=[], metavar="NAME:VAR=VALUE,...")
     p.add_argument("--tvm-threads", type=int, action="append", default=[], metavar="N",
-                   help="adds a TVM worker on N threads (TVM's pool and oneDNN's OpenMP threads)")
+                   help="adds a TVM worker on N threads (TVM's pool and oneDNN's TBB arena)")
     p.add_argument("--only", default=None, help="fp32 or int8")
     p.add_argument("--record", action="store_true")
     args = p.parse_args(argv)

@@ -2,8 +2,7 @@
 in compile/onednn_offload.py comes from (benchmarks/RESULTS.md, "small ops").
 
 Each op is a model of its own, fp32, built with ``kernels: onednn`` and ``kernels: tvm``; all are
-loaded in this one process (passive OpenMP waits, as edgeopt's runners set them) and timed
-interleaved, round after round; the figure is the median of the round medians.
+loaded in this one process and timed interleaved, round after round; the figure is the median of the round medians.
 
     .venv/bin/python benchmarks/onednn_small_ops.py --rounds 10
 """
@@ -14,8 +13,6 @@ import argparse
 import os
 import sys
 import tempfile
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp
 
 
 def main(argv=None) -> int:

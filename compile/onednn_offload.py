@@ -87,14 +87,14 @@ def offload_to_onednn(mod, int8: bool = True, target=None, fallbacks: list | Non
 
 
 #: Convs and matmuls below this many FLOPs stay with TVM under ``kernels: auto``. A oneDNN call
-#: has a fixed cost (primitive lookup, an OpenMP parallel region whose threads are woken and
+#: has a fixed cost (primitive lookup, a parallel region whose threads are woken and
 #: joined; ~4 us on 2 cores) that a tiny op does not repay, and a co-located load stretches the
 #: join: a GRU classifier whose per-step matmuls went to oneDNN ran 27 ms median on a loaded
 #: machine (0.069 ms at best), against 0.044 ms with TVM's own kernels. Measured per fp32 op
 #: (benchmarks/RESULTS.md, "small ops"): TVM's untuned kernel is 2x faster at 512 and 2,048
 #: FLOPs, 1.3x slower at 8,192 (1 us), 1.5x at 32,768 and 7.5x at 131,072; convs cross over
 #: sooner (1.2x slower at 73,728). Below 16,384 an op costs TVM at most about a microsecond more
-#: when the machine is quiet and never waits on a descheduled OpenMP thread when it is not.
+#: when the machine is quiet and never waits on a descheduled worker thread when it is not.
 MIN_FLOPS = 16_384
 
 

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
 
         record("real-models-latency",
                "Is TVM within 1.5x of onnxruntime on the real pretrained models from PyPI wheels?",
-               "Studies first, one per model: `OMP_WAIT_POLICY=PASSIVE .venv/bin/edgeopt run "
+               "Studies first, one per model: `.venv/bin/edgeopt run "
                "benchmarks/real_models/NAME.yaml --out DIR/study-NAME` (models, wheels and tasks: "
                "benchmarks/real_models/README.md); then this script times each variant's two artifacts head "
                "to head.\n\n" + body,

@@ -1,6 +1,6 @@
 """Where TVM loses against onnxruntime on a real-model study: per-op time on both.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/real_models/profile_tvm.py STUDY_DIR [--variant fp32] [--threads 1]
+    .venv/bin/python benchmarks/real_models/profile_tvm.py STUDY_DIR [--variant fp32] [--threads 1]
 
 For the variant's onnxruntime model (the base model for fp32, `variants/VARIANT/quantize` for
 int8): `edgeopt.runtimes.onnxruntime_runner.profile_ops` (ms per run per kernel kind). For its

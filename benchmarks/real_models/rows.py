@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     if args.record:
         from results import record
 
-        command = ("The studies, one per model: `OMP_WAIT_POLICY=PASSIVE .venv/bin/edgeopt run "
+        command = ("The studies, one per model: `.venv/bin/edgeopt run "
                    "benchmarks/real_models/NAME.yaml --out /tmp/real/models/study-NAME` (models, wheels and tasks: "
                    "benchmarks/real_models/README.md)")
         record("real-models-more",
