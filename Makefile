@@ -5,6 +5,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgeopt-installed
 OUT    ?= build/demo
+# apt-get that waits (up to 10 minutes) for another apt or dpkg to release its lock instead of failing
+APT    := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
 .PHONY: demo test test-all test-fast setup bench clean cross-tools native data onednn
 
@@ -57,8 +59,8 @@ test-fast: $(STAMP)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 data:
 	@test -f $(FASHION_MNIST) || \
-	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || \
+	  { $(APT) update -qq && \
+	    $(APT) install -y -qq dataset-fashion-mnist >/dev/null; } || \
 	  echo "warning: could not install dataset-fashion-mnist; the demo runs the digits study and Fashion-MNIST tests skip"
 
 # cmake, which builds the kernel plugin TVM artifacts call for convolutions and matmuls on x86-64
@@ -66,8 +68,8 @@ data:
 # (requirements/onednn.txt). Without it, builds use TVM's own kernels.
 onednn:
 	@command -v cmake >/dev/null || \
-	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null; } || \
+	  { $(APT) update -qq && \
+	    $(APT) install -y -qq cmake >/dev/null; } || \
 	  echo "warning: could not install cmake; TVM builds use TVM's own (slow untuned) kernels"
 
 # The aarch64 cross compiler (ARM builds), qemu-user (running them here) and cmake (the native
@@ -76,8 +78,8 @@ onednn:
 cross-tools: $(STAMP)
 	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null && \
 	  command -v cmake >/dev/null || \
-	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user cmake >/dev/null; } || \
+	  { $(APT) update -qq && \
+	    $(APT) install -y -qq g++-aarch64-linux-gnu qemu-user cmake >/dev/null; } || \
 	  echo "warning: could not install g++-aarch64-linux-gnu, qemu-user and cmake; ARM/native tests will skip"
 	@$(PY) -m edgeopt.compile.native_build fetch-aarch64 >/dev/null || \
 	  echo "warning: could not fetch the aarch64 TVM runtime; the aarch64 runner tests will skip"
