@@ -80,7 +80,7 @@ CASES = [
     (["compile", "{d}/fp32.onnx", "--precision", "fp16", "--out", OUT], "precision 'fp16' on a CPU"),
     (["compile", "{d}/fp32.onnx", "--precision", "bf16", "--target", "cpu:generic", "--out", OUT],
      "precision 'bf16' on a CPU needs avx512_bf16"),
-    (["compile", "{d}/fp32.onnx", "--precision", "int4", "--out", OUT], "precision must be one of fp32, fp16, bf16, got 'int4'"),
+    (["compile", "{d}/fp32.onnx", "--precision", "int4", "--out", OUT], "precision must be one of fp32, fp16, bf16, auto, got 'int4'"),
     (["compile", "{d}/fp32.onnx", "--tune-tracker", "127.0.0.1:9190", "--out", OUT], "tune_tracker and key go together"),
     (["compile", "{d}/fp32.onnx", "--tune-tracker", "h:1", "--tune-key", "k", "--out", OUT], "tune_tracker is for tuning"),
     (["bench", "{d}/fp32.onnx", "--runtime", "tflite"], "unknown runtime 'tflite'"),
