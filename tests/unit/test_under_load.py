@@ -141,13 +141,15 @@ def test_bench_load_reports_quiet_and_loaded_p50_p99_and_leaves_nothing_running(
 
 
 def test_bench_load_sigint_while_loaded_exits_130_one_line_and_no_process_left(tiny_onnx):
-    # the loaded timing runs long (--repeat 1000000 on a tiny model of ~10 us: 10 s or more per
-    # phase; 100000 ran out within the 2-worker suite before the interrupt was sent) so the
-    # interrupt lands while the load processes run
+    # the loaded timing runs long enough (--repeat 300000 on a tiny model of ~10 us: 3 s or more
+    # per phase) that the interrupt lands while the load processes run
     cli = subprocess.Popen([str(Path(sys.executable).parent / "edgeopt"), "bench", str(tiny_onnx),
                             "--runtime", "onnxruntime", "--threads", "1", "--warmup", "0",
-                            "--repeat", "1000000", "--load", "1"], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+                            "--repeat", "300000", "--load", "1"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           # a suite started in a shell's background inherits SIGINT ignored, and so
+                           # would the CLI; a user at a terminal has the default, which this test needs
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert wait_until(lambda: load_processes(cli.pid) or cli.poll() is not None, timeout=300)
         assert cli.poll() is None, cli.stderr.read()
