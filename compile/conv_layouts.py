@@ -10,8 +10,9 @@ layout rule accepts it. Some of those ops then have no lowering in that layout: 
 ``convert_layouts`` therefore checks what it produced: it legalizes the converted module (a
 check only, the result is dropped) and looks for ops that still carry a layout; each such op kind
 is pinned to the model's own layout (``ConvertLayout`` puts layout transforms around it) and the
-conversion runs again. An op kind that cannot be pinned, or a conversion that raises, leaves the
-module in the model's layouts. Every fallback is returned as one line for the build record.
+conversion runs again. A conversion that raises falls back to converting each conv on its own
+between two transposes (``convert_each_conv``); an op kind that cannot be pinned, or a local
+conversion TVM cannot lower either, leaves the module in the model's layouts. Every fallback is returned as one line for the build record.
 
 Example:
     >>> from edgeopt.compile.conv_layouts import convert_layouts, nhwc_convs  # doctest: +SKIP
@@ -87,8 +88,20 @@ def convert_layouts(mod, choose: Callable, target=None) -> tuple:
         try:
             converted = relax.transform.ConvertLayout({}, layout_cb)(mod)
         except Exception as e:  # a layout rule that fails on a converted input
-            fallbacks.append(f"layout conversion failed ({error_summary(e)}); convs keep the model's layouts")
-            return mod, fallbacks
+            why = error_summary(e)
+            each = convert_each_conv(mod, choose, pinned)
+            scope = target if target is not None else contextlib.nullcontext()
+            try:
+                with scope:
+                    left = ops_left_unlowered(relax.transform.LegalizeOps()(each))
+            except Exception:  # the check itself failed
+                left = {"": []}
+            if left:
+                fallbacks.append(f"layout conversion failed ({why}); convs keep the model's layouts")
+                return mod, fallbacks
+            fallbacks.append(f"layout conversion failed ({why}); each conv converted on its own, "
+                             "with a transpose on each side")
+            return each, fallbacks
         scope = target if target is not None else contextlib.nullcontext()
         try:
             with scope:
@@ -108,6 +121,52 @@ def convert_layouts(mod, choose: Callable, target=None) -> tuple:
             fallbacks.append(f"{name} kept {'/'.join(own)}: TVM cannot lower it in {'/'.join(layouts)}")
     fallbacks.append(f"layouts still unlowered after {MAX_ROUNDS} rounds; convs keep the model's layouts")
     return mod, fallbacks
+
+
+def convert_each_conv(mod, choose: Callable, pinned: dict | None = None):
+    """``mod`` with every conv2d / conv1d that ``choose`` wants in other layouts computed in them
+    between two transposes (``permute_dims`` to the new data layout and back; the weights
+    permuted too where the kernel layout changes): what ``convert_layouts`` falls back to when
+    Relax's ``ConvertLayout`` fails on a module (silero-vad's graph: ``std::bad_alloc``). Nothing
+    is carried between ops, but each conv reaches the kernels that want its layout. Op kinds in
+    ``pinned`` are left alone."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    convs = {"relax.nn.conv2d": relax.op.nn.conv2d, "relax.nn.conv1d": relax.op.nn.conv1d}
+
+    @mutator
+    class EachConv(PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            name = call.op.name if isinstance(call.op, tvm.ir.Op) else ""
+            if name not in convs or name in (pinned or {}):
+                return call
+            layouts = choose(call, name)
+            own = own_layouts(call)
+            if not layouts or list(layouts[:2]) == own:
+                return call
+            data, kernel = layouts[:2]
+            src, own_kernel = own
+            out = str(call.attrs.out_layout) or src
+            if sorted(data) != sorted(src) or sorted(kernel) != sorted(own_kernel):
+                return call  # (a blocked layout such as NCHW16c is ConvertLayout's only)
+            x = relax.op.permute_dims(call.args[0], [src.index(c) for c in data])
+            w = call.args[1]
+            if kernel != own_kernel:
+                w = relax.op.permute_dims(w, [own_kernel.index(c) for c in kernel])
+            a = call.attrs
+            out_dtype = str(a.out_dtype) if str(a.out_dtype) not in ("", "void", "None") else None
+            new = convs[name](x, w, strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups,
+                              data_layout=data, kernel_layout=kernel, out_layout=data, out_dtype=out_dtype)
+            return relax.op.permute_dims(new, [data.index(c) for c in out])
+
+    updated = mod
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            updated[gv] = EachConv(mod).visit_expr(func)
+    return updated
 
 
 def own_layouts(call) -> list[str]:

@@ -50,6 +50,27 @@ def test_an_op_tvm_cannot_lower_in_nhwc_keeps_its_layout_and_is_named(tmp_path):
     assert "R.nn.conv" not in legal.script(), "every conv lowers"
 
 
+def test_when_convert_layout_fails_each_conv_is_converted_on_its_own(tmp_path, monkeypatch):
+    """Relax's ConvertLayout raised on a shipped model (silero-vad: std::bad_alloc); the build
+    then converts each conv between two transposes, so its convs still reach oneDNN in NHWC, and
+    says so."""
+    from tvm import relax
+
+    from edgeopt.compile import BuildConfig, build
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("std::bad_alloc")
+
+    monkeypatch.setattr(relax.transform, "ConvertLayout", failing)
+    onnx_dir, x = _network("shuffle", tmp_path)  # grouped 1x1 convs, a channel shuffle, a depthwise conv
+    result = build(onnx_dir, BuildConfig(target="cpu", kernels="onednn"), out=tmp_path / "each")
+    metrics = result.record["metrics"]
+    assert any("layout conversion failed (std::bad_alloc); each conv converted on its own" in line
+               for line in metrics["layout_fallbacks"]), metrics.get("layout_fallbacks")
+    assert metrics["library_ops"]["conv2d"] >= 2
+    assert _max_relative_error(result.artifact, onnx_dir, x) < 1e-4
+
+
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_networks_build_with_kernels_auto_and_match_onnxruntime(tmp_path, name):
     from edgeopt.compile import BuildConfig, build
