@@ -162,7 +162,9 @@ def convert_each_conv(mod, choose: Callable, pinned: dict | None = None):
                               data_layout=data, kernel_layout=kernel, out_layout=data, out_dtype=out_dtype)
             return relax.op.permute_dims(new, [data.index(c) for c in out])
 
-    updated = mod
+    # a new module: assigning into ``mod`` would change the caller's, which convert_layouts
+    # returns unchanged when this conversion does not lower either
+    updated = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
             updated[gv] = EachConv(mod).visit_expr(func)

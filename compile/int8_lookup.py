@@ -86,12 +86,12 @@ def _single_number(expr) -> bool:
 
 
 class Chain:
-    """One chain: its last ``quantize`` (``end``), the int8 tensor it reads (``leaf``), the
-    variables it computes (``members``, ``end`` included) and the function's bindings
-    (``values``: variable -> expression) to read them from."""
+    """One chain (``find_chains`` keys it by its last ``quantize``): the int8 tensor it reads
+    (``leaf``), the variables it computes (``members``, its end included) and the function's
+    bindings (``values``: variable -> expression) to read them from."""
 
-    def __init__(self, end, leaf, members, values):
-        self.end, self.leaf, self.members, self.values = end, leaf, members, values
+    def __init__(self, leaf, members, values):
+        self.leaf, self.members, self.values = leaf, members, values
 
 
 def find_chains(func) -> dict:
@@ -150,14 +150,12 @@ def find_chains(func) -> dict:
         leaf = next(iter(leaves))
         if _shape(leaf) is None or _shape(leaf) != _shape(var):
             continue
-        chains[var] = Chain(var, leaf, members, values)
+        chains[var] = Chain(leaf, members, values)
     # a chain whose every reader is inside a longer chain is computed by that one's table
-    inner = set()
-    for end, chain in chains.items():
-        inner |= {m for m in chain.members if m is not end}
+    inner = set().union(*(chain.members - {end} for end, chain in chains.items()))
+    inside = set().union(*(chain.members for chain in chains.values()))
     return {end: chain for end, chain in chains.items()
-            if not (end in inner and all(u in inner or any(u in c.members for c in chains.values())
-                                         for u in users.get(end, [])))}
+            if not (end in inner and all(u in inside for u in users.get(end, [])))}
 
 
 def evaluate_chains(chains: dict) -> dict:
