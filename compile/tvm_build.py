@@ -379,7 +379,6 @@ def _fp32_or_bf16(model, mod, spec, config, inputs, outputs, export, log, int8):
             unavailable = str(e).split("; build it")[0]
     if bf16 is None:
         return _with_precision(fp32, "fp32", unavailable)
-    times, results = {}, {}
     with tempfile.TemporaryDirectory(prefix="edgeopt-precision-") as tmp:
         runners = {}
         for name, (executable, details, kernels, _) in (("fp32", fp32), ("bf16", bf16)):
