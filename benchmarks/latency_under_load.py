@@ -7,7 +7,9 @@ is loaded, so TVM variants that differ in it cannot share a process). The worker
 turn, round after round, quiet and then under the load (``edgeopt.pipeline.bench.BackgroundLoad``:
 N busy-loop processes, each pinned to a core), so every runtime sees the same machine; each
 figure pools its rounds. The score is p99 under load over quiet p50: what a co-located process
-does to the tail, relative to what the runtime does alone.
+does to the tail, relative to what the runtime does alone. A p99 rests on a few runs, so each
+score is also given against onnxruntime's on the same model with a 90% interval: a bootstrap
+that draws whole rounds, the same ones for both runtimes (a round's machine is shared by all).
 
     .venv/bin/python benchmarks/latency_under_load.py --threads 2 --load 1 --rounds 6 --repeat 40
 
@@ -25,13 +27,16 @@ import multiprocessing as mp
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+
+SETTLE_S = 0.1  # between two runtimes' timed blocks
 
 
 def worker(conn, runtime: str, path: str, threads: int, env: dict) -> None:
     """One runner in its own process: answers ``n`` with ``n`` timed runs (ms), ``None`` ends."""
     os.environ.update(env)  # before any library that reads it is loaded
-    import time
 
     from edgeopt.runtimes import load
 
@@ -87,6 +92,33 @@ def runtimes_for(name: str, onnx: Path, tvm: Path) -> dict:
         pass
     models[f"{name} tvm"] = ("tvm", str(tvm))
     return models
+
+
+def score_against(runtime: dict, reference: dict, draws: int = 2000, seed: int = 0) -> tuple:
+    """(point, low, high): ``runtime``'s p99 loaded / p50 quiet over ``reference``'s, with a 90%
+    bootstrap interval; each draw takes whole rounds (with replacement), the same for both.
+
+    >>> a = {"quiet": [[1.0, 1.0]] * 4, "loaded": [[2.0, 4.0]] * 4}
+    >>> b = {"quiet": [[2.0, 2.0]] * 4, "loaded": [[4.0, 4.0]] * 4}
+    >>> score_against(a, b)
+    (2.0, 2.0, 2.0)
+    """
+    import numpy as np
+
+    from edgeopt.runtimes.timing import percentile
+
+    def score(side, rounds):
+        quiet = [x for r in rounds for x in side["quiet"][r]]
+        loaded = [x for r in rounds for x in side["loaded"][r]]
+        return percentile(loaded, 99) / percentile(quiet, 50)
+
+    n = len(runtime["quiet"])
+    every = range(n)
+    point = score(runtime, every) / score(reference, every)
+    picks = np.random.default_rng(seed).integers(0, n, size=(draws, n))
+    boot = [score(runtime, p) / score(reference, p) for p in picks]
+    low, high = np.quantile(boot, [0.05, 0.95])
+    return round(float(point), 6), round(float(low), 6), round(float(high), 6)
 
 
 def parse_env(spec: str) -> tuple[str, dict]:
@@ -149,8 +181,11 @@ def main(argv=None) -> int:
                         load_line = load.describe()
                     try:
                         for label in order:
+                            # the runtime timed before may still spin its idle threads for a few
+                            # ms: a load that is not the one measured
+                            time.sleep(SETTLE_S)
                             workers[label].send(args.repeat)
-                            samples[label][phase] += workers[label].recv()
+                            samples[label][phase].append(workers[label].recv())
                     finally:
                         if load:
                             load.stop()
@@ -167,11 +202,18 @@ def main(argv=None) -> int:
                 if proc.is_alive():
                     proc.kill()
     rows = ["| model / runtime | p50 quiet (ms) | p99 quiet (ms) | p50 loaded (ms) | p99 loaded (ms) "
-            "| p99 loaded / p50 quiet |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            "| p99 loaded / p50 quiet | that / onnxruntime's (90% interval) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, s in samples.items():
-        q50, q99 = percentile(s["quiet"], 50), percentile(s["quiet"], 99)
-        l50, l99 = percentile(s["loaded"], 50), percentile(s["loaded"], 99)
-        rows.append(f"| {label} | {q50:.3f} | {q99:.3f} | {l50:.3f} | {l99:.3f} | {l99 / q50:.1f}x |")
+        quiet, loaded = sum(s["quiet"], []), sum(s["loaded"], [])
+        q50, q99 = percentile(quiet, 50), percentile(quiet, 99)
+        l50, l99 = percentile(loaded, 50), percentile(loaded, 99)
+        reference = f"{label.split()[0]} onnxruntime"
+        versus = "-"
+        if reference in samples and reference != label:
+            point, low, high = score_against(s, samples[reference])
+            versus = f"{point:.2f} ({low:.2f}-{high:.2f})"
+        rows.append(f"| {label} | {q50:.3f} | {q99:.3f} | {l50:.3f} | {l99:.3f} | {l99 / q50:.1f}x | {versus} |")
     table = "\n".join(rows)
     print(table)
     print(f"load: {load_line}; {args.rounds} rounds x {args.repeat} runs per phase; "
