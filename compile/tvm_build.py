@@ -562,6 +562,12 @@ def lower_and_compile(mod, spec: dict, config: BuildConfig, progress: Progress =
     details: dict = {}
     mod = relax.transform.DecomposeOpsForInference()(mod)
     details["int8_ops"] = 0
+    if int8:
+        from .int8_passthrough import int8_passthrough
+
+        # before the offload matches its patterns: a reshape, transpose or gather between two
+        # QDQ pairs of one scale moves the int8 tensor itself
+        mod, details["int8_moves"] = int8_passthrough(mod)
     layout_fallbacks: list[str] = []
     if kernels == "onednn":
         from .onednn_offload import MIN_FLOPS, offload_to_onednn
@@ -696,6 +702,8 @@ def describe(metrics: dict, config: dict) -> list[str]:
         parts.append(f"precision {m['precision']} ({m['precision_why']})")
     if m.get("int8_lookup_tables"):
         parts.append(f"{m['int8_lookup_tables']} int8 activations as lookup tables")
+    if m.get("int8_moves"):
+        parts.append(f"{m['int8_moves']} moves on int8 data")
     if m.get("bf16_ops"):
         parts.append(f"{m['bf16_ops']} bf16 ops")
     if m.get("small_ops_in_tvm"):
