@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeopt.pipeline.gate_stats import paired_ratio
 from results import record
 
 
@@ -95,7 +96,8 @@ def runners(paths: dict, threads: int) -> dict:
     }
 
 
-def time_all(run: dict, x, rounds: int, repeat: int) -> dict:
+def time_all(run: dict, x, rounds: int, repeat: int) -> tuple[dict, dict]:
+    """({runner: median ms}, {runner: [each round's median]}): every runner timed in each round."""
     medians = {k: [] for k in run}
     for _ in range(rounds):
         for name, fn in run.items():
@@ -107,7 +109,7 @@ def time_all(run: dict, x, rounds: int, repeat: int) -> dict:
                 fn(x)
                 samples.append((time.perf_counter() - t) * 1e3)
             medians[name].append(float(np.median(samples)))
-    return {k: float(np.median(v)) for k, v in medians.items()}
+    return {k: float(np.median(v)) for k, v in medians.items()}, medians
 
 
 def main(argv=None) -> int:
@@ -133,28 +135,33 @@ def main(argv=None) -> int:
             steps = float(np.abs(run["TVM + oneDNN int8"](x) - ref8).max() / output_step(paths["int8"]))
             bf16 = (float(np.abs(run["TVM + oneDNN bf16"](x) - ref32).max() / np.abs(ref32).max())
                     if "TVM + oneDNN bf16" in run else None)
-            ms = time_all(run, x, args.rounds, args.repeat)
+            ms, per_round = time_all(run, x, args.rounds, args.repeat)
             ops = paths["tvm_int8"].record["metrics"]["library_ops"]
-            rows.append((model, ms, rel, steps, ops, bf16))
+            rows.append((model, ms, rel, steps, ops, bf16, per_round))
             log(f"{model}: {ms}")
     header = ("| model | runtime | median ms | x onnxruntime fp32 | x onnxruntime int8 |\n"
               "| --- | --- | ---: | ---: | ---: |\n")
     lines = []
     best = []
-    for model, ms, rel, steps, ops, _ in rows:
+    for model, ms, rel, steps, ops, _, per_round in rows:
         for name, v in ms.items():
             int8_ratio = f"{v / ms['onnxruntime int8']:.2f}" if "int8" in name else ""
             lines.append(f"| {model} | {name} | {v:.3f} | {v / ms['onnxruntime fp32']:.2f} | {int8_ratio} |")
         ours = min((v, k) for k, v in ms.items() if not k.startswith("OpenVINO"))
         theirs = min((v, k) for k, v in ms.items() if k.startswith("OpenVINO"))
+        # the per-round ratios of two runners timed in the same rounds, with a 90% interval
+        vs_ov = paired_ratio(per_round["TVM + oneDNN int8"], per_round["OpenVINO int8 (NNCF)"])
+        vs_ort = paired_ratio(per_round["TVM + oneDNN int8"], per_round["onnxruntime int8"])
         best.append(f"- {model}: edgeopt's fastest, {ours[1]} {ours[0]:.3f} ms, is {ours[0] / theirs[0]:.2f}x "
                     f"OpenVINO's fastest, {theirs[1]} {theirs[0]:.3f} ms; TVM int8 / OpenVINO int8 "
-                    f"{ms['TVM + oneDNN int8'] / ms['OpenVINO int8 (NNCF)']:.2f}x")
+                    f"{vs_ov.ratio:.2f}x ({vs_ov.low:.2f}-{vs_ov.high:.2f}), TVM int8 / onnxruntime int8 "
+                    f"{vs_ort.ratio:.2f}x ({vs_ort.low:.2f}-{vs_ort.high:.2f})")
     parity = "\n".join(f"- {model}: TVM fp32 vs onnxruntime fp32 max relative error {rel:.1e}; TVM int8 vs "
                        f"onnxruntime int8 max difference {steps:.2f} output quantization steps"
                        + (f"; TVM bf16 vs onnxruntime fp32 max relative error {bf16:.1e}" if bf16 is not None else "")
-                       + f"; int8 build offloaded {ops}" for model, _, rel, steps, ops, bf16 in rows)
-    body = (header + "\n".join(lines) + "\n\nFastest of each side:\n" + "\n".join(best)
+                       + f"; int8 build offloaded {ops}" for model, _, rel, steps, ops, bf16, _ in rows)
+    body = (header + "\n".join(lines) + "\n\nFastest of each side (paired ratios: the median of the per-round "
+            "ratios, 90% bootstrap interval over rounds):\n" + "\n".join(best)
             + "\n\nParity:\n" + parity + "\n")
     print(body)
     if args.record:
