@@ -26,7 +26,24 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-PROBLEM = re.compile(r"mb(\d+)_(?:g(\d+))?ic(\d+)oc(\d+)_ih(\d+)oh(\d+)kh(\d+)sh(\d+)dh\d+ph\d+_iw(\d+)ow(\d+)kw(\d+)sw(\d+)")
+# oneDNN's conv problem descriptor (groups before the batch: g32mb1_ic32oc32_...)
+PROBLEM = re.compile(r"(?:g(\d+))?mb\d+_(?:g(\d+))?ic(\d+)oc(\d+)_ih\d+oh(\d+)kh(\d+)sh(\d+)dh\d+ph\d+"
+                     r"_iw\d+ow(\d+)kw(\d+)sw\d+")
+
+
+def parse_problem(line: str) -> tuple | None:
+    """(ic, oc, groups, kh, kw, stride, oh, ow) of a oneDNN verbose conv line, else None.
+
+    >>> parse_problem("...,g144mb1_ic144oc144_ih56oh56kh3sh1dh0ph1_iw56ow56kw3sw1dw0pw1,0.02")
+    (144, 144, 144, 3, 3, 1, 56, 56)
+    >>> parse_problem("...,mb1_ic64oc128_ih56oh28kh1sh2dh0ph0_iw56ow28kw1sw2dw0pw0,0.03")
+    (64, 128, 1, 1, 1, 2, 28, 28)
+    """
+    m = PROBLEM.search(line)
+    if not m:
+        return None
+    g_before, g_after, ic, oc, oh, kh, sh, ow, kw = (int(v) if v else None for v in m.groups())
+    return ic, oc, g_before or g_after or 1, kh, kw, sh, oh, ow
 
 
 def conv_key(ic: int, oc: int, groups: int, kh: int, kw: int, stride: int, oh: int, ow: int) -> str:
@@ -58,10 +75,10 @@ def tvm_times(artifact: str, threads: int, runs: int) -> dict:
         fields = line.split(",")
         if len(fields) < 5 or fields[1] != "exec" or fields[3] != "convolution":
             continue
-        m = PROBLEM.search(line)
-        if not m:
+        problem = parse_problem(line)
+        if problem is None:
             continue
-        _, g, ic, oc, _, oh, kh, sh, _, ow, kw, _ = (int(v) if v else 1 for v in m.groups())
+        ic, oc, g, kh, kw, sh, oh, ow = problem
         key = conv_key(ic, oc, g, kh, kw, sh, oh, ow)
         times[key].append(float(fields[-1]))
         work[key] = macs(ic, oc, g, kh, kw, oh, ow)
@@ -106,7 +123,7 @@ def openvino_times(onnx_path: str, threads: int, runs: int) -> dict:
     for _ in range(runs):
         request.infer({0: x})
         for p in request.profiling_info:
-            if p.node_type == "Convolution" and p.node_name in convs:
+            if p.node_type in ("Convolution", "GroupConvolution") and p.node_name in convs:
                 per_node[p.node_name].append(p.real_time.total_seconds() * 1e3)
     times: dict = defaultdict(list)
     for name, samples in per_node.items():
