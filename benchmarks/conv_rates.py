@@ -62,8 +62,8 @@ def macs(ic: int, oc: int, groups: int, kh: int, kw: int, oh: int, ow: int) -> i
 
 
 def tvm_times(artifact: str, threads: int, runs: int) -> dict:
-    """{conv key: ([ms per run of each conv of that shape], macs)} from oneDNN's verbose output."""
-    code = ("import sys\nfrom edgeopt.runtimes import load\n"
+    """{conv key: (median ms of one call, convs of that shape, macs)} from oneDNN's verbose output."""
+    code = ("from edgeopt.runtimes import load\n"
             f"r = load({artifact!r}, runtime='tvm', threads={threads})\nx = r.example_inputs()\n"
             "for _ in range(10): r.run(x)\nprint('TIMED', flush=True)\n"
             f"for _ in range({runs}): r.run(x)\n")
